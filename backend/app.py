@@ -1,0 +1,184 @@
+"""The Flask 3 application: Label Studio's ML backend protocol, auth and request validation.
+
+Routes are thin: they validate the request and call ``backend.service.Service``. The model is loaded once,
+when the app is created (gunicorn ``--preload`` or the first worker start), never per request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from backend.registry import RegistryError
+from backend.service import RequestError, Service
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 64
+
+
+def _error(status: int, message: str) -> Response:
+    response = jsonify({"status": status, "error": message})
+    response.status_code = status
+    return response
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, stopping at ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def read_json_object() -> dict[str, Any]:
+    """The request body as a JSON object, or a ``RequestError`` that says what is wrong with it."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise RequestError("the request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(body, dict):
+        raise RequestError(f"expected a JSON object, got {type(body).__name__}")
+    if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise RequestError(f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def validate_predict(body: Mapping[str, Any], max_tasks: int) -> None:
+    tasks = body.get("tasks")
+    if tasks is None:
+        raise RequestError("missing 'tasks': expected {\"tasks\": [{\"id\": ..., \"data\": {...}}, ...]}")
+    if not isinstance(tasks, list):
+        raise RequestError(f"'tasks' must be a list, got {type(tasks).__name__}")
+    if not tasks:
+        raise RequestError("'tasks' is empty; send at least one task")
+    if len(tasks) > max_tasks:
+        raise RequestError(f"{len(tasks):,} tasks in one request; the limit is {max_tasks:,} (MAX_TASKS_PER_REQUEST)",
+                           413)
+    for index, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            raise RequestError(f"tasks[{index}] must be an object, got {type(task).__name__}")
+        if "data" not in task:
+            raise RequestError(f"tasks[{index}] has no 'data' object")
+        if not isinstance(task["data"], dict):
+            raise RequestError(f"tasks[{index}].data must be an object, got {type(task['data']).__name__}")
+
+
+def create_app(settings: Settings | None = None, service: Service | None = None) -> Flask:
+    """Build the app. Without ``service``, loads the judge from ``settings`` (once, here)."""
+    settings = settings or Settings.from_env()
+    if service is None:
+        service = build_service(settings)
+    app = Flask("rubric_judge")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["rubric_judge"] = service
+
+    @app.before_request
+    def _authenticate() -> Response | None:
+        g.started = time.monotonic()
+        if not settings.auth_enabled:
+            return None
+        if request.path == "/webhook" and settings.webhook_secret:
+            given = request.headers.get("X-Webhook-Secret", "")
+            if given and hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+                return None
+        auth = request.authorization
+        ok = (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
+            and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
+        )
+        if ok:
+            return None
+        response = _error(401, "authentication required: send HTTP basic auth with the backend's "
+                               "BASIC_AUTH_USER/BASIC_AUTH_PASS")
+        response.headers["WWW-Authenticate"] = 'Basic realm="rubric-judge"'
+        return response
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError) -> Response:
+        log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        return _error(exc.status, exc.message)
+
+    @app.errorhandler(RegistryError)
+    def _registry_error(exc: RegistryError) -> Response:
+        return _error(400, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            message = f"request body larger than {settings.max_request_bytes:,} bytes (MAX_REQUEST_BYTES)"
+        else:
+            message = exc.description or exc.name
+        return _error(status, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the backend log")
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        judge = service.judge
+        return jsonify({"status": "UP", "model_class": "RubricJudge", "model_loaded": judge is not None,
+                        "base_model": settings.base_model, "model_name": service.registry.base_name,
+                        "default_rubric": settings.rubric})
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(service.setup(read_json_object()))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        body = read_json_object()
+        validate_predict(body, settings.max_tasks_per_request)
+        return jsonify(service.predict(body))
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(service.versions(request.args.get("project")))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return jsonify({})
+
+    return app
+
+
+def build_service(settings: Settings) -> Service:
+    """Load the judge and connect the registry (Redis optional at start-up)."""
+    from backend.judge import Judge
+    from backend.registry import Registry
+
+    judge = Judge.from_settings(settings)
+    registry = Registry(settings.model_dir, judge.base_name, redis_client(settings))
+    return Service(settings, judge, registry)
+
+
+def redis_client(settings: Settings) -> Any:
+    """A Redis client with short timeouts, so an outage never blocks a request for long."""
+    from redis import Redis
+
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)

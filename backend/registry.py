@@ -1,0 +1,209 @@
+"""Adapter versions on disk and the active version per project (in Redis, mirrored on disk).
+
+Layout under ``MODEL_DIR``::
+
+    <project>/v<N>/            one LoRA adapter (adapter_config.json, weights, metrics.json, data snapshot)
+    <project>/ACTIVE           the active version number (written to a temp file, then renamed)
+    <project>/RUBRIC           the rubric name the project was set up with
+
+A version folder is complete when it exists: training writes ``.v<N>.tmp-*`` and renames it into place.
+Redis holds the same pointers so that every gunicorn worker reads the current state on every request;
+when Redis is unreachable the disk copy answers (and a warning is logged).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROJECT_RE = re.compile(r"^[0-9]{1,12}$")
+VERSION_DIR_RE = re.compile(r"^v([0-9]{1,6})$")
+KEY_PREFIX = "rubric-judge"
+
+
+class RegistryError(ValueError):
+    """A project id or version name is invalid."""
+
+
+def parse_project(raw: object) -> str:
+    """The project id from Label Studio's ``"<id>.<created_ts>"`` (or a bare id); digits only."""
+    if isinstance(raw, bool) or raw is None:
+        raise RegistryError("missing project id")
+    text = str(raw).split(".", 1)[0].strip()
+    if not PROJECT_RE.match(text):
+        raise RegistryError(f"project id {str(raw)[:40]!r} is not a number")
+    return str(int(text))
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    project: str
+    number: int
+    model_version: str
+    path: Path | None
+    metrics: dict[str, Any] | None
+    active: bool
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    """Versions and active pointers for every project of one base model."""
+
+    def __init__(self, model_dir: Path, base_name: str, redis: Any | None = None) -> None:
+        self.model_dir = model_dir
+        self.base_name = base_name
+        self.redis = redis
+
+    # --- names and paths -------------------------------------------------------------------------
+
+    def model_version(self, project: str, number: int) -> str:
+        return f"{self.base_name}.p{project}.v{number}"
+
+    def project_dir(self, project: str) -> Path:
+        project = parse_project(project)
+        path = (self.model_dir / project).resolve()
+        if path.parent != self.model_dir.resolve():
+            raise RegistryError(f"project id {project!r} escapes MODEL_DIR")
+        return path
+
+    def version_dir(self, project: str, number: int) -> Path:
+        if not isinstance(number, int) or number < 1:
+            raise RegistryError(f"version {number!r} is not a positive integer")
+        return self.project_dir(project) / f"v{number}"
+
+    def _key(self, project: str, what: str) -> str:
+        return f"{KEY_PREFIX}:{self.base_name}:{what}:{project}"
+
+    # --- Redis with disk fallback ----------------------------------------------------------------
+
+    def _redis_get(self, key: str) -> str | None:
+        if self.redis is None:
+            return None
+        try:
+            value = self.redis.get(key)
+        except Exception as exc:  # any connection problem: fall back to disk
+            log.warning("Redis unavailable (%s); reading %s from disk", type(exc).__name__, key)
+            raise _RedisDown from None
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _redis_set(self, key: str, value: str) -> None:
+        if self.redis is None:
+            return
+        try:
+            self.redis.set(key, value)
+        except Exception as exc:
+            log.warning("Redis unavailable (%s); %s written to disk only", type(exc).__name__, key)
+
+    def active_version(self, project: str) -> int:
+        """The active adapter number of ``project`` (0 = base model)."""
+        project = parse_project(project)
+        try:
+            value = self._redis_get(self._key(project, "active"))
+            if value is not None:
+                return int(value)
+        except _RedisDown:
+            pass
+        path = self.project_dir(project) / "ACTIVE"
+        if path.is_file():
+            number = int(path.read_text().strip() or 0)
+            if number:
+                self._redis_set(self._key(project, "active"), str(number))
+            return number
+        return 0
+
+    def set_active(self, project: str, number: int) -> None:
+        """Make ``number`` the active version (disk first, then Redis)."""
+        project = parse_project(project)
+        if number and not self.version_dir(project, number).is_dir():
+            raise RegistryError(f"version v{number} of project {project} does not exist")
+        _atomic_write(self.project_dir(project) / "ACTIVE", f"{number}\n")
+        self._redis_set(self._key(project, "active"), str(number))
+        log.info("project %s: active version is now %s", project, self.model_version(project, number))
+
+    def remember_rubric(self, project: str, rubric: str) -> None:
+        project = parse_project(project)
+        path = self.project_dir(project) / "RUBRIC"
+        if not path.is_file() or path.read_text().strip() != rubric:
+            _atomic_write(path, f"{rubric}\n")
+        self._redis_set(self._key(project, "rubric"), rubric)
+
+    def project_rubric(self, project: str) -> str | None:
+        project = parse_project(project)
+        try:
+            value = self._redis_get(self._key(project, "rubric"))
+            if value:
+                return value
+        except _RedisDown:
+            pass
+        path = self.project_dir(project) / "RUBRIC"
+        return path.read_text().strip() or None if path.is_file() else None
+
+    # --- listing -------------------------------------------------------------------------------
+
+    def version_numbers(self, project: str) -> list[int]:
+        folder = self.project_dir(project)
+        if not folder.is_dir():
+            return []
+        numbers = []
+        for child in folder.iterdir():
+            match = VERSION_DIR_RE.match(child.name)
+            if match and child.is_dir():
+                numbers.append(int(match.group(1)))
+        return sorted(numbers)
+
+    def next_version(self, project: str) -> int:
+        numbers = self.version_numbers(project)
+        return (numbers[-1] if numbers else 0) + 1
+
+    def projects(self) -> list[str]:
+        if not self.model_dir.is_dir():
+            return []
+        return sorted((p.name for p in self.model_dir.iterdir() if p.is_dir() and PROJECT_RE.match(p.name)),
+                      key=int)
+
+    def versions(self, project: str) -> list[VersionInfo]:
+        """Every version of ``project``, ``v0`` (the base model) first."""
+        project = parse_project(project)
+        active = self.active_version(project)
+        base_metrics = self._metrics(self.project_dir(project) / "v0.json")
+        infos = [VersionInfo(project, 0, self.model_version(project, 0), None, base_metrics, active == 0)]
+        for number in self.version_numbers(project):
+            path = self.version_dir(project, number)
+            infos.append(VersionInfo(project, number, self.model_version(project, number), path,
+                                     self._metrics(path / "metrics.json"), active == number))
+        return infos
+
+    @staticmethod
+    def _metrics(path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            return None
+
+
+class _RedisDown(Exception):
+    pass

