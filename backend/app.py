@@ -180,5 +180,8 @@ def build_service(settings: Settings) -> Service:
 def redis_client(settings: Settings) -> Any:
     """A Redis client with short timeouts, so an outage never blocks a request for long."""
     from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                          retry=Retry(NoBackoff(), 0))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.prompts import DEFAULT_VARIANT, dimension_prefix, fit_inputs, label_text, render_prompt
+from backend.prompts import DEFAULT_VARIANT, dimension_prefix, encode_prompt, fit_inputs, label_text
 from backend.rubric import Dimension, Rubric
 from backend.settings import Settings
 
@@ -207,6 +207,7 @@ class Judge:
         self._lock = threading.RLock()
         self._token_cache: dict[tuple[Any, ...], _RubricTokens] = {}
         self._adapters: dict[str, str] = {}  # adapter name -> path
+        self._prefix_caches: dict[tuple[Any, ...], Any] = {}
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -264,10 +265,35 @@ class Judge:
             self._token_cache[key] = cached
         return cached
 
-    def prompt_ids(self, rubric: Rubric, inputs: Mapping[str, str]) -> list[int]:
-        """The prompt tokens of one task, trimmed to ``MAX_INPUT_TOKENS`` by the documented rule."""
+    def prompt_parts(self, rubric: Rubric, inputs: Mapping[str, str]) -> tuple[list[int], list[int]]:
+        """``(shared, task)`` prompt tokens of one task, trimmed to ``MAX_INPUT_TOKENS`` by the documented rule."""
         fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
-        return self._encode(render_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT))
+        return encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
+
+    def prompt_ids(self, rubric: Rubric, inputs: Mapping[str, str]) -> list[int]:
+        """The full prompt tokens of one task (shared part + task part)."""
+        shared, task = self.prompt_parts(rubric, inputs)
+        return shared + task
+
+    def _prefix_cache(self, shared: list[int], adapter: str | None) -> Any:
+        """A fresh copy of the KV cache of the shared prompt part (computed once per prefix and adapter)."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        key = (tuple(shared), adapter, self._adapters.get(adapter or ""))
+        cached = self._prefix_caches.get(key)
+        if cached is None:
+            cached = DynamicCache()
+            ids = torch.tensor([shared], dtype=torch.long)
+            with torch.inference_mode():
+                self._forward(ids.to(self.device), torch.ones_like(ids).to(self.device),
+                              torch.arange(len(shared))[None, :].to(self.device), cached)
+            while len(self._prefix_caches) >= 8:
+                self._prefix_caches.pop(next(iter(self._prefix_caches)))
+            self._prefix_caches[key] = cached
+        return copy.deepcopy(cached)
 
     # --- scoring ---------------------------------------------------------------------------------
 
@@ -280,13 +306,13 @@ class Judge:
         """
         if not tasks:
             return []
-        prompts = [self.prompt_ids(rubric, t) for t in tasks]
+        prompts = [self.prompt_parts(rubric, t) for t in tasks]
         batch = self.settings.predict_batch_size
         results: list[TaskScore | None] = [None] * len(prompts)
         with self._lock, self._adapter_context(adapter):
             for start in range(0, len(prompts), batch):
                 chunk = prompts[start : start + batch]
-                for offset, score in enumerate(self._score_batch(rubric, chunk)):
+                for offset, score in enumerate(self._score_batch(rubric, chunk, adapter)):
                     results[start + offset] = score
         return [r for r in results if r is not None]
 
@@ -312,22 +338,36 @@ class Judge:
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                           logits_to_keep=keep, **kwargs)
 
-    def _score_batch(self, rubric: Rubric, prompts: list[list[int]]) -> list[TaskScore]:
+    def _score_batch(
+        self, rubric: Rubric, prompts: list[tuple[list[int], list[int]]], adapter: str | None = None
+    ) -> list[TaskScore]:
+        """Score one batch. Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from
+        the prefix cache when every row shares it; left padding of the task parts is masked out."""
         import torch
         from transformers import DynamicCache
 
         tokens = self.rubric_tokens(rubric)
         device = self.device
         size = len(prompts)
-        width = max(len(p) for p in prompts)
+        shared = prompts[0][0]
+        if self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts):
+            cache = self._prefix_cache(shared, adapter)
+            cache.batch_repeat_interleave(size)
+            rows = [p[1] for p in prompts]
+            mask = torch.ones((size, len(shared)), dtype=torch.long)
+        else:
+            cache = DynamicCache()
+            rows = [p[0] + p[1] for p in prompts]
+            mask = torch.zeros((size, 0), dtype=torch.long)
+        width = max(len(r) for r in rows)
         ids = torch.full((size, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((size, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
+        row_mask = torch.zeros((size, width), dtype=torch.long)
+        for row, prompt in enumerate(rows):
             ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            mask[row, width - len(prompt) :] = 1
+            row_mask[row, width - len(prompt) :] = 1
+        positions = mask.sum(dim=1)[:, None] + (row_mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.cat([mask, row_mask], dim=1)
         next_pos = mask.sum(dim=1)  # next position id per row
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
         pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
         per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
 
@@ -368,18 +408,23 @@ class Judge:
         size = first.shape[0]
         scores = torch.stack([first[:, c[0]] for c in candidates], dim=1)
         length = cache.get_seq_length()
+        # one forward per distinct label prefix (a trie level): " 0", " 1", " 2" share the prefix " "
+        groups: dict[tuple[int, ...], list[int]] = {}
         for k, candidate in enumerate(candidates):
-            if len(candidate) == 1:
-                continue
-            tail = torch.tensor([candidate[:-1]] * size, dtype=torch.long)
+            if len(candidate) > 1:
+                groups.setdefault(tuple(candidate[:-1]), []).append(k)
+        for prefix, members in groups.items():
+            tail = torch.tensor([list(prefix)] * size, dtype=torch.long)
             tail_mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
-            tail_pos = next_pos[:, None] + torch.arange(len(candidate) - 1)[None, :]
+            tail_pos = next_pos[:, None] + torch.arange(len(prefix))[None, :]
             out = self._forward(
                 tail.to(self.device), tail_mask.to(self.device), tail_pos.to(self.device), cache, keep=0
             )
             logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
-            for t in range(1, len(candidate)):
-                scores[:, k] += logp[:, t - 1, candidate[t]]
+            for k in members:
+                candidate = candidates[k]
+                for t in range(1, len(candidate)):
+                    scores[:, k] += logp[:, t - 1, candidate[t]]
             _crop(cache, length)
         return scores
 

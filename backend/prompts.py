@@ -101,7 +101,33 @@ def render_prompt(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
     system = f"{rubric.system_prompt}\n\n" if rubric.system_prompt else ""
-    return f"{system}{message}\n\nAnswer:\n"
+    return f"{system}{message}\n\nScores:\n"
+
+
+def split_prompt(
+    rubric: Rubric, inputs: Mapping[str, str], tokenizer: Any, variant: PromptVariant = DEFAULT_VARIANT
+) -> tuple[str, str]:
+    """The prompt as ``(shared, task)``: ``shared`` is identical for every task of the rubric and variant
+    (system prompt, instruction, criteria), ``task`` holds the inputs. ``shared + task`` is the prompt."""
+    full = render_prompt(rubric, inputs, tokenizer, variant)
+    sentinel = {name: f"\x00{name}\x00" for name in rubric.input_names}
+    probe = render_prompt(rubric, sentinel, tokenizer, variant)
+    shared = probe[: probe.find("\x00")]
+    cut = shared.rfind("\n") + 1  # end the shared part on a line boundary
+    shared = shared[:cut]
+    if not shared or not full.startswith(shared):
+        return "", full
+    return shared, full[len(shared) :]
+
+
+def encode_prompt(
+    rubric: Rubric, inputs: Mapping[str, str], tokenizer: Any, variant: PromptVariant = DEFAULT_VARIANT
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``split_prompt``'s two parts, tokenized separately (training and scoring both use this,
+    so the shared part can be cached)."""
+    shared, task = split_prompt(rubric, inputs, tokenizer, variant)
+    encode = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []  # noqa: E731
+    return encode(shared), encode(task)
 
 
 def _token_count(tokenizer: Any, text: str) -> int:

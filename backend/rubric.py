@@ -245,8 +245,8 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
     paraphrases = tuple(c.text(p, f"prompt.paraphrases[{i}]") for i, p in enumerate(paraphrases_raw))
     system_prompt = c.text(prompt.get("system"), "prompt.system", required=False)
 
-    training = data.get("training") or {}
-    training = c.mapping(training, "training")
+    training = data.get("training")
+    training = c.mapping({} if training is None else training, "training")
     c.unknown_keys(training, TRAINING_KEYS, "training")
     for key, value in training.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -366,6 +366,8 @@ def _parse_dimension(
                 c.unknown_keys(entry, {"value", "hint"}, entry_key)
                 hint = c.text(entry.get("hint"), f"{entry_key}.hint", required=False)
                 entry = entry.get("value")
+            if isinstance(entry, bool):
+                raise c.fail(entry_key, f"YAML read this label as the boolean {entry}; quote it, e.g. \"{entry}\"")
             label = c.text(entry if not isinstance(entry, int | float) else str(entry), f"{entry_key}")
             if "\n" in label or label != label.strip():
                 raise c.fail(entry_key, f"{label!r} must be one line without surrounding spaces")
@@ -387,12 +389,22 @@ def _parse_dimension(
     raw_anchors = item.get("anchors") or {}
     raw_anchors = c.mapping(raw_anchors, f"{key}.anchors")
     for level, text in raw_anchors.items():
-        try:
-            number = int(level)
-        except (TypeError, ValueError):
-            raise c.fail(f"{key}.anchors", f"{level!r} is not an integer level") from None
+        number = _integer_level(level)
+        if number is None:
+            raise c.fail(f"{key}.anchors", f"{level!r} is not an integer level")
         if number not in values:
             raise c.fail(f"{key}.anchors.{level}", f"{number} is not on the scale {list(values)}")
         anchors[str(number)] = c.text(text, f"{key}.anchors.{level}")
     return Dimension(name=name, title=title, question=question, labels=tuple(str(v) for v in values),
                      values=values, group=group, anchors=anchors)
+
+
+def _integer_level(level: object) -> int | None:
+    """An anchor key as an integer level: ints and integer strings ("-2"), never bools or 1.5."""
+    if isinstance(level, bool):
+        return None
+    if isinstance(level, int):
+        return level
+    if isinstance(level, str) and re.fullmatch(r"\s*-?[0-9]+\s*", level):
+        return int(level)
+    return None

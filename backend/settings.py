@@ -41,6 +41,8 @@ class Settings:
     predict_batch_size: int = 8
     #: TORCH_THREADS: CPU threads for torch (0 = torch's default).
     torch_threads: int = 0
+    #: PREFIX_CACHE: compute the KV cache of the rubric's shared prompt prefix once and reuse it (true/false).
+    prefix_cache: bool = True
 
     # --- rubric --------------------------------------------------------------------------------
     #: RUBRIC: the default rubric name (a file ``<name>.yaml`` in RUBRIC_DIR).
@@ -130,6 +132,13 @@ class Settings:
 
 def _convert(var: str, raw: str, type_name: object) -> object:
     type_name = str(type_name)
+    if type_name == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{var}={raw!r}: expected true or false")
     try:
         if type_name == "int":
             return int(raw)

@@ -113,3 +113,23 @@ def test_bad_base_model_is_a_clear_error(tmp_path: Path):
     settings = Settings.from_env({}, base_model=str(tmp_path / "nowhere"), model_dir=tmp_path)
     with pytest.raises(ModelLoadError, match="cannot load BASE_MODEL"):
         Judge.from_settings(settings)
+
+
+def test_prefix_cache_gives_the_same_labels(tiny_judge):
+    """The shared-prefix KV cache is a pure speed-up: labels and probabilities equal the plain path's."""
+    rubric = load_rubric("qa-quality")
+    shared, task = tiny_judge.prompt_parts(rubric, QA_TASKS[0])
+    assert len(shared) > 50 and task, "the rubric part of the prompt should be shared"
+    assert tiny_judge.prompt_parts(rubric, QA_TASKS[5])[0] == shared
+    cached = tiny_judge.score(rubric, QA_TASKS)
+    plain_settings = tiny_judge.settings
+    try:
+        tiny_judge.settings = plain_settings.with_overrides(prefix_cache=False)
+        plain = tiny_judge.score(rubric, QA_TASKS)
+    finally:
+        tiny_judge.settings = plain_settings
+    for a, b in zip(cached, plain, strict=True):
+        assert a.labels == b.labels
+        for name in rubric.dimension_names:
+            for label, p in a.dimensions[name].probs.items():
+                assert abs(p - b.dimensions[name].probs[label]) < 1e-4

@@ -1,0 +1,57 @@
+"""Active versions in a real Redis, mirrored on disk; safe project ids; disk fallback when Redis is down."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.app import redis_client as make_redis
+from backend.registry import Registry, RegistryError, parse_project
+from backend.settings import Settings
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("12.1712586036", "12"), (12, "12"), ("0007", "7"), ("3", "3")])
+def test_parse_project(raw, expected):
+    assert parse_project(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [None, "", "abc", "../1", "/etc/passwd", "1/../../x", "١٢", True, "-1", "1e3"])
+def test_parse_project_rejects(raw):
+    with pytest.raises(RegistryError):
+        parse_project(raw)
+
+
+def test_active_version_roundtrip_through_redis_and_disk(tmp_path, redis_client, unique_name):
+    registry = Registry(tmp_path, unique_name, redis_client)
+    assert registry.active_version("5") == 0
+    registry.version_dir("5", 1).mkdir(parents=True)
+    registry.set_active("5", 1)
+    assert redis_client.get(f"rubric-judge:{unique_name}:active:5") == b"1"
+    assert (tmp_path / "5" / "ACTIVE").read_text().strip() == "1"
+    # another process (fresh registry) sees it
+    assert Registry(tmp_path, unique_name, redis_client).active_version("5") == 1
+    # a pointer set in Redis by the worker wins over this process's disk view
+    registry.version_dir("5", 2).mkdir()
+    redis_client.set(f"rubric-judge:{unique_name}:active:5", "2")
+    assert registry.active_version("5") == 2
+    with pytest.raises(RegistryError, match="does not exist"):
+        registry.set_active("5", 9)
+    redis_client.delete(f"rubric-judge:{unique_name}:active:5")
+
+
+def test_disk_fallback_when_redis_is_down(tmp_path, unique_name):
+    down = make_redis(Settings.from_env({}, redis_url="redis://127.0.0.1:1/0"))
+    registry = Registry(tmp_path, unique_name, down)
+    registry.version_dir("3", 1).mkdir(parents=True)
+    registry.set_active("3", 1)  # disk write succeeds, Redis write is logged
+    assert registry.active_version("3") == 1
+    registry.remember_rubric("3", "qa-quality")
+    assert registry.project_rubric("3") == "qa-quality"
+
+
+def test_versions_listing_ignores_temporary_folders(tmp_path):
+    registry = Registry(tmp_path, "m", None)
+    for name in ("v1", "v2", ".v3.tmp-abc", "v3.partial", "notes"):
+        (tmp_path / "4" / name).mkdir(parents=True)
+    assert registry.version_numbers("4") == [1, 2]
+    assert registry.next_version("4") == 3
+    assert [v.model_version for v in registry.versions("4")] == ["m.p4.v0", "m.p4.v1", "m.p4.v2"]
