@@ -160,6 +160,19 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def versions() -> Response:
         return jsonify(service.versions(request.args.get("project")))
 
+    @app.post("/webhook")
+    def webhook() -> Response:
+        body = read_json_object()
+        result = service.webhook(body)
+        status = result.pop("_status", 200)
+        response = jsonify(result)
+        response.status_code = status
+        return response
+
+    @app.get("/status")
+    def status() -> Response:
+        return jsonify(service.status(request.args.get("project")))
+
     @app.get("/metrics")
     def metrics() -> Response:
         return jsonify({})
@@ -171,10 +184,12 @@ def build_service(settings: Settings) -> Service:
     """Load the judge and connect the registry (Redis optional at start-up)."""
     from backend.judge import Judge
     from backend.registry import Registry
+    from backend.triggers import Triggers
 
     judge = Judge.from_settings(settings)
-    registry = Registry(settings.model_dir, judge.base_name, redis_client(settings))
-    return Service(settings, judge, registry)
+    redis = redis_client(settings)
+    registry = Registry(settings.model_dir, judge.base_name, redis)
+    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name))
 
 
 def redis_client(settings: Settings) -> Any:

@@ -99,6 +99,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_command(target: str) -> Any:
+    """A command implemented in the worker package, resolved by dotted name at call time (the backend never
+    imports the worker at module level; the CLI is where both meet)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        module, func = target.split(":")
+        return int(getattr(importlib.import_module(module), func)(args, _settings(args, rubric=None)) or 0)
+
+    return run
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, help="training epochs (rubric's training.epochs, else 3)")
+    parser.add_argument("--learning-rate", type=float, help="learning rate")
+    parser.add_argument("--batch-size", type=int, help="examples per optimizer step")
+    parser.add_argument("--max-length", type=int, help="max tokens per example (inputs trimmed, never the target)")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank (16)")
+    parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
+    parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
+    parser.add_argument("--targets", choices=["each", "consensus"], help="one example per annotator or per task")
+    parser.add_argument("--seed", type=int, help="random seed (3407)")
+    parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.add_argument("--limit", type=int, help="use only the first N tasks of --data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rubric-judge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="JSONL output (default: stdout)")
     predict.add_argument("--project", default="0", help="project id whose active adapter to use (default 0)")
     predict.set_defaults(func=cmd_predict)
+
+    worker = sub.add_parser("worker", help="run an RQ worker that trains adapters (queue QUEUE_NAME)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--name", help="worker name (default: RQ's)")
+    worker.set_defaults(func=_worker_command("worker.cli:run_worker"))
+
+    train = sub.add_parser("train", help="train and evaluate an adapter offline from a JSONL/CSV file")
+    train.add_argument("--rubric", required=True, help="rubric name or YAML path")
+    train.add_argument("--data", required=True, help="JSONL ({id, data, annotations|label}) or CSV")
+    train.add_argument("--heldout-data", help="evaluate on this file instead of a split of --data")
+    train.add_argument("--heldout-limit", type=int, help="use only the first N tasks of --heldout-data")
+    train.add_argument("--out", required=True, help="new folder for the adapter, metrics and data snapshot")
+    _training_options(train)
+    train.set_defaults(func=_worker_command("worker.cli:run_train"))
+
+    evaluate = sub.add_parser("evaluate", help="agreement of the base model or an adapter with a labelled file")
+    evaluate.add_argument("--rubric", required=True, help="rubric name or YAML path")
+    evaluate.add_argument("--data", required=True, help="JSONL or CSV with human labels")
+    evaluate.add_argument("--model", default="v0", help="'v0' (base model) or an adapter folder")
+    evaluate.add_argument("--limit", type=int, help="use only the first N tasks")
+    evaluate.add_argument("--output", help="write the full metrics JSON here")
+    evaluate.set_defaults(func=_worker_command("worker.cli:run_evaluate"))
 
     return parser
 

@@ -213,7 +213,8 @@ class Judge:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         # transformers >= 5.x renames ``past_key_values`` to ``cache``; use whichever the model takes
-        params = inspect.signature(type(model).forward).parameters
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(type(inner).forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         torch.manual_seed(0)
 
@@ -243,6 +244,12 @@ class Judge:
             self.model.eval()
             self._adapters[name] = str(path)
             log.info("loaded adapter %s from %s in %.2f s", name, path, time.monotonic() - started)
+
+    def adopt_adapter(self, name: str, path: Path) -> None:
+        """Register an adapter that is already attached to ``self.model`` under ``name`` (e.g. just trained)."""
+        with self._lock:
+            self._adapters[name] = str(path)
+            self._prefix_caches.clear()
 
     def has_adapter(self, name: str) -> bool:
         return name in self._adapters

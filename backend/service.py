@@ -29,6 +29,9 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
+                   "START_TRAINING"}
+
 
 class RequestError(ValueError):
     """A client error: ``status`` (4xx) and a message saying what was wrong."""
@@ -52,8 +55,9 @@ class Service:
     """The backend's state for one process: judge, rubrics, registry."""
 
     def __init__(self, settings: Settings, judge: Judge, registry: Registry,
-                 rubrics: Mapping[str, Rubric] | None = None) -> None:
+                 rubrics: Mapping[str, Rubric] | None = None, triggers: Any = None) -> None:
         self.settings = settings
+        self.triggers = triggers
         self.judge = judge
         self.registry = registry
         self.rubrics = dict(rubrics) if rubrics is not None else load_all(settings.rubric_dir)
@@ -164,3 +168,69 @@ class Service:
                 details.append({"project": p, "model_version": info.model_version, "number": info.number,
                                 "active": info.active, "alpha": metrics.get("alpha_flat")})
         return {"versions": [d["model_version"] for d in details], "details": details}
+
+    # --- training triggers -----------------------------------------------------------------------
+
+    def webhook(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Record a Label Studio event; never trains or calls Label Studio here (1 s budget, no retries)."""
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise RequestError("missing 'action': expected a Label Studio webhook payload")
+        if action not in TRIGGER_ACTIONS:
+            return {"status": "ignored", "action": action}
+        project_obj = body.get("project")
+        raw: object = project_obj.get("id") if isinstance(project_obj, Mapping) else None
+        if raw is None and isinstance(body.get("annotation"), Mapping):
+            raw = body["annotation"].get("project")
+        if raw is None:
+            raise RequestError(f"{action}: missing project.id in the payload")
+        try:
+            project = parse_project(raw)
+        except RegistryError as exc:
+            raise RequestError(f"{action}: {exc}") from None
+        if self.triggers is None:
+            raise RequestError("training queue unavailable: Redis is not configured", 503)
+        try:
+            if action == "START_TRAINING":
+                result = self.triggers.trigger(project)
+            else:
+                annotations = body.get("annotations")
+                count = len(annotations) if isinstance(annotations, list) and annotations else 1
+                result = self.triggers.count_annotations(project, count, self.settings.train_min_new_annotations)
+        except Exception as exc:  # Redis down or erroring: answer fast, say so
+            if isinstance(exc, RequestError):
+                raise
+            log.error("webhook %s for project %s: queue unavailable (%s)", action, project, type(exc).__name__)
+            raise RequestError(f"training queue unavailable ({type(exc).__name__}); the event was not recorded",
+                               503) from None
+        answer: dict[str, Any] = {"status": result.status, "project": project, "action": action}
+        if result.job_id:
+            answer["job"] = result.job_id
+        if result.status == "counted":
+            answer["pending"] = result.pending
+            answer["threshold"] = self.settings.train_min_new_annotations
+        return answer
+
+    def status(self, project: object = None) -> dict[str, Any]:
+        """Training state per project: queued/running job, its progress, pending annotation events."""
+        if self.triggers is None:
+            raise RequestError("training queue unavailable: Redis is not configured", 503)
+        projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
+        out = {}
+        for p in projects:
+            state = self.triggers.state(p)
+            job_id = state.get("running") or state.get("queued")
+            if job_id:
+                state["job"] = self._job_info(job_id)
+            state["active_version"] = self.registry.model_version(p, self.registry.active_version(p))
+            out[p] = state
+        return {"projects": out}
+
+    def _job_info(self, job_id: str) -> dict[str, Any] | None:
+        from rq.job import Job
+
+        try:
+            job = Job.fetch(job_id, connection=self.triggers.redis)
+        except Exception:
+            return None
+        return {"id": job_id, "status": str(job.get_status()), "meta": job.meta}

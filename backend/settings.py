@@ -77,6 +77,14 @@ class Settings:
     label_studio_api_key: str = ""
     #: TRAIN_MIN_NEW_ANNOTATIONS: annotation events needed before a webhook starts training.
     train_min_new_annotations: int = 10
+    #: TRAIN_EPOCHS / TRAIN_LEARNING_RATE / TRAIN_BATCH_SIZE / TRAIN_MAX_LENGTH: override the rubric's
+    #: ``training:`` values for jobs run by the worker (0 = keep the rubric's or the default).
+    train_epochs: int = 0
+    train_learning_rate: float = 0.0
+    train_batch_size: int = 0
+    train_max_length: int = 0
+    #: TRAIN_TARGETS: ``each`` (one example per annotator) or ``consensus`` (one per task).
+    train_targets: str = "each"
 
     # --- logging -------------------------------------------------------------------------------
     #: LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.
@@ -116,6 +124,10 @@ class Settings:
                      "max_tasks_per_request"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.train_targets not in ("each", "consensus"):
+            raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each or consensus")
+        if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
+            raise SettingsError("TRAIN_EPOCHS, TRAIN_LEARNING_RATE, TRAIN_BATCH_SIZE, TRAIN_MAX_LENGTH must be >= 0")
         if self.train_min_new_annotations < 0:
             raise SettingsError("TRAIN_MIN_NEW_ANNOTATIONS must be 0 or more")
         if not 0 < self.port < 65536:
@@ -124,6 +136,15 @@ class Settings:
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together (or neither)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+
+    def training_overrides(self) -> dict[str, object]:
+        """The TRAIN_* settings that are set, as ``TrainConfig`` overrides."""
+        values: dict[str, object] = {"epochs": self.train_epochs, "learning_rate": self.train_learning_rate,
+                                     "batch_size": self.train_batch_size, "max_length": self.train_max_length}
+        out = {k: v for k, v in values.items() if v}
+        if self.train_targets != "each":
+            out["targets"] = self.train_targets
+        return out
 
     @property
     def auth_enabled(self) -> bool:
@@ -142,8 +163,10 @@ def _convert(var: str, raw: str, type_name: object) -> object:
     try:
         if type_name == "int":
             return int(raw)
+        if type_name == "float":
+            return float(raw)
         if type_name == "Path":
             return Path(raw).expanduser()
     except ValueError:
-        raise SettingsError(f"{var}={raw!r}: expected an integer") from None
+        raise SettingsError(f"{var}={raw!r}: expected a {type_name}") from None
     return raw

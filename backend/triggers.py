@@ -1,0 +1,159 @@
+"""Training triggers: one training job per project, coalesced, in Redis.
+
+State per project (all under ``rubric-judge:<base>:``):
+
+- ``queued:<p>``  id of the job waiting in the queue; new triggers are absorbed by it;
+- ``running:<p>`` id of the job being trained (expires unless the worker's heartbeat renews it, so a
+  killed worker cannot block training for ever);
+- ``dirty:<p>``   set by a trigger that arrives while a job runs: exactly one follow-up is queued when the
+  running job ends;
+- ``pending:<p>`` annotation events since the last training trigger.
+
+Every transition is one Lua script, so concurrent webhooks and the worker never enqueue two jobs. The job
+is enqueued by its dotted name (``worker.jobs.train_project``): the backend never imports the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRAIN_JOB = "worker.jobs.train_project"
+RUNNING_TTL_S = 300
+QUEUED_TTL_S = 7 * 24 * 3600
+JOB_TIMEOUT_S = 24 * 3600
+
+_TRIGGER = """
+local queued = redis.call('GET', KEYS[1])
+if queued then return {'absorbed', queued} end
+local running = redis.call('GET', KEYS[2])
+if running then
+  redis.call('SET', KEYS[3], '1')
+  return {'follow-up', running}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], '0')
+return {'enqueue', ARGV[1]}
+"""
+
+_COUNT = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if tonumber(n) >= tonumber(ARGV[2]) then return 1 end
+return 0
+"""
+
+_START = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local running = redis.call('GET', KEYS[2])
+if running and running ~= ARGV[1] then return running end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+_FINISH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[2]) then
+  redis.call('DEL', KEYS[2])
+  if not redis.call('GET', KEYS[3]) then
+    redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+    return ARGV[2]
+  end
+end
+return false
+"""
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    status: str  # enqueued | absorbed | follow-up | counted
+    job_id: str | None
+    pending: int = 0
+
+
+class Triggers:
+    """Coalescing training triggers for every project of one base model."""
+
+    def __init__(self, redis: Any, base_name: str, queue_name: str) -> None:
+        self.redis = redis
+        self.base_name = base_name
+        self.queue_name = queue_name
+        self._trigger = redis.register_script(_TRIGGER)
+        self._count = redis.register_script(_COUNT)
+        self._start = redis.register_script(_START)
+        self._finish = redis.register_script(_FINISH)
+
+    def key(self, what: str, project: str) -> str:
+        return f"rubric-judge:{self.base_name}:{what}:{project}"
+
+    def _keys(self, project: str) -> list[str]:
+        return [self.key("queued", project), self.key("running", project), self.key("dirty", project),
+                self.key("pending", project)]
+
+    def _enqueue(self, project: str, job_id: str) -> None:
+        from rq import Queue
+
+        queue = Queue(self.queue_name, connection=self.redis)
+        try:
+            queue.enqueue(TRAIN_JOB, project, self.base_name, job_id=job_id, job_timeout=JOB_TIMEOUT_S,
+                          result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+                          description=f"train project {project}")
+        except Exception:
+            self.redis.delete(self.key("queued", project))
+            raise
+
+    def trigger(self, project: str) -> TriggerResult:
+        """Ask for a training run: enqueue one, or let the queued/running job absorb the request."""
+        new_id = f"train-p{project}-{uuid.uuid4().hex[:12]}"
+        status, job_id = self._trigger(keys=self._keys(project), args=[new_id, QUEUED_TTL_S])
+        status = status.decode() if isinstance(status, bytes) else status
+        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+        if status == "enqueue":
+            self._enqueue(project, job_id)
+            log.info("project %s: training job %s enqueued", project, job_id)
+            return TriggerResult("enqueued", job_id)
+        log.info("project %s: trigger absorbed (%s, job %s)", project, status, job_id)
+        return TriggerResult(status, job_id)
+
+    def count_annotations(self, project: str, n: int, threshold: int) -> TriggerResult:
+        """Record ``n`` annotation events; trigger training once ``threshold`` have arrived since the last."""
+        reached = self._count(keys=[self.key("pending", project)], args=[n, max(1, threshold)])
+        if reached:
+            return self.trigger(project)
+        pending = int(self.redis.get(self.key("pending", project)) or 0)
+        return TriggerResult("counted", None, pending)
+
+    # --- worker side -----------------------------------------------------------------------------
+
+    def start(self, project: str, job_id: str) -> str | None:
+        """Mark ``job_id`` running. Returns the id of another running job (then this one must not run)."""
+        other = self._start(keys=[self.key("queued", project), self.key("running", project)],
+                            args=[job_id, RUNNING_TTL_S])
+        return other.decode() if isinstance(other, bytes) else other
+
+    def heartbeat(self, project: str, job_id: str) -> None:
+        """Keep the running mark alive while training (it expires if the worker dies)."""
+        key = self.key("running", project)
+        value = self.redis.get(key)
+        if value in (job_id, job_id.encode()):
+            self.redis.expire(key, RUNNING_TTL_S)
+
+    def finish(self, project: str, job_id: str) -> str | None:
+        """Clear the running mark; if triggers arrived meanwhile, enqueue exactly one follow-up (its id)."""
+        follow = f"train-p{project}-{uuid.uuid4().hex[:12]}"
+        queued = self._finish(keys=[self.key("running", project), self.key("dirty", project),
+                                    self.key("queued", project)], args=[job_id, follow, QUEUED_TTL_S])
+        queued = queued.decode() if isinstance(queued, bytes) else queued
+        if queued:
+            self._enqueue(project, queued)
+            log.info("project %s: follow-up training job %s enqueued", project, queued)
+        return queued
+
+    def state(self, project: str) -> dict[str, Any]:
+        queued, running, dirty, pending = self.redis.mget(self._keys(project))
+        decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+        return {"queued": decode(queued), "running": decode(running), "follow_up": bool(dirty),
+                "pending_annotations": int(pending or 0)}

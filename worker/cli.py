@@ -1,0 +1,112 @@
+"""The worker's commands (``rubric-judge worker|train|evaluate``), called from ``backend.cli`` by name."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.rubric import load_rubric
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """An RQ worker on the ``rubric-judge`` queue."""
+    from redis import Redis
+    from rq import Queue, Worker
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        redis.ping()
+    except Exception as exc:
+        raise RuntimeError(f"cannot reach Redis at {settings.redis_url}: {exc}") from None
+    if not settings.label_studio_api_key:
+        log.warning("LABEL_STUDIO_API_KEY is not set: training jobs will fail until it is")
+    queue = Queue(settings.queue_name, connection=redis)
+    worker = Worker([queue], connection=redis, name=args.name)
+    log.info("worker listening on queue %r at %s (Label Studio %s)", settings.queue_name, settings.redis_url,
+             settings.label_studio_url)
+    worker.work(burst=args.burst, with_scheduler=True)
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "heldout_fraction",
+            "targets", "seed")
+    values = {k: getattr(args, k, None) for k in keys}
+    if getattr(args, "no_augment", False):
+        values["augment"] = False
+    return values
+
+
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Offline twin of the RQ job: train on a JSONL/CSV file, evaluate on its held-out part."""
+    from worker.jobs import run_training
+    from worker.source import read_file
+
+    rubric = load_rubric(args.rubric, settings.rubric_dir)
+    records = read_file(Path(args.data), rubric)
+    heldout = None
+    if args.heldout_data:
+        heldout = read_file(Path(args.heldout_data), rubric)
+    if args.limit:
+        records = records[: args.limit]
+    if heldout is not None and args.heldout_limit:
+        heldout = heldout[: args.heldout_limit]
+    started = time.monotonic()
+    result = run_training(settings, rubric, records, Path(args.out), overrides=_overrides(args), heldout=heldout,
+                          extra={"data": str(args.data)})
+    metrics = result.metrics
+    summary = {
+        "out": str(result.path), "wall_seconds": round(time.monotonic() - started, 1),
+        "counts": metrics["counts"], "alpha_flat": metrics["alpha_flat"],
+        "alpha_flat_base": metrics["base"]["alpha_flat"], "alpha_humans_flat": metrics["alpha_humans_flat"],
+        "per_dimension": {
+            name: {"candidate": _dim_alpha(metrics["candidate"], name), "base": _dim_alpha(metrics["base"], name)}
+            for name in rubric.dimension_names
+        },
+    }
+    sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
+    entry = metrics["dimensions"][name]
+    report = entry.get("interval") or entry.get("nominal")
+    return report["alpha_system"]
+
+
+def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    """Score a labelled file with the base model (``v0``/``base``) or an adapter folder, print the metrics."""
+    from backend.judge import Judge
+    from worker.evaluate import evaluate_judge
+    from worker.source import read_file
+
+    rubric = load_rubric(args.rubric, settings.rubric_dir)
+    records = read_file(Path(args.data), rubric)
+    if args.limit:
+        records = records[: args.limit]
+    judge = Judge.from_settings(settings)
+    adapter = None
+    if args.model not in ("v0", "base"):
+        path = Path(args.model)
+        if not (path / "adapter_config.json").is_file():
+            raise ValueError(f"--model {args.model}: expected 'v0', 'base' or an adapter folder")
+        judge.load_adapter("evaluated", path)
+        adapter = "evaluated"
+    metrics = evaluate_judge(judge, rubric, records, adapter)
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    metrics.pop("predictions", None)
+    summary = {"model": args.model, "n_tasks": metrics["n_tasks"], "alpha_flat": metrics["alpha_flat"],
+               "alpha_flat_ci": metrics["alpha_flat_ci"], "alpha_humans_flat": metrics["alpha_humans_flat"],
+               "per_dimension": {n: _dim_alpha(metrics, n) for n in rubric.dimension_names},
+               "scoring_seconds": metrics["scoring_seconds"]}
+    sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    return 0

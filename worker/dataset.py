@@ -1,0 +1,199 @@
+"""Records -> training examples: split by task (never by example), augment the training part only.
+
+Augmentation (training only, seeded): a paraphrased instruction from the rubric, a permuted order of the
+input fields, a shuffled label list (classification) and token dropout on the task's input tokens with a
+real replacement token. Targets are the exact token sequence the judge scores (``backend.prompts``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backend.prompts import DEFAULT_VARIANT, PromptVariant, dimension_prefix, encode_prompt, fit_inputs, label_text
+from backend.rubric import Dimension, Rubric
+from worker.source import Record
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    paraphrase: bool = True
+    permute_inputs: bool = True
+    shuffle_labels: bool = True
+    token_dropout_rate: float = 0.03  # share of input tokens replaced, when dropout fires
+    token_dropout_prob: float = 0.5  # probability that dropout fires for an example
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        return cls(False, False, False, 0.0, 0.0)
+
+
+def split_records(
+    records: Sequence[Record], heldout_fraction: float, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """Deterministic split by ``Record.split_key`` (the task, or its group): a key's tasks stay together.
+
+    Keys are ordered by a seeded hash, so the split does not depend on the order of the input.
+    """
+    if not 0 <= heldout_fraction < 1:
+        raise ValueError(f"held-out fraction {heldout_fraction} must be in [0, 1)")
+    keys = sorted({r.split_key for r in records},
+                  key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    n_heldout = round(len(keys) * heldout_fraction)
+    if heldout_fraction > 0 and len(keys) >= 2:
+        n_heldout = min(max(n_heldout, 1), len(keys) - 1)
+    heldout_keys = set(keys[:n_heldout])
+    train = [r for r in records if r.split_key not in heldout_keys]
+    heldout = [r for r in records if r.split_key in heldout_keys]
+    return train, heldout
+
+
+def consensus_label(dim: Dimension, labels: Sequence[str]) -> str | None:
+    """The label most annotators gave (scales: the label nearest the mean; ties to the lower label)."""
+    if not labels:
+        return None
+    if dim.values is not None:
+        mean = sum(int(label) for label in labels) / len(labels)
+        return str(min(dim.values, key=lambda v: (abs(v - mean), v)))
+    counts = Counter(labels)
+    best = max(counts.values())
+    return next(label for label in dim.labels if counts.get(label) == best)
+
+
+def record_consensus(rubric: Rubric, record: Record) -> dict[str, str]:
+    out = {}
+    for dim in rubric.dimensions:
+        label = consensus_label(dim, [a.labels[dim.name] for a in record.annotations if dim.name in a.labels])
+        if label is not None:
+            out[dim.name] = label
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one example teaches: a label per dimension, and which dimensions are supervised."""
+
+    record: Record
+    labels: Mapping[str, str]
+    supervised: frozenset[str]
+
+
+def targets_for(rubric: Rubric, records: Sequence[Record], mode: str = "each") -> list[Target]:
+    """``each``: one target per (task, annotator); an annotator's unscored dimension is filled with the
+    consensus for teacher forcing but not supervised. ``consensus``: one target per task."""
+    out: list[Target] = []
+    for record in records:
+        agreed = record_consensus(rubric, record)
+        if not agreed:
+            continue
+        fill = {d.name: agreed.get(d.name, d.labels[len(d.labels) // 2]) for d in rubric.dimensions}
+        if mode == "consensus":
+            out.append(Target(record, fill, frozenset(agreed)))
+            continue
+        if mode != "each":
+            raise ValueError(f"unknown target mode {mode!r}: use 'each' or 'consensus'")
+        for annotation in record.annotations:
+            labels = {**fill, **annotation.labels}
+            out.append(Target(record, labels, frozenset(annotation.labels)))
+    return out
+
+
+def sample_variant(rubric: Rubric, rng: random.Random, config: AugmentConfig) -> PromptVariant:
+    """A random prompt variant for one training example."""
+    instruction = None
+    if config.paraphrase and rubric.paraphrases:
+        choice = rng.randrange(len(rubric.paraphrases) + 1)
+        instruction = None if choice == 0 else rubric.paraphrases[choice - 1]
+    order = None
+    if config.permute_inputs and len(rubric.inputs) > 1 and rng.random() < 0.5:
+        names = list(rubric.input_names)
+        rng.shuffle(names)
+        order = tuple(names)
+    label_order = None
+    if config.shuffle_labels and rubric.kind == "classification":
+        label_order = {}
+        for dim in rubric.dimensions:
+            labels = list(dim.labels)
+            rng.shuffle(labels)
+            label_order[dim.name] = tuple(labels)
+    return PromptVariant(instruction=instruction, input_order=order, label_order=label_order)
+
+
+def replacement_token(tokenizer: Any) -> int | None:
+    """A real token to put in place of dropped ones: unk, else pad (when distinct from eos); None = delete."""
+    for candidate in (tokenizer.unk_token_id, tokenizer.pad_token_id):
+        if candidate is not None and candidate != tokenizer.eos_token_id:
+            return int(candidate)
+    return None
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE except on the supervised label tokens
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def encode_example(
+    rubric: Rubric,
+    target: Target,
+    tokenizer: Any,
+    max_length: int,
+    rng: random.Random | None = None,
+    augment: AugmentConfig | None = None,
+) -> Example:
+    """Prompt tokens + target tokens, segment by segment exactly as the judge reads them; loss only on
+    the label tokens of supervised dimensions. Dropout touches only the task part of the prompt."""
+    variant = sample_variant(rubric, rng, augment) if rng is not None and augment is not None else DEFAULT_VARIANT
+    completion: list[int] = []
+    mask: list[int] = []
+    for index, dim in enumerate(rubric.dimensions):
+        prefix = tokenizer(dimension_prefix(rubric, index), add_special_tokens=False)["input_ids"]
+        label = tokenizer(label_text(target.labels[dim.name]), add_special_tokens=False)["input_ids"]
+        completion += list(prefix) + list(label)
+        supervised = dim.name in target.supervised
+        mask += [IGNORE] * len(prefix) + (list(label) if supervised else [IGNORE] * len(label))
+    budget = max(16, max_length - len(completion))
+    inputs = fit_inputs(rubric, target.record.inputs, tokenizer, budget, variant)
+    shared, task = encode_prompt(rubric, inputs, tokenizer, variant)
+    if rng is not None and augment is not None and augment.token_dropout_rate > 0 and \
+            rng.random() < augment.token_dropout_prob:
+        task = _dropout(task, rng, augment.token_dropout_rate, replacement_token(tokenizer))
+    prompt = shared + task
+    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask)
+
+
+def _dropout(ids: list[int], rng: random.Random, rate: float, replacement: int | None) -> list[int]:
+    out = []
+    for token in ids:
+        if rng.random() < rate:
+            if replacement is not None:
+                out.append(replacement)
+        else:
+            out.append(token)
+    return out
+
+
+def describe(train: Sequence[Record], heldout: Sequence[Record], targets: Sequence[Target]) -> dict[str, int]:
+    """Counts for logs and reports."""
+    annotators = {a.annotator for r in [*train, *heldout] for a in r.annotations}
+    return {
+        "tasks": len(train) + len(heldout),
+        "train_tasks": len(train),
+        "heldout_tasks": len(heldout),
+        "annotations": sum(len(r.annotations) for r in [*train, *heldout]),
+        "annotators": len(annotators),
+        "train_examples": len(targets),
+        "multi_annotator_heldout_tasks": sum(1 for r in heldout if len(r.annotations) >= 2),
+    }

@@ -1,0 +1,111 @@
+"""Held-out evaluation: the judge against the per-task human consensus, and the humans against each other.
+
+Per dimension: Krippendorff's alpha (interval and ordinal for scales, nominal for classification) with 95%
+bootstrap intervals, the human-human alpha (the ceiling), the "one more annotator" delta-alpha, exact
+agreement, MAE or macro-F1, and a confusion matrix. Flattened over all dimensions: the paper's figure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from backend.agreement import dimension_report, flatten_dimensions
+from backend.judge import Judge, TaskScore
+from backend.rubric import Dimension, Rubric
+from worker.source import Record
+
+log = logging.getLogger(__name__)
+
+
+def _value(dim: Dimension, label: str | None) -> int | str | None:
+    return None if label is None else dim.value_of(label)
+
+
+def human_matrix(rubric: Rubric, records: Sequence[Record], dim: Dimension) -> list[list[Any]]:
+    """Raters x units for one dimension (None where a rater did not score the unit)."""
+    annotators = sorted({a.annotator for r in records for a in r.annotations})
+    rows = []
+    for who in annotators:
+        row = []
+        for record in records:
+            labels = next((a.labels for a in record.annotations if a.annotator == who), {})
+            row.append(_value(dim, labels.get(dim.name)))
+        rows.append(row)
+    return rows
+
+
+def evaluate_predictions(
+    rubric: Rubric, records: Sequence[Record], predictions: Sequence[TaskScore] | None, n_boot: int = 500
+) -> dict[str, Any]:
+    """Agreement metrics of ``predictions`` (None: humans only) on ``records``."""
+    if predictions is not None and len(predictions) != len(records):
+        raise ValueError("one prediction per record expected")
+    dims: dict[str, Any] = {}
+    flat_humans: dict[str, list[list[Any]]] = {}
+    flat_system: list[Any] = []
+    for dim in rubric.dimensions:
+        human = human_matrix(rubric, records, dim)
+        system = None if predictions is None else [_value(dim, p.dimensions[dim.name].label) for p in predictions]
+        domain = list(dim.values) if dim.values is not None else list(dim.labels)
+        if dim.is_scale:
+            entry = {
+                "interval": dimension_report(human, system, "interval", domain, n_boot=n_boot),
+                "ordinal": dimension_report(human, system, "ordinal", domain, n_boot=n_boot),
+            }
+        else:
+            entry = {"nominal": dimension_report(human, system, "nominal", domain, n_boot=n_boot)}
+        entry["level"] = dim.level
+        if predictions is not None:
+            entry["predicted_distribution"] = {
+                label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels
+            }
+        dims[dim.name] = entry
+        flat_humans[dim.name] = human
+        if system is not None:
+            flat_system.extend(system)
+    level = "interval" if rubric.kind == "scores" else "nominal"
+    flat = dimension_report(flatten_dimensions(flat_humans), flat_system if predictions is not None else None,
+                            level, None, n_boot=n_boot)
+    flat_ordinal = None
+    if rubric.kind == "scores":
+        flat_ordinal = dimension_report(flatten_dimensions(flat_humans), flat_system or None, "ordinal", None,
+                                        n_boot=n_boot)
+    return {
+        "n_tasks": len(records),
+        "n_annotations": sum(len(r.annotations) for r in records),
+        "n_multi_annotator_tasks": sum(1 for r in records if len(r.annotations) >= 2),
+        "alpha_flat": flat["alpha_system"],
+        "alpha_flat_ci": flat["alpha_system_ci"],
+        "alpha_flat_ordinal": flat_ordinal["alpha_system"] if flat_ordinal else None,
+        "alpha_humans_flat": flat["alpha_humans"],
+        "delta_alpha_flat": flat["delta_alpha"],
+        "exact_flat": flat["exact"],
+        "mae_flat": flat["mae"],
+        "level_flat": level,
+        "dimensions": dims,
+    }
+
+
+def evaluate_judge(
+    judge: Judge, rubric: Rubric, records: Sequence[Record], adapter: str | None, n_boot: int = 500
+) -> dict[str, Any]:
+    """Score ``records`` with ``adapter`` (None = base model) and compute the metrics."""
+    started = time.monotonic()
+    predictions = judge.score(rubric, [r.inputs for r in records], adapter) if records else []
+    seconds = time.monotonic() - started
+    metrics = evaluate_predictions(rubric, records, predictions, n_boot=n_boot)
+    metrics["scoring_seconds"] = round(seconds, 2)
+    metrics["predictions"] = [
+        {"task_id": r.task_id, "labels": p.labels, "confidence": round(p.confidence, 4)}
+        for r, p in zip(records, predictions, strict=True)
+    ]
+    log.info("evaluated %s on %d held-out task(s): flattened alpha %s (%.1f s)", adapter or "base model",
+             len(records), _fmt(metrics["alpha_flat"]), seconds)
+    return metrics
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,234 @@
+"""RQ entry points and the training pipeline they share with the offline ``train`` command.
+
+``train_project(project_id)``: fetch every finished annotation from Label Studio, snapshot it, split by task,
+augment the training part, train a LoRA adapter, evaluate candidate / active / base on the held-out tasks,
+write the adapter as the next version (temporary folder, then rename) and promote it only if its flattened
+alpha is not lower than the active version's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.rubric import Rubric
+from backend.settings import Settings
+from worker.dataset import describe, split_records, targets_for
+from worker.source import Record
+from worker.train import TrainConfig, train_lora
+
+log = logging.getLogger(__name__)
+
+MIN_TASKS = 4
+
+
+class TrainingError(RuntimeError):
+    """Training cannot run; the message says why."""
+
+
+@dataclass
+class RunResult:
+    path: Path
+    metrics: dict[str, Any]
+    promoted: bool | None
+
+
+def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _record_row(record: Record) -> dict[str, Any]:
+    return {"id": record.task_id, "group": record.group, "data": dict(record.inputs),
+            "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in record.annotations]}
+
+
+def _alpha(metrics: Mapping[str, Any] | None) -> float | None:
+    value = (metrics or {}).get("alpha_flat")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def should_promote(candidate: Mapping[str, Any], incumbent: Mapping[str, Any] | None) -> tuple[bool, str]:
+    """Promote when the candidate's flattened alpha is not lower than the incumbent's (on the same tasks)."""
+    new, old = _alpha(candidate), _alpha(incumbent)
+    if new is None:
+        return False, "the candidate's alpha is undefined on the held-out tasks"
+    if old is None:
+        return True, f"alpha {new:.3f}; the incumbent's alpha is undefined"
+    if new >= old:
+        return True, f"alpha {new:.3f} >= incumbent {old:.3f}"
+    return False, f"alpha {new:.3f} < incumbent {old:.3f}"
+
+
+def run_training(
+    settings: Settings,
+    rubric: Rubric,
+    records: Sequence[Record],
+    destination: Path,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    heldout: Sequence[Record] | None = None,
+    incumbent: tuple[str, Path] | None = None,
+    snapshot: Mapping[str, Any] | list[Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Train on ``records`` (split by task unless ``heldout`` is given), evaluate, and write the adapter,
+    metrics and data snapshot into ``destination`` atomically (temporary folder, then rename).
+
+    ``incumbent`` is ``(version name, adapter path)`` of the active adapter to compare with; without it the
+    base model is the incumbent. ``metrics.json`` records the decision; the caller moves the active pointer.
+    """
+    from backend.judge import Judge, load_base_model
+    from worker.evaluate import evaluate_judge
+
+    config = TrainConfig.build(rubric, overrides)
+    if heldout is None:
+        train, held = split_records(records, config.heldout_fraction, config.seed)
+    else:
+        train, held = list(records), list(heldout)
+    if len(train) + len(held) < MIN_TASKS:
+        raise TrainingError(f"only {len(train) + len(held)} annotated task(s); at least {MIN_TASKS} are needed")
+    train_targets = targets_for(rubric, train, config.targets)
+    val_targets = targets_for(rubric, held, "consensus")
+    counts = describe(train, held, train_targets)
+    log.info("data: %s", counts)
+    if destination.exists():
+        raise TrainingError(f"{destination} already exists; versions are never overwritten")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
+    try:
+        _write_jsonl(tmp / "train.jsonl", [_record_row(r) for r in train])
+        _write_jsonl(tmp / "heldout.jsonl", [_record_row(r) for r in held])
+        if snapshot is not None:
+            (tmp / "export.json").write_text(json.dumps(snapshot, ensure_ascii=False), encoding="utf-8")
+
+        model, tokenizer, base_name = load_base_model(settings)
+        result = train_lora(model, tokenizer, rubric, train_targets, val_targets, config,
+                            quantized=settings.quantization != "none", progress=progress)
+        result.model.save_pretrained(tmp)  # adapter_config.json + adapter weights
+        judge = Judge(result.model, tokenizer, base_name, settings)
+        judge.adopt_adapter("default", tmp)
+        candidate = evaluate_judge(judge, rubric, held, "default")
+        base = evaluate_judge(judge, rubric, held, None)
+        active_metrics = None
+        if incumbent is not None:
+            judge.load_adapter(incumbent[0], incumbent[1])
+            active_metrics = evaluate_judge(judge, rubric, held, incumbent[0])
+        promote, reason = should_promote(candidate, active_metrics if incumbent else base)
+        humans = {k: candidate[k] for k in ("alpha_humans_flat",)}
+        metrics = {
+            "rubric": rubric.name, "base_model": settings.base_model, "model_name": base_name,
+            "quantization": settings.quantization, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config.as_dict(), "counts": counts,
+            "alpha_flat": candidate["alpha_flat"], "alpha_flat_ci": candidate["alpha_flat_ci"],
+            **humans,
+            "candidate": candidate, "base": base, "incumbent": active_metrics,
+            "incumbent_version": incumbent[0] if incumbent else "v0",
+            "promoted": promote, "decision": reason,
+            "history": result.history,
+            "training": {"steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
+                         "padding_share": result.padding_share,
+                         "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None},
+            **(extra or {}),
+        }
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: alpha %s (base %s); %s", destination, _alpha(candidate), _alpha(base), reason)
+    return RunResult(destination, metrics, promote)
+
+
+# --------------------------------------------------------------------------------------------------
+# RQ
+
+
+def _job_progress(project: str, job: Any, triggers: Any) -> Callable[[dict[str, Any]], None]:
+    def report(update: dict[str, Any]) -> None:
+        if job is not None:
+            job.meta.update({"stage": "training", **update})
+            job.save_meta()
+        if triggers is not None and job is not None:
+            triggers.heartbeat(project, job.id)
+
+    return report
+
+
+def _stage(job: Any, stage: str, **extra: Any) -> None:
+    log.info("stage: %s %s", stage, extra or "")
+    if job is not None:
+        job.meta.update({"stage": stage, **extra})
+        job.save_meta()
+
+
+def train_project(project_id: str, base_name: str | None = None) -> dict[str, Any]:
+    """RQ job: retrain the project's adapter from Label Studio's finished annotations."""
+    from rq import get_current_job
+
+    from backend.app import redis_client
+    from backend.labeling import Binding, match_rubric, parse_label_config
+    from backend.registry import Registry, parse_project
+    from backend.rubric import load_all
+    from backend.triggers import Triggers
+    from worker.source import fetch_project, records_from_export
+
+    settings = Settings.from_env()
+    project = parse_project(project_id)
+    job = get_current_job()
+    redis = redis_client(settings)
+    from backend.judge import short_model_name
+
+    base = base_name or short_model_name(settings.base_model, settings.quantization)
+    triggers = Triggers(redis, base, settings.queue_name)
+    job_id = job.id if job is not None else f"local-{os.getpid()}"
+    other = triggers.start(project, job_id)
+    if other:
+        redis.set(triggers.key("dirty", project), "1")
+        log.warning("project %s: job %s is already training; this trigger becomes its follow-up", project, other)
+        return {"status": "deferred", "running": other}
+    try:
+        _stage(job, "fetching annotations")
+        label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
+        registry = Registry(settings.model_dir, base, redis)
+        rubrics = load_all(settings.rubric_dir)
+        parsed = parse_label_config(label_config) if label_config else None
+        name = registry.project_rubric(project)
+        rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
+        if rubric is None:
+            raise TrainingError(f"project {project}: no rubric fits its labeling config; connect the backend "
+                                "with extra_params {\"rubric\": NAME} or use `rubric-judge label-config`")
+        records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
+        log.info("project %s: %s", project, stats.as_dict())
+        number = registry.next_version(project)
+        active = registry.active_version(project)
+        incumbent = (f"p{project}.v{active}", registry.version_dir(project, active)) if active else None
+        _stage(job, "training", version=f"v{number}")
+        result = run_training(settings, rubric, records, registry.version_dir(project, number),
+                              incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
+                              progress=_job_progress(project, job, triggers),
+                              extra={"project": project, "version": registry.model_version(project, number),
+                                     "source": stats.as_dict()})
+        base_path = registry.project_dir(project) / "v0.json"
+        base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
+        if result.promoted:
+            registry.set_active(project, number)
+        _stage(job, "done", version=f"v{number}", promoted=result.promoted)
+        return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
+                "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
+    finally:
+        try:
+            triggers.finish(project, job_id)
+        except Exception:  # the trigger state expires on its own; never mask the job's own error
+            log.exception("project %s: could not clear the running mark", project)

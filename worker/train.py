@@ -1,0 +1,234 @@
+"""LoRA / QLoRA training with completion-only loss. A loop a reader can hold in their head.
+
+Every hyperparameter lives in ``TrainConfig``: defaults from the paper (r=16, alpha=32, all attention and
+MLP projections), overridden by the rubric's ``training:`` block, then by the environment/CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from backend.rubric import Rubric
+from worker.dataset import IGNORE, AugmentConfig, Example, Target, encode_example
+
+log = logging.getLogger(__name__)
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    epochs: int = 3
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    max_length: int = 2048
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.2
+    token_dropout_rate: float = 0.03
+    token_dropout_prob: float = 0.5
+    augment: bool = True
+    targets: str = "each"
+    seed: int = 3407
+
+    @classmethod
+    def build(cls, rubric: Rubric, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+        """Defaults, then ``rubric.training``, then ``overrides`` (None values ignored); validated."""
+        names = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for source in (rubric.training, overrides or {}):
+            for key, value in source.items():
+                if value is None:
+                    continue
+                if key not in names:
+                    raise ValueError(f"unknown training setting {key!r}")
+                values[key] = value
+        config = replace(cls(), **values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        checks = [
+            (self.lora_r >= 1, "lora_r must be >= 1"), (self.lora_alpha > 0, "lora_alpha must be > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"), (self.epochs >= 1, "epochs must be >= 1"),
+            (0 < self.learning_rate < 1, "learning_rate must be in (0, 1)"),
+            (self.batch_size >= 1, "batch_size must be >= 1"), (self.max_length >= 64, "max_length must be >= 64"),
+            (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+            (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
+            (0 <= self.token_dropout_rate < 1, "token_dropout_rate must be in [0, 1)"),
+            (0 <= self.token_dropout_prob <= 1, "token_dropout_prob must be in [0, 1]"),
+            (self.targets in ("each", "consensus"), "targets must be 'each' or 'consensus'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"training setting: {message}")
+
+    @property
+    def augmentation(self) -> AugmentConfig:
+        if not self.augment:
+            return AugmentConfig.off()
+        return AugmentConfig(token_dropout_rate=self.token_dropout_rate, token_dropout_prob=self.token_dropout_prob)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def attach_lora(model: Any, config: TrainConfig, quantized: bool) -> Any:
+    """Wrap ``model`` with a fresh trainable LoRA adapter on every attention and MLP projection it has."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in present]
+    if not targets:
+        raise ValueError(f"the base model has none of the LoRA target modules {LORA_TARGETS}")
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _batch_loss(model: Any, batch: dict[str, Any], device: Any) -> tuple[Any, int]:
+    """Mean cross-entropy over the supervised tokens only (sum and count returned for exact averages)."""
+    import torch
+
+    ids = batch["input_ids"].to(device)
+    out = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device))
+    logits = out.logits[:, :-1, :].float()
+    targets = batch["labels"][:, 1:].to(device)
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    return loss_sum, int((targets != IGNORE).sum())
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    history: list[dict[str, Any]]
+    steps: int
+    seconds: float
+    train_examples: int
+    tokens: int
+    padding_share: float
+
+
+def train_lora(
+    model: Any,
+    tokenizer: Any,
+    rubric: Rubric,
+    train_targets: Sequence[Target],
+    val_targets: Sequence[Target],
+    config: TrainConfig,
+    quantized: bool = False,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``train_targets`` (augmented afresh each epoch) and record train and
+    validation loss (validation: un-augmented, deterministic prompts)."""
+    import torch
+
+    if not train_targets:
+        raise ValueError("no training examples: the project needs finished annotations on more tasks")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    model = attach_lora(model, config, quantized)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    val_examples = [encode_example(rubric, t, tokenizer, config.max_length) for t in val_targets]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_targets) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    warmup = max(1, int(total * config.warmup_ratio)) if config.warmup_ratio > 0 else 0
+
+    def lr_at(step: int) -> float:  # linear warmup, then linear decay to 0
+        if warmup and step < warmup:
+            return config.learning_rate * (step + 1) / warmup
+        return config.learning_rate * max(0.0, (total - step) / max(1, total - warmup))
+
+    history: list[dict[str, Any]] = []
+    started = time.monotonic()
+    step = 0
+    tokens = padded = 0
+    for epoch in range(config.epochs):
+        model.train()
+        order = list(train_targets)
+        rng.shuffle(order)
+        augment = config.augmentation if config.augment else None
+        examples = [encode_example(rubric, t, tokenizer, config.max_length, rng if augment else None, augment)
+                    for t in order]
+        for start in range(0, len(examples), config.batch_size):
+            batch_examples = examples[start : start + config.batch_size]
+            batch = _collate(batch_examples, pad_id)
+            tokens += int(batch["attention_mask"].sum())
+            padded += int(batch["attention_mask"].numel())
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            loss_sum, count = _batch_loss(model, batch, device)
+            loss = loss_sum / max(1, count)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            step += 1
+            elapsed = time.monotonic() - started
+            eta = elapsed / step * (total - step)
+            entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(examples),
+                     "train_loss": round(float(loss), 5), "lr": lr_at(step - 1)}
+            history.append(entry)
+            log.info("train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"],
+                     entry["train_loss"], eta)
+            if progress:
+                progress({"step": step, "total_steps": total, "loss": entry["train_loss"], "eta_s": round(eta, 1),
+                          "epoch": round(entry["epoch"], 3)})
+        if val_examples:
+            val = evaluate_loss(model, val_examples, pad_id, config.batch_size)
+            history.append({"step": step, "epoch": epoch + 1, "val_loss": round(val, 5)})
+            log.info("epoch %d validation loss %.4f", epoch + 1, val)
+    model.eval()
+    return TrainResult(model=model, history=history, steps=step, seconds=time.monotonic() - started,
+                       train_examples=len(train_targets), tokens=tokens,
+                       padding_share=round(1 - tokens / padded, 4) if padded else 0.0)
+
+
+def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int) -> float:
+    """Mean loss per supervised token over ``examples``."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    count = 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            loss_sum, n = _batch_loss(model, _collate(examples[start : start + batch_size], pad_id), device)
+            total += float(loss_sum)
+            count += n
+    return total / max(1, count)
