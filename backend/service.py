@@ -155,7 +155,7 @@ class Service:
         """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
         if ctx.version == 0:
             return None
-        name = f"p{ctx.project}.v{ctx.version}"
+        name = f"p{ctx.project}_v{ctx.version}"
         self.judge.load_adapter(name, self.registry.version_dir(ctx.project, ctx.version))
         return name
 

@@ -213,7 +213,7 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
         log.info("project %s: %s", project, stats.as_dict())
         number = registry.next_version(project)
         active = registry.active_version(project)
-        incumbent = (f"p{project}.v{active}", registry.version_dir(project, active)) if active else None
+        incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
         _stage(job, "training", version=f"v{number}")
         result = run_training(settings, rubric, records, registry.version_dir(project, number),
                               incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),

@@ -201,7 +201,7 @@ def train_lora(
             elapsed = time.monotonic() - started
             eta = elapsed / step * (total - step)
             entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(examples),
-                     "train_loss": round(float(loss), 5), "lr": lr_at(step - 1)}
+                     "train_loss": round(float(loss.detach()), 5), "lr": lr_at(step - 1)}
             history.append(entry)
             log.info("train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"],
                      entry["train_loss"], eta)
