@@ -173,6 +173,29 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def status() -> Response:
         return jsonify(service.status(request.args.get("project")))
 
+    @app.get("/reports")
+    def reports_index() -> Response:
+        from backend.reports import projects_index, render_index
+
+        index = projects_index(service.registry)
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            return Response(render_index(index), mimetype="text/html")
+        return jsonify(index)
+
+    @app.get("/reports/<name>")
+    def report(name: str) -> Response:
+        from backend.reports import ReportError, project_report, render_html
+
+        as_json = name.endswith(".json")
+        project = name[: -len(".json")] if as_json else name
+        try:
+            data = project_report(service.registry, project)
+        except ReportError as exc:
+            return _error(404, str(exc))
+        if as_json:
+            return jsonify(data)
+        return Response(render_html(data), mimetype="text/html")
+
     @app.get("/metrics")
     def metrics() -> Response:
         return jsonify({})

@@ -99,6 +99,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from backend.reports import project_report, render_html, run_report
+
+    settings = _settings(args)
+    if args.run:
+        data = run_report(Path(args.run))
+    else:
+        from backend.app import redis_client
+        from backend.judge import short_model_name
+        from backend.registry import Registry
+
+        registry = Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),
+                            redis_client(settings))
+        data = project_report(registry, args.project)
+    if args.html:
+        Path(args.html).write_text(render_html(data), encoding="utf-8")
+        log.info("wrote %s", args.html)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1), encoding="utf-8")
+        log.info("wrote %s", args.json)
+    if not args.html and not args.json:
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
 def _worker_command(target: str) -> Any:
     """A command implemented in the worker package, resolved by dotted name at call time (the backend never
     imports the worker at module level; the CLI is where both meet)."""
@@ -149,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="JSONL output (default: stdout)")
     predict.add_argument("--project", default="0", help="project id whose active adapter to use (default 0)")
     predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="agreement report of a project or of an offline run (HTML/JSON)")
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("--project", help="Label Studio project id (reads MODEL_DIR)")
+    which.add_argument("--run", help="a `rubric-judge train --out` folder")
+    report.add_argument("--html", help="write the HTML page here")
+    report.add_argument("--json", help="write the JSON data here")
+    report.set_defaults(func=cmd_report)
 
     worker = sub.add_parser("worker", help="run an RQ worker that trains adapters (queue QUEUE_NAME)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
