@@ -86,8 +86,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     tasks = read_tasks(Path(args.input))
     service = build_service(settings)
-    out = service.predict({"tasks": tasks, "project": args.project,
-                           "label_config": None})
+    out = service.predict({"tasks": tasks, "project": args.project, "label_config": None}, rubric=settings.rubric)
     sink = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
     try:
         for task, result in zip(tasks, out["results"], strict=True):

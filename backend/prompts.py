@@ -149,19 +149,19 @@ def fit_inputs(
     """
     fitted = dict(inputs)
     order = [i.name for i in rubric.inputs if not i.target] + [rubric.target.name]
-    for _ in range(3 * len(order)):
+    for name in order:  # each input is cut at most once, in order, until the prompt fits
         excess = _token_count(tokenizer, render_prompt(rubric, fitted, tokenizer, variant)) - max_tokens
         if excess <= 0:
             return fitted
-        for name in order:
-            ids = tokenizer(fitted[name], add_special_tokens=False)["input_ids"]
-            if len(ids) <= 1:
-                continue
-            if name == rubric.target.name:
-                log.warning("prompt still %d tokens over the limit: trimming the %s input as well", excess, name)
-            keep = max(0, len(ids) - excess - 8)
-            fitted[name] = tokenizer.decode(ids[:keep]) + TRUNCATION_MARK
-            break
-        else:
-            break
+        ids = tokenizer(fitted[name], add_special_tokens=False)["input_ids"]
+        if len(ids) <= 8:  # too short to be worth cutting
+            continue
+        if name == rubric.target.name:
+            log.warning("prompt still %d tokens over the limit: trimming the %s input as well", excess, name)
+        keep = max(0, len(ids) - excess - 8)
+        fitted[name] = (tokenizer.decode(ids[:keep]) if keep else "") + TRUNCATION_MARK
+    excess = _token_count(tokenizer, render_prompt(rubric, fitted, tokenizer, variant)) - max_tokens
+    if excess > 0:
+        log.warning("prompt is %d tokens over MAX_INPUT_TOKENS even with every input trimmed (the rubric text "
+                    "alone is too long)", excess)
     return fitted

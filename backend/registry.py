@@ -1,6 +1,6 @@
 """Adapter versions on disk and the active version per project (in Redis, mirrored on disk).
 
-Layout under ``MODEL_DIR``::
+Layout under ``MODEL_DIR/<base model name>/`` (so switching BASE_MODEL never mixes adapters)::
 
     <project>/v<N>/            one LoRA adapter (adapter_config.json, weights, metrics.json, data snapshot)
     <project>/ACTIVE           the active version number (written to a temp file, then renamed)
@@ -80,10 +80,15 @@ class Registry:
     def model_version(self, project: str, number: int) -> str:
         return f"{self.base_name}.p{project}.v{number}"
 
+    @property
+    def root(self) -> Path:
+        """``MODEL_DIR/<base model name>``: every project's versions for this base model."""
+        return self.model_dir / self.base_name
+
     def project_dir(self, project: str) -> Path:
         project = parse_project(project)
-        path = (self.model_dir / project).resolve()
-        if path.parent != self.model_dir.resolve():
+        path = (self.root / project).resolve()
+        if path.parent != self.root.resolve():
             raise RegistryError(f"project id {project!r} escapes MODEL_DIR")
         return path
 
@@ -177,10 +182,9 @@ class Registry:
         return (numbers[-1] if numbers else 0) + 1
 
     def projects(self) -> list[str]:
-        if not self.model_dir.is_dir():
+        if not self.root.is_dir():
             return []
-        return sorted((p.name for p in self.model_dir.iterdir() if p.is_dir() and PROJECT_RE.match(p.name)),
-                      key=int)
+        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and PROJECT_RE.match(p.name)), key=int)
 
     def versions(self, project: str) -> list[VersionInfo]:
         """Every version of ``project``, ``v0`` (the base model) first."""

@@ -162,7 +162,12 @@ def load_rubric(name_or_path: str | Path, rubric_dir: Path | None = None) -> Rub
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RubricError(f"{path}: not valid YAML: {exc}") from None
-    return parse_rubric(raw, source=str(path), path=path)
+    rubric = parse_rubric(raw, source=str(path), path=path)
+    by_name = path == rubric_dir / f"{name_or_path}.yaml"
+    if by_name and rubric.name != path.stem:
+        raise RubricError(f"{path}: name: {rubric.name!r} differs from the file name {path.stem!r}; "
+                          "rename one so they match")
+    return rubric
 
 
 def load_all(rubric_dir: Path) -> dict[str, Rubric]:

@@ -119,9 +119,10 @@ class Service:
             self.registry.remember_rubric(ctx.project, ctx.rubric.name)
         return {"model_version": ctx.model_version, "rubric": ctx.rubric.name}
 
-    def predict(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def predict(self, body: Mapping[str, Any], rubric: str | None = None) -> dict[str, Any]:
+        """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command)."""
         tasks = body["tasks"]
-        ctx = self.context(body.get("project"), body.get("label_config"))
+        ctx = self.context(body.get("project"), body.get("label_config"), rubric)
         adapter = self.ensure_adapter(ctx)
         valid: list[int] = []
         inputs: list[dict[str, str]] = []

@@ -3,7 +3,7 @@
 State per project (all under ``rubric-judge:<base>:``):
 
 - ``queued:<p>``  id of the job waiting in the queue; new triggers are absorbed by it;
-- ``running:<p>`` id of the job being trained (expires unless the worker's heartbeat renews it, so a
+- ``running:<p>`` id of the job being trained (expires 30 min after the worker's last heartbeat, so a
   killed worker cannot block training for ever);
 - ``dirty:<p>``   set by a trigger that arrives while a job runs: exactly one follow-up is queued when the
   running job ends;
@@ -23,7 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TRAIN_JOB = "worker.jobs.train_project"
-RUNNING_TTL_S = 300
+RUNNING_TTL_S = 1800
 QUEUED_TTL_S = 7 * 24 * 3600
 JOB_TIMEOUT_S = 24 * 3600
 
@@ -42,7 +42,10 @@ return {'enqueue', ARGV[1]}
 
 _COUNT = """
 local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if tonumber(n) >= tonumber(ARGV[2]) then return 1 end
+if tonumber(n) >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], '0')
+  return 1
+end
 return 0
 """
 

@@ -26,7 +26,7 @@ def test_active_version_roundtrip_through_redis_and_disk(tmp_path, redis_client,
     registry.version_dir("5", 1).mkdir(parents=True)
     registry.set_active("5", 1)
     assert redis_client.get(f"rubric-judge:{unique_name}:active:5") == b"1"
-    assert (tmp_path / "5" / "ACTIVE").read_text().strip() == "1"
+    assert (tmp_path / unique_name / "5" / "ACTIVE").read_text().strip() == "1"
     # another process (fresh registry) sees it
     assert Registry(tmp_path, unique_name, redis_client).active_version("5") == 1
     # a pointer set in Redis by the worker wins over this process's disk view
@@ -51,7 +51,7 @@ def test_disk_fallback_when_redis_is_down(tmp_path, unique_name):
 def test_versions_listing_ignores_temporary_folders(tmp_path):
     registry = Registry(tmp_path, "m", None)
     for name in ("v1", "v2", ".v3.tmp-abc", "v3.partial", "notes"):
-        (tmp_path / "4" / name).mkdir(parents=True)
+        (tmp_path / "m" / "4" / name).mkdir(parents=True)
     assert registry.version_numbers("4") == [1, 2]
     assert registry.next_version("4") == 3
     assert [v.model_version for v in registry.versions("4")] == ["m.p4.v0", "m.p4.v1", "m.p4.v2"]

@@ -36,10 +36,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """TRAIN_* settings, then command-line flags (flags win)."""
     keys = ("epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "heldout_fraction",
             "targets", "seed")
-    values = {k: getattr(args, k, None) for k in keys}
+    values: dict[str, Any] = dict(settings.training_overrides())
+    values.update({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
     if getattr(args, "no_augment", False):
         values["augment"] = False
     return values
@@ -60,8 +62,8 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if heldout is not None and args.heldout_limit:
         heldout = heldout[: args.heldout_limit]
     started = time.monotonic()
-    result = run_training(settings, rubric, records, Path(args.out), overrides=_overrides(args), heldout=heldout,
-                          extra={"data": str(args.data)})
+    result = run_training(settings, rubric, records, Path(args.out), overrides=_overrides(args, settings),
+                          heldout=heldout, extra={"data": str(args.data)})
     metrics = result.metrics
     summary = {
         "out": str(result.path), "wall_seconds": round(time.monotonic() - started, 1),

@@ -119,10 +119,16 @@ def run_training(
         result.model.save_pretrained(tmp)  # adapter_config.json + adapter weights
         judge = Judge(result.model, tokenizer, base_name, settings)
         judge.adopt_adapter("default", tmp)
+        if progress:
+            progress({"stage": "evaluating candidate"})
         candidate = evaluate_judge(judge, rubric, held, "default")
+        if progress:
+            progress({"stage": "evaluating base model"})
         base = evaluate_judge(judge, rubric, held, None)
         active_metrics = None
         if incumbent is not None:
+            if progress:
+                progress({"stage": "evaluating active version"})
             judge.load_adapter(incumbent[0], incumbent[1])
             active_metrics = evaluate_judge(judge, rubric, held, incumbent[0])
         promote, reason = should_promote(candidate, active_metrics if incumbent else base)
@@ -158,7 +164,7 @@ def run_training(
 def _job_progress(project: str, job: Any, triggers: Any) -> Callable[[dict[str, Any]], None]:
     def report(update: dict[str, Any]) -> None:
         if job is not None:
-            job.meta.update({"stage": "training", **update})
+            job.meta.update({"stage": "training"} | update)
             job.save_meta()
         if triggers is not None and job is not None:
             triggers.heartbeat(project, job.id)
@@ -166,11 +172,13 @@ def _job_progress(project: str, job: Any, triggers: Any) -> Callable[[dict[str, 
     return report
 
 
-def _stage(job: Any, stage: str, **extra: Any) -> None:
+def _stage(job: Any, stage: str, triggers: Any = None, project: str = "", **extra: Any) -> None:
     log.info("stage: %s %s", stage, extra or "")
     if job is not None:
         job.meta.update({"stage": stage, **extra})
         job.save_meta()
+        if triggers is not None:
+            triggers.heartbeat(project, job.id)
 
 
 def train_project(project_id: str, base_name: str | None = None) -> dict[str, Any]:
@@ -178,7 +186,7 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
     from rq import get_current_job
 
     from backend.app import redis_client
-    from backend.labeling import Binding, match_rubric, parse_label_config
+    from backend.labeling import Binding, config_problems, match_rubric, parse_label_config
     from backend.registry import Registry, parse_project
     from backend.rubric import load_all
     from backend.triggers import Triggers
@@ -199,7 +207,7 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
         log.warning("project %s: job %s is already training; this trigger becomes its follow-up", project, other)
         return {"status": "deferred", "running": other}
     try:
-        _stage(job, "fetching annotations")
+        _stage(job, "fetching annotations", triggers, project)
         label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
         registry = Registry(settings.model_dir, base, redis)
         rubrics = load_all(settings.rubric_dir)
@@ -214,17 +222,18 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
         number = registry.next_version(project)
         active = registry.active_version(project)
         incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
-        _stage(job, "training", version=f"v{number}")
+        _stage(job, "training", triggers, project, version=f"v{number}")
         result = run_training(settings, rubric, records, registry.version_dir(project, number),
                               incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
                               progress=_job_progress(project, job, triggers),
                               extra={"project": project, "version": registry.model_version(project, number),
-                                     "source": stats.as_dict()})
+                                     "source": stats.as_dict(),
+                                     "label_config_problems": config_problems(rubric, parsed) if parsed else []})
         base_path = registry.project_dir(project) / "v0.json"
         base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
         if result.promoted:
             registry.set_active(project, number)
-        _stage(job, "done", version=f"v{number}", promoted=result.promoted)
+        _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
         return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
                 "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
     finally:

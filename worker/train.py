@@ -31,6 +31,7 @@ class TrainConfig:
     epochs: int = 3
     learning_rate: float = 2e-4
     batch_size: int = 8
+    micro_batch_size: int = 2  # examples per forward pass; gradients accumulate up to batch_size
     max_length: int = 2048
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
@@ -63,7 +64,9 @@ class TrainConfig:
             (self.lora_r >= 1, "lora_r must be >= 1"), (self.lora_alpha > 0, "lora_alpha must be > 0"),
             (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"), (self.epochs >= 1, "epochs must be >= 1"),
             (0 < self.learning_rate < 1, "learning_rate must be in (0, 1)"),
-            (self.batch_size >= 1, "batch_size must be >= 1"), (self.max_length >= 64, "max_length must be >= 64"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.micro_batch_size >= 1, "micro_batch_size must be >= 1"),
+            (self.max_length >= 64, "max_length must be >= 64"),
             (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
             (0 <= self.token_dropout_rate < 1, "token_dropout_rate must be in [0, 1)"),
@@ -100,6 +103,7 @@ def attach_lora(model: Any, config: TrainConfig, quantized: bool) -> Any:
 
 
 def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    """Left-padded batch (as at inference), so every row's completion sits at the end."""
     import torch
 
     width = max(len(e.input_ids) for e in batch)
@@ -108,24 +112,37 @@ def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, example in enumerate(batch):
         n = len(example.input_ids)
-        ids[row, :n] = torch.tensor(example.input_ids)
-        labels[row, :n] = torch.tensor(example.labels)
-        mask[row, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        ids[row, width - n :] = torch.tensor(example.input_ids)
+        labels[row, width - n :] = torch.tensor(example.labels)
+        mask[row, width - n :] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    # logits are needed only from the first supervised position on (minus one for the shift)
+    supervised = (labels != IGNORE).any(dim=0).nonzero()
+    keep = width - int(supervised[0]) + 1 if len(supervised) else 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
+            "keep": min(keep, width)}
 
 
 def _batch_loss(model: Any, batch: dict[str, Any], device: Any) -> tuple[Any, int]:
-    """Mean cross-entropy over the supervised tokens only (sum and count returned for exact averages)."""
+    """Summed cross-entropy over the supervised tokens only, and their count. Logits are computed only for
+    the completion (``logits_to_keep``): the vocabulary projection of the prompt is never materialised."""
     import torch
 
-    ids = batch["input_ids"].to(device)
-    out = model(input_ids=ids, attention_mask=batch["attention_mask"].to(device))
+    keep = batch["keep"]
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                position_ids=batch["position_ids"].to(device), logits_to_keep=keep)
     logits = out.logits[:, :-1, :].float()
-    targets = batch["labels"][:, 1:].to(device)
+    targets = batch["labels"][:, -keep + 1 :].to(device) if keep > 1 else batch["labels"][:, :0].to(device)
     loss_sum = torch.nn.functional.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
     return loss_sum, int((targets != IGNORE).sum())
+
+
+def _micro_batches(examples: Sequence[Example], size: int) -> list[list[Example]]:
+    """Split one optimizer batch into micro-batches of similar length (less padding)."""
+    ordered = sorted(examples, key=lambda e: len(e.input_ids))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 @dataclass
@@ -186,22 +203,28 @@ def train_lora(
                     for t in order]
         for start in range(0, len(examples), config.batch_size):
             batch_examples = examples[start : start + config.batch_size]
-            batch = _collate(batch_examples, pad_id)
-            tokens += int(batch["attention_mask"].sum())
-            padded += int(batch["attention_mask"].numel())
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            loss_sum, count = _batch_loss(model, batch, device)
-            loss = loss_sum / max(1, count)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            micro = [_collate(m, pad_id) for m in _micro_batches(batch_examples, config.micro_batch_size)]
+            supervised = 0
+            for part in micro:
+                supervised += int((part["labels"] != IGNORE).sum())
+                tokens += int(part["attention_mask"].sum())
+                padded += int(part["attention_mask"].numel())
+            total_loss = 0.0
+            for part in micro:
+                loss_sum, _ = _batch_loss(model, part, device)
+                (loss_sum / max(1, supervised)).backward()  # mean over the whole batch's label tokens
+                total_loss += float(loss_sum.detach())
+            loss = total_loss / max(1, supervised)
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             step += 1
             elapsed = time.monotonic() - started
             eta = elapsed / step * (total - step)
             entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(examples),
-                     "train_loss": round(float(loss.detach()), 5), "lr": lr_at(step - 1)}
+                     "train_loss": round(loss, 5), "lr": lr_at(step - 1)}
             history.append(entry)
             log.info("train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"],
                      entry["train_loss"], eta)
@@ -209,7 +232,7 @@ def train_lora(
                 progress({"step": step, "total_steps": total, "loss": entry["train_loss"], "eta_s": round(eta, 1),
                           "epoch": round(entry["epoch"], 3)})
         if val_examples:
-            val = evaluate_loss(model, val_examples, pad_id, config.batch_size)
+            val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size)
             history.append({"step": step, "epoch": epoch + 1, "val_loss": round(val, 5)})
             log.info("epoch %d validation loss %.4f", epoch + 1, val)
     model.eval()
@@ -227,8 +250,8 @@ def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_si
     total = 0.0
     count = 0
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            loss_sum, n = _batch_loss(model, _collate(examples[start : start + batch_size], pad_id), device)
+        for part in _micro_batches(examples, batch_size):
+            loss_sum, n = _batch_loss(model, _collate(part, pad_id), device)
             total += float(loss_sum)
             count += n
     return total / max(1, count)
