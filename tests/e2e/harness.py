@@ -1,0 +1,97 @@
+"""Processes for the end-to-end test: started by the test on free loopback ports, stopped by PID, with
+bounded waits whose failure messages carry the tail of every server's log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    log: Path
+    env: Mapping[str, str]
+    cwd: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        handle = self.log.open("wb")
+        self.popen = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, env=dict(self.env),
+                                      cwd=self.cwd, start_new_session=True)
+        return self
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return "(no log)"
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, grace: float = 15.0) -> None:
+        if not self.alive():
+            return
+        assert self.popen is not None
+        pgid = os.getpgid(self.popen.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+
+
+@dataclass
+class Stack:
+    procs: list[Proc] = field(default_factory=list)
+
+    def add(self, proc: Proc) -> Proc:
+        self.procs.append(proc.start())
+        return proc
+
+    def logs(self) -> str:
+        return "\n\n".join(f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}"
+                           for p in self.procs)
+
+    def fail(self, message: str) -> AssertionError:
+        return AssertionError(f"{message}\n\n{self.logs()}")
+
+    def wait_for(self, what: str, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
+        """Poll ``check`` until it returns something truthy; fail with every log tail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if not proc.alive():
+                    raise self.fail(f"{proc.name} exited (code {proc.popen.returncode if proc.popen else '?'}) "
+                                    f"while waiting for {what}")
+            try:
+                value = check()
+                if value:
+                    return value
+            except (requests.RequestException, ValueError, KeyError) as exc:
+                last_error = exc
+            time.sleep(interval)
+        raise self.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()

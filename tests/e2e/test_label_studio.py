@@ -1,0 +1,235 @@
+"""The whole loop with a real Label Studio 1.23.2 (own cached venv), the backend on the embedded SmolLM2 judge,
+a real Redis and a real RQ worker. Everything is started here on free loopback ports and stopped by PID.
+
+Artifacts (screenshots, server logs) go to artifacts/e2e/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from label_studio_sdk.label_interface import LabelInterface
+
+from tests.conftest import REPO
+from tests.e2e.browser import Browser, chromium
+from tests.e2e.harness import Proc, Stack, free_port
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = REPO / "artifacts" / "e2e"
+ADMIN, PASSWORD, TOKEN = "admin@example.com", "e2e-secret-123", "e2e0123456789token"
+BASIC = ("labelstudio", "basic-pass-42")
+WEBHOOK_SECRET = "hook-secret-42"
+DIMENSIONS = ["conciseness", "interpretability", "completeness", "clarity", "accuracy", "relevance"]
+SCORES = {  # how our two simulated annotators judge each kind of answer in the fixture
+    "good": [2, 2, 1, 2, 2, 2],
+    "bad": [1, 0, -2, 1, -2, -2],
+    "verbose": [-2, 1, 2, 0, 2, 0],
+}
+RUN_BUDGET_S = 1500
+
+
+def human_result(kind: str, rng: random.Random) -> list[dict]:
+    values = [min(2, max(-2, v + rng.choice([0, 0, 0, -1, 1]))) for v in SCORES[kind]]
+    return [{"from_name": d, "to_name": "answer", "type": "choices", "value": {"choices": [str(v)]}}
+            for d, v in zip(DIMENSIONS, values, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def ls_venv() -> Path:
+    result = subprocess.run([str(REPO / "scripts" / "install-label-studio.sh")], capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, f"installing Label Studio failed:\n{result.stderr[-3000:]}"
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    ls_port, backend_port = free_port(), free_port()
+    ls_url, backend_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{backend_port}"
+    queue = f"rj-e2e-{uuid.uuid4().hex[:8]}"
+    model_dir = tmp_path / "models"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
+    ls_env = {
+        **base_env, "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "", "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls-data"),
+        "LABEL_STUDIO_USERNAME": ADMIN, "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        "fflag_feat_utc_210_prediction_validation_15082025": "true",
+    }
+    judge_env = {
+        **base_env, "MODEL_DIR": str(model_dir), "REDIS_URL": "redis://127.0.0.1:6379/14", "QUEUE_NAME": queue,
+        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "BASIC_AUTH_USER": BASIC[0],
+        "BASIC_AUTH_PASS": BASIC[1], "WEBHOOK_SECRET": WEBHOOK_SECRET, "TRAIN_MIN_NEW_ANNOTATIONS": "30",
+        "TRAIN_EPOCHS": "3", "TRAIN_LEARNING_RATE": "0.0005", "TRAIN_MAX_LENGTH": "1024", "PREDICT_BATCH_SIZE": "8",
+        "RUBRIC": "qa-quality", "LOG_LEVEL": "INFO",
+    }
+    # reuse the converted embedded model between runs (conversion takes ~20 s)
+    cache = REPO / ".cache" / "test-models" / "base"
+    if cache.is_dir():
+        shutil.copytree(cache, model_dir / "base")
+    bin_dir = Path(sys.executable).parent
+    stack = Stack()
+    try:
+        stack.add(Proc("label-studio", [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
+                                        "--internal-host", "127.0.0.1", "-p", str(ls_port), "--data-dir",
+                                        str(tmp_path / "ls-data")], ARTIFACTS / "label-studio.log", ls_env, tmp_path))
+        stack.add(Proc("backend", [str(bin_dir / "rubric-judge"), "serve", "--host", "127.0.0.1", "--port",
+                                   str(backend_port), "--threads", "8"], ARTIFACTS / "backend.log", judge_env, REPO))
+        stack.wait_for("Label Studio /health", lambda: requests.get(f"{ls_url}/health", timeout=2).ok, 420, 2)
+        stack.wait_for("backend /health", lambda: requests.get(f"{backend_url}/health", auth=BASIC, timeout=2).ok,
+                       300, 1)
+        ls = requests.Session()
+        ls.headers["Authorization"] = f"Token {TOKEN}"
+
+        # 1. project from our labeling config, ~30 tasks
+        xml = subprocess.run([str(bin_dir / "rubric-judge"), "label-config", "qa-quality"], capture_output=True,
+                             text=True, check=True, env=judge_env).stdout
+        project = ls.post(f"{ls_url}/api/projects/", json={"title": "rubric-judge e2e", "label_config": xml},
+                          timeout=30)
+        assert project.status_code == 201, project.text
+        pid = project.json()["id"]
+        fixture = json.loads((Path(__file__).parent / "qa_tasks.json").read_text())
+        imported = ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": t["data"]} for t in fixture],
+                           timeout=60)
+        assert imported.status_code == 201, imported.text
+        tasks = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100}, timeout=30).json()
+        tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
+        assert len(tasks) == len(fixture)
+
+        # 2. connect the backend; Label Studio creates the /webhook row; we add the secret header to it
+        ml = ls.post(f"{ls_url}/api/ml", json={
+            "url": backend_url, "project": pid, "title": "rubric-judge", "is_interactive": False,
+            "auth_method": "BASIC_AUTH", "basic_auth_user": BASIC[0], "basic_auth_pass": BASIC[1], "timeout": 100},
+            timeout=60)
+        assert ml.status_code == 201, ml.text
+        ml_id = ml.json()["id"]
+        hooks = ls.get(f"{ls_url}/api/webhooks/", params={"project": pid}, timeout=30).json()
+        hook = next((h for h in hooks if h["url"].rstrip("/") == f"{backend_url}/webhook"), None)
+        assert hook is not None, f"Label Studio created no /webhook row: {hooks}"
+        patched = ls.patch(f"{ls_url}/api/webhooks/{hook['id']}/",
+                           json={"headers": {"X-Webhook-Secret": WEBHOOK_SECRET}}, timeout=30)
+        assert patched.ok, patched.text
+
+        # 3. Retrieve Predictions: every task gets one valid choice per dimension and our model_version
+        setup = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
+                              json={"project": f"{pid}.0", "schema": xml}).json()
+        v0 = setup["model_version"]
+        assert v0 == f"smollm2-135m.p{pid}.v0"
+        t0 = time.monotonic()
+        action = ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                         json={"selectedItems": {"all": True, "excluded": []}}, timeout=120)
+        assert action.ok, action.text
+        predict_seconds = time.monotonic() - t0
+        interface = LabelInterface(xml)
+        for task in tasks:
+            predictions = ls.get(f"{ls_url}/api/predictions/", params={"task": task["id"]}, timeout=30).json()
+            assert len(predictions) == 1, (task["id"], predictions)
+            prediction = predictions[0]
+            assert prediction["model_version"] == v0
+            assert sorted(r["from_name"] for r in prediction["result"]) == sorted(DIMENSIONS)
+            assert interface.validate_prediction({"result": prediction["result"]}, return_errors=True) == []
+        ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v0}, timeout=30)
+
+        # 4. human annotations from two users until the threshold fires; then Start Training
+        second = ls.post(f"{ls_url}/api/users/", json={"email": "second@example.com", "username": "second",
+                                                       "first_name": "Second", "last_name": "Annotator"}, timeout=30)
+        assert second.status_code == 201, second.text
+        second_id = second.json()["id"]
+        rng = random.Random(11)
+        answers = []
+        for index, task in enumerate(tasks[:24]):
+            kind = fixture[index]["kind"]
+            body = {"result": human_result(kind, rng), "lead_time": 3.0}
+            answers.append(ls.post(f"{ls_url}/api/tasks/{task['id']}/annotations/", json=body, timeout=30))
+            if index < 12:  # overlap: twelve tasks get a second annotator
+                body = {"result": human_result(kind, rng), "completed_by": second_id, "lead_time": 4.0}
+                answers.append(ls.post(f"{ls_url}/api/tasks/{task['id']}/annotations/", json=body, timeout=30))
+        assert all(a.status_code == 201 for a in answers), [a.text for a in answers if a.status_code != 201][:2]
+        assert len(answers) == 36
+        status = stack.wait_for("the 30th annotation to enqueue a training job", lambda: requests.get(
+            f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()["projects"][str(pid)]
+            .get("queued"), 60)
+        train = ls.post(f"{ls_url}/api/ml/{ml_id}/train", json={}, timeout=120)
+        assert train.ok, train.text
+        state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()
+        assert state["projects"][str(pid)]["queued"] == status, "Start Training must join the queued job"
+
+        # 5. the worker trains; the new version is served and reported
+        stack.add(Proc("worker", [str(bin_dir / "rubric-judge"), "worker", "--burst"], ARTIFACTS / "worker.log",
+                       judge_env, REPO))
+        t0 = time.monotonic()
+        deadline = time.monotonic() + RUN_BUDGET_S
+        while stack.procs[-1].alive() and time.monotonic() < deadline:
+            time.sleep(3)
+        train_seconds = time.monotonic() - t0
+        if stack.procs[-1].alive():
+            raise stack.fail(f"the worker did not finish training within {RUN_BUDGET_S} s")
+        report = requests.get(f"{backend_url}/reports/{pid}.json", auth=BASIC, timeout=30)
+        assert report.ok, stack.fail(f"no report: {report.text}")
+        report = report.json()
+        run = report["versions"][0]
+        assert run["alpha_flat"] is not None and report["flat"]["ceiling"] is not None
+        assert report["counts"]["annotators"] == 2 and report["counts"]["annotations"] == 36
+        (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=1))
+        assert run["promoted"], stack.fail(f"the adapter was not promoted: {run['decision']}")
+        setup = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
+                              json={"project": f"{pid}.0", "schema": xml}).json()
+        v1 = setup["model_version"]
+        assert v1 == f"smollm2-135m.p{pid}.v1"
+        action = ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                         json={"selectedItems": {"all": True, "excluded": []}}, timeout=120)
+        assert action.ok, action.text
+        fresh = ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[-1]["id"]}, timeout=30).json()
+        assert v1 in {p["model_version"] for p in fresh}, fresh
+        ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v1}, timeout=30)
+
+        # 6. screenshots: the labeling page with the judge's choices pre-filled, and the report page
+        if chromium() is None:
+            pytest.fail("chromium is needed for the screenshots: apt-get install chromium")
+        session = requests.Session()
+        login_page = session.get(f"{ls_url}/user/login/", timeout=30)
+        assert login_page.ok
+        session.post(f"{ls_url}/user/login/", data={"email": ADMIN, "password": PASSWORD,
+                                                   "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
+                     headers={"Referer": f"{ls_url}/user/login/"}, timeout=30)
+        assert "sessionid" in session.cookies, "logging in to Label Studio failed"
+        browser = Browser(1280, 1500)
+        try:
+            browser.set_cookies(ls_url, {c.name: c.value for c in session.cookies})
+            target = tasks[-1]["id"]
+            ready = ("document.querySelectorAll('.ant-radio-wrapper-checked, input[type=radio]:checked').length"
+                     " >= 6")
+            prefilled = browser.open(f"{ls_url}/projects/{pid}/data?task={target}", ready, timeout=90)
+            time.sleep(1)
+            browser.screenshot(ARTIFACTS / "label-studio-task.png")
+            checked = browser.evaluate("document.querySelectorAll('input[type=radio]:checked').length")
+            basic = base64.b64encode(f"{BASIC[0]}:{BASIC[1]}".encode()).decode()
+            browser.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {basic}"})
+            assert browser.open(f"{backend_url}/reports/{pid}", "document.querySelectorAll('svg').length >= 4")
+            browser.screenshot(ARTIFACTS / "report.png", full_page=True)
+        finally:
+            browser.close()
+        assert prefilled, f"the labeling page showed {checked} pre-filled choices, expected 6"
+        summary = {"seconds_total": round(time.monotonic() - started, 1),
+                   "predict_30_tasks_s": round(predict_seconds, 1),
+                   "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],
+                   "alpha_base_flat": run["alpha_base_flat"], "ceiling": report["flat"]["ceiling"],
+                   "v0": v0, "v1": v1, "prefilled_choices": checked}
+        (ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=1))
+    finally:
+        stack.stop()
