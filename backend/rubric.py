@@ -272,19 +272,28 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
     )
 
 
+def _named_entries(
+    c: _Checker, raw: list[Any], section: str, allowed: set[str]
+) -> list[tuple[str, dict[str, Any], str]]:
+    """``(key, mapping, name)`` for each entry of a list of named mappings (a bare string is a name);
+    names are validated and must be unique."""
+    out: list[tuple[str, dict[str, Any], str]] = []
+    for index, item in enumerate(raw):
+        key = f"{section}[{index}]"
+        item = c.mapping({"name": item} if isinstance(item, str) else item, key)
+        c.unknown_keys(item, allowed, key)
+        name = c.name(item.get("name"), f"{key}.name")
+        if name in {n for _, _, n in out}:
+            raise c.fail(f"{key}.name", f"{name!r} appears twice")
+        out.append((key, item, name))
+    return out
+
+
 def _parse_inputs(c: _Checker, raw: object) -> list[InputField]:
     if not isinstance(raw, list) or not raw:
         raise c.fail("inputs", "expected a non-empty list of {name, label, target}")
     inputs: list[InputField] = []
-    for index, item in enumerate(raw):
-        key = f"inputs[{index}]"
-        if isinstance(item, str):
-            item = {"name": item}
-        item = c.mapping(item, key)
-        c.unknown_keys(item, {"name", "label", "target"}, key)
-        name = c.name(item.get("name"), f"{key}.name")
-        if name in {i.name for i in inputs}:
-            raise c.fail(f"{key}.name", f"{name!r} appears twice")
+    for key, item, name in _named_entries(c, raw, "inputs", {"name", "label", "target"}):
         label = c.text(item.get("label", name.replace("_", " ").title()), f"{key}.label")
         target = item.get("target", False)
         if not isinstance(target, bool):
@@ -300,18 +309,8 @@ def _parse_groups(c: _Checker, raw: object) -> list[Group]:
         return []
     if not isinstance(raw, list):
         raise c.fail("groups", "expected a list of {name, title}")
-    groups: list[Group] = []
-    for index, item in enumerate(raw):
-        key = f"groups[{index}]"
-        if isinstance(item, str):
-            item = {"name": item}
-        item = c.mapping(item, key)
-        c.unknown_keys(item, {"name", "title"}, key)
-        name = c.name(item.get("name"), f"{key}.name")
-        if name in {g.name for g in groups}:
-            raise c.fail(f"{key}.name", f"{name!r} appears twice")
-        groups.append(Group(name=name, title=c.text(item.get("title", name.title()), f"{key}.title")))
-    return groups
+    return [Group(name=name, title=c.text(item.get("title", name.title()), f"{key}.title"))
+            for key, item, name in _named_entries(c, raw, "groups", {"name", "title"})]
 
 
 def _parse_scale(c: _Checker, raw: object, key: str) -> tuple[int, ...]:

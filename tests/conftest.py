@@ -47,3 +47,15 @@ def redis_client():
 @pytest.fixture
 def unique_name() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def rubrics():
+    from backend.rubric import load_all
+
+    return load_all(REPO / "rubric_configs")
+
+
+@pytest.fixture(scope="module")
+def qa(rubrics):
+    return rubrics["qa-quality"]

@@ -23,7 +23,7 @@ from backend.labeling import (
     prediction_result,
     task_inputs,
 )
-from backend.rubric import Rubric, load_all, load_rubric
+from backend.rubric import Rubric, load_rubric
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric_configs"
 SHIPPED = ("emotion-ekman", "qa-quality", "summary-quality")
@@ -60,14 +60,6 @@ EXTERNAL_ENTITY = """<?xml version="1.0"?>
 <View><Header value="&xxe;"/><Text name="text" value="$text"/></View>"""
 
 
-@pytest.fixture(scope="module")
-def rubrics() -> dict[str, Rubric]:
-    return load_all(RUBRIC_DIR)
-
-
-@pytest.fixture(scope="module")
-def qa(rubrics: dict[str, Rubric]) -> Rubric:
-    return rubrics["qa-quality"]
 
 
 def _choices(root: ET.Element, name: str) -> ET.Element:

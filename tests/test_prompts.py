@@ -21,7 +21,7 @@ from backend.prompts import (
     target_text,
     user_message,
 )
-from backend.rubric import Rubric, load_all
+from backend.rubric import Rubric
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric_configs"
 
@@ -63,14 +63,6 @@ class FakeTokenizer:
         return len(self(text)["input_ids"])
 
 
-@pytest.fixture(scope="module")
-def rubrics() -> dict[str, Rubric]:
-    return load_all(RUBRIC_DIR)
-
-
-@pytest.fixture(scope="module")
-def qa(rubrics: dict[str, Rubric]) -> Rubric:
-    return rubrics["qa-quality"]
 
 
 QA_INPUTS = {
