@@ -83,6 +83,8 @@ class Settings:
     train_learning_rate: float = 0.0
     train_batch_size: int = 0
     train_max_length: int = 0
+    #: TRAIN_HELDOUT_FRACTION: share of annotated tasks held out for evaluation (0 = rubric's or 0.2).
+    train_heldout_fraction: float = 0.0
     #: TRAIN_TARGETS: ``each`` (one example per annotator) or ``consensus`` (one per task).
     train_targets: str = "each"
 
@@ -126,6 +128,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
         if self.train_targets not in ("each", "consensus"):
             raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each or consensus")
+        if not 0 <= self.train_heldout_fraction < 1:
+            raise SettingsError("TRAIN_HELDOUT_FRACTION must be in [0, 1)")
         if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
             raise SettingsError("TRAIN_EPOCHS, TRAIN_LEARNING_RATE, TRAIN_BATCH_SIZE, TRAIN_MAX_LENGTH must be >= 0")
         if self.train_min_new_annotations < 0:
@@ -140,7 +144,8 @@ class Settings:
     def training_overrides(self) -> dict[str, object]:
         """The TRAIN_* settings that are set, as ``TrainConfig`` overrides."""
         values: dict[str, object] = {"epochs": self.train_epochs, "learning_rate": self.train_learning_rate,
-                                     "batch_size": self.train_batch_size, "max_length": self.train_max_length}
+                                     "batch_size": self.train_batch_size, "max_length": self.train_max_length,
+                                     "heldout_fraction": self.train_heldout_fraction}
         out = {k: v for k, v in values.items() if v}
         if self.train_targets != "each":
             out["targets"] = self.train_targets

@@ -75,7 +75,8 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         **base_env, "MODEL_DIR": str(model_dir), "REDIS_URL": "redis://127.0.0.1:6379/14", "QUEUE_NAME": queue,
         "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "BASIC_AUTH_USER": BASIC[0],
         "BASIC_AUTH_PASS": BASIC[1], "WEBHOOK_SECRET": WEBHOOK_SECRET, "TRAIN_MIN_NEW_ANNOTATIONS": "30",
-        "TRAIN_EPOCHS": "3", "TRAIN_LEARNING_RATE": "0.0005", "TRAIN_MAX_LENGTH": "1024", "PREDICT_BATCH_SIZE": "8",
+        "TRAIN_EPOCHS": "6", "TRAIN_LEARNING_RATE": "0.001",
+        "TRAIN_HELDOUT_FRACTION": "0.3", "TRAIN_MAX_LENGTH": "1024", "PREDICT_BATCH_SIZE": "8",
         "RUBRIC": "qa-quality", "LOG_LEVEL": "INFO",
     }
     # reuse the converted embedded model between runs (conversion takes ~20 s)
@@ -152,7 +153,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         second_id = second.json()["id"]
         rng = random.Random(11)
         answers = []
-        for index, task in enumerate(tasks[:24]):
+        for index, task in enumerate(tasks):
             kind = fixture[index]["kind"]
             body = {"result": human_result(kind, rng), "lead_time": 3.0}
             answers.append(ls.post(f"{ls_url}/api/tasks/{task['id']}/annotations/", json=body, timeout=30))
@@ -160,7 +161,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
                 body = {"result": human_result(kind, rng), "completed_by": second_id, "lead_time": 4.0}
                 answers.append(ls.post(f"{ls_url}/api/tasks/{task['id']}/annotations/", json=body, timeout=30))
         assert all(a.status_code == 201 for a in answers), [a.text for a in answers if a.status_code != 201][:2]
-        assert len(answers) == 36
+        assert len(answers) == 42
         status = stack.wait_for("the 30th annotation to enqueue a training job", lambda: requests.get(
             f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()["projects"][str(pid)]
             .get("queued"), 60)
@@ -184,7 +185,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         report = report.json()
         run = report["versions"][0]
         assert run["alpha_flat"] is not None and report["flat"]["ceiling"] is not None
-        assert report["counts"]["annotators"] == 2 and report["counts"]["annotations"] == 36
+        assert report["counts"]["annotators"] == 2 and report["counts"]["annotations"] == 42
         (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=1))
         assert run["promoted"], stack.fail(f"the adapter was not promoted: {run['decision']}")
         setup = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
