@@ -160,6 +160,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def versions() -> Response:
         return jsonify(service.versions(request.args.get("project")))
 
+    @app.post("/versions/activate")
+    def activate() -> Response:
+        return jsonify(service.activate(read_json_object()))
+
     @app.post("/webhook")
     def webhook() -> Response:
         body = read_json_object()

@@ -160,6 +160,26 @@ class Service:
         self.judge.load_adapter(name, self.registry.version_dir(ctx.project, ctx.version))
         return name
 
+    def activate(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Make an existing version active by hand (rollback, or overriding the promotion gate)."""
+        try:
+            project = parse_project(body.get("project"))
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+        number = body.get("version")
+        if isinstance(number, str) and number.rsplit(".", 1)[-1].startswith("v"):
+            number = number.rsplit(".", 1)[-1][1:]
+        try:
+            number = int(number)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')") from None
+        if number < 0 or (number and number not in self.registry.version_numbers(project)):
+            known = ", ".join(f"v{n}" for n in self.registry.version_numbers(project)) or "none"
+            raise RequestError(f"project {project} has no version v{number} (trained: {known})", 404)
+        self.registry.set_active(project, number)
+        log.info("project %s: version v%d activated by hand", project, number)
+        return {"project": project, "model_version": self.registry.model_version(project, number)}
+
     def versions(self, project: object = None) -> dict[str, Any]:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         details = []

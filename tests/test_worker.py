@@ -129,3 +129,20 @@ def test_label_studio_rejecting_the_token_fails_the_job_clearly(stack):
     # the running mark is cleared: the next trigger enqueues a fresh job
     assert client.post("/webhook", json={"action": "START_TRAINING",
                                          "project": {"id": PROJECT}}).get_json()["status"] == "enqueued"
+
+
+def test_activate_a_version_by_hand(stack):
+    client, registry, _, _ = stack
+    for number in (1, 2):
+        registry.version_dir(str(PROJECT), number).mkdir(parents=True)
+    assert client.post("/versions/activate", json={"project": PROJECT, "version": 2}).get_json()[
+        "model_version"].endswith(f".p{PROJECT}.v2")
+    assert registry.active_version(str(PROJECT)) == 2
+    by_name = client.post("/versions/activate", json={"project": PROJECT, "version": f"x.p{PROJECT}.v1"})
+    assert by_name.status_code == 200 and registry.active_version(str(PROJECT)) == 1
+    missing = client.post("/versions/activate", json={"project": PROJECT, "version": 9})
+    assert missing.status_code == 404 and "v1, v2" in missing.get_json()["error"]
+    bad = client.post("/versions/activate", json={"project": PROJECT, "version": "latest"})
+    assert bad.status_code == 400
+    assert client.post("/versions/activate", json={"project": PROJECT, "version": 0}).status_code == 200
+    assert registry.active_version(str(PROJECT)) == 0
