@@ -44,6 +44,7 @@ class DimensionScore:
     label: str
     probs: Mapping[str, float]
     expected: float | None = None  # expected value for scale dimensions
+    logprob: float | None = None  # unnormalised log P(label tokens | prompt, earlier labels) under the model
 
     @property
     def confidence(self) -> float:
@@ -403,7 +404,8 @@ class Judge:
                 for row in range(size):
                     chosen = int(choice[row])
                     pending[row] = tokens.labels[index][chosen]
-                    per_task[row][dim.name] = _dimension_score(dim, probs[row].tolist(), chosen)
+                    per_task[row][dim.name] = _dimension_score(dim, probs[row].tolist(), chosen,
+                                                               float(scores[row, chosen]))
         return [TaskScore(dimensions=d) for d in per_task]
 
     def _candidate_scores(
@@ -436,9 +438,9 @@ class Judge:
         return scores
 
 
-def _dimension_score(dim: Dimension, probs: list[float], chosen: int) -> DimensionScore:
+def _dimension_score(dim: Dimension, probs: list[float], chosen: int, logprob: float) -> DimensionScore:
     rounded = {label: round(p, 6) for label, p in zip(dim.labels, probs, strict=True)}
     expected = None
     if dim.values is not None:
         expected = round(sum(v * p for v, p in zip(dim.values, probs, strict=True)), 6)
-    return DimensionScore(label=dim.labels[chosen], probs=rounded, expected=expected)
+    return DimensionScore(label=dim.labels[chosen], probs=rounded, expected=expected, logprob=logprob)

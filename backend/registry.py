@@ -121,20 +121,27 @@ class Registry:
             log.warning("Redis unavailable (%s); %s written to disk only", type(exc).__name__, key)
 
     def active_version(self, project: str) -> int:
-        """The active adapter number of ``project`` (0 = base model)."""
+        """The active adapter number of ``project`` (0 = base model).
+
+        Redis is read first (every process sees the worker's promotion at once); a pointer to a version
+        whose folder does not exist (another MODEL_DIR, a deleted folder) is ignored with a warning."""
         project = parse_project(project)
         try:
             value = self._redis_get(self._key(project, "active"))
             if value is not None:
-                return int(value)
-        except _RedisDown:
+                number = int(value)
+                if number == 0 or self.version_dir(project, number).is_dir():
+                    return number
+                log.warning("project %s: Redis names v%d active but %s does not exist; using the disk pointer",
+                            project, number, self.version_dir(project, number))
+        except (_RedisDown, ValueError):
             pass
         path = self.project_dir(project) / "ACTIVE"
         if path.is_file():
             number = int(path.read_text().strip() or 0)
-            if number:
+            if number and self.version_dir(project, number).is_dir():
                 self._redis_set(self._key(project, "active"), str(number))
-            return number
+                return number
         return 0
 
     def set_active(self, project: str, number: int) -> None:

@@ -55,3 +55,14 @@ def test_versions_listing_ignores_temporary_folders(tmp_path):
     assert registry.version_numbers("4") == [1, 2]
     assert registry.next_version("4") == 3
     assert [v.model_version for v in registry.versions("4")] == ["m.p4.v0", "m.p4.v1", "m.p4.v2"]
+
+
+def test_a_pointer_to_a_missing_version_is_ignored(tmp_path, redis_client, unique_name):
+    registry = Registry(tmp_path, unique_name, redis_client)
+    redis_client.set(f"rubric-judge:{unique_name}:active:6", "3")  # e.g. set by a worker with another MODEL_DIR
+    assert registry.active_version("6") == 0
+    registry.version_dir("6", 1).mkdir(parents=True)
+    registry.set_active("6", 1)
+    redis_client.set(f"rubric-judge:{unique_name}:active:6", "3")
+    assert registry.active_version("6") == 1  # the disk pointer wins over a dangling Redis one
+    redis_client.delete(f"rubric-judge:{unique_name}:active:6")

@@ -32,6 +32,7 @@ ADMIN, PASSWORD, TOKEN = "admin@example.com", "e2e-secret-123", "e2e0123456789to
 BASIC = ("labelstudio", "basic-pass-42")
 WEBHOOK_SECRET = "hook-secret-42"
 DIMENSIONS = ["conciseness", "interpretability", "completeness", "clarity", "accuracy", "relevance"]
+ON_SCREEN = ["conciseness", "interpretability", "clarity", "completeness", "accuracy", "relevance"]  # by group
 SCORES = {  # how our two simulated annotators judge each kind of answer in the fixture (plus some noise)
     "good": [2, 2, 2, 2, 2, 2],
     "bad": [-2, -2, -2, -2, -2, -2],
@@ -44,6 +45,42 @@ def human_result(kind: str, rng: random.Random) -> list[dict]:
     values = [min(2, max(-2, v + rng.choice([0, 0, 0, 0, -1, 1]))) for v in SCORES[kind]]
     return [{"from_name": d, "to_name": "answer", "type": "choices", "value": {"choices": [str(v)]}}
             for d, v in zip(DIMENSIONS, values, strict=True)]
+
+
+CHECKED_JS = ("Array.from(document.querySelectorAll('.ant-radio-wrapper-checked'))"
+              ".map(e => e.innerText.split('[')[0].trim()).filter(Boolean)")
+
+
+def on_screen(prediction: dict) -> list[str]:
+    """The predicted labels in the order the labeling config shows the dimensions."""
+    chosen = {r["from_name"]: r["value"]["choices"][0] for r in prediction["result"]}
+    return [chosen[name] for name in ON_SCREEN]
+
+
+def login_cookies(ls_url: str) -> dict[str, str]:
+    session = requests.Session()
+    assert session.get(f"{ls_url}/user/login/", timeout=30).ok
+    session.post(f"{ls_url}/user/login/", data={"email": ADMIN, "password": PASSWORD,
+                                               "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
+                 headers={"Referer": f"{ls_url}/user/login/"}, timeout=30)
+    assert "sessionid" in session.cookies, "logging in to Label Studio failed"
+    return {c.name: c.value for c in session.cookies}
+
+
+def shoot_task(ls_url: str, pid: int, task_id: int, out: Path) -> list[str]:
+    """Open a task in the labeling UI, wait until the judge's six choices are pre-filled, screenshot it;
+    returns the labels shown as selected."""
+    if chromium() is None:
+        pytest.fail("chromium is needed for the screenshots: apt-get install chromium")
+    browser = Browser(1280, 1500)
+    try:
+        browser.set_cookies(ls_url, login_cookies(ls_url))
+        browser.open(f"{ls_url}/projects/{pid}/data?task={task_id}", f"({CHECKED_JS}).length >= 6", timeout=90)
+        time.sleep(1)
+        browser.screenshot(out)
+        return list(browser.evaluate(CHECKED_JS) or [])
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +121,9 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
     if cache.is_dir():
         shutil.copytree(cache, model_dir / "base")
     bin_dir = Path(sys.executable).parent
+    import redis
+
+    redis.Redis.from_url(judge_env["REDIS_URL"]).flushdb()  # database 14 belongs to this test
     stack = Stack()
     try:
         stack.add(Proc("label-studio", [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
@@ -145,6 +185,10 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             assert sorted(r["from_name"] for r in prediction["result"]) == sorted(DIMENSIONS)
             assert interface.validate_prediction({"result": prediction["result"]}, return_errors=True) == []
         ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v0}, timeout=30)
+        first = ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]}, timeout=30).json()[0]
+        shown = shoot_task(ls_url, pid, tasks[0]["id"], ARTIFACTS / "label-studio-task-v0.png")
+        assert shown == on_screen(first), (
+            f"the labeling page shows {shown}, the judge predicted {first['result']}")
 
         # 4. human annotations from two users until the threshold fires; then Start Training
         second = ls.post(f"{ls_url}/api/users/", json={"email": "second@example.com", "username": "second",
@@ -207,39 +251,30 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         assert v1 in {p["model_version"] for p in fresh}, fresh
         ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v1}, timeout=30)
 
-        # 6. screenshots: the labeling page with the judge's choices pre-filled, and the report page
-        if chromium() is None:
-            pytest.fail("chromium is needed for the screenshots: apt-get install chromium")
-        session = requests.Session()
-        login_page = session.get(f"{ls_url}/user/login/", timeout=30)
-        assert login_page.ok
-        session.post(f"{ls_url}/user/login/", data={"email": ADMIN, "password": PASSWORD,
-                                                   "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
-                     headers={"Referer": f"{ls_url}/user/login/"}, timeout=30)
-        assert "sessionid" in session.cookies, "logging in to Label Studio failed"
+        # 6. a task imported now gets a v1 pre-annotation, shown pre-filled; and the report page
+        ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": fixture[1]["data"]}], timeout=60)
+        new_task = max(t["id"] for t in ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100},
+                                               timeout=30).json()["tasks"])
+        ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                json={"selectedItems": {"all": False, "included": [new_task]}}, timeout=120).raise_for_status()
+        latest = ls.get(f"{ls_url}/api/predictions/", params={"task": new_task}, timeout=30).json()
+        assert [p["model_version"] for p in latest] == [v1], latest
+        shown = shoot_task(ls_url, pid, new_task, ARTIFACTS / "label-studio-task-v1.png")
+        assert shown == on_screen(latest[0]), (shown, latest[0]["result"])
         browser = Browser(1280, 1500)
         try:
-            browser.set_cookies(ls_url, {c.name: c.value for c in session.cookies})
-            target = tasks[-1]["id"]
-            ready = ("document.querySelectorAll('.ant-radio-wrapper-checked, input[type=radio]:checked').length"
-                     " >= 6")
-            prefilled = browser.open(f"{ls_url}/projects/{pid}/data?task={target}", ready, timeout=90)
-            time.sleep(1)
-            browser.screenshot(ARTIFACTS / "label-studio-task.png")
-            checked = browser.evaluate("document.querySelectorAll('input[type=radio]:checked').length")
             basic = base64.b64encode(f"{BASIC[0]}:{BASIC[1]}".encode()).decode()
             browser.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {basic}"})
             assert browser.open(f"{backend_url}/reports/{pid}", "document.querySelectorAll('svg').length >= 4")
             browser.screenshot(ARTIFACTS / "report.png", full_page=True)
         finally:
             browser.close()
-        assert prefilled, f"the labeling page showed {checked} pre-filled choices, expected 6"
         summary = {"seconds_total": round(time.monotonic() - started, 1),
                    "predict_30_tasks_s": round(predict_seconds, 1),
                    "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],
                    "alpha_base_flat": run["alpha_base_flat"], "ceiling": report["flat"]["ceiling"],
                    "promoted": run["promoted"], "decision": run["decision"], "v0": v0, "v1": v1,
-                   "prefilled_choices": checked}
+                   "prefilled_v1": shown}
         (ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=1))
     finally:
         stack.stop()
