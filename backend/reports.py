@@ -283,8 +283,10 @@ def plot_versions(versions: Sequence[Mapping[str, Any]]) -> str:
     fig, ax = _figure(6.5, 2.8)
     xs = [v["number"] for v in versions]
     ax.plot(xs, [v["alpha_flat"] for v in versions], marker="o", color="#2f6db5", label="judge (candidate)")
-    ax.plot(xs, [v["alpha_base_flat"] for v in versions], ls="--", color="#888888", label="base model")
-    ax.plot(xs, [v["alpha_humans_flat"] for v in versions], ls=":", color="#e39b2d", label="humans")
+    ax.plot(xs, [v["alpha_base_flat"] for v in versions], ls="--", marker="s", ms=3, color="#888888",
+            label="base model")
+    ax.plot(xs, [v["alpha_humans_flat"] for v in versions], ls=":", marker="^", ms=3, color="#e39b2d",
+            label="humans")
     for v in versions:
         if v["alpha_flat"] is not None:
             ax.annotate("promoted" if v["promoted"] else "kept previous", (v["number"], v["alpha_flat"]),

@@ -122,13 +122,19 @@ def main() -> int:
         ml = ls.post(f"{ls_url}/api/ml", json={"url": backend_url, "project": project["id"], "title": "rubric-judge",
                                                "is_interactive": False, "auth_method": "NONE"}, timeout=60)
         ml.raise_for_status()
-        say("retrieving pre-annotations for the sample tasks (about 20 s on a 2-core CPU)")
+        say("retrieving pre-annotations for the sample tasks (about 30 s on a 2-core CPU)")
         setup = requests.post(f"{backend_url}/setup", json={"project": f"{project['id']}.0", "schema": xml},
                               timeout=10).json()
-        ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project["id"]},
-                json={"selectedItems": {"all": True, "excluded": []}}, timeout=120).raise_for_status()
+        ids = sorted(t["id"] for t in ls.get(f"{ls_url}/api/tasks/", params={"project": project["id"],
+                                                                             "page_size": 100}, timeout=30)
+                     .json()["tasks"])
+        for start in range(0, len(ids), 6):  # small batches stay far below Label Studio's 100 s timeout
+            ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions",
+                                                        "project": project["id"]},
+                    json={"selectedItems": {"all": False, "included": ids[start : start + 6]}},
+                    timeout=120).raise_for_status()
         ls.patch(f"{ls_url}/api/projects/{project['id']}/", json={"model_version": setup["model_version"]},
-                 timeout=30)
+                 timeout=30).raise_for_status()
     pid = project["id"]
     sys.stdout.write(f"""
 rubric-judge demo is running (logs in {LOGS})
