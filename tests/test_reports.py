@@ -43,7 +43,8 @@ def predictions(records: list[Record], noise: float, seed: int) -> list[TaskScor
             value = round(mean(int(a.labels[d.name]) for a in record.annotations))
             if rng.random() < noise:
                 value = rng.randint(1, 5)
-            dims[d.name] = DimensionScore(str(value), {str(v): 1.0 if v == value else 0.0 for v in d.values})
+            dims[d.name] = DimensionScore(str(value), {str(v): 1.0 if v == value else 0.0 for v in d.values},
+                                          expected=float(value))
         out.append(TaskScore(dims))
     return out
 
@@ -103,6 +104,8 @@ def test_json_values_match_an_independent_alpha(registry):
         flat_system += system
     assert report["flat"]["alpha"] == pytest.approx(ref_alpha([flat_consensus, flat_system], "interval"), abs=1e-9)
     assert report["flat"]["floor"] == pytest.approx(metrics["base"]["alpha_flat"])
+    # expected-score decoding: with one-hot distributions the expectation equals the argmax label
+    assert metrics["candidate"]["alpha_flat_expected"] == pytest.approx(report["flat"]["alpha"], abs=1e-9)
     assert report["active_version"] == "tiny.p1.v1" and len(report["versions"]) == 1
     assert sum(sum(line) for line in report["dimensions"][0]["confusion"]["matrix"]) == 40
 

@@ -46,6 +46,7 @@ def evaluate_predictions(
     dims: dict[str, Any] = {}
     flat_humans: dict[str, list[list[Any]]] = {}
     flat_system: list[Any] = []
+    flat_expected: list[Any] = []
     for dim in rubric.dimensions:
         human = human_matrix(rubric, records, dim)
         system = None if predictions is None else [_value(dim, p.dimensions[dim.name].label) for p in predictions]
@@ -58,6 +59,11 @@ def evaluate_predictions(
         else:
             entry = {"nominal": dimension_report(human, system, "nominal", domain, n_boot=n_boot)}
         entry["level"] = dim.level
+        if predictions is not None and dim.is_scale:
+            # expected-score decoding: the mean of the label distribution instead of its argmax
+            expected = [p.dimensions[dim.name].expected for p in predictions]
+            entry["alpha_expected"] = dimension_report(human, expected, "interval", None, n_boot=1)["alpha_system"]
+            flat_expected.extend(expected)
         if predictions is not None:
             entry["predicted_distribution"] = {
                 label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels
@@ -73,8 +79,13 @@ def evaluate_predictions(
     if rubric.kind == "scores":
         flat_ordinal = dimension_report(flatten_dimensions(flat_humans), flat_system or None, "ordinal", None,
                                         n_boot=n_boot)
+    alpha_flat_expected = None
+    if flat_expected:
+        alpha_flat_expected = dimension_report(flatten_dimensions(flat_humans), flat_expected, "interval", None,
+                                               n_boot=1)["alpha_system"]
     return {
         "n_tasks": len(records),
+        "alpha_flat_expected": alpha_flat_expected,
         "n_annotations": sum(len(r.annotations) for r in records),
         "n_multi_annotator_tasks": sum(1 for r in records if len(r.annotations) >= 2),
         "alpha_flat": flat["alpha_system"],
