@@ -166,12 +166,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.post("/webhook")
     def webhook() -> Response:
-        body = read_json_object()
-        result = service.webhook(body)
-        status = result.pop("_status", 200)
-        response = jsonify(result)
-        response.status_code = status
-        return response
+        return jsonify(service.webhook(read_json_object()))
 
     @app.get("/status")
     def status() -> Response:

@@ -9,7 +9,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree.ElementTree import Element
 from xml.sax.saxutils import quoteattr
 
 from defusedxml import DefusedXmlException
@@ -117,7 +116,7 @@ def parse_label_config(xml: str) -> ParsedConfig:
         raise LabelConfigError(f"the labeling config is not valid XML: {exc}") from None
     objects: dict[str, str] = {}
     controls: dict[str, Control] = {}
-    for element in _walk(root):
+    for element in root.iter():
         name = element.get("name")
         value = element.get("value")
         if name and element.tag in {"Text", "HyperText", "Paragraphs", "Markdown"} and value is not None:
@@ -130,10 +129,6 @@ def parse_label_config(xml: str) -> ParsedConfig:
             )
             controls[name] = Control(name=name, tag=element.tag, to_name=element.get("toName", ""), values=values)
     return ParsedConfig(objects=objects, controls=controls)
-
-
-def _walk(root: Element) -> Iterable[Element]:
-    return root.iter()
 
 
 def config_problems(rubric: Rubric, parsed: ParsedConfig) -> list[str]:

@@ -42,7 +42,8 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+def main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A dimension's report at its own level: interval for scales, nominal for classification."""
     return entry.get("interval") or entry.get("nominal") or {}
 
 
@@ -52,9 +53,9 @@ def dimension_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     base = metrics.get("base") or {}
     rows = []
     for name, entry in (candidate.get("dimensions") or {}).items():
-        main = _main_report(entry)
+        main = main_report(entry)
         ordinal = entry.get("ordinal") or {}
-        floor = _main_report((base.get("dimensions") or {}).get(name, {}))
+        floor = main_report((base.get("dimensions") or {}).get(name, {}))
         confusion = main.get("confusion") or ordinal.get("confusion")
         rows.append({
             "name": name,

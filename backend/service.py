@@ -219,8 +219,6 @@ class Service:
                 count = len(annotations) if isinstance(annotations, list) and annotations else 1
                 result = self.triggers.count_annotations(project, count, self.settings.train_min_new_annotations)
         except Exception as exc:  # Redis down or erroring: answer fast, say so
-            if isinstance(exc, RequestError):
-                raise
             log.error("webhook %s for project %s: queue unavailable (%s)", action, project, type(exc).__name__)
             raise RequestError(f"training queue unavailable ({type(exc).__name__}); the event was not recorded",
                                503) from None

@@ -79,9 +79,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
-    entry = metrics["dimensions"][name]
-    report = entry.get("interval") or entry.get("nominal")
-    return report["alpha_system"]
+    from backend.reports import main_report
+
+    return main_report(metrics["dimensions"][name])["alpha_system"]
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:

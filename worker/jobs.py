@@ -132,13 +132,12 @@ def run_training(
             judge.load_adapter(incumbent[0], incumbent[1])
             active_metrics = evaluate_judge(judge, rubric, held, incumbent[0])
         promote, reason = should_promote(candidate, active_metrics if incumbent else base)
-        humans = {k: candidate[k] for k in ("alpha_humans_flat",)}
         metrics = {
             "rubric": rubric.name, "base_model": settings.base_model, "model_name": base_name,
             "quantization": settings.quantization, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": config.as_dict(), "counts": counts,
             "alpha_flat": candidate["alpha_flat"], "alpha_flat_ci": candidate["alpha_flat_ci"],
-            **humans,
+            "alpha_humans_flat": candidate["alpha_humans_flat"],
             "candidate": candidate, "base": base, "incumbent": active_metrics,
             "incumbent_version": incumbent[0] if incumbent else "v0",
             "promoted": promote, "decision": reason,
