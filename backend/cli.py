@@ -145,6 +145,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
     parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
     parser.add_argument("--targets", choices=["each", "consensus"], help="one example per annotator or per task")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        help="training precision (auto: bf16 autocast where the hardware makes it fast)")
     parser.add_argument("--seed", type=int, help="random seed (3407)")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     parser.add_argument("--limit", type=int, help="use only the first N tasks of --data")

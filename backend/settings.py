@@ -87,6 +87,9 @@ class Settings:
     train_heldout_fraction: float = 0.0
     #: TRAIN_TARGETS: ``each`` (one example per annotator) or ``consensus`` (one per task).
     train_targets: str = "each"
+    #: TRAIN_PRECISION: ``auto`` (bf16 autocast where the CPU has AVX512-BF16/AMX or the GPU supports bf16,
+    #: else fp32), ``fp32`` or ``bf16``. LoRA weights and optimizer state stay fp32 either way.
+    train_precision: str = "auto"
 
     # --- logging -------------------------------------------------------------------------------
     #: LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.
@@ -128,6 +131,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
         if self.train_targets not in ("each", "consensus"):
             raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each or consensus")
+        if self.train_precision not in ("auto", "fp32", "bf16"):
+            raise SettingsError(f"TRAIN_PRECISION={self.train_precision!r}: expected auto, fp32 or bf16")
         if not 0 <= self.train_heldout_fraction < 1:
             raise SettingsError("TRAIN_HELDOUT_FRACTION must be in [0, 1)")
         if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
@@ -149,6 +154,8 @@ class Settings:
         out = {k: v for k, v in values.items() if v}
         if self.train_targets != "each":
             out["targets"] = self.train_targets
+        if self.train_precision != "auto":
+            out["precision"] = self.train_precision
         return out
 
     @property

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from backend.rubric import Rubric
@@ -41,6 +42,7 @@ class TrainConfig:
     token_dropout_prob: float = 0.5
     augment: bool = True
     targets: str = "each"
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; LoRA weights and optimizer stay fp32)
     seed: int = 3407
 
     @classmethod
@@ -72,6 +74,7 @@ class TrainConfig:
             (0 <= self.token_dropout_rate < 1, "token_dropout_rate must be in [0, 1)"),
             (0 <= self.token_dropout_prob <= 1, "token_dropout_prob must be in [0, 1]"),
             (self.targets in ("each", "consensus"), "targets must be 'each' or 'consensus'"),
+            (self.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -102,6 +105,29 @@ def attach_lora(model: Any, config: TrainConfig, quantized: bool) -> Any:
     return get_peft_model(model, lora)
 
 
+def bf16_supported(device: Any) -> bool:
+    """Whether bf16 matmuls are fast on ``device``: a CUDA GPU that supports them, or a CPU with AVX512-BF16
+    or AMX (oneDNN's bf16 kernels; on other CPUs bf16 is emulated and slower than fp32)."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(config: TrainConfig, device: Any) -> Any:
+    """The autocast dtype for training (None: plain fp32). ``auto`` picks bf16 where it is fast."""
+    import torch
+
+    if config.precision == "fp32" or (config.precision == "auto" and not bf16_supported(device)):
+        return None
+    return torch.bfloat16
+
+
 def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
     """Left-padded batch (as at inference), so every row's completion sits at the end."""
     import torch
@@ -123,14 +149,16 @@ def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
             "keep": min(keep, width)}
 
 
-def _batch_loss(model: Any, batch: dict[str, Any], device: Any) -> tuple[Any, int]:
+def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = None) -> tuple[Any, int]:
     """Summed cross-entropy over the supervised tokens only, and their count. Logits are computed only for
-    the completion (``logits_to_keep``): the vocabulary projection of the prompt is never materialised."""
+    the completion (``logits_to_keep``): the vocabulary projection of the prompt is never materialised.
+    ``dtype``: autocast dtype (bf16) or None for fp32."""
     import torch
 
     keep = batch["keep"]
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                position_ids=batch["position_ids"].to(device), logits_to_keep=keep)
+    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    position_ids=batch["position_ids"].to(device), logits_to_keep=keep)
     logits = out.logits[:, :-1, :].float()
     targets = batch["labels"][:, -keep + 1 :].to(device) if keep > 1 else batch["labels"][:, :0].to(device)
     loss_sum = torch.nn.functional.cross_entropy(
@@ -154,6 +182,7 @@ class TrainResult:
     train_examples: int
     tokens: int
     padding_share: float
+    precision: str = "fp32"
 
 
 def train_lora(
@@ -176,6 +205,8 @@ def train_lora(
     rng = random.Random(config.seed)
     model = attach_lora(model, config, quantized)
     device = next(model.parameters()).device
+    dtype = autocast_dtype(config, device)
+    log.info("training precision: %s", "bf16 autocast" if dtype is not None else "fp32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     val_examples = [encode_example(rubric, t, tokenizer, config.max_length) for t in val_targets]
 
@@ -214,7 +245,7 @@ def train_lora(
                 padded += int(part["attention_mask"].numel())
             total_loss = 0.0
             for part in micro:
-                loss_sum, _ = _batch_loss(model, part, device)
+                loss_sum, _ = _batch_loss(model, part, device, dtype)
                 (loss_sum / max(1, supervised)).backward()  # mean over the whole batch's label tokens
                 total_loss += float(loss_sum.detach())
             loss = total_loss / max(1, supervised)
@@ -232,16 +263,17 @@ def train_lora(
                 progress({"step": step, "total_steps": total, "loss": entry["train_loss"], "eta_s": round(eta, 1),
                           "epoch": round(entry["epoch"], 3)})
         if val_examples:
-            val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size)
+            val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size, dtype)
             history.append({"step": step, "epoch": epoch + 1, "val_loss": round(val, 5)})
             log.info("epoch %d validation loss %.4f", epoch + 1, val)
     model.eval()
     return TrainResult(model=model, history=history, steps=step, seconds=time.monotonic() - started,
                        train_examples=len(train_targets), tokens=tokens,
-                       padding_share=round(1 - tokens / padded, 4) if padded else 0.0)
+                       padding_share=round(1 - tokens / padded, 4) if padded else 0.0,
+                       precision="bf16" if dtype is not None else "fp32")
 
 
-def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int) -> float:
+def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, dtype: Any = None) -> float:
     """Mean loss per supervised token over ``examples``."""
     import torch
 
@@ -251,7 +283,7 @@ def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_si
     count = 0
     with torch.no_grad():
         for part in _micro_batches(examples, batch_size):
-            loss_sum, n = _batch_loss(model, _collate(part, pad_id), device)
+            loss_sum, n = _batch_loss(model, _collate(part, pad_id), device, dtype)
             total += float(loss_sum)
             count += n
     return total / max(1, count)
