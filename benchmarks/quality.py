@@ -1,0 +1,550 @@
+"""Quality benchmark: how well the judge agrees with real human annotators, next to the references a user
+might pick instead.
+
+    python benchmarks/quality.py dialsummeval [--tag NAME] [training options]
+    python benchmarks/quality.py goemotions --train-size 1200 [--tag NAME] [training options]
+    python benchmarks/quality.py report            # rewrite RESULTS.md from RESULTS.json
+
+Data come from ``../shared/data`` (``--data-dir``); they are never copied into the repository. Without them the
+script says so and exits 0 having done nothing.
+
+* **DialSummEval** (``summary-quality`` rubric): train on the ``train`` dialogues of ``split.json``, select on
+  ``dev``, report on ``test`` (split by dialogue, so no dialogue's summaries leak across splits). Per dimension:
+  Krippendorff's alpha (interval and ordinal) of each system against the human consensus, the human-human
+  alpha, and the "one more annotator" delta-alpha.
+* **GoEmotions-Ekman** (``emotion-ekman`` rubric): train on a seeded subsample of ``train`` (``--train-size``),
+  report on the full ``dev`` split: accuracy, macro-F1 and nominal alpha.
+
+Systems: the most frequent training label (majority), TF-IDF + ridge regression (scores) or logistic
+regression (classes), the embedded base model zero-shot (v0) and the LoRA adapter trained by
+``worker.jobs.run_training`` -- the same code the RQ job runs -- with argmax and expected-score decoding.
+
+Every run is appended to ``benchmarks/RESULTS.json`` under its tag (same tag: replaced) and RESULTS.md is
+rewritten from it. Wall time and peak resident memory of each phase are recorded; peak memory is the process's
+high-water mark after the phase (``ru_maxrss``), so it covers every earlier phase too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.judge import DimensionScore, Judge, TaskScore  # noqa: E402
+from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from worker.dataset import record_consensus  # noqa: E402
+from worker.evaluate import evaluate_judge, evaluate_predictions  # noqa: E402
+from worker.source import Record, read_file  # noqa: E402
+
+log = logging.getLogger("benchmarks.quality")
+
+RESULTS_JSON = REPO / "benchmarks" / "RESULTS.json"
+RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def load_dialsummeval(data_dir: Path, rubric: Rubric) -> dict[str, list[Record]]:
+    """Records of ratings.jsonl, split by dialogue as in split.json."""
+    folder = data_dir / "dialsummeval"
+    split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+    of = {d: name for name in ("train", "dev", "test") for d in split[name]}
+    out: dict[str, list[Record]] = {"train": [], "dev": [], "test": []}
+    for record in read_file(folder / "ratings.jsonl", rubric):
+        dialogue = record.task_id.rsplit("-", 1)[0]
+        if dialogue not in of:
+            raise ValueError(f"dialogue {dialogue} of {record.task_id} is in no split of split.json")
+        out[of[dialogue]].append(record)
+    return out
+
+
+def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int) -> dict[str, list[Record]]:
+    """A seeded subsample of ``train`` (``train_size`` rows; 0 = all) and the whole ``dev`` split."""
+    folder = data_dir / "goemotions-ekman"
+    train = read_file(folder / "train.jsonl", rubric)
+    if train_size and train_size < len(train):
+        train = random.Random(seed).sample(train, train_size)
+    return {"train": train, "train_all": read_file(folder / "train.jsonl", rubric),
+            "dev": read_file(folder / "dev.jsonl", rubric)}
+
+
+# --------------------------------------------------------------------------------------------------
+# references
+
+
+def _consensus_values(rubric: Rubric, records: Sequence[Record], name: str) -> list[float]:
+    """Per record, the mean human score of a scale dimension (None-free: records without it are skipped by
+    the caller through NaN handling)."""
+    out = []
+    for record in records:
+        values = [int(a.labels[name]) for a in record.annotations if name in a.labels]
+        out.append(sum(values) / len(values) if values else float("nan"))
+    return out
+
+
+def _score(rubric: Rubric, labels: dict[str, str], expected: dict[str, float | None]) -> TaskScore:
+    dims = {}
+    for dim in rubric.dimensions:
+        label = labels[dim.name]
+        dims[dim.name] = DimensionScore(label=label, probs={lab: float(lab == label) for lab in dim.labels},
+                                        expected=expected.get(dim.name))
+    return TaskScore(dims)
+
+
+def majority_predictions(rubric: Rubric, train: Sequence[Record], n: int) -> list[TaskScore]:
+    """The most frequent human label of each dimension in the training split, for every task."""
+    labels = {}
+    for dim in rubric.dimensions:
+        counts = Counter(a.labels[dim.name] for r in train for a in r.annotations if dim.name in a.labels)
+        labels[dim.name] = counts.most_common(1)[0][0]
+    expected = {d.name: (float(labels[d.name]) if d.is_scale else None) for d in rubric.dimensions}
+    return [_score(rubric, labels, expected) for _ in range(n)]
+
+
+def _text(rubric: Rubric, record: Record) -> str:
+    return "\n".join(record.inputs[name] for name in rubric.input_names)
+
+
+def _vectorizer() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+
+    return FeatureUnion([
+        ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=False)),
+        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
+                                  lowercase=False, max_features=50000)),
+    ])
+
+
+def ridge_predictions(rubric: Rubric, train: Sequence[Record], dev: Sequence[Record],
+                      test: Sequence[Record]) -> tuple[list[TaskScore], list[TaskScore], dict[str, float]]:
+    """TF-IDF (word 1-2-grams and character 2-5-grams of the summary and of the dialogue) + ridge regression
+    on the consensus mean per dimension; the ridge strength is chosen per dimension on ``dev`` by interval
+    alpha. Labels are the prediction rounded into the scale; ``expected`` keeps the raw prediction."""
+    import numpy as np
+    from sklearn.linear_model import Ridge
+
+    from backend.agreement import krippendorff_alpha
+
+    target = rubric.target.name
+    others = [n for n in rubric.input_names if n != target]
+    vec_target, vec_other = _vectorizer(), _vectorizer()
+    x_train = _stack(vec_target.fit_transform([r.inputs[target] for r in train]),
+                     vec_other.fit_transform(["\n".join(r.inputs[n] for n in others) for r in train]) if others
+                     else None)
+
+    def features(records: Sequence[Record]) -> Any:
+        return _stack(vec_target.transform([r.inputs[target] for r in records]),
+                      vec_other.transform(["\n".join(r.inputs[n] for n in others) for r in records]) if others
+                      else None)
+
+    x_dev, x_test = features(dev), features(test)
+    raw_dev: dict[str, Any] = {}
+    raw_test: dict[str, Any] = {}
+    chosen: dict[str, float] = {}
+    for dim in rubric.dimensions:
+        y = np.array(_consensus_values(rubric, train, dim.name))
+        keep = ~np.isnan(y)
+        human_dev = np.array(_consensus_values(rubric, dev, dim.name))
+        best = None
+        for strength in (0.3, 1.0, 3.0, 10.0, 30.0):
+            model = Ridge(alpha=strength).fit(x_train[keep], y[keep])
+            pred = model.predict(x_dev)
+            score = krippendorff_alpha([list(human_dev), list(pred)], "interval")
+            if best is None or score > best[0]:
+                best = (score, strength, model)
+        assert best is not None
+        chosen[dim.name] = best[1]
+        raw_dev[dim.name] = best[2].predict(x_dev)
+        raw_test[dim.name] = best[2].predict(x_test)
+
+    def to_scores(raw: dict[str, Any], n: int) -> list[TaskScore]:
+        out = []
+        for i in range(n):
+            labels, expected = {}, {}
+            for dim in rubric.dimensions:
+                values = dim.values or []
+                value = float(raw[dim.name][i])
+                labels[dim.name] = str(min(values, key=lambda v, x=value: abs(v - x)))
+                expected[dim.name] = value
+            out.append(_score(rubric, labels, expected))
+        return out
+
+    return to_scores(raw_dev, len(dev)), to_scores(raw_test, len(test)), chosen
+
+
+def _stack(a: Any, b: Any) -> Any:
+    from scipy.sparse import hstack
+
+    return a.tocsr() if b is None else hstack([a, b]).tocsr()
+
+
+def logreg_predictions(rubric: Rubric, train: Sequence[Record], test: Sequence[Record]) -> tuple[
+        list[TaskScore], dict[str, Any]]:
+    """TF-IDF + logistic regression (balanced class weights); C chosen by 3-fold cross-validated macro-F1 on
+    the training split (the dev split is where results are reported, so it is not used for choosing)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    dim = rubric.dimensions[0]
+    labels = [record_consensus(rubric, r)[dim.name] for r in train]
+    pipe = Pipeline([("tfidf", _vectorizer()),
+                     ("clf", LogisticRegression(max_iter=2000, class_weight="balanced"))])
+    search = GridSearchCV(pipe, {"clf__C": [1.0, 3.0, 10.0]}, scoring="f1_macro", cv=3, n_jobs=1)
+    search.fit([_text(rubric, r) for r in train], labels)
+    predicted = search.predict([_text(rubric, r) for r in test])
+    return [_score(rubric, {dim.name: str(p)}, {}) for p in predicted], {"C": search.best_params_["clf__C"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# summaries
+
+
+def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per-dimension alpha (interval, ordinal), delta-alpha, expected-decoding alpha, plus the flat figures."""
+    row: dict[str, Any] = {"alpha_flat": metrics["alpha_flat"], "alpha_flat_ci": metrics["alpha_flat_ci"],
+                           "alpha_flat_ordinal": metrics["alpha_flat_ordinal"],
+                           "alpha_flat_expected": metrics.get("alpha_flat_expected"),
+                           "delta_alpha_flat": metrics["delta_alpha_flat"], "dimensions": {}}
+    for dim in rubric.dimensions:
+        entry = metrics["dimensions"][dim.name]
+        row["dimensions"][dim.name] = {
+            "alpha_interval": entry["interval"]["alpha_system"],
+            "alpha_interval_ci": entry["interval"]["alpha_system_ci"],
+            "alpha_ordinal": entry["ordinal"]["alpha_system"],
+            "delta_alpha": entry["interval"]["delta_alpha"],
+            "alpha_expected": entry.get("alpha_expected"),
+            "alpha_humans": entry["interval"]["alpha_humans"],
+            "alpha_humans_ordinal": entry["ordinal"]["alpha_humans"],
+            "exact": entry["interval"]["exact"], "mae": entry["interval"]["mae"],
+            "predicted": entry.get("predicted_distribution"),
+        }
+    return row
+
+
+def class_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
+    entry = metrics["dimensions"][rubric.dimensions[0].name]["nominal"]
+    return {"accuracy": entry["exact"], "macro_f1": entry["macro_f1"], "alpha_nominal": entry["alpha_system"],
+            "alpha_nominal_ci": entry["alpha_system_ci"], "per_class_f1": entry["per_class_f1"],
+            "predicted": metrics["dimensions"][rubric.dimensions[0].name].get("predicted_distribution")}
+
+
+class Phases:
+    """Wall time and peak memory (process high-water mark) per phase."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, float]] = {}
+
+    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        log.info("phase %s ...", name)
+        value = fn(*args, **kwargs)
+        seconds = time.monotonic() - started
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.rows[name] = {"seconds": round(seconds, 1), "peak_rss_mb": round(peak)}
+        log.info("phase %s: %.1f s, peak RSS %.0f MB", name, seconds, peak)
+        return value
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------------------------------
+# runs
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+              "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
+              "targets": args.targets, "precision": args.precision, "seed": args.seed,
+              "token_dropout_rate": args.token_dropout_rate}
+    out = {k: v for k, v in values.items() if v is not None}
+    if args.no_augment:
+        out["augment"] = False
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"base_model": args.base_model}
+    if args.rubric_dir:
+        overrides["rubric_dir"] = Path(args.rubric_dir)
+    return Settings.from_env(**overrides)
+
+
+def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubric, train: Sequence[Record],
+                     dev: Sequence[Record], test: Sequence[Record], phases: Phases,
+                     evaluate: Any) -> dict[str, Any]:
+    """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
+    from worker.jobs import run_training
+
+    out: dict[str, Any] = {}
+    judge = phases.run("load base model", Judge.from_settings, settings)
+    out["v0"] = {"test": evaluate(phases.run("v0 on test", evaluate_judge, judge, rubric, test, None))}
+    if args.skip_train:
+        out["v0"]["dev"] = evaluate(phases.run("v0 on dev", evaluate_judge, judge, rubric, dev, None))
+        return out
+    work = Path(args.work_dir) / f"{args.dataset}-{args.tag}-{int(time.time())}"
+    result = phases.run("train", run_training, settings, rubric, train, work, overrides=_overrides(args),
+                        heldout=dev, extra={"benchmark": args.tag})
+    metrics = result.metrics
+    out["v0"]["dev"] = evaluate(metrics["base"])  # run_training scored the base model on dev already
+    judge.load_adapter("bench", work)
+    test_metrics = phases.run("adapter on test", evaluate_judge, judge, rubric, test, "bench")
+    out["adapter"] = {"dev": evaluate(metrics["candidate"]), "test": evaluate(test_metrics)}
+    out["training"] = {**metrics["training"], "config": metrics["config"], "counts": metrics["counts"],
+                       "history": metrics["history"], "adapter_dir": str(work)}
+    return out
+
+
+def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings(args)
+    rubric = load_rubric("summary-quality", settings.rubric_dir)
+    phases = Phases()
+    splits = phases.run("load data", load_dialsummeval, Path(args.data_dir), rubric)
+    train, dev, test = splits["train"], splits["dev"], splits["test"]
+    if args.train_limit:
+        train = train[: args.train_limit]
+    if args.eval_limit:
+        dev, test = dev[: args.eval_limit], test[: args.eval_limit]
+    log.info("DialSummEval: %d train, %d dev, %d test summaries", len(train), len(dev), len(test))
+
+    def evaluate(metrics: dict[str, Any]) -> dict[str, Any]:
+        return scale_row(rubric, metrics)
+
+    systems: dict[str, Any] = {}
+    humans_only = evaluate_predictions(rubric, test, None)
+    systems["majority"] = {s: evaluate(evaluate_predictions(rubric, recs, majority_predictions(rubric, train,
+                                                                                               len(recs))))
+                           for s, recs in (("dev", dev), ("test", test))}
+    dev_ridge, test_ridge, chosen = phases.run("tfidf+ridge", ridge_predictions, rubric, train, dev, test)
+    systems["tfidf_ridge"] = {"dev": evaluate(evaluate_predictions(rubric, dev, dev_ridge)),
+                              "test": evaluate(evaluate_predictions(rubric, test, test_ridge)),
+                              "ridge_alpha": chosen}
+    systems.update(_train_and_score(args, settings, rubric, train, dev, test, phases, evaluate))
+    training = systems.pop("training", None)
+    humans = {d.name: {"interval": humans_only["dimensions"][d.name]["interval"]["alpha_humans"],
+                       "ordinal": humans_only["dimensions"][d.name]["ordinal"]["alpha_humans"]}
+              for d in rubric.dimensions}
+    return {"dataset": "dialsummeval", "rubric": rubric.name,
+            "sizes": {"train": len(train), "dev": len(dev), "test": len(test)},
+            "humans_test": humans, "humans_test_flat": humans_only["alpha_humans_flat"],
+            "systems": systems, "training": training, "phases": phases.rows}
+
+
+def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings(args)
+    rubric = load_rubric("emotion-ekman", settings.rubric_dir)
+    phases = Phases()
+    splits = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0)
+    train, dev = splits["train"], splits["dev"]
+    if args.eval_limit:
+        dev = dev[: args.eval_limit]
+    log.info("GoEmotions-Ekman: %d train (of %d), %d dev", len(train), len(splits["train_all"]), len(dev))
+
+    def evaluate(metrics: dict[str, Any]) -> dict[str, Any]:
+        return class_row(rubric, metrics)
+
+    systems: dict[str, Any] = {
+        "majority": {"test": evaluate(evaluate_predictions(rubric, dev, majority_predictions(rubric, train,
+                                                                                             len(dev))))}}
+    predicted, chosen = phases.run("tfidf+logreg", logreg_predictions, rubric, train, dev)
+    systems["tfidf_logreg"] = {"test": evaluate(evaluate_predictions(rubric, dev, predicted)), **chosen}
+    predicted, chosen = phases.run("tfidf+logreg (all train)", logreg_predictions, rubric, splits["train_all"],
+                                   dev)
+    systems["tfidf_logreg_all_train"] = {"test": evaluate(evaluate_predictions(rubric, dev, predicted)), **chosen,
+                                         "train_size": len(splits["train_all"])}
+    # no separate selection split here: the adapter's held-out set during training is a slice of dev
+    # (its first 300 rows) used only for the validation loss and the promotion figure; results are on all of dev
+    scored = _train_and_score(args, settings, rubric, train, dev[:300], dev, phases, evaluate)
+    for name in ("v0", "adapter"):
+        if name in scored:
+            systems[name] = {"test": scored[name]["test"]}
+    return {"dataset": "goemotions", "rubric": rubric.name,
+            "sizes": {"train": len(train), "train_available": len(splits["train_all"]), "dev": len(dev)},
+            "systems": systems, "training": scored.get("training"), "phases": phases.rows}
+
+
+# --------------------------------------------------------------------------------------------------
+# results files
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}".replace("-", "−")
+    return str(value)
+
+
+SYSTEM_NAMES = {"majority": "majority label", "tfidf_ridge": "TF-IDF + ridge", "tfidf_logreg": "TF-IDF + logreg",
+                "tfidf_logreg_all_train": "TF-IDF + logreg (all 39,555 train rows)", "v0": "v0 (base, zero-shot)",
+                "adapter": "fine-tuned adapter"}
+
+
+def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
+    dims = list(run["humans_test"])
+    lines = ["| system (test) | flat α (interval) | " + " | ".join(f"{d} α int / ord / Δα" for d in dims) + " |",
+             "|---|---|" + "---|" * len(dims)]
+    lines.append("| humans (3 annotators; coherence 2) | " + _fmt(run["humans_test_flat"]) + " | " + " | ".join(
+        f"{_fmt(run['humans_test'][d]['interval'])} / {_fmt(run['humans_test'][d]['ordinal'])} / –" for d in dims)
+        + " |")
+    for name, system in run["systems"].items():
+        row = system["test"]
+        cells = [f"{_fmt(row['dimensions'][d]['alpha_interval'])} / {_fmt(row['dimensions'][d]['alpha_ordinal'])} / "
+                 f"{_fmt(row['dimensions'][d]['delta_alpha'])}" for d in dims]
+        lines.append(f"| {SYSTEM_NAMES.get(name, name)} | {_fmt(row['alpha_flat'])} | " + " | ".join(cells) + " |")
+        if row.get("alpha_flat_expected") is not None and name != "majority":
+            label = "raw prediction" if name == "tfidf_ridge" else "expected-score decoding"
+            cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
+            lines.append(f"| {SYSTEM_NAMES.get(name, name)}, {label} | {_fmt(row['alpha_flat_expected'])} | "
+                         + " | ".join(f"{c} (interval)" for c in cells) + " |")
+    dev = ["", "Dev split (selection), flat interval α: " + "; ".join(
+        f"{SYSTEM_NAMES.get(n, n)} {_fmt(s['dev']['alpha_flat'])}"
+        + (f" (expected {_fmt(s['dev']['alpha_flat_expected'])})"
+           if s["dev"].get("alpha_flat_expected") is not None and n != "majority" else "")
+        for n, s in run["systems"].items() if "dev" in s)]
+    return lines + dev
+
+
+def _goemotions_md(run: dict[str, Any]) -> list[str]:
+    lines = ["| system (dev) | accuracy | macro-F1 | α (nominal) |", "|---|---|---|---|"]
+    for name, system in run["systems"].items():
+        row = system["test"]
+        lines.append(f"| {SYSTEM_NAMES.get(name, name)} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
+                     f"{_fmt(row['alpha_nominal'])} |")
+    return lines
+
+
+def _phases_md(run: dict[str, Any]) -> list[str]:
+    cells = [f"{name} {p['seconds']:.0f} s ({p['peak_rss_mb']:,} MB)" for name, p in run["phases"].items()]
+    out = ["", "Wall time (peak RSS so far): " + "; ".join(cells) + "."]
+    training = run.get("training")
+    if training:
+        cfg = training["config"]
+        out.append(f"Training: {training['counts']}, {training['steps']} steps, {training['seconds']:.0f} s, "
+                   f"{training['tokens_per_s']} tokens/s, padding {training['padding_share']:.1%}, "
+                   f"precision {training.get('precision', 'fp32')}; config: epochs {cfg['epochs']}, lr "
+                   f"{cfg['learning_rate']}, batch {cfg['batch_size']}, r {cfg['lora_r']}/α {cfg['lora_alpha']}, "
+                   f"targets {cfg['targets']}, augment {cfg['augment']}, max_length {cfg['max_length']}.")
+    return out
+
+
+def write_markdown(runs: dict[str, Any]) -> None:
+    lines = ["# Quality benchmark results", "",
+             "Produced by `benchmarks/quality.py` (see `benchmarks/README.md`); every run below lists its exact "
+             "command, date and machine. Data: `../shared/data` (DialSummEval, GoEmotions-Ekman), never copied "
+             "into the repository. α is Krippendorff's alpha of a system against the per-task human consensus "
+             "(mean of the annotators for interval α); Δα is α(humans + system) − α(humans).", ""]
+    order = sorted(runs.values(), key=lambda r: (r["dataset"], r.get("order", 0), r["tag"]))
+    for run in order:
+        title = "DialSummEval (summary-quality), test split" if run["dataset"] == "dialsummeval" else \
+            "GoEmotions-Ekman (emotion-ekman), dev split"
+        lines += [f"## {title} — run `{run['tag']}`", ""]
+        if run.get("note"):
+            lines += [run["note"], ""]
+        lines += [f"- command: `{run['command']}`", f"- date: {run['date']}",
+                  f"- machine: {run['machine']['cpu']}, {run['machine']['cores']} cores, "
+                  f"{run['machine']['memory_gb']} GB, GPU {run['machine']['gpu'] or 'none'}, "
+                  f"torch {run['machine']['torch']}; base model {run['base_model']}",
+                  f"- sizes: {run['sizes']}", ""]
+        lines += _dialsummeval_md(run) if run["dataset"] == "dialsummeval" else _goemotions_md(run)
+        lines += _phases_md(run) + [""]
+    RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
+
+
+def load_runs() -> dict[str, Any]:
+    if RESULTS_JSON.is_file():
+        return json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
+    return {}
+
+
+def record_run(run: dict[str, Any]) -> None:
+    runs = load_runs()
+    key = f"{run['dataset']}/{run['tag']}"
+    run["order"] = runs.get(key, {}).get("order", len(runs))
+    runs[key] = run
+    RESULTS_JSON.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_markdown(runs)
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "report"])
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (../shared/data)")
+    parser.add_argument("--tag", default="default", help="name of this run in RESULTS.json/RESULTS.md")
+    parser.add_argument("--note", help="one line describing the run, shown in RESULTS.md")
+    parser.add_argument("--base-model", default="smollm2-135m", help="BASE_MODEL for the judge")
+    parser.add_argument("--rubric-dir", help="a rubric folder other than rubric_configs/ (prompt experiments)")
+    parser.add_argument("--work-dir", default="/tmp/rubric-judge-bench", help="where adapters are written")
+    parser.add_argument("--skip-train", action="store_true", help="references and v0 only")
+    parser.add_argument("--train-limit", type=int, help="DialSummEval: first N training summaries only")
+    parser.add_argument("--train-size", type=int, default=1200, help="GoEmotions: training subsample size")
+    parser.add_argument("--eval-limit", type=int, help="first N rows of each evaluation split only (quick checks)")
+    for flag, kind in (("--epochs", int), ("--learning-rate", float), ("--batch-size", int), ("--max-length", int),
+                       ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float)):
+        parser.add_argument(flag, type=kind)
+    parser.add_argument("--targets", choices=["each", "consensus"])
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--no-augment", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.dataset == "report":
+        write_markdown(load_runs())
+        return 0
+    if not Path(args.data_dir).is_dir():
+        log.warning("no shared data at %s: the quality benchmark needs ../shared/data (DialSummEval, "
+                    "GoEmotions-Ekman); nothing was run", args.data_dir)
+        return 0
+    started = time.monotonic()
+    run = run_dialsummeval(args) if args.dataset == "dialsummeval" else run_goemotions(args)
+    run.update({"tag": args.tag, "note": args.note, "base_model": args.base_model,
+                "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+                "wall_seconds": round(time.monotonic() - started, 1)})
+    record_run(run)
+    log.info("recorded %s/%s in %s (%.0f s)", run["dataset"], args.tag, RESULTS_MD, run["wall_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
