@@ -433,3 +433,24 @@ def test_dimension_report_ordinal_string_mae_in_steps():
     # consensus (lower median): bad, good, ok -> errors of 2, 0, 0 steps
     assert report["mae"] == pytest.approx(2 / 3)
     assert report["exact"] == pytest.approx(2 / 3)
+
+
+def test_interval_alpha_closed_form_equals_the_krippendorff_package() -> None:
+    """The O(n) interval formula gives the package's value, with missing ratings and continuous values."""
+    import krippendorff
+    import numpy as np
+
+    from backend.agreement import krippendorff_alpha
+
+    rng = np.random.default_rng(7)
+    for trial in range(20):
+        raters, units = int(rng.integers(2, 5)), int(rng.integers(3, 40))
+        mat = rng.integers(1, 6, size=(raters, units)).astype(float)
+        if trial % 2:
+            mat = mat + rng.normal(0, 0.7, size=mat.shape)  # continuous, like expected scores
+        mat[rng.random(mat.shape) < 0.25] = np.nan
+        if (np.sum(~np.isnan(mat), axis=0) >= 2).sum() < 2:
+            continue
+        ours = krippendorff_alpha(mat.tolist(), "interval")
+        theirs = krippendorff.alpha(reliability_data=mat, level_of_measurement="interval")
+        assert abs(ours - theirs) < 1e-9, (trial, ours, theirs)

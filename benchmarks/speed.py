@@ -1,0 +1,497 @@
+"""Speed benchmark: the judge's fast scoring paths against a naive baseline, HTTP latency, training throughput.
+
+    python benchmarks/speed.py                 # everything below, writes SPEED.md and SPEED.json
+    python benchmarks/speed.py --only judge    # one part: judge | http | train
+    python benchmarks/speed.py --quick         # fewer tasks and requests (a smoke run, not for the record)
+
+Parts:
+
+* **judge**: tasks/s of ``Judge.score`` on 64 ``qa-quality`` tasks of realistic length (a SAMSum dialogue as
+  the context, a question about it and a system summary as the answer, read from ``../shared/data`` at run
+  time), against a **naive baseline in the same run**: one ``model.generate`` per task with a free-text
+  prompt, greedy decoding and a regex parse, as most LLM-judge code does. The ratio and the share of naive
+  outputs that failed to parse are reported, then each fast path is switched off alone (ablation). Labels of
+  every judge configuration are checked to be equal to the plain path's.
+* **http**: p50/p99 latency of ``/health``, ``/setup``, ``/webhook`` and ``/predict`` (1 task) under 1 and 50
+  concurrent clients against ``rubric-judge serve`` on loopback with the model loaded, and the wall time of
+  one 100-task ``/predict``.
+* **train**: tokens/s, padding share and peak memory of LoRA training in fp32, under bf16 autocast and on a
+  4-bit NF4 base (QLoRA), each in its own process so that its peak memory is its own.
+
+The embedded model (SmolLM2-135M) is used unless ``--base-model`` says otherwise; on a GPU machine pass
+``--base-model Qwen/Qwen3-1.7B --quantization 4bit`` for the paper's setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+
+log = logging.getLogger("benchmarks.speed")
+
+SPEED_JSON = REPO / "benchmarks" / "SPEED.json"
+SPEED_MD = REPO / "benchmarks" / "SPEED.md"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+QUESTIONS = ("What happened in this conversation?", "What did the people in the chat agree on?",
+             "Summarise the dialogue in one or two sentences.", "What is the main point of the conversation?")
+
+
+# --------------------------------------------------------------------------------------------------
+# tasks
+
+
+def qa_tasks(data_dir: Path, n: int, offset: int = 0) -> list[dict[str, str]]:
+    """``n`` qa-quality tasks built from DialSummEval rows: dialogue as context, a question, a summary as the
+    answer. Deterministic (rows in file order, every 7th system so that dialogues vary)."""
+    path = data_dir / "dialsummeval" / "ratings.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    picked = rows[offset::7][:n]
+    if len(picked) < n:
+        raise ValueError(f"{path} has too few rows for {n} tasks")
+    return [{"context": r["data"]["dialogue"], "question": QUESTIONS[i % len(QUESTIONS)],
+             "answer": r["data"]["summary"]} for i, r in enumerate(picked)]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb(pid: int | None = None) -> float:
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------------
+# the naive baseline
+
+
+def naive_prompt(rubric: Rubric, inputs: Mapping[str, str], tokenizer: Any) -> str:
+    """The judge's own instructions, answered by free generation (no constrained decoding)."""
+    from backend.prompts import render_prompt
+
+    return render_prompt(rubric, inputs, tokenizer)
+
+
+def naive_parse(rubric: Rubric, text: str) -> dict[str, str] | None:
+    """``name: score`` for every dimension, each a valid label; None when any is missing or invalid."""
+    out = {}
+    for dim in rubric.dimensions:
+        match = re.search(rf"{re.escape(dim.name)}\s*[:=]\s*([+-]?\w+)", text, flags=re.IGNORECASE)
+        if not match or match.group(1) not in dim.labels:
+            return None
+        out[dim.name] = match.group(1)
+    return out
+
+
+def naive_score(model: Any, tokenizer: Any, rubric: Rubric, tasks: Sequence[Mapping[str, str]],
+                max_new_tokens: int) -> tuple[list[dict[str, str] | None], list[str]]:
+    """One ``generate`` per task, greedy, then a regex parse."""
+    import torch
+
+    parsed, raw = [], []
+    for inputs in tasks:
+        prompt = naive_prompt(rubric, inputs, tokenizer)
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        raw.append(text)
+        parsed.append(naive_parse(rubric, text))
+    return parsed, raw
+
+
+# --------------------------------------------------------------------------------------------------
+# part 1: judge throughput and ablation
+
+
+def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
+    """The result of the last call and the best wall time of ``repeat`` calls."""
+    best = float("inf")
+    value = None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - started)
+    return value, best
+
+
+def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from backend.judge import Judge, load_base_model
+
+    rubric = load_rubric("qa-quality", settings.rubric_dir)
+    n = 16 if args.quick else 64
+    tasks = qa_tasks(Path(args.data_dir), n)
+    model, tokenizer, name = load_base_model(settings)
+    lengths = [len(Judge(model, tokenizer, name, settings).prompt_ids(rubric, t)) for t in tasks]
+    log.info("%d qa-quality tasks, prompt tokens mean %.0f, min %d, max %d", n, statistics.mean(lengths),
+             min(lengths), max(lengths))
+
+    configs = ablation_configs(settings)
+    results: dict[str, Any] = {}
+    reference = None
+    for label, overrides in configs:
+        judge = Judge(model, tokenizer, name, Settings.from_env(**{**settings_overrides(args), **overrides}))
+        judge.score(rubric, tasks[:2])  # warm-up (and the prefix cache, where it is on)
+        scores, seconds = timed(lambda j=judge: j.score(rubric, tasks))
+        labels = [s.labels for s in scores]
+        if reference is None:
+            reference = labels
+        same = sum(1 for a, b in zip(labels, reference, strict=True) if a == b)
+        results[label] = {"seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3),
+                          "same_labels_as_fast": f"{same}/{n}", "overrides": overrides}
+        log.info("judge %-32s %.2f s  %.3f tasks/s  labels equal to the full fast path: %d/%d", label, seconds,
+                 n / seconds, same, n)
+
+    naive_n = 8 if args.quick else min(n, args.naive_tasks)
+    max_new = 8 * len(rubric.dimensions)
+    (parsed, raw), seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks[:naive_n], max_new))
+    failed = sum(1 for p in parsed if p is None)
+    naive = {"tasks": naive_n, "seconds": round(seconds, 2), "tasks_per_s": round(naive_n / seconds, 3),
+             "parse_failures": failed, "parse_failure_share": round(failed / naive_n, 3),
+             "max_new_tokens": max_new, "example_outputs": raw[:3]}
+    log.info("naive generate+regex: %.2f s for %d tasks, %.3f tasks/s, %d/%d failed to parse", seconds, naive_n,
+             naive_n / seconds, failed, naive_n)
+    fast = results[configs[0][0]]
+    return {"tasks": n, "prompt_tokens": {"mean": round(statistics.mean(lengths)), "min": min(lengths),
+                                          "max": max(lengths)},
+            "judge": results, "naive": naive, "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def ablation_configs(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """The full fast path first, then each fast path switched off alone, then all of them off."""
+    switches = [(name, key) for name, key in (("prefix KV cache", "prefix_cache"),
+                                               ("length batching", "length_batching"))
+                if hasattr(settings, key)]
+    batch = settings.predict_batch_size
+    configs: list[tuple[str, dict[str, Any]]] = [("all fast paths", {})]
+    configs += [(f"without {name}", {key: False}) for name, key in switches]
+    configs.append(("without batching (1 task per pass)", {"predict_batch_size": 1}))
+    configs.append(("plain (all off, 1 task per pass)",
+                    {**{key: False for _, key in switches}, "predict_batch_size": 1}))
+    log.info("ablation: %s (batch size %d)", ", ".join(c[0] for c in configs), batch)
+    return configs
+
+
+# --------------------------------------------------------------------------------------------------
+# part 2: HTTP latency
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(args: argparse.Namespace, port: int, env_extra: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "BASE_MODEL": args.base_model,
+           "QUANTIZATION": args.quantization, "LOG_LEVEL": "WARNING", **env_extra}
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "rubric-judge"), "serve", "--threads", "16"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    import requests
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not answer /health within 300 s")
+
+
+def latency(url: str, make_request: Callable[[int], tuple[str, Any]], clients: int, total: int) -> dict[str, Any]:
+    """Send ``total`` requests from ``clients`` threads (each with its own session); p50/p99 in ms."""
+    import requests
+
+    times: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+    local = threading.local()
+
+    def work() -> None:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            method, body = make_request(i)
+            started = time.perf_counter()
+            response = session.request(method, url, json=body, timeout=300)
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                times.append(elapsed)
+                if response.status_code >= 400:
+                    errors.append(f"{response.status_code} {response.text[:100]}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(work) for _ in range(clients)]:
+            future.result()
+    wall = time.perf_counter() - started
+    times.sort()
+    pick = lambda q: times[min(len(times) - 1, int(round(q * (len(times) - 1))))]  # noqa: E731
+    return {"requests": len(times), "clients": clients, "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
+            "max_ms": round(times[-1], 1), "requests_per_s": round(len(times) / wall, 1), "errors": len(errors),
+            "first_errors": errors[:3]}
+
+
+def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from backend.labeling import label_config
+
+    rubric = load_rubric("qa-quality", settings.rubric_dir)
+    config = label_config(rubric)
+    n_tasks = 20 if args.quick else 200
+    tasks = qa_tasks(Path(args.data_dir), n_tasks, offset=3)
+    redis_url = args.redis_url
+    port = free_port()
+    # a high threshold: webhook events are counted, never enqueue training
+    proc = start_server(args, port, {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000",
+                                     "PREDICTION_CACHE": "false"})
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, Any] = {"server": {"threads": 16, "rss_mb_loaded": round(current_rss_mb(proc.pid))}}
+    try:
+        setup_body = {"project": "9001", "schema": config, "hostname": "http://localhost:8080", "access_token": "x"}
+        webhook_body = {"action": "ANNOTATION_CREATED", "project": {"id": 9001}, "annotation": {"id": 1}}
+        small = 100 if args.quick else 1000
+        routes: dict[str, tuple[str, Callable[[int], tuple[str, Any]], int]] = {
+            "/health": ("/health", lambda i: ("GET", None), small),
+            "/setup": ("/setup", lambda i: ("POST", setup_body), small),
+            "/webhook": ("/webhook", lambda i: ("POST", webhook_body), small),
+            "/predict (1 task)": ("/predict", lambda i: ("POST", {
+                "tasks": [{"id": i, "data": tasks[i % len(tasks)]}], "label_config": config, "project": "9001"}),
+                0),
+        }
+        for name, (path, make, count) in routes.items():
+            for clients in (1, 50):
+                total = count or (10 if clients == 1 else 100)
+                if args.quick and not count:
+                    total = 4 if clients == 1 else 20
+                result = latency(base + path, make, clients, total)
+                out[f"{name} x{clients}"] = result
+                log.info("%-18s %2d client(s): p50 %.1f ms, p99 %.1f ms, %d requests, %d errors", name, clients,
+                         result["p50_ms"], result["p99_ms"], result["requests"], result["errors"])
+        big = 20 if args.quick else 100
+        body = {"tasks": [{"id": 10_000 + i, "data": t} for i, t in enumerate(qa_tasks(Path(args.data_dir), big,
+                                                                                         offset=5))],
+                "label_config": config, "project": "9001"}
+        import requests
+
+        started = time.perf_counter()
+        response = requests.post(base + "/predict", json=body, timeout=600)
+        seconds = time.perf_counter() - started
+        results = response.json().get("results", [])
+        out[f"/predict {big} tasks"] = {"seconds": round(seconds, 1), "status": response.status_code,
+                                        "results": len(results), "under_100_s": seconds < 100}
+        log.info("/predict with %d tasks: %.1f s (status %d, %d results)", big, seconds, response.status_code,
+                 len(results))
+        out["server"]["rss_mb_after"] = round(current_rss_mb(proc.pid))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        _flush_benchmark_keys(redis_url)
+    return out
+
+
+def _flush_benchmark_keys(redis_url: str) -> None:
+    from redis import Redis
+
+    try:
+        client = Redis.from_url(redis_url, socket_timeout=2)
+        for key in client.scan_iter(match="*9001*"):
+            client.delete(key)
+    except Exception as exc:  # the benchmark's figures are written either way
+        log.warning("could not clean the benchmark's Redis keys: %s", exc)
+
+
+# --------------------------------------------------------------------------------------------------
+# part 3: training throughput (each configuration in its own process)
+
+
+def train_once(args: argparse.Namespace) -> dict[str, Any]:
+    """One LoRA epoch on DialSummEval-based summary-quality examples; called in a child process."""
+    from backend.judge import load_base_model
+    from worker.dataset import targets_for
+    from worker.source import read_file
+    from worker.train import TrainConfig, train_lora
+
+    settings = Settings.from_env(**settings_overrides(args), quantization=args.quantization)
+    rubric = load_rubric("summary-quality", settings.rubric_dir)
+    records = read_file(Path(args.data_dir) / "dialsummeval" / "ratings.jsonl", rubric)[: args.train_examples]
+    targets = targets_for(rubric, records, "consensus")
+    before = current_rss_mb()
+    model, tokenizer, _ = load_base_model(settings)
+    loaded = current_rss_mb()
+    config = TrainConfig.build(rubric, {"epochs": 1, "batch_size": 8, "precision": args.precision,
+                                        "augment": False})
+    result = train_lora(model, tokenizer, rubric, targets, [], config, quantized=args.quantization != "none")
+    return {"quantization": args.quantization, "precision": result.precision, "examples": len(targets),
+            "steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
+            "tokens_per_s": round(result.tokens / result.seconds, 1), "padding_share": result.padding_share,
+            "rss_mb_before_load": round(before), "rss_mb_loaded": round(loaded), "peak_rss_mb": round(peak_rss_mb())}
+
+
+def train_part(args: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    examples = 16 if args.quick else args.train_examples
+    for quant, precision in (("none", "fp32"), ("none", "bf16"), ("4bit", "fp32"), ("4bit", "bf16")):
+        command = [sys.executable, __file__, "--only", "_train", "--quantization", quant, "--precision", precision,
+                   "--train-examples", str(examples), "--base-model", args.base_model, "--data-dir", args.data_dir]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            out[f"{quant}/{precision}"] = {"error": proc.stderr[-1500:]}
+            log.warning("training %s/%s failed: %s", quant, precision, proc.stderr[-500:])
+            continue
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[f"{quant}/{precision}"] = result
+        log.info("training %s/%s: %.1f tokens/s, padding %.1f%%, peak RSS %d MB", quant, precision,
+                 result["tokens_per_s"], 100 * result["padding_share"], result["peak_rss_mb"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def write_markdown(record: dict[str, Any]) -> None:
+    lines = ["# Speed benchmark", "",
+             f"Produced by `{record['command']}` on {record['date']}; machine: {record['machine']['cpu']}, "
+             f"{record['machine']['cores']} cores, {record['machine']['memory_gb']} GB, GPU "
+             f"{record['machine']['gpu'] or 'none'}, torch {record['machine']['torch']}; base model "
+             f"{record['base_model']} (quantization {record['quantization']}). Figures from one run; "
+             "ratios compare configurations measured side by side in that run.", ""]
+    judge = record.get("judge")
+    if judge:
+        tokens = judge["prompt_tokens"]
+        lines += [f"## Judge throughput ({judge['tasks']} qa-quality tasks, prompt {tokens['mean']} tokens on "
+                  f"average, {tokens['min']}–{tokens['max']})", "",
+                  "| configuration | seconds | tasks/s | labels equal to the full fast path |", "|---|---|---|---|"]
+        for name, row in judge["judge"].items():
+            lines.append(f"| {name} | {row['seconds']} | {row['tasks_per_s']} | {row['same_labels_as_fast']} |")
+        naive = judge["naive"]
+        lines += [f"| naive `generate` + regex ({naive['tasks']} tasks, ≤ {naive['max_new_tokens']} new tokens) | "
+                  f"{naive['seconds']} | {naive['tasks_per_s']} | – |", "",
+                  f"**The judge scores {judge['ratio_vs_naive']}× as many tasks per second as the naive baseline**; "
+                  f"{naive['parse_failures']} of {naive['tasks']} naive outputs "
+                  f"({naive['parse_failure_share']:.0%}) failed to parse into valid scores for all dimensions. "
+                  "First naive output: `" + (naive["example_outputs"][0][:160].replace("\n", " ⏎ ")
+                                             if naive["example_outputs"] else "") + "`", ""]
+    http = record.get("http")
+    if http:
+        lines += ["## HTTP latency (loopback, model loaded)", "",
+                  "| route | clients | requests | p50 ms | p99 ms | max ms | req/s | errors |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, row in http.items():
+            if "clients" in row:
+                route = name.rsplit(" x", 1)[0]
+                lines.append(f"| {route} | {row['clients']} | {row['requests']} | {row['p50_ms']} | {row['p99_ms']} "
+                             f"| {row['max_ms']} | {row['requests_per_s']} | {row['errors']} |")
+        for name, row in http.items():
+            if name.startswith("/predict") and "seconds" in row:
+                lines += ["", f"One `{name}` call: **{row['seconds']} s** (status {row['status']}, "
+                          f"{row['results']} results; Label Studio's limit is 100 s)."]
+        server = http.get("server", {})
+        lines += [f"Server RSS: {server.get('rss_mb_loaded')} MB after start, {server.get('rss_mb_after')} MB "
+                  "at the end.", ""]
+    train = record.get("train")
+    if train:
+        lines += ["## Training throughput (one LoRA epoch, r=16 on all projections, batch 8, micro-batch 2)", "",
+                  "| base | precision | examples | tokens/s | padding | seconds | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, row in train.items():
+            if "error" in row:
+                lines.append(f"| {name} | failed: {row['error'].splitlines()[-1][:120]} | | | | | |")
+                continue
+            lines.append(f"| {row['quantization']} | {row['precision']} | {row['examples']} | {row['tokens_per_s']} "
+                         f"| {row['padding_share']:.1%} | {row['seconds']} | {row['peak_rss_mb']:,} |")
+        lines.append("")
+    SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"base_model": args.base_model, "quantization": args.quantization}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["judge", "http", "train", "_train"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run with small counts (not for the record)")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--base-model", default="smollm2-135m")
+    parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--naive-tasks", type=int, default=16, help="tasks for the naive baseline (slow)")
+    parser.add_argument("--train-examples", type=int, default=48)
+    parser.add_argument("--output", default=str(SPEED_JSON))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.only == "_train":
+        sys.stdout.write(json.dumps(train_once(args)) + "\n")
+        return 0
+    if not (Path(args.data_dir) / "dialsummeval").is_dir():
+        log.warning("no shared data at %s: the speed benchmark builds realistic tasks from ../shared/data "
+                    "(DialSummEval); nothing was run", args.data_dir)
+        return 0
+    settings = Settings.from_env(**settings_overrides(args))
+    record: dict[str, Any] = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None
+                                                                                   else argv),
+                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+                              "base_model": args.base_model, "quantization": args.quantization}
+    if args.only in (None, "judge"):
+        record["judge"] = judge_part(args, settings)
+    if args.only in (None, "http"):
+        record["http"] = http_part(args, settings)
+    if args.only in (None, "train"):
+        record["train"] = train_part(args)
+    Path(args.output).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if Path(args.output) == SPEED_JSON:
+        write_markdown(record)
+    log.info("wrote %s", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
