@@ -118,7 +118,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.errorhandler(RequestError)
     def _request_error(exc: RequestError) -> Response:
         log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return _error(exc.status, exc.message)
+        response = _error(exc.status, exc.message)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError) -> Response:
@@ -211,7 +214,13 @@ def build_service(settings: Settings) -> Service:
     judge = Judge.from_settings(settings)
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, judge.base_name, redis)
-    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name))
+    cache = None
+    if settings.prediction_cache:
+        from backend.prediction_cache import PredictionCache
+
+        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens)
+    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
+                   prediction_cache=cache)
 
 
 def redis_client(settings: Settings) -> Any:
