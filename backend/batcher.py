@@ -55,6 +55,7 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self.in_flight = 0  # requests taken by the scoring thread and not yet answered
         self.calls = 0  # judge calls made (merged batches), for logs and tests
         self.merged = 0  # requests that shared a judge call with another
 
@@ -111,6 +112,7 @@ class Batcher:
                 total += len(request.inputs)
             for request in taken:
                 self._queue.remove(request)
+            self.in_flight = len(taken)
             return taken
 
     def _run(self) -> None:
@@ -121,6 +123,7 @@ class Batcher:
             try:
                 scores = self.judge.score(first.rubric, inputs, first.adapter)
             except BaseException as exc:  # handed to every waiting request; the thread goes on
+                self.in_flight = 0
                 for request in taken:
                     request.error = exc
                     request.done.set()
@@ -129,6 +132,7 @@ class Batcher:
             if len(taken) > 1:
                 self.merged += len(taken)
                 log.debug("scored %d requests (%d tasks) in one batch", len(taken), len(inputs))
+            self.in_flight = 0
             start = 0
             for request in taken:
                 request.results = scores[start : start + len(request.inputs)]
