@@ -171,6 +171,17 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def webhook() -> Response:
         return jsonify(service.webhook(read_json_object()))
 
+    @app.post("/prelabel")
+    def prelabel() -> Response:
+        answer = service.prelabel(read_json_object())
+        response = jsonify(answer)
+        response.status_code = 202 if answer["status"] == "enqueued" else 200
+        return response
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Response:
+        return jsonify(service.job(job_id))
+
     @app.get("/status")
     def status() -> Response:
         return jsonify(service.status(request.args.get("project")))

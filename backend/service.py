@@ -266,6 +266,33 @@ class Service:
             answer["threshold"] = self.settings.train_min_new_annotations
         return answer
 
+    def prelabel(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Enqueue asynchronous pre-annotation of a project (``worker.jobs.prelabel_project``)."""
+        try:
+            project = parse_project(body.get("project"))
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+        include_annotated = body.get("all", False)
+        if not isinstance(include_annotated, bool):
+            raise RequestError("'all' must be true or false")
+        if self.triggers is None:
+            raise RequestError("job queue unavailable: Redis is not configured", 503)
+        try:
+            result = self.triggers.prelabel(project, include_annotated)
+        except Exception as exc:
+            log.error("prelabel for project %s: queue unavailable (%s)", project, type(exc).__name__)
+            raise RequestError(f"job queue unavailable ({type(exc).__name__}); nothing was enqueued", 503) from None
+        return {"status": result.status, "project": project, "job": result.job_id}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Status and progress meta of a job this backend enqueued."""
+        if self.triggers is None:
+            raise RequestError("job queue unavailable: Redis is not configured", 503)
+        info = self._job_info(job_id)
+        if info is None:
+            raise RequestError(f"no job {job_id!r}", 404)
+        return info
+
     def status(self, project: object = None) -> dict[str, Any]:
         """Training state per project: queued/running job, its progress, pending annotation events."""
         if self.triggers is None:
@@ -288,4 +315,5 @@ class Service:
             job = Job.fetch(job_id, connection=self.triggers.redis)
         except Exception:
             return None
-        return {"id": job_id, "status": str(job.get_status()), "meta": job.meta}
+        status = job.get_status()
+        return {"id": job_id, "status": str(getattr(status, "value", status)), "meta": job.meta}
