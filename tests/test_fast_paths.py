@@ -266,3 +266,19 @@ def test_redis_down_still_predicts(settings, tiny_judge, caplog):
     assert counting.calls == 2
     warnings = [r for r in caplog.records if "prediction cache unavailable" in r.getMessage()]
     assert len(warnings) == 1, "an outage is logged once, not per request"
+
+
+def test_fast_path_switches_come_from_the_environment():
+    from backend.settings import Settings, SettingsError
+
+    env = {"PREFIX_CACHE": "false", "LENGTH_BATCHING": "off", "MICRO_BATCHING": "no", "PREDICTION_CACHE": "0",
+           "PREDICT_MAX_BATCH_TOKENS": "4096", "MICRO_BATCH_WAIT_MS": "2.5", "MICRO_BATCH_MAX_TASKS": "16",
+           "MICRO_BATCH_MAX_QUEUE": "4", "PREDICTION_CACHE_TTL": "60"}
+    s = Settings.from_env(env)
+    assert (s.prefix_cache, s.length_batching, s.micro_batching, s.prediction_cache) == (False,) * 4
+    assert (s.predict_max_batch_tokens, s.micro_batch_wait_ms, s.micro_batch_max_tasks) == (4096, 2.5, 16)
+    assert (s.micro_batch_max_queue, s.prediction_cache_ttl) == (4, 60)
+    for var, value in (("PREDICT_MAX_BATCH_TOKENS", "-1"), ("MICRO_BATCH_WAIT_MS", "-1"),
+                       ("MICRO_BATCH_MAX_QUEUE", "0"), ("PREDICTION_CACHE_TTL", "0"), ("LENGTH_BATCHING", "maybe")):
+        with pytest.raises(SettingsError, match=var):
+            Settings.from_env({var: value})
