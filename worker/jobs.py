@@ -4,6 +4,9 @@
 augment the training part, train a LoRA adapter, evaluate candidate / active / base on the held-out tasks,
 write the adapter as the next version (temporary folder, then rename) and promote it only if its flattened
 alpha is not lower than the active version's.
+
+``prelabel_project(project_id)``: pre-annotate the project's unlabeled tasks with the active version and write
+the predictions through Label Studio's API (``worker.prelabel``), progress in the job's meta.
 """
 
 from __future__ import annotations
