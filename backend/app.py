@@ -118,7 +118,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.errorhandler(RequestError)
     def _request_error(exc: RequestError) -> Response:
         log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return _error(exc.status, exc.message)
+        response = _error(exc.status, exc.message)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(RegistryError)
     def _registry_error(exc: RegistryError) -> Response:
@@ -168,6 +171,17 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def webhook() -> Response:
         return jsonify(service.webhook(read_json_object()))
 
+    @app.post("/prelabel")
+    def prelabel() -> Response:
+        answer = service.prelabel(read_json_object())
+        response = jsonify(answer)
+        response.status_code = 202 if answer["status"] == "enqueued" else 200
+        return response
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Response:
+        return jsonify(service.job(job_id))
+
     @app.get("/status")
     def status() -> Response:
         return jsonify(service.status(request.args.get("project")))
@@ -211,7 +225,13 @@ def build_service(settings: Settings) -> Service:
     judge = Judge.from_settings(settings)
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, judge.base_name, redis)
-    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name))
+    cache = None
+    if settings.prediction_cache:
+        from backend.prediction_cache import PredictionCache
+
+        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens)
+    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
+                   prediction_cache=cache)
 
 
 def redis_client(settings: Settings) -> Any:

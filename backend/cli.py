@@ -189,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="worker name (default: RQ's)")
     worker.set_defaults(func=_worker_command("worker.cli:run_worker"))
 
+    prelabel = sub.add_parser("prelabel", help="pre-annotate a Label Studio project's tasks (writes predictions "
+                                                "through the API; no 100 s limit)")
+    prelabel.add_argument("--project", required=True, help="Label Studio project id")
+    prelabel.add_argument("--all", action="store_true", help="also tasks that already have annotations")
+    prelabel.add_argument("--batch-size", type=int, default=32, help="tasks scored and written per round (32)")
+    prelabel.set_defaults(func=_worker_command("worker.cli:run_prelabel"))
+
     train = sub.add_parser("train", help="train and evaluate an adapter offline from a JSONL/CSV file")
     train.add_argument("--rubric", required=True, help="rubric name or YAML path")
     train.add_argument("--data", required=True, help="JSONL ({id, data, annotations|label}) or CSV")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import logging
+import os
 import re
 import threading
 import time
@@ -209,6 +210,7 @@ class Judge:
         self._token_cache: dict[tuple[Any, ...], _RubricTokens] = {}
         self._adapters: dict[str, str] = {}  # adapter name -> path
         self._prefix_caches: dict[tuple[Any, ...], Any] = {}
+        self._budget: int | None = None
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -310,19 +312,55 @@ class Judge:
     ) -> list[TaskScore]:
         """Score every dimension of every task (inputs by rubric input name), in order.
 
-        ``adapter`` names an attached LoRA adapter; ``None`` scores with the base model.
+        ``adapter`` names an attached LoRA adapter; ``None`` scores with the base model. With
+        ``LENGTH_BATCHING`` the tasks are scored in batches of similar prompt length; the answer keeps the
+        order of ``tasks`` either way.
         """
         if not tasks:
             return []
         prompts = [self.prompt_parts(rubric, t) for t in tasks]
-        batch = self.settings.predict_batch_size
         results: list[TaskScore | None] = [None] * len(prompts)
         with self._lock, self._adapter_context(adapter):
-            for start in range(0, len(prompts), batch):
-                chunk = prompts[start : start + batch]
-                for offset, score in enumerate(self._score_batch(rubric, chunk, adapter)):
-                    results[start + offset] = score
+            for members in self.plan_batches([len(s) + len(t) for s, t in prompts]):
+                chunk = [prompts[i] for i in members]
+                for index, score in zip(members, self._score_batch(rubric, chunk, adapter), strict=True):
+                    results[index] = score
         return [r for r in results if r is not None]
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Group task indices into batches: at most ``PREDICT_BATCH_SIZE`` rows and at most
+        ``batch_token_budget()`` padded tokens (rows x longest row) each, a single row always allowed.
+
+        With ``LENGTH_BATCHING`` the indices are taken shortest prompt first (stable for ties), so a batch
+        holds prompts of similar length and little padding; otherwise in the order given."""
+        order = list(range(len(lengths)))
+        if self.settings.length_batching:
+            order.sort(key=lambda i: lengths[i])
+        size, budget = self.settings.predict_batch_size, self.batch_token_budget()
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for index in order:
+            wider = max(longest, lengths[index])
+            if current and (len(current) >= size or (len(current) + 1) * wider > budget):
+                batches.append(current)
+                current, wider = [], lengths[index]
+            current.append(index)
+            longest = wider
+        if current:
+            batches.append(current)
+        return batches
+
+    def batch_token_budget(self) -> int:
+        """``PREDICT_MAX_BATCH_TOKENS``, or when it is 0 an estimate from the memory available now
+        (see ``memory_token_budget``), computed once per judge."""
+        if self.settings.predict_max_batch_tokens:
+            return self.settings.predict_max_batch_tokens
+        if self._budget is None:
+            self._budget = memory_token_budget(self.model, self.device)
+            log.info("batch token budget %d (PREDICT_MAX_BATCH_TOKENS=0: derived from available memory)",
+                     self._budget)
+        return self._budget
 
     def _adapter_context(self, adapter: str | None) -> Any:
         import contextlib
@@ -436,6 +474,45 @@ class Judge:
                     scores[:, k] += logp[:, t - 1, candidate[t]]
             _crop(cache, length)
         return scores
+
+
+MEMORY_FRACTION = 0.25
+MIN_BATCH_TOKENS, MAX_BATCH_TOKENS = 1024, 65536
+
+
+def available_memory(device: Any) -> int:
+    """Bytes free for activations: free CUDA memory on a GPU, else available RAM (psutil, or sysconf)."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def memory_token_budget(model: Any, device: Any, available: int | None = None) -> int:
+    """Padded prompt tokens per batch that fit in ``MEMORY_FRACTION`` (a quarter) of the available memory.
+
+    A token costs its key/value cache in every layer plus one layer's transient activations (hidden states,
+    attention and MLP intermediates), all in the compute dtype; the result is clamped to
+    [``MIN_BATCH_TOKENS``, ``MAX_BATCH_TOKENS``]."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = inner.config
+    config = getattr(config, "text_config", None) or config
+    hidden = int(getattr(config, "hidden_size", 2048))
+    layers = int(getattr(config, "num_hidden_layers", 24))
+    heads = int(getattr(config, "num_attention_heads", 16))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    dtype_bytes = 2 if getattr(device, "type", str(device)) == "cuda" else 4
+    per_token = dtype_bytes * (2 * layers * kv_heads * head_dim + 4 * hidden + 3 * intermediate)
+    free = available_memory(device) if available is None else available
+    return max(MIN_BATCH_TOKENS, min(MAX_BATCH_TOKENS, int(free * MEMORY_FRACTION) // per_token))
 
 
 def _dimension_score(dim: Dimension, probs: list[float], chosen: int, logprob: float) -> DimensionScore:

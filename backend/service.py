@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backend.batcher import Batcher, BatcherBusy
 from backend.judge import Judge, TaskScore
 from backend.labeling import (
     Binding,
@@ -23,6 +24,7 @@ from backend.labeling import (
     prediction_result,
     task_inputs,
 )
+from backend.prediction_cache import PredictionCache
 from backend.registry import Registry, RegistryError, parse_project
 from backend.rubric import Rubric, load_all
 from backend.settings import Settings
@@ -55,10 +57,17 @@ class Service:
     """The backend's state for one process: judge, rubrics, registry."""
 
     def __init__(self, settings: Settings, judge: Judge, registry: Registry,
-                 rubrics: Mapping[str, Rubric] | None = None, triggers: Any = None) -> None:
+                 rubrics: Mapping[str, Rubric] | None = None, triggers: Any = None,
+                 prediction_cache: PredictionCache | None = None) -> None:
         self.settings = settings
         self.triggers = triggers
         self.judge = judge
+        #: what /predict scores with: the judge itself, or the micro-batcher in front of it (MICRO_BATCHING)
+        self.scorer: Judge | Batcher = judge
+        if settings.micro_batching:
+            self.scorer = Batcher(judge, max_tasks=settings.micro_batch_max_tasks,
+                                  wait_s=settings.micro_batch_wait_ms / 1000, max_queue=settings.micro_batch_max_queue)
+        self.prediction_cache = prediction_cache
         self.registry = registry
         self.rubrics = dict(rubrics) if rubrics is not None else load_all(settings.rubric_dir)
         if settings.rubric not in self.rubrics:
@@ -121,9 +130,12 @@ class Service:
 
     def predict(self, body: Mapping[str, Any], rubric: str | None = None) -> dict[str, Any]:
         """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command)."""
-        tasks = body["tasks"]
         ctx = self.context(body.get("project"), body.get("label_config"), rubric)
-        adapter = self.ensure_adapter(ctx)
+        return {"results": self.predict_tasks(ctx, body["tasks"])}
+
+    def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One prediction (``result``, ``score``, ``model_version``) per Label Studio task, in order; a task
+        without the rubric's inputs gets an empty result. Cached predictions (PREDICTION_CACHE) are reused."""
         valid: list[int] = []
         inputs: list[dict[str, str]] = []
         results: list[dict[str, Any]] = []
@@ -138,12 +150,36 @@ class Service:
             inputs.append(found)
             results.append({})
         started = time.monotonic()
-        scores: Sequence[TaskScore] = self.judge.score(ctx.rubric, inputs, adapter) if inputs else []
+        scores = self.score_inputs(ctx, inputs)
         for index, score in zip(valid, scores, strict=True):
             results[index] = self.result_item(ctx, score)
         log.info("project %s: scored %d of %d task(s) with %s in %.2f s", ctx.project, len(valid), len(tasks),
                  ctx.model_version, time.monotonic() - started)
-        return {"results": results}
+        return results
+
+    def score_inputs(self, ctx: ProjectContext, inputs: Sequence[Mapping[str, str]]) -> list[TaskScore]:
+        """Scores of ``inputs`` under the context's active version: from the prediction cache where present,
+        the rest from the judge (through the micro-batcher when it is on), in order."""
+        if not inputs:
+            return []
+        cache = self.prediction_cache
+        keys = [cache.key(ctx.model_version, ctx.rubric, item) for item in inputs] if cache else []
+        found: list[TaskScore | None] = cache.get_many(keys) if cache else [None] * len(inputs)
+        missing = [i for i, score in enumerate(found) if score is None]
+        if missing:
+            adapter = self.ensure_adapter(ctx)
+            try:
+                fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in missing], adapter)
+            except BatcherBusy as exc:
+                raise RequestError(f"the backend is busy: {exc}", 503) from None
+            for i, score in zip(missing, fresh, strict=True):
+                found[i] = score
+            if cache:
+                cache.put_many([(keys[i], fresh_score) for i, fresh_score in zip(missing, fresh, strict=True)])
+        if cache and len(missing) < len(inputs):
+            log.info("project %s: %d of %d task(s) from the prediction cache", ctx.project,
+                     len(inputs) - len(missing), len(inputs))
+        return [score for score in found if score is not None]
 
     def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
         return {
@@ -230,6 +266,33 @@ class Service:
             answer["threshold"] = self.settings.train_min_new_annotations
         return answer
 
+    def prelabel(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Enqueue asynchronous pre-annotation of a project (``worker.jobs.prelabel_project``)."""
+        try:
+            project = parse_project(body.get("project"))
+        except RegistryError as exc:
+            raise RequestError(str(exc)) from None
+        include_annotated = body.get("all", False)
+        if not isinstance(include_annotated, bool):
+            raise RequestError("'all' must be true or false")
+        if self.triggers is None:
+            raise RequestError("job queue unavailable: Redis is not configured", 503)
+        try:
+            result = self.triggers.prelabel(project, include_annotated)
+        except Exception as exc:
+            log.error("prelabel for project %s: queue unavailable (%s)", project, type(exc).__name__)
+            raise RequestError(f"job queue unavailable ({type(exc).__name__}); nothing was enqueued", 503) from None
+        return {"status": result.status, "project": project, "job": result.job_id}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Status and progress meta of a job this backend enqueued."""
+        if self.triggers is None:
+            raise RequestError("job queue unavailable: Redis is not configured", 503)
+        info = self._job_info(job_id)
+        if info is None:
+            raise RequestError(f"no job {job_id!r}", 404)
+        return info
+
     def status(self, project: object = None) -> dict[str, Any]:
         """Training state per project: queued/running job, its progress, pending annotation events."""
         if self.triggers is None:
@@ -252,4 +315,5 @@ class Service:
             job = Job.fetch(job_id, connection=self.triggers.redis)
         except Exception:
             return None
-        return {"id": job_id, "status": str(job.get_status()), "meta": job.meta}
+        status = job.get_status()
+        return {"id": job_id, "status": str(getattr(status, "value", status)), "meta": job.meta}

@@ -43,6 +43,23 @@ class Settings:
     torch_threads: int = 0
     #: PREFIX_CACHE: compute the KV cache of the rubric's shared prompt prefix once and reuse it (true/false).
     prefix_cache: bool = True
+    #: LENGTH_BATCHING: sort a request's tasks by prompt length before forming batches (true/false).
+    length_batching: bool = True
+    #: PREDICT_MAX_BATCH_TOKENS: padded prompt tokens per batch (rows x longest row); 0 = derived from the
+    #: memory available when the judge loads.
+    predict_max_batch_tokens: int = 0
+    #: MICRO_BATCHING: merge concurrent /predict requests for the same rubric and adapter (true/false).
+    micro_batching: bool = True
+    #: MICRO_BATCH_WAIT_MS: how long the scoring thread waits for companions of a request.
+    micro_batch_wait_ms: float = 5.0
+    #: MICRO_BATCH_MAX_TASKS: tasks merged into one scoring call at most (a larger request runs alone).
+    micro_batch_max_tasks: int = 64
+    #: MICRO_BATCH_MAX_QUEUE: requests waiting for the model at most; more are answered 503.
+    micro_batch_max_queue: int = 32
+    #: PREDICTION_CACHE: keep each task's prediction in Redis per (model version, rubric, inputs) (true/false).
+    prediction_cache: bool = True
+    #: PREDICTION_CACHE_TTL: seconds a cached prediction lives.
+    prediction_cache_ttl: int = 7 * 24 * 3600
 
     # --- rubric --------------------------------------------------------------------------------
     #: RUBRIC: the default rubric name (a file ``<name>.yaml`` in RUBRIC_DIR).
@@ -126,9 +143,14 @@ class Settings:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"DEVICE={self.device!r}: expected auto, cpu or cuda")
         for name in ("max_input_tokens", "predict_batch_size", "workers", "threads", "max_request_bytes",
-                     "max_tasks_per_request"):
+                     "max_tasks_per_request", "micro_batch_max_tasks", "micro_batch_max_queue",
+                     "prediction_cache_ttl"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.predict_max_batch_tokens < 0:
+            raise SettingsError("PREDICT_MAX_BATCH_TOKENS must be 0 (derived from memory) or more")
+        if self.micro_batch_wait_ms < 0:
+            raise SettingsError("MICRO_BATCH_WAIT_MS must be 0 or more")
         if self.train_targets not in ("each", "consensus"):
             raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each or consensus")
         if self.train_precision not in ("auto", "fp32", "bf16"):

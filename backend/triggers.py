@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 TRAIN_JOB = "worker.jobs.train_project"
+PRELABEL_JOB = "worker.jobs.prelabel_project"
 RUNNING_TTL_S = 1800
 QUEUED_TTL_S = 7 * 24 * 3600
 JOB_TIMEOUT_S = 24 * 3600
@@ -128,6 +129,36 @@ class Triggers:
             return self.trigger(project)
         pending = int(self.redis.get(self.key("pending", project)) or 0)
         return TriggerResult("counted", None, pending)
+
+    def prelabel(self, project: str, include_annotated: bool = False) -> TriggerResult:
+        """Enqueue a pre-annotation job for ``project`` unless one is still queued or running (then its id)."""
+        from rq import Queue
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        key = self.key("prelabel", project)
+        new_id = f"prelabel-p{project}-{uuid.uuid4().hex[:12]}"
+        if not self.redis.set(key, new_id, nx=True, ex=QUEUED_TTL_S):
+            current = self.redis.get(key)
+            current = current.decode() if isinstance(current, bytes) else current
+            try:
+                status = Job.fetch(current, connection=self.redis).get_status() if current else None
+            except NoSuchJobError:
+                status = None
+            if status is not None and str(getattr(status, "value", status)) in ("queued", "started", "deferred",
+                                                                                "scheduled"):
+                return TriggerResult("absorbed", current)
+            self.redis.set(key, new_id, ex=QUEUED_TTL_S)
+        queue = Queue(self.queue_name, connection=self.redis)
+        try:
+            queue.enqueue(PRELABEL_JOB, project, include_annotated, job_id=new_id, job_timeout=JOB_TIMEOUT_S,
+                          result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+                          description=f"pre-annotate project {project}")
+        except Exception:
+            self.redis.delete(key)
+            raise
+        log.info("project %s: pre-annotation job %s enqueued", project, new_id)
+        return TriggerResult("enqueued", new_id)
 
     # --- worker side -----------------------------------------------------------------------------
 

@@ -112,3 +112,33 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                "scoring_seconds": metrics["scoring_seconds"]}
     sys.stdout.write(json.dumps(summary, indent=1) + "\n")
     return 0
+
+
+def run_prelabel(args: argparse.Namespace, settings: Settings) -> int:
+    """``rubric-judge prelabel --project N``: pre-annotate a project's tasks, with a progress bar."""
+    from worker.prelabel import prelabel_project
+
+    bar: Any = None
+
+    def progress(done: int, total: int, written: int) -> None:
+        nonlocal bar
+        if bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            bar = tqdm(total=total, unit="task", desc=f"project {args.project}") if tqdm and total else False
+        if bar:
+            bar.update(done - bar.n)
+            bar.set_postfix(written=written)
+        else:
+            log.info("prelabel: %d/%d task(s) scored, %d prediction(s) written", done, total, written)
+
+    try:
+        report = prelabel_project(settings, args.project, include_annotated=args.all, batch_size=args.batch_size,
+                                  progress=progress)
+    finally:
+        if bar:
+            bar.close()
+    sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    return 0

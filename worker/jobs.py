@@ -4,6 +4,9 @@
 augment the training part, train a LoRA adapter, evaluate candidate / active / base on the held-out tasks,
 write the adapter as the next version (temporary folder, then rename) and promote it only if its flattened
 alpha is not lower than the active version's.
+
+``prelabel_project(project_id)``: pre-annotate the project's unlabeled tasks with the active version and write
+the predictions through Label Studio's API (``worker.prelabel``), progress in the job's meta.
 """
 
 from __future__ import annotations
@@ -240,3 +243,30 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
             triggers.finish(project, job_id)
         except Exception:  # the trigger state expires on its own; never mask the job's own error
             log.exception("project %s: could not clear the running mark", project)
+
+
+def prelabel_project(project_id: str, include_annotated: bool = False,
+                     batch_size: int | None = None) -> dict[str, Any]:
+    """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``).
+
+    Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
+    from rq import get_current_job
+
+    from worker.prelabel import DEFAULT_BATCH_SIZE
+    from worker.prelabel import prelabel_project as run_prelabel
+
+    settings = Settings.from_env()
+    job = get_current_job()
+
+    def report(done: int, total: int, written: int) -> None:
+        log.info("prelabel project %s: %d/%d scored, %d written", project_id, done, total, written)
+        if job is not None:
+            job.meta.update({"stage": "prelabel", "done": done, "total": total, "written": written})
+            job.save_meta()
+
+    result = run_prelabel(settings, project_id, include_annotated=include_annotated,
+                          batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=report)
+    if job is not None:
+        job.meta.update({"stage": "done"})
+        job.save_meta()
+    return result.as_dict()

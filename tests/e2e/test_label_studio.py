@@ -269,7 +269,35 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             browser.screenshot(ARTIFACTS / "report.png", full_page=True)
         finally:
             browser.close()
+
+        # 7. asynchronous pre-annotation through the API: three new tasks get one v1 prediction each; the
+        #    annotated tasks and the task already predicted by v1 are skipped; a second run writes nothing
+        ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": fixture[i]["data"]} for i in (2, 3, 4)],
+                timeout=60).raise_for_status()
+        listed = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100}, timeout=30).json()["tasks"]
+        fresh_ids = sorted(t["id"] for t in listed if t["id"] > new_task)
+        assert len(fresh_ids) == 3, listed
+        annotated_before = len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]},
+                                      timeout=30).json())
+        t0 = time.monotonic()
+        runs = []
+        for _ in range(2):
+            run = subprocess.run([str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid), "--batch-size",
+                                  "2"], capture_output=True, text=True, env=judge_env, timeout=600)
+            assert run.returncode == 0, stack.fail(f"prelabel failed:\n{run.stderr[-3000:]}")
+            runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+        prelabel_seconds = time.monotonic() - t0
+        assert runs[0]["model_version"] == v1 and runs[0]["written"] == 3, runs
+        assert runs[0]["skipped_annotated"] == len(tasks) and runs[0]["skipped_predicted"] == 1, runs
+        assert runs[1]["written"] == 0 and runs[1]["skipped_predicted"] == 4, runs
+        for task_id in fresh_ids:
+            stored = ls.get(f"{ls_url}/api/predictions/", params={"task": task_id}, timeout=30).json()
+            assert [p["model_version"] for p in stored] == [v1], stored
+            assert interface.validate_prediction({"result": stored[0]["result"]}, return_errors=True) == []
+        assert len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]},
+                          timeout=30).json()) == annotated_before
         summary = {"seconds_total": round(time.monotonic() - started, 1),
+                   "prelabel_two_runs_s": round(prelabel_seconds, 1),
                    "predict_30_tasks_s": round(predict_seconds, 1),
                    "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],
                    "alpha_base_flat": run["alpha_base_flat"], "ceiling": report["flat"]["ceiling"],

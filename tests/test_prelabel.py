@@ -1,0 +1,183 @@
+"""Asynchronous pre-annotation against a replayed Label Studio API (real HTTP, label-studio-sdk client), with
+the CLI function, the RQ job on a real Redis and the ``POST /prelabel`` route. The real Label Studio run is in
+tests/e2e."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from rq import Queue, SimpleWorker
+
+from backend.app import create_app
+from backend.judge import short_model_name
+from backend.labeling import label_config
+from backend.registry import Registry
+from backend.rubric import load_all, load_rubric
+from backend.service import Service
+from backend.triggers import Triggers
+from tests.conftest import REDIS_URL
+from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from tests.fixtures.ls_replay import ReplayState, replay_server
+from worker.prelabel import PrelabelError, list_tasks, prelabel_project
+from worker.source import label_studio_client
+
+QA_XML = label_config(load_rubric("qa-quality"))
+PROJECT = 5
+TOKEN = "test-token-123"
+
+
+def project_tasks(version: str) -> list[dict]:
+    """Ten tasks: 0-2 annotated, 3-4 predicted by ``version``, 5 by an older version, 6 lacks the answer."""
+    tasks = [ls_task(500 + i, {**QA_DATA[i % 3], "question": f"{QA_DATA[i % 3]['question']} ({i})"}, PROJECT)
+             for i in range(10)]
+    for task in tasks[:3]:
+        task.update(total_annotations=1, is_labeled=True, annotations=[{"id": 1, "result": [], "completed_by": 1}])
+    for task, model_version in ((tasks[3], version), (tasks[4], version), (tasks[5], "old-model.p5.v9")):
+        task.update(total_predictions=1, predictions=[{"id": 1, "model_version": model_version, "result": []}])
+    del tasks[6]["data"]["answer"]
+    return tasks
+
+
+@pytest.fixture
+def service(settings, tiny_judge):
+    registry = Registry(settings.model_dir, tiny_judge.base_name)
+    return Service(settings, tiny_judge, registry, load_all(settings.rubric_dir))
+
+
+@pytest.fixture
+def replay(service):
+    version = service.registry.model_version(str(PROJECT), 0)
+    state = ReplayState(token=TOKEN, projects={
+        PROJECT: {"label_config": QA_XML, "export": [], "tasks": project_tasks(version)}})
+    with replay_server(state) as url:
+        yield state, url, version
+
+
+def written(state: ReplayState) -> dict[int, list[dict]]:
+    return {t["id"]: [p for p in t["predictions"] if p["id"] >= 1000] for t in state.projects[PROJECT]["tasks"]}
+
+
+def test_list_tasks_follows_pages(replay):
+    state, url, _ = replay
+    client = label_studio_client(url, TOKEN)
+    tasks = list(list_tasks(client, PROJECT, page_size=4))
+    assert [t["id"] for t in tasks] == [500 + i for i in range(10)]
+    assert tasks[0]["total_annotations"] == 1 and tasks[3]["predictions"][0]["model_version"]
+    assert [r for r in state.requests if r.startswith("GET /api/tasks")][-1].count("page=3") == 1
+
+
+def test_prelabel_writes_only_what_is_missing_and_is_idempotent(settings, service, replay):
+    state, url, version = replay
+    settings = settings.with_overrides(label_studio_url=url, label_studio_api_key=TOKEN)
+    steps: list[tuple[int, int, int]] = []
+    report = prelabel_project(settings, PROJECT, batch_size=2, service=service,
+                              progress=lambda *step: steps.append(step))
+    assert report.model_version == version and report.rubric == "qa-quality"
+    assert (report.listed, report.skipped_annotated, report.skipped_predicted) == (10, 3, 2)
+    assert report.skipped_missing_inputs == 1 and report.written == 4
+    new = written(state)
+    assert [task_id for task_id, preds in new.items() if preds] == [505, 507, 508, 509]
+    tasks = {t["id"]: t for t in project_tasks(version)}
+    expected = service.predict(predict_body([tasks[i] for i in (505, 507, 508, 509)], QA_XML,
+                                            project=str(PROJECT)))["results"]
+    for task_id, item in zip((505, 507, 508, 509), expected, strict=True):
+        [prediction] = new[task_id]
+        assert prediction["model_version"] == version
+        assert prediction["result"] == item["result"]
+        assert abs(prediction["score"] - item["score"]) < 1e-4  # other batch companions: same labels, ~same probs
+    assert steps[0] == (0, 5, 0) and steps[-1] == (5, 5, 4)
+
+    again = prelabel_project(settings, PROJECT, service=service)
+    assert again.written == 0 and again.skipped_predicted == 6
+    assert sum(len(p) for p in written(state).values()) == 4
+
+    everything = prelabel_project(settings, PROJECT, include_annotated=True, service=service)
+    assert everything.written == 3 and everything.skipped_annotated == 0
+    assert all(len(written(state)[500 + i]) == 1 for i in range(3))
+
+
+def test_prelabel_errors_say_what_is_wrong(settings, service, replay):
+    state, url, _ = replay
+    good = settings.with_overrides(label_studio_url=url, label_studio_api_key=TOKEN)
+    with pytest.raises(PrelabelError, match="project 99 does not exist"):
+        prelabel_project(good, 99, service=service)
+    with pytest.raises(PrelabelError, match="LABEL_STUDIO_API_KEY"):
+        prelabel_project(settings.with_overrides(label_studio_url=url, label_studio_api_key=""), PROJECT,
+                         service=service)
+    with pytest.raises(PrelabelError, match="token was rejected"):
+        prelabel_project(settings.with_overrides(label_studio_url=url, label_studio_api_key="wrong-token"),
+                         PROJECT, service=service)
+    state.projects[PROJECT]["label_config"] = label_config(load_rubric("emotion-ekman")).replace(
+        'name="emotion"', 'name="feeling"')
+    with pytest.raises(PrelabelError, match="does not fit rubric"):
+        prelabel_project(good, PROJECT, service=service)
+
+
+@pytest.fixture
+def queued_stack(tiny_model_dir, tmp_path, monkeypatch, redis_client, tiny_judge):
+    """The app with a real queue, configured through the environment like the worker sees it."""
+    queue_name = f"rj-test-{uuid.uuid4().hex[:8]}"
+    base = short_model_name(str(tiny_model_dir))
+    state = ReplayState(token=TOKEN, projects={PROJECT: {"label_config": QA_XML, "export": [],
+                                                         "tasks": project_tasks(f"{base}.p{PROJECT}.v0")}})
+    with replay_server(state) as url:
+        env = {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(tmp_path / "models"), "REDIS_URL": REDIS_URL,
+               "QUEUE_NAME": queue_name, "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": TOKEN,
+               "MAX_INPUT_TOKENS": "4096", "RUBRIC": "qa-quality"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        from backend.settings import Settings
+
+        settings = Settings.from_env()
+        service = Service(settings, tiny_judge, Registry(settings.model_dir, base, redis_client),
+                          load_all(settings.rubric_dir), triggers=Triggers(redis_client, base, queue_name))
+        yield create_app(settings, service).test_client(), Queue(queue_name, connection=redis_client), state
+    for key in redis_client.scan_iter(f"rubric-judge:{base}:*"):
+        redis_client.delete(key)
+
+
+def test_prelabel_route_enqueues_one_job_that_writes_predictions(queued_stack):
+    client, queue, state = queued_stack
+    first = client.post("/prelabel", json={"project": PROJECT})
+    assert first.status_code == 202, first.get_data(as_text=True)
+    job_id = first.get_json()["job"]
+    assert first.get_json()["status"] == "enqueued" and job_id.startswith(f"prelabel-p{PROJECT}-")
+    second = client.post("/prelabel", json={"project": PROJECT})
+    assert second.status_code == 200 and second.get_json() == {"status": "absorbed", "project": str(PROJECT),
+                                                                "job": job_id}
+    assert len(queue) == 1
+    assert client.post("/prelabel", json={"project": "x"}).status_code == 400
+    assert client.post("/prelabel", json={"project": PROJECT, "all": "yes"}).status_code == 400
+
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert job["status"] == "finished", job
+    assert job["meta"]["stage"] == "done" and job["meta"]["done"] == job["meta"]["total"] == 5
+    assert job["meta"]["written"] == 4
+    assert sum(len(p) for p in written(state).values()) == 4
+    assert client.get("/jobs/nope").status_code == 404
+    # the job finished: a new request enqueues a new job
+    third = client.post("/prelabel", json={"project": PROJECT})
+    assert third.status_code == 202 and third.get_json()["job"] != job_id
+
+
+def test_prelabel_command_line(settings, tiny_model_dir, tmp_path, monkeypatch, capsys, replay):
+    import json
+
+    from backend.cli import main
+
+    state, url, _ = replay
+    for key, value in {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(settings.model_dir),
+                       "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": TOKEN, "MAX_INPUT_TOKENS": "4096",
+                       "REDIS_URL": REDIS_URL, "PREDICTION_CACHE": "false"}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["prelabel", "--project", str(PROJECT), "--batch-size", "3"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["written"] == 4 and report["skipped_annotated"] == 3
+    assert sum(len(p) for p in written(state).values()) == 4
+    with pytest.raises(SystemExit) as exc:
+        main(["prelabel", "--project", str(PROJECT), "--batch-size", "0"])
+    assert exc.value.code == 1
+    assert "--batch-size 0" in capsys.readouterr().err
+    assert sum(len(p) for p in written(state).values()) == 4
