@@ -230,6 +230,18 @@ class Service:
             answer["threshold"] = self.settings.train_min_new_annotations
         return answer
 
+    def redis_status(self) -> str:
+        """``ok``, ``unavailable`` (training triggers answer 503; predictions read the disk) or ``not configured``."""
+        redis = self.registry.redis
+        if redis is None:
+            return "not configured"
+        try:
+            redis.ping()
+        except Exception as exc:
+            log.warning("Redis unavailable (%s)", type(exc).__name__)
+            return "unavailable"
+        return "ok"
+
     def status(self, project: object = None) -> dict[str, Any]:
         """Training state per project: queued/running job, its progress, pending annotation events."""
         if self.triggers is None:
