@@ -34,11 +34,15 @@ class RegistryError(ValueError):
 
 
 def parse_project(raw: object) -> str:
-    """The project id from Label Studio's ``"<id>.<created_ts>"`` (or a bare id); digits only."""
+    """The project id from Label Studio's ``"<id>.<created_ts>"`` (or a bare id); ASCII digits only, so it is
+    always a plain folder name under MODEL_DIR (never ``..``, a path, or a non-ASCII digit)."""
     if isinstance(raw, bool) or raw is None:
         raise RegistryError("missing project id")
+    if not isinstance(raw, int | str):
+        raise RegistryError(f"project id must be a number or a string like \"12.1712586036\", "
+                            f"got {type(raw).__name__}")
     text = str(raw).split(".", 1)[0].strip()
-    if not PROJECT_RE.match(text):
+    if not PROJECT_RE.fullmatch(text):
         raise RegistryError(f"project id {str(raw)[:40]!r} is not a number")
     return str(int(text))
 
@@ -93,7 +97,7 @@ class Registry:
         return path
 
     def version_dir(self, project: str, number: int) -> Path:
-        if not isinstance(number, int) or number < 1:
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise RegistryError(f"version {number!r} is not a positive integer")
         return self.project_dir(project) / f"v{number}"
 
@@ -179,7 +183,7 @@ class Registry:
             return []
         numbers = []
         for child in folder.iterdir():
-            match = VERSION_DIR_RE.match(child.name)
+            match = VERSION_DIR_RE.fullmatch(child.name)
             if match and child.is_dir():
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
@@ -191,7 +195,7 @@ class Registry:
     def projects(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and PROJECT_RE.match(p.name)), key=int)
+        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and PROJECT_RE.fullmatch(p.name)), key=int)
 
     def versions(self, project: str) -> list[VersionInfo]:
         """Every version of ``project``, ``v0`` (the base model) first."""

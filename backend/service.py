@@ -7,6 +7,7 @@ validate requests and call it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+VERSION_RE = re.compile(r"^[0-9]{1,6}$")
 TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
                    "START_TRAINING"}
 
@@ -166,13 +168,16 @@ class Service:
             project = parse_project(body.get("project"))
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
-        number = body.get("version")
-        if isinstance(number, str) and number.rsplit(".", 1)[-1].startswith("v"):
-            number = number.rsplit(".", 1)[-1][1:]
-        try:
-            number = int(number)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')") from None
+        raw = body.get("version")
+        if isinstance(raw, str) and raw.rsplit(".", 1)[-1].startswith("v"):
+            raw = raw.rsplit(".", 1)[-1][1:]
+        # ASCII digits only: int() would also take ' 2', '٢' or 2.7
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            number = raw
+        elif isinstance(raw, str) and VERSION_RE.fullmatch(raw):
+            number = int(raw)
+        else:
+            raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')")
         if number < 0 or (number and number not in self.registry.version_numbers(project)):
             known = ", ".join(f"v{n}" for n in self.registry.version_numbers(project)) or "none"
             raise RequestError(f"project {project} has no version v{number} (trained: {known})", 404)

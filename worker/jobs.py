@@ -164,7 +164,7 @@ def fault_point(settings: Settings, name: str, progress: Callable[[dict[str, Any
         return
     log.warning("FAULT_PAUSE_AT=%s: pausing %.0f s", name, settings.fault_pause_seconds)
     if progress:
-        progress({"stage": f"paused at {name}"})
+        progress({"stage": f"paused at {name}", "pid": os.getpid()})
     time.sleep(settings.fault_pause_seconds)
 
 
