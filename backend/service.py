@@ -254,7 +254,12 @@ class Service:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         out = {}
         for p in projects:
-            state = self.triggers.state(p)
+            try:
+                state = self.triggers.state(p)
+            except Exception as exc:  # Redis down: say so (the queue state lives only there)
+                log.error("status of project %s: queue unavailable (%s)", p, type(exc).__name__)
+                raise RequestError(f"training queue unavailable ({type(exc).__name__}); /predict still works",
+                                   503) from None
             job_id = state.get("running") or state.get("queued")
             if job_id:
                 state["job"] = self._job_info(job_id)
