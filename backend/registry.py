@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"^[0-9]{1,12}$")
 VERSION_DIR_RE = re.compile(r"^v([0-9]{1,6})$")
+PARTIAL_RE = re.compile(r"^\.v[0-9]{1,6}\.tmp-[A-Za-z0-9_]+$")
 KEY_PREFIX = "rubric-judge"
 
 
@@ -187,6 +189,21 @@ class Registry:
             if match and child.is_dir():
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
+
+    def remove_partial(self, project: str) -> list[str]:
+        """Delete temporary version folders (``.v<N>.tmp-*``) a killed training run left behind. Call only while
+        holding the project's running mark (no other job of the project is writing one)."""
+        folder = self.project_dir(project)
+        removed = []
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir() and PARTIAL_RE.fullmatch(child.name):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child.name)
+        if removed:
+            log.warning("project %s: removed %d half-written version folder(s) of an interrupted run: %s", project,
+                        len(removed), ", ".join(sorted(removed)))
+        return removed
 
     def next_version(self, project: str) -> int:
         numbers = self.version_numbers(project)

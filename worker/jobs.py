@@ -295,6 +295,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
                             "with extra_params {\"rubric\": NAME} or use `rubric-judge label-config`")
     records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
     log.info("project %s: %s", project, stats.as_dict())
+    registry.remove_partial(project)  # this job holds the running mark: leftovers are from a killed run
     number = registry.next_version(project)
     active = registry.active_version(project)
     incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
