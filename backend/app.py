@@ -95,21 +95,28 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.before_request
     def _authenticate() -> Response | None:
         g.started = time.monotonic()
-        if not settings.auth_enabled:
-            return None
         if request.path == "/webhook" and settings.webhook_secret:
+            # constant-time comparison; the secret opens /webhook only
             given = request.headers.get("X-Webhook-Secret", "")
-            if given and hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+            if hmac.compare_digest(given.encode("utf-8", "replace"), settings.webhook_secret.encode()):
                 return None
-        auth = request.authorization
-        ok = (
-            auth is not None
-            and auth.type == "basic"
-            and hmac.compare_digest((auth.username or "").encode(), settings.basic_auth_user.encode())
-            and hmac.compare_digest((auth.password or "").encode(), settings.basic_auth_pass.encode())
-        )
-        if ok:
+            if not settings.auth_enabled:
+                log.info("POST /webhook -> 401: missing or wrong X-Webhook-Secret")
+                return _error(401, "authentication required: send the header X-Webhook-Secret with the "
+                                   "backend's WEBHOOK_SECRET")
+        elif not settings.auth_enabled:
             return None
+        auth = request.authorization
+        user_ok = pass_ok = False
+        if auth is not None and auth.type == "basic":
+            # both compared every time, in constant time: no early exit tells which one was wrong
+            user_ok = hmac.compare_digest((auth.username or "").encode("utf-8", "replace"),
+                                          settings.basic_auth_user.encode())
+            pass_ok = hmac.compare_digest((auth.password or "").encode("utf-8", "replace"),
+                                          settings.basic_auth_pass.encode())
+        if user_ok and pass_ok:
+            return None
+        log.info("%s %s -> 401: missing or wrong credentials", request.method, request.path)
         response = _error(401, "authentication required: send HTTP basic auth with the backend's "
                                "BASIC_AUTH_USER/BASIC_AUTH_PASS")
         response.headers["WWW-Authenticate"] = 'Basic realm="rubric-judge"'
@@ -145,9 +152,10 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     @app.get("/health")
     def health() -> Response:
         judge = service.judge
+        # UP even without Redis: predictions are served from the disk copy of the active versions
         return jsonify({"status": "UP", "model_class": "RubricJudge", "model_loaded": judge is not None,
                         "base_model": settings.base_model, "model_name": service.registry.base_name,
-                        "default_rubric": settings.rubric})
+                        "default_rubric": settings.rubric, "redis": service.redis_status()})
 
     @app.post("/setup")
     def setup() -> Response:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"^[0-9]{1,12}$")
 VERSION_DIR_RE = re.compile(r"^v([0-9]{1,6})$")
+PARTIAL_RE = re.compile(r"^\.v[0-9]{1,6}\.tmp-[A-Za-z0-9_]+$")
 KEY_PREFIX = "rubric-judge"
 
 
@@ -34,11 +36,15 @@ class RegistryError(ValueError):
 
 
 def parse_project(raw: object) -> str:
-    """The project id from Label Studio's ``"<id>.<created_ts>"`` (or a bare id); digits only."""
+    """The project id from Label Studio's ``"<id>.<created_ts>"`` (or a bare id); ASCII digits only, so it is
+    always a plain folder name under MODEL_DIR (never ``..``, a path, or a non-ASCII digit)."""
     if isinstance(raw, bool) or raw is None:
         raise RegistryError("missing project id")
+    if not isinstance(raw, int | str):
+        raise RegistryError(f"project id must be a number or a string like \"12.1712586036\", "
+                            f"got {type(raw).__name__}")
     text = str(raw).split(".", 1)[0].strip()
-    if not PROJECT_RE.match(text):
+    if not PROJECT_RE.fullmatch(text):
         raise RegistryError(f"project id {str(raw)[:40]!r} is not a number")
     return str(int(text))
 
@@ -93,7 +99,7 @@ class Registry:
         return path
 
     def version_dir(self, project: str, number: int) -> Path:
-        if not isinstance(number, int) or number < 1:
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise RegistryError(f"version {number!r} is not a positive integer")
         return self.project_dir(project) / f"v{number}"
 
@@ -179,10 +185,25 @@ class Registry:
             return []
         numbers = []
         for child in folder.iterdir():
-            match = VERSION_DIR_RE.match(child.name)
+            match = VERSION_DIR_RE.fullmatch(child.name)
             if match and child.is_dir():
                 numbers.append(int(match.group(1)))
         return sorted(numbers)
+
+    def remove_partial(self, project: str) -> list[str]:
+        """Delete temporary version folders (``.v<N>.tmp-*``) a killed training run left behind. Call only while
+        holding the project's running mark (no other job of the project is writing one)."""
+        folder = self.project_dir(project)
+        removed = []
+        if folder.is_dir():
+            for child in folder.iterdir():
+                if child.is_dir() and PARTIAL_RE.fullmatch(child.name):
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child.name)
+        if removed:
+            log.warning("project %s: removed %d half-written version folder(s) of an interrupted run: %s", project,
+                        len(removed), ", ".join(sorted(removed)))
+        return removed
 
     def next_version(self, project: str) -> int:
         numbers = self.version_numbers(project)
@@ -191,7 +212,7 @@ class Registry:
     def projects(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and PROJECT_RE.match(p.name)), key=int)
+        return sorted((p.name for p in self.root.iterdir() if p.is_dir() and PROJECT_RE.fullmatch(p.name)), key=int)
 
     def versions(self, project: str) -> list[VersionInfo]:
         """Every version of ``project``, ``v0`` (the base model) first."""

@@ -7,6 +7,7 @@ validate requests and call it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+VERSION_RE = re.compile(r"^[0-9]{1,6}$")
 TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
                    "START_TRAINING"}
 
@@ -202,13 +204,16 @@ class Service:
             project = parse_project(body.get("project"))
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
-        number = body.get("version")
-        if isinstance(number, str) and number.rsplit(".", 1)[-1].startswith("v"):
-            number = number.rsplit(".", 1)[-1][1:]
-        try:
-            number = int(number)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')") from None
+        raw = body.get("version")
+        if isinstance(raw, str) and raw.rsplit(".", 1)[-1].startswith("v"):
+            raw = raw.rsplit(".", 1)[-1][1:]
+        # ASCII digits only: int() would also take ' 2', '٢' or 2.7
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            number = raw
+        elif isinstance(raw, str) and VERSION_RE.fullmatch(raw):
+            number = int(raw)
+        else:
+            raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')")
         if number < 0 or (number and number not in self.registry.version_numbers(project)):
             known = ", ".join(f"v{n}" for n in self.registry.version_numbers(project)) or "none"
             raise RequestError(f"project {project} has no version v{number} (trained: {known})", 404)
@@ -293,6 +298,18 @@ class Service:
             raise RequestError(f"no job {job_id!r}", 404)
         return info
 
+    def redis_status(self) -> str:
+        """``ok``, ``unavailable`` (training triggers answer 503; predictions read the disk) or ``not configured``."""
+        redis = self.registry.redis
+        if redis is None:
+            return "not configured"
+        try:
+            redis.ping()
+        except Exception as exc:
+            log.warning("Redis unavailable (%s)", type(exc).__name__)
+            return "unavailable"
+        return "ok"
+
     def status(self, project: object = None) -> dict[str, Any]:
         """Training state per project: queued/running job, its progress, pending annotation events."""
         if self.triggers is None:
@@ -300,7 +317,12 @@ class Service:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         out = {}
         for p in projects:
-            state = self.triggers.state(p)
+            try:
+                state = self.triggers.state(p)
+            except Exception as exc:  # Redis down: say so (the queue state lives only there)
+                log.error("status of project %s: queue unavailable (%s)", p, type(exc).__name__)
+                raise RequestError(f"training queue unavailable ({type(exc).__name__}); /predict still works",
+                                   503) from None
             job_id = state.get("running") or state.get("queued")
             if job_id:
                 state["job"] = self._job_info(job_id)

@@ -107,6 +107,18 @@ class Settings:
     #: TRAIN_PRECISION: ``auto`` (bf16 autocast where the CPU has AVX512-BF16/AMX or the GPU supports bf16,
     #: else fp32), ``fp32`` or ``bf16``. LoRA weights and optimizer state stay fp32 either way.
     train_precision: str = "auto"
+    #: TRAIN_RETRIES: how many times a training job is retried after a transient failure (Label Studio
+    #: unreachable, answering 5xx or 429). A rejected token (401/403) or a missing project fails at once.
+    train_retries: int = 3
+    #: TRAIN_RETRY_BACKOFF: seconds before the first retry; each further retry waits twice as long.
+    train_retry_backoff: int = 30
+
+    # --- fault injection (tests only) ------------------------------------------------------------
+    #: FAULT_PAUSE_AT: test hook: the training job sleeps FAULT_PAUSE_SECONDS at this named point
+    #: (``training``: after the first optimizer step; ``adapter-written``: adapter files written into the
+    #: temporary version folder, not yet renamed). Empty (the default) in production.
+    fault_pause_at: str = ""
+    fault_pause_seconds: float = 60.0
 
     # --- logging -------------------------------------------------------------------------------
     #: LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.
@@ -159,6 +171,10 @@ class Settings:
             raise SettingsError("TRAIN_HELDOUT_FRACTION must be in [0, 1)")
         if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
             raise SettingsError("TRAIN_EPOCHS, TRAIN_LEARNING_RATE, TRAIN_BATCH_SIZE, TRAIN_MAX_LENGTH must be >= 0")
+        if self.train_retries < 0 or self.train_retry_backoff < 0:
+            raise SettingsError("TRAIN_RETRIES and TRAIN_RETRY_BACKOFF must be 0 or more")
+        if self.fault_pause_at not in ("", "training", "adapter-written"):
+            raise SettingsError(f"FAULT_PAUSE_AT={self.fault_pause_at!r}: expected training or adapter-written")
         if self.train_min_new_annotations < 0:
             raise SettingsError("TRAIN_MIN_NEW_ANNOTATIONS must be 0 or more")
         if not 0 < self.port < 65536:
@@ -179,6 +195,10 @@ class Settings:
         if self.train_precision != "auto":
             out["precision"] = self.train_precision
         return out
+
+    def retry_intervals(self) -> list[int]:
+        """Back-off before each retry: TRAIN_RETRY_BACKOFF, doubled each time."""
+        return [self.train_retry_backoff * 2**n for n in range(self.train_retries)]
 
     @property
     def auth_enabled(self) -> bool:

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 TRAIN_JOB = "worker.jobs.train_project"
 PRELABEL_JOB = "worker.jobs.prelabel_project"
-RUNNING_TTL_S = 1800
+#: The running mark expires this long after the job's last heartbeat (the job beats every HEARTBEAT_S from
+#: a thread), so a worker killed outright blocks new training for two minutes at most.
+RUNNING_TTL_S = 120
+HEARTBEAT_S = 30
+#: RQ states in which a job will never run again: a queued/running mark naming such a job is stale.
+FINAL_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
 QUEUED_TTL_S = 7 * 24 * 3600
 JOB_TIMEOUT_S = 24 * 3600
 
@@ -71,6 +76,22 @@ return false
 """
 
 
+_REQUEUE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+_CLEAR_STALE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] == 'running' then redis.call('DEL', KEYS[2]) end
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class TriggerResult:
     status: str  # enqueued | absorbed | follow-up | counted
@@ -89,6 +110,8 @@ class Triggers:
         self._count = redis.register_script(_COUNT)
         self._start = redis.register_script(_START)
         self._finish = redis.register_script(_FINISH)
+        self._requeue = redis.register_script(_REQUEUE)
+        self._clear_stale = redis.register_script(_CLEAR_STALE)
 
     def key(self, what: str, project: str) -> str:
         return f"rubric-judge:{self.base_name}:{what}:{project}"
@@ -110,17 +133,39 @@ class Triggers:
             raise
 
     def trigger(self, project: str) -> TriggerResult:
-        """Ask for a training run: enqueue one, or let the queued/running job absorb the request."""
-        new_id = f"train-p{project}-{uuid.uuid4().hex[:12]}"
-        status, job_id = self._trigger(keys=self._keys(project), args=[new_id, QUEUED_TTL_S])
-        status = status.decode() if isinstance(status, bytes) else status
-        job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
-        if status == "enqueue":
-            self._enqueue(project, job_id)
-            log.info("project %s: training job %s enqueued", project, job_id)
-            return TriggerResult("enqueued", job_id)
-        log.info("project %s: trigger absorbed (%s, job %s)", project, status, job_id)
-        return TriggerResult(status, job_id)
+        """Ask for a training run: enqueue one, or let the queued/running job absorb the request.
+
+        A queued/running mark that names a job RQ has already finished or failed (a worker killed with
+        SIGKILL never clears its mark) is stale: it is cleared and a fresh job is enqueued."""
+        for attempt in range(2):
+            new_id = f"train-p{project}-{uuid.uuid4().hex[:12]}"
+            status, job_id = self._trigger(keys=self._keys(project), args=[new_id, QUEUED_TTL_S])
+            status = status.decode() if isinstance(status, bytes) else status
+            job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+            if status == "enqueue":
+                self._enqueue(project, job_id)
+                log.info("project %s: training job %s enqueued", project, job_id)
+                return TriggerResult("enqueued", job_id)
+            which = "queued" if status == "absorbed" else "running"
+            final = self.job_state(job_id) if attempt == 0 else None
+            if final in FINAL_STATES:
+                self._clear_stale(keys=[self.key(which, project), self.key("dirty", project)], args=[job_id, which])
+                log.warning("project %s: the %s mark named job %s, which is %s; clearing it", project, which,
+                            job_id, final)
+                continue
+            log.info("project %s: trigger absorbed (%s, job %s)", project, status, job_id)
+            return TriggerResult(status, job_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def job_state(self, job_id: str) -> str | None:
+        """RQ's status of ``job_id`` (``queued``, ``started``, ``failed``, ...), or None if unknown."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            return str(Job.fetch(job_id, connection=self.redis).get_status(refresh=False).value)
+        except NoSuchJobError:
+            return None
 
     def count_annotations(self, project: str, n: int, threshold: int) -> TriggerResult:
         """Record ``n`` annotation events; trigger training once ``threshold`` have arrived since the last."""
@@ -174,6 +219,11 @@ class Triggers:
         value = self.redis.get(key)
         if value in (job_id, job_id.encode()):
             self.redis.expire(key, RUNNING_TTL_S)
+
+    def requeue(self, project: str, job_id: str) -> None:
+        """``job_id`` failed transiently and RQ will retry it: it is the project's queued job again (so new
+        triggers are absorbed by the retry and a follow-up request stays recorded)."""
+        self._requeue(keys=[self.key("running", project), self.key("queued", project)], args=[job_id, QUEUED_TTL_S])
 
     def finish(self, project: str, job_id: str) -> str | None:
         """Clear the running mark; if triggers arrived meanwhile, enqueue exactly one follow-up (its id)."""

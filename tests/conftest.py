@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,17 @@ def rubrics():
 @pytest.fixture(scope="module")
 def qa(rubrics):
     return rubrics["qa-quality"]
+
+
+#: Hypothesis examples run per route by tests/test_fuzz.py, printed in the terminal summary.
+FUZZ_CASES: Counter[str] = Counter()
+#: The HTTP statuses those cases got (to show the fuzzing reached the success paths too).
+FUZZ_STATUS: Counter[int] = Counter()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FUZZ_CASES:
+        cases = ", ".join(f"{route} {n}" for route, n in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {sum(FUZZ_CASES.values())} ({cases})")
+        statuses = ", ".join(f"{status}: {n}" for status, n in sorted(FUZZ_STATUS.items()))
+        terminalreporter.write_line(f"fuzz responses by status: {statuses}")

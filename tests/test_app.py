@@ -177,19 +177,69 @@ def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-@pytest.mark.parametrize("route", [("get", "/health"), ("post", "/setup"), ("post", "/predict"),
-                                   ("get", "/versions"), ("post", "/webhook")])
-def test_basic_auth_on_every_route(settings, tiny_judge, route):
-    client, _ = make_client(settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret")
+ROUTES = [("get", "/"), ("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
+          ("post", "/versions/activate"), ("post", "/webhook"), ("get", "/status"), ("get", "/reports"),
+          ("get", "/reports/12"), ("get", "/reports/12.json"), ("get", "/metrics")]
+
+
+def test_the_auth_test_covers_every_route(client):
+    rules = {rule.rule.replace("<name>", "12") for rule in client.application.url_map.iter_rules()
+             if rule.endpoint != "static"}
+    assert rules <= {path for _, path in ROUTES}, "a route was added: add it to ROUTES"
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+def test_basic_auth_on_every_route(settings, tiny_judge, route, caplog):
+    client, _ = make_client(settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret",
+                            webhook_secret="hook-secret-42")
     method, path = route
+    caplog.set_level("DEBUG")
     missing = getattr(client, method)(path)
     assert missing.status_code == 401
     assert missing.headers["WWW-Authenticate"].startswith("Basic")
-    wrong = getattr(client, method)(path, headers=_basic("ls", "wrong"))
-    assert wrong.status_code == 401
-    assert "s3cret" not in wrong.get_data(as_text=True)
+    for headers in (_basic("ls", "wrong"), _basic("wrong", "s3cret"), _basic("", ""),
+                    {"Authorization": "Bearer s3cret"}, {"Authorization": "Basic !!notbase64"},
+                    {"Authorization": "Basic " + base64.b64encode(b"ls").decode()},
+                    {"X-Webhook-Secret": "hook-secret-4"}, {"X-Webhook-Secret": "hook-secret-42x"}):
+        wrong = getattr(client, method)(path, headers=headers)
+        assert wrong.status_code == 401, headers
+        assert "s3cret" not in wrong.get_data(as_text=True) and "hook-secret" not in wrong.get_data(as_text=True)
     good = getattr(client, method)(path, headers=_basic("ls", "s3cret"), json={})
     assert good.status_code != 401
+    assert "s3cret" not in caplog.text and "hook-secret" not in caplog.text
+
+
+def test_webhook_secret_alone_protects_the_webhook(settings, tiny_judge):
+    """WEBHOOK_SECRET without basic auth: /webhook still refuses callers without the secret."""
+    client, _ = make_client(settings, tiny_judge, webhook_secret="hook-secret-42")
+    body = {"action": "TASKS_CREATED", "project": {"id": 1}}
+    assert client.post("/webhook", json=body).status_code == 401
+    wrong = client.post("/webhook", json=body, headers={"X-Webhook-Secret": "hook-secret-4"})
+    assert wrong.status_code == 401 and "X-Webhook-Secret" in wrong.get_json()["error"]
+    assert "hook-secret-42" not in wrong.get_data(as_text=True)
+    assert client.post("/webhook", json=body, headers={"X-Webhook-Secret": "hook-secret-42"}).status_code == 200
+    assert client.post("/webhook", json=body, headers={"X-Webhook-Secret": "h\u00e9"}).status_code == 401
+
+
+def test_credentials_are_compared_in_constant_time(monkeypatch, settings, tiny_judge):
+    """Every credential check goes through hmac.compare_digest, both user and password, even when one is wrong."""
+    import hmac
+
+    calls = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client, _ = make_client(settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret",
+                            webhook_secret="hook-secret-42")
+    assert client.get("/versions", headers=_basic("nobody", "s3cret")).status_code == 401
+    assert [b for _, b in calls] == [b"ls", b"s3cret"]
+    calls.clear()
+    assert client.post("/webhook", json={}, headers={"X-Webhook-Secret": "nope"}).status_code == 401
+    assert [b for _, b in calls] == [b"hook-secret-42"]  # no basic auth sent: nothing else to compare
 
 
 def test_versions_and_active_adapter_version(settings, tiny_judge, redis_client, unique_name):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backend.app import redis_client as make_redis
 from backend.registry import Registry, RegistryError, parse_project
@@ -14,7 +16,9 @@ def test_parse_project(raw, expected):
     assert parse_project(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [None, "", "abc", "../1", "/etc/passwd", "1/../../x", "١٢", True, "-1", "1e3"])
+@pytest.mark.parametrize("raw", [None, "", "abc", "../1", "/etc/passwd", "1/../../x", "١٢", True, "-1", "1e3",
+                                 "１２", "²", "1\x00", "12/..", "..", ".", "1 2", "12\n3", "\u202e12", "1" * 13,
+                                 "~", "C:\\x", "12\\..\\..", b"12", 1.5, [12], {"id": 12}])
 def test_parse_project_rejects(raw):
     with pytest.raises(RegistryError):
         parse_project(raw)
@@ -66,3 +70,35 @@ def test_a_pointer_to_a_missing_version_is_ignored(tmp_path, redis_client, uniqu
     redis_client.set(f"rubric-judge:{unique_name}:active:6", "3")
     assert registry.active_version("6") == 1  # the disk pointer wins over a dangling Redis one
     redis_client.delete(f"rubric-judge:{unique_name}:active:6")
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(raw=st.text(max_size=30) | st.integers() | st.sampled_from(["../", "/abs", "١", "12/../..", "\x00"]))
+def test_no_project_id_escapes_model_dir(tmp_path_factory, raw):
+    """Whatever a request names as project, the result is ASCII digits and a folder right under MODEL_DIR/<base>."""
+    root = tmp_path_factory.getbasetemp() / "escape"
+    registry = Registry(root, "m", None)
+    try:
+        project = parse_project(raw)
+    except RegistryError:
+        return
+    assert project.isascii() and project.isdigit()
+    path = registry.project_dir(project)
+    assert path.parent == (root / "m").resolve()
+    assert registry.version_dir(project, 3) == path / "v3"
+
+
+@pytest.mark.parametrize("number", [0, -1, "1", "../1", 1.0, True])
+def test_version_numbers_are_positive_integers(tmp_path, number):
+    with pytest.raises(RegistryError):
+        Registry(tmp_path, "m", None).version_dir("3", number)
+
+
+def test_odd_folders_are_not_versions_or_projects(tmp_path):
+    registry = Registry(tmp_path, "m", None)
+    for name in ("v1", "v١", "v１", "v2\n", "v-1", "v01x", "v 3"):
+        (tmp_path / "m" / "4" / name).mkdir(parents=True, exist_ok=True)
+    for name in ("٤", "5\n", "..5", "6"):
+        (tmp_path / "m" / name).mkdir(parents=True, exist_ok=True)
+    assert registry.version_numbers("4") == [1]
+    assert registry.projects() == ["4", "6"]

@@ -6,8 +6,15 @@ held-out alpha -> new version registered -> promoted only if not worse -> /setup
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from rq import Queue, SimpleWorker
@@ -19,8 +26,8 @@ from backend.labeling import label_config
 from backend.registry import Registry
 from backend.rubric import load_all, load_rubric
 from backend.service import Service
-from backend.triggers import Triggers
-from tests.conftest import REDIS_URL
+from backend.triggers import RUNNING_TTL_S, Triggers
+from tests.conftest import REDIS_URL, REPO
 from tests.fixtures.ls_bodies import ls_task, predict_body, setup_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
 from tests.fixtures.synthetic import KEYWORDS, ls_export, synthetic_items
@@ -124,6 +131,8 @@ def test_label_studio_rejecting_the_token_fails_the_job_clearly(stack):
     job = queue.fetch_job(answer["job"])
     assert job.get_status() == JobStatus.FAILED
     assert "token was rejected" in job.latest_result().exc_string
+    assert not job.number_of_retries, "an invalid token is not retried"
+    assert sum(r.startswith("GET /api/projects/7") for r in state.requests) == 1
     assert registry.version_numbers(str(PROJECT)) == []
     assert registry.active_version(str(PROJECT)) == 0
     # the running mark is cleared: the next trigger enqueues a fresh job
@@ -146,3 +155,162 @@ def test_activate_a_version_by_hand(stack):
     assert bad.status_code == 400
     assert client.post("/versions/activate", json={"project": PROJECT, "version": 0}).status_code == 200
     assert registry.active_version(str(PROJECT)) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# faults: Label Studio down, worker killed
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (a version folder)."""
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def with_active_v1(stack, tiny_model_dir):
+    """The stack with a real adapter as project 7's active v1, and its file checksums."""
+    from tests.test_webhook import write_adapter
+
+    _, registry, _, _ = stack
+    write_adapter(tiny_model_dir, registry.version_dir(str(PROJECT), 1))
+    registry.set_active(str(PROJECT), 1)
+    return snapshot(registry.version_dir(str(PROJECT), 1))
+
+
+def assert_v1_intact(registry: Registry, before: dict[str, str]) -> None:
+    assert registry.version_numbers(str(PROJECT)) == [1]
+    assert registry.active_version(str(PROJECT)) == 1
+    assert snapshot(registry.version_dir(str(PROJECT), 1)) == before
+
+
+def start_training(client) -> str:
+    answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()
+    assert answer["status"] == "enqueued", answer
+    return answer["job"]
+
+
+@pytest.mark.parametrize("failure", ["http-500", "unreachable"])
+def test_label_studio_outage_is_retried_then_fails_clearly(stack, with_active_v1, monkeypatch, failure):
+    client, registry, queue, state = stack
+    monkeypatch.setenv("TRAIN_RETRIES", "2")
+    monkeypatch.setenv("TRAIN_RETRY_BACKOFF", "0")
+    monkeypatch.setenv("TRAIN_EPOCHS", "1")
+    url = os.environ["LABEL_STUDIO_URL"]
+    if failure == "http-500":
+        state.fail_with = 500
+    else:
+        monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    job_id = start_training(client)
+    run_worker(queue)
+    job = queue.fetch_job(job_id)
+    assert job.get_status() == JobStatus.FAILED
+    error = job.latest_result().exc_string
+    assert "cannot read project 7 from Label Studio" in error and "gave up after 2 retries" in error, error
+    assert ("HTTP 500" if failure == "http-500" else "ConnectError") in error
+    assert job.number_of_retries == 2
+    if failure == "http-500":
+        assert sum(r.startswith("GET /api/projects/7") for r in state.requests) >= 3
+    assert_v1_intact(registry, with_active_v1)
+    triggers = Triggers(queue.connection, registry.base_name, queue.name)
+    assert triggers.state(str(PROJECT))["running"] is None and triggers.state(str(PROJECT))["queued"] is None
+    # Label Studio is back: the next trigger trains
+    state.fail_with = None
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    again = start_training(client)
+    run_worker(queue)
+    assert queue.fetch_job(again).get_status() == JobStatus.FINISHED
+    assert registry.version_numbers(str(PROJECT)) == [1, 2]
+    assert snapshot(registry.version_dir(str(PROJECT), 1)) == with_active_v1
+
+
+def test_a_retry_waits_with_backoff_and_absorbs_new_triggers(stack, monkeypatch):
+    client, registry, queue, state = stack
+    monkeypatch.setenv("TRAIN_RETRIES", "3")
+    monkeypatch.setenv("TRAIN_RETRY_BACKOFF", "60")
+    state.fail_with = 503
+    job_id = start_training(client)
+    started = time.time()
+    run_worker(queue)  # no scheduler in this burst worker: the retry stays scheduled
+    job = queue.fetch_job(job_id)
+    assert job.get_status() == JobStatus.SCHEDULED and job.number_of_retries == 1
+    assert job.meta["stage"] == "waiting to retry" and "HTTP 503" in job.meta["error"]
+    when = queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp()
+    assert 55 <= when - started <= 120, when - started
+    triggers = Triggers(queue.connection, registry.base_name, queue.name)
+    assert triggers.state(str(PROJECT))["queued"] == job_id and triggers.state(str(PROJECT))["running"] is None
+    repeat = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()
+    assert repeat == {"status": "absorbed", "project": str(PROJECT), "action": "START_TRAINING", "job": job_id}
+    queue.scheduled_job_registry.remove(job_id)
+
+
+def _worker_process(tmp_path: Path, pause_at: str) -> subprocess.Popen:
+    """``rubric-judge worker`` as its own process group, pausing at ``pause_at`` (FAULT_PAUSE_AT)."""
+    env = {**os.environ, "FAULT_PAUSE_AT": pause_at, "FAULT_PAUSE_SECONDS": "600", "TRAIN_EPOCHS": "1",
+           "LOG_LEVEL": "INFO"}
+    log = (tmp_path / f"worker-{pause_at}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
+                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("pause_at", "kill"), [("training", "horse"), ("adapter-written", "horse"),
+                                                 ("adapter-written", "worker")])
+def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypatch, tmp_path, pause_at, kill):
+    """SIGKILL the training process (the work-horse: what the OOM killer hits) or the whole worker while it
+    trains or while the new adapter is being written: the active version is untouched, no half-written version
+    is listed, the job is failed, and the next trigger trains again."""
+    client, registry, queue, state = stack
+    job_id = start_training(client)
+    worker = _worker_process(tmp_path, pause_at)
+    try:
+        job = queue.fetch_job(job_id)
+
+        def paused():
+            job.refresh()
+            return job.meta.get("pid") if job.meta.get("stage") == f"paused at {pause_at}" else None
+
+        horse = _wait_for(paused, 300, f"the job to pause at {pause_at}")
+        partial = list(registry.project_dir(str(PROJECT)).glob(".v2.tmp-*"))
+        assert len(partial) == 1  # the half-written version 2
+        if pause_at == "adapter-written":
+            assert (partial[0] / "adapter_config.json").is_file() and not (partial[0] / "metrics.json").exists()
+        if kill == "horse":
+            os.kill(horse, signal.SIGKILL)
+            _wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 60, "RQ to fail the job")
+            assert "Work-horse terminated unexpectedly" in job.latest_result().exc_string
+        else:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        assert_v1_intact(registry, with_active_v1)
+        assert [v["number"] for v in client.get("/versions").get_json()["details"]] == [0, 1]
+        assert client.post("/setup", json=setup_body(EMOTION_XML, project=f"{PROJECT}.1")).get_json()[
+            "model_version"].endswith(f".p{PROJECT}.v1")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+    triggers = Triggers(queue.connection, registry.base_name, queue.name)
+    if kill == "worker":
+        # nothing is left to report the death: the job still reads "started" until RQ's abandoned-job cleanup,
+        # and the running mark, no longer refreshed by the job's heartbeat, expires on its own
+        assert 0 < queue.connection.ttl(triggers.key("running", str(PROJECT))) <= RUNNING_TTL_S
+        queue.connection.delete(triggers.key("running", str(PROJECT)))  # as after RUNNING_TTL_S
+    monkeypatch.setenv("TRAIN_EPOCHS", "1")
+    again = start_training(client)  # not absorbed by the dead job's marks
+    run_worker(queue)
+    done = queue.fetch_job(again)
+    assert done.get_status() == JobStatus.FINISHED, done.latest_result().exc_string if done.latest_result() else ""
+    assert registry.version_numbers(str(PROJECT)) == [1, 2]
+    assert not list(registry.project_dir(str(PROJECT)).glob(".v*.tmp-*")), "the killed run's leftovers are removed"
+    assert snapshot(registry.version_dir(str(PROJECT), 1)) == with_active_v1

@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ def run_training(
         result = train_lora(model, tokenizer, rubric, train_targets, val_targets, config,
                             quantized=settings.quantization != "none", progress=progress)
         result.model.save_pretrained(tmp)  # adapter_config.json + adapter weights
+        fault_point(settings, "adapter-written", progress)
         judge = Judge(result.model, tokenizer, base_name, settings)
         judge.adopt_adapter("default", tmp)
         if progress:
@@ -159,12 +161,53 @@ def run_training(
     return RunResult(destination, metrics, promote)
 
 
+def fault_point(settings: Settings, name: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Test hook (FAULT_PAUSE_AT): sleep at the named point so a test can SIGKILL the worker there."""
+    if settings.fault_pause_at != name:
+        return
+    log.warning("FAULT_PAUSE_AT=%s: pausing %.0f s", name, settings.fault_pause_seconds)
+    if progress:
+        progress({"stage": f"paused at {name}", "pid": os.getpid()})
+    time.sleep(settings.fault_pause_seconds)
+
+
 # --------------------------------------------------------------------------------------------------
 # RQ
 
 
-def _job_progress(project: str, job: Any, triggers: Any) -> Callable[[dict[str, Any]], None]:
+class _Heartbeat:
+    """Refresh the project's running mark from a thread while the job runs (it expires if the process dies)."""
+
+    def __init__(self, triggers: Any, project: str, job_id: str, interval: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(triggers, project, job_id, interval),
+                                        name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self, triggers: Any, project: str, job_id: str, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                triggers.heartbeat(project, job_id)
+            except Exception as exc:  # Redis blip: the next beat tries again
+                log.warning("project %s: heartbeat failed (%s)", project, type(exc).__name__)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _job_progress(project: str, job: Any, triggers: Any, settings: Settings) -> Callable[[dict[str, Any]], None]:
+    steps = 0
+
     def report(update: dict[str, Any]) -> None:
+        nonlocal steps
+        if "step" in update:
+            steps += 1
+            if steps == 1:
+                fault_point(settings, "training", report)
         if job is not None:
             job.meta.update({"stage": "training"} | update)
             job.save_meta()
@@ -183,23 +226,25 @@ def _stage(job: Any, stage: str, triggers: Any = None, project: str = "", **extr
             triggers.heartbeat(project, job.id)
 
 
-def train_project(project_id: str, base_name: str | None = None) -> dict[str, Any]:
-    """RQ job: retrain the project's adapter from Label Studio's finished annotations."""
-    from rq import get_current_job
+def train_project(project_id: str, base_name: str | None = None) -> Any:
+    """RQ job: retrain the project's adapter from Label Studio's finished annotations.
+
+    A transient Label Studio failure (unreachable, 5xx, 429) returns RQ's ``Retry`` with exponential
+    back-off, TRAIN_RETRIES times at most, then fails with the Label Studio error; a rejected token or a
+    missing project fails at once. While a retry waits, the project's queued mark names this job, so
+    new triggers are absorbed by it."""
+    from rq import Retry, get_current_job
 
     from backend.app import redis_client
-    from backend.labeling import Binding, config_problems, match_rubric, parse_label_config
-    from backend.registry import Registry, parse_project
-    from backend.rubric import load_all
-    from backend.triggers import Triggers
-    from worker.source import fetch_project, records_from_export
+    from backend.judge import short_model_name
+    from backend.registry import parse_project
+    from backend.triggers import HEARTBEAT_S, Triggers
+    from worker.source import SourceError
 
     settings = Settings.from_env()
     project = parse_project(project_id)
     job = get_current_job()
     redis = redis_client(settings)
-    from backend.judge import short_model_name
-
     base = base_name or short_model_name(settings.base_model, settings.quantization)
     triggers = Triggers(redis, base, settings.queue_name)
     job_id = job.id if job is not None else f"local-{os.getpid()}"
@@ -208,41 +253,69 @@ def train_project(project_id: str, base_name: str | None = None) -> dict[str, An
         redis.set(triggers.key("dirty", project), "1")
         log.warning("project %s: job %s is already training; this trigger becomes its follow-up", project, other)
         return {"status": "deferred", "running": other}
+    retrying = False
     try:
-        _stage(job, "fetching annotations", triggers, project)
-        label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
-        registry = Registry(settings.model_dir, base, redis)
-        rubrics = load_all(settings.rubric_dir)
-        parsed = parse_label_config(label_config) if label_config else None
-        name = registry.project_rubric(project)
-        rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
-        if rubric is None:
-            raise TrainingError(f"project {project}: no rubric fits its labeling config; connect the backend "
-                                "with extra_params {\"rubric\": NAME} or use `rubric-judge label-config`")
-        records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
-        log.info("project %s: %s", project, stats.as_dict())
-        number = registry.next_version(project)
-        active = registry.active_version(project)
-        incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
-        _stage(job, "training", triggers, project, version=f"v{number}")
-        result = run_training(settings, rubric, records, registry.version_dir(project, number),
-                              incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
-                              progress=_job_progress(project, job, triggers),
-                              extra={"project": project, "version": registry.model_version(project, number),
-                                     "source": stats.as_dict(),
-                                     "label_config_problems": config_problems(rubric, parsed) if parsed else []})
-        base_path = registry.project_dir(project) / "v0.json"
-        base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
-        if result.promoted:
-            registry.set_active(project, number)
-        _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
-        return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
-                "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
+        with _Heartbeat(triggers, project, job_id, HEARTBEAT_S):
+            return _train(settings, project, base, job, triggers, redis)
+    except SourceError as exc:
+        done = (job.number_of_retries or 0) if job is not None else 0
+        if not exc.transient or job is None or done >= settings.train_retries:
+            if exc.transient and settings.train_retries:
+                raise SourceError(f"{exc} (gave up after {done} retr{'y' if done == 1 else 'ies'})",
+                                  transient=True) from None
+            raise
+        intervals = settings.retry_intervals()
+        log.warning("project %s: %s; retry %d of %d in %d s", project, exc, done + 1, settings.train_retries,
+                    intervals[done])
+        _stage(job, "waiting to retry", None, project, error=str(exc)[:500], retry=done + 1)
+        retrying = True
+        triggers.requeue(project, job_id)
+        # RQ counts retries itself; the remaining intervals start at this retry's
+        return Retry(max=settings.train_retries, interval=intervals)
     finally:
-        try:
-            triggers.finish(project, job_id)
-        except Exception:  # the trigger state expires on its own; never mask the job's own error
-            log.exception("project %s: could not clear the running mark", project)
+        if not retrying:
+            try:
+                triggers.finish(project, job_id)
+            except Exception:  # the trigger state expires on its own; never mask the job's own error
+                log.exception("project %s: could not clear the running mark", project)
+
+
+def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any, redis: Any) -> dict[str, Any]:
+    from backend.labeling import Binding, config_problems, match_rubric, parse_label_config
+    from backend.registry import Registry
+    from backend.rubric import load_all
+    from worker.source import fetch_project, records_from_export
+
+    _stage(job, "fetching annotations", triggers, project)
+    label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
+    registry = Registry(settings.model_dir, base, redis)
+    rubrics = load_all(settings.rubric_dir)
+    parsed = parse_label_config(label_config) if label_config else None
+    name = registry.project_rubric(project)
+    rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
+    if rubric is None:
+        raise TrainingError(f"project {project}: no rubric fits its labeling config; connect the backend "
+                            "with extra_params {\"rubric\": NAME} or use `rubric-judge label-config`")
+    records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
+    log.info("project %s: %s", project, stats.as_dict())
+    registry.remove_partial(project)  # this job holds the running mark: leftovers are from a killed run
+    number = registry.next_version(project)
+    active = registry.active_version(project)
+    incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
+    _stage(job, "training", triggers, project, version=f"v{number}")
+    result = run_training(settings, rubric, records, registry.version_dir(project, number),
+                          incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
+                          progress=_job_progress(project, job, triggers, settings),
+                          extra={"project": project, "version": registry.model_version(project, number),
+                                 "source": stats.as_dict(),
+                                 "label_config_problems": config_problems(rubric, parsed) if parsed else []})
+    base_path = registry.project_dir(project) / "v0.json"
+    base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
+    if result.promoted:
+        registry.set_active(project, number)
+    _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
+    return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
+            "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
 
 
 def prelabel_project(project_id: str, include_annotated: bool = False,

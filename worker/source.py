@@ -20,7 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
-    """Annotations cannot be read; the message says why and what to check."""
+    """Annotations cannot be read; the message says why and what to check.
+
+    ``transient`` is true when trying again later may succeed (Label Studio unreachable, timing out, or
+    answering 5xx/429); a rejected token, a forbidden or missing project is not transient."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,11 @@ def fetch_project(url: str, api_key: str, project: str) -> tuple[str, list[dict[
                 403: "the token's user may not read this project",
                 404: f"project {project} does not exist at {url}"}.get(status or 0, "")
         detail = f"HTTP {status}: {str(getattr(exc, 'body', ''))[:200]}" if status else f"{type(exc).__name__}: {exc}"
+        import httpx
+
+        transient = isinstance(exc, httpx.TransportError) if status is None else (status >= 500 or status == 429)
         raise SourceError(f"cannot read project {project} from Label Studio at {url} ({detail[:300]})"
-                          + (f"; {hint}" if hint else "")) from None
+                          + (f"; {hint}" if hint else ""), transient=transient) from None
     try:
         export = json.loads(raw)
     except ValueError as exc:
