@@ -6,6 +6,7 @@ held-out alpha -> new version registered -> promoted only if not worse -> /setup
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -273,6 +274,7 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
     client, registry, queue, state = stack
     job_id = start_training(client)
     worker = _worker_process(tmp_path, pause_at)
+    horse = None
     try:
         job = queue.fetch_job(job_id)
 
@@ -296,10 +298,12 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
         assert [v["number"] for v in client.get("/versions").get_json()["details"]] == [0, 1]
         assert client.post("/setup", json=setup_body(EMOTION_XML, project=f"{PROJECT}.1")).get_json()[
             "model_version"].endswith(f".p{PROJECT}.v1")
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(timeout=30)
+    finally:  # never leave a worker (or its paused work-horse, in its own session) behind
+        for pid, group in ((worker.pid, True), (horse, False)):
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+        worker.wait(timeout=30)
     triggers = Triggers(queue.connection, registry.base_name, queue.name)
     if kill == "worker":
         # nothing is left to report the death: the job still reads "started" until RQ's abandoned-job cleanup,
