@@ -45,8 +45,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.rubric import load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from benchmarks.naive import naive_score  # noqa: E402
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -80,46 +81,6 @@ def peak_rss_mb() -> float:
 def current_rss_mb(pid: int | None = None) -> float:
     status = Path(f"/proc/{pid or 'self'}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
-# --------------------------------------------------------------------------------------------------
-# the naive baseline
-
-
-def naive_prompt(rubric: Rubric, inputs: Mapping[str, str], tokenizer: Any) -> str:
-    """The judge's own instructions, answered by free generation (no constrained decoding)."""
-    from backend.prompts import render_prompt
-
-    return render_prompt(rubric, inputs, tokenizer)
-
-
-def naive_parse(rubric: Rubric, text: str) -> dict[str, str] | None:
-    """``name: score`` for every dimension, each a valid label; None when any is missing or invalid."""
-    out = {}
-    for dim in rubric.dimensions:
-        match = re.search(rf"{re.escape(dim.name)}\s*[:=]\s*([+-]?\w+)", text, flags=re.IGNORECASE)
-        if not match or match.group(1) not in dim.labels:
-            return None
-        out[dim.name] = match.group(1)
-    return out
-
-
-def naive_score(model: Any, tokenizer: Any, rubric: Rubric, tasks: Sequence[Mapping[str, str]],
-                max_new_tokens: int) -> tuple[list[dict[str, str] | None], list[str]]:
-    """One ``generate`` per task, greedy, then a regex parse."""
-    import torch
-
-    parsed, raw = [], []
-    for inputs in tasks:
-        prompt = naive_prompt(rubric, inputs, tokenizer)
-        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        raw.append(text)
-        parsed.append(naive_parse(rubric, text))
-    return parsed, raw
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,8 +127,10 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     naive_n = 8 if args.quick else min(n, args.naive_tasks)
     max_new = 8 * len(rubric.dimensions)
-    (parsed, raw), seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks[:naive_n], max_new))
-    failed = sum(1 for p in parsed if p is None)
+    naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks[:naive_n],
+                                                        max_new_tokens_per_dimension=8))
+    failed = sum(1 for r in naive_results if r.parse_failed)
+    raw = [r.text for r in naive_results]
     naive = {"tasks": naive_n, "seconds": round(seconds, 2), "tasks_per_s": round(naive_n / seconds, 3),
              "parse_failures": failed, "parse_failure_share": round(failed / naive_n, 3),
              "max_new_tokens": max_new, "example_outputs": raw[:3]}
