@@ -356,7 +356,8 @@ def machine() -> dict[str, Any]:
 
 def write_markdown(record: dict[str, Any]) -> None:
     lines = ["# Speed benchmark", "",
-             f"Produced by `{record['command']}` on {record['date']}; machine: {record['machine']['cpu']}, "
+             "Produced by " + " and ".join(f"`{c}`" for c in record.get("commands", [record["command"]]))
+             + f" (last run {record['date']}); machine: {record['machine']['cpu']}, "
              f"{record['machine']['cores']} cores, {record['machine']['memory_gb']} GB, GPU "
              f"{record['machine']['gpu'] or 'none'}, torch {record['machine']['torch']}; base model "
              f"{record['base_model']} (quantization {record['quantization']}). Figures from one run; "
@@ -449,8 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         record["http"] = http_part(args, settings)
     if args.only in (None, "train"):
         record["train"] = train_part(args)
-    Path(args.output).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    if Path(args.output) == SPEED_JSON:
+    output = Path(args.output)
+    if args.only and output.is_file():  # one part: keep the other parts' figures from earlier runs
+        earlier = json.loads(output.read_text(encoding="utf-8"))
+        commands = earlier.get("commands", [earlier.get("command")]) if earlier.get("command") else []
+        record = {**earlier, **record, "commands": [c for c in commands if c] + [record["command"]]}
+    output.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if output == SPEED_JSON:
         write_markdown(record)
     log.info("wrote %s", args.output)
     return 0

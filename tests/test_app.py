@@ -179,11 +179,13 @@ def _basic(user: str, password: str) -> dict[str, str]:
 
 ROUTES = [("get", "/"), ("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
           ("post", "/versions/activate"), ("post", "/webhook"), ("get", "/status"), ("get", "/reports"),
-          ("get", "/reports/12"), ("get", "/reports/12.json"), ("get", "/metrics")]
+          ("get", "/reports/12"), ("get", "/reports/12.json"), ("get", "/metrics"), ("post", "/prelabel"),
+          ("get", "/jobs/12")]
 
 
 def test_the_auth_test_covers_every_route(client):
-    rules = {rule.rule.replace("<name>", "12") for rule in client.application.url_map.iter_rules()
+    rules = {rule.rule.replace("<name>", "12").replace("<job_id>", "12")
+             for rule in client.application.url_map.iter_rules()
              if rule.endpoint != "static"}
     assert rules <= {path for _, path in ROUTES}, "a route was added: add it to ROUTES"
 
