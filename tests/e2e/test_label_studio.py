@@ -282,10 +282,10 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         t0 = time.monotonic()
         runs = []
         for _ in range(2):
-            run = subprocess.run([str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid), "--batch-size",
-                                  "2"], capture_output=True, text=True, env=judge_env, timeout=600)
-            assert run.returncode == 0, stack.fail(f"prelabel failed:\n{run.stderr[-3000:]}")
-            runs.append(json.loads(run.stdout.strip().splitlines()[-1]))
+            proc = subprocess.run([str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid),
+                                   "--batch-size", "2"], capture_output=True, text=True, env=judge_env, timeout=600)
+            assert proc.returncode == 0, stack.fail(f"prelabel failed:\n{proc.stderr[-3000:]}")
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         prelabel_seconds = time.monotonic() - t0
         assert runs[0]["model_version"] == v1 and runs[0]["written"] == 3, runs
         assert runs[0]["skipped_annotated"] == len(tasks) and runs[0]["skipped_predicted"] == 1, runs
