@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 from rq import Queue
@@ -17,6 +16,7 @@ from backend.registry import Registry
 from backend.rubric import load_all
 from backend.service import Service
 from backend.triggers import TRAIN_JOB, Triggers
+from tests.fixtures.ls_replay import loopback
 
 
 @pytest.fixture
@@ -181,21 +181,6 @@ def test_redis_down_answers_503_quickly(settings, tiny_judge):
     assert time.monotonic() - started < 1.0
     # ignored events need no Redis at all
     assert client.post("/webhook", json=event("TASKS_CREATED")).status_code == 200
-
-
-@contextmanager
-def loopback(app):
-    """The app on a real threaded HTTP server on 127.0.0.1 (an ephemeral port)."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
 
 
 def flood(url: str, bodies: list[dict], workers: int = 50) -> list[tuple[int, dict]]:
