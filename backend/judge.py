@@ -140,10 +140,12 @@ def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     kwargs: dict[str, Any] = {}
+    bf16 = settings.model_precision == "bf16" or (settings.model_precision == "auto" and device == "cuda")
+    dtype = torch.bfloat16 if bf16 else torch.float32
     if settings.quantization != "none":
         from transformers import BitsAndBytesConfig
 
-        compute = torch.bfloat16 if device == "cuda" else torch.float32
+        compute = dtype
         if settings.quantization == "4bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
@@ -154,7 +156,7 @@ def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
         kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
         kwargs["dtype"] = compute
     else:
-        kwargs["dtype"] = torch.bfloat16 if device == "cuda" else torch.float32
+        kwargs["dtype"] = dtype
     started = time.monotonic()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -167,8 +169,9 @@ def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
     if settings.quantization == "none":
         model.to(device)
     model.eval()
-    log.info("loaded base model %s (%s, quantization=%s, device=%s) in %.1f s", settings.base_model,
-             type(model).__name__, settings.quantization, device, time.monotonic() - started)
+    log.info("loaded base model %s (%s, quantization=%s, device=%s, %s) in %.1f s", settings.base_model,
+             type(model).__name__, settings.quantization, device, "bf16" if bf16 else "fp32",
+             time.monotonic() - started)
     return model, tokenizer, short_model_name(settings.base_model, settings.quantization)
 
 
@@ -183,6 +186,13 @@ class _RubricTokens:
     prefixes: list[list[int]]
     labels: list[list[list[int]]]
     key: tuple[Any, ...] = field(default=())
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword under which ``model.forward`` takes a KV cache (``past_key_values``, or ``cache``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(inner).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _crop(cache: Any, length: int) -> None:
@@ -216,9 +226,7 @@ class Judge:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         # transformers >= 5.x renames ``past_key_values`` to ``cache``; use whichever the model takes
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        params = inspect.signature(type(inner).forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
         torch.manual_seed(0)
 
     @classmethod

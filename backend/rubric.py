@@ -18,7 +18,7 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 RUBRIC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 KINDS = ("scores", "classification")
 TRAINING_KEYS = {
-    "lora_r", "lora_alpha", "lora_dropout", "epochs", "learning_rate", "batch_size", "max_length",
+    "lora_r", "lora_alpha", "lora_dropout", "epochs", "learning_rate", "batch_size", "micro_batch_size", "max_length",
     "warmup_ratio", "weight_decay", "heldout_fraction", "token_dropout_rate", "token_dropout_prob", "seed",
 }
 

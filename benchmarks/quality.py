@@ -289,10 +289,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
               "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
               "targets": args.targets, "precision": args.precision, "seed": args.seed,
-              "token_dropout_rate": args.token_dropout_rate}
+              "token_dropout_rate": args.token_dropout_rate, "micro_batch_size": args.micro_batch_size}
     out = {k: v for k, v in values.items() if v is not None}
     if args.no_augment:
         out["augment"] = False
+    if args.no_share_prefix:
+        out["share_prefix"] = False
     return out
 
 
@@ -458,7 +460,8 @@ def _phases_md(run: dict[str, Any]) -> list[str]:
                    f"{training['tokens_per_s']} tokens/s, padding {training['padding_share']:.1%}, "
                    f"precision {training.get('precision', 'fp32')}; config: epochs {cfg['epochs']}, lr "
                    f"{cfg['learning_rate']}, batch {cfg['batch_size']}, r {cfg['lora_r']}/α {cfg['lora_alpha']}, "
-                   f"targets {cfg['targets']}, augment {cfg['augment']}, max_length {cfg['max_length']}.")
+                   f"targets {cfg['targets']}, augment {cfg['augment']}, max_length {cfg['max_length']}, "
+                   f"micro-batch {cfg.get('micro_batch_size', 2)}, shared prefix {cfg.get('share_prefix', False)}.")
     return out
 
 
@@ -520,11 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="GoEmotions: also fit TF-IDF + logreg on all 39,555 training rows (minutes)")
     parser.add_argument("--eval-limit", type=int, help="first N rows of each evaluation split only (quick checks)")
     for flag, kind in (("--epochs", int), ("--learning-rate", float), ("--batch-size", int), ("--max-length", int),
-                       ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float)):
+                       ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float),
+                       ("--micro-batch-size", int)):
         parser.add_argument(flag, type=kind)
     parser.add_argument("--targets", choices=["each", "consensus"])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--no-share-prefix", action="store_true", help="train without the shared-prefix KV reuse")
     return parser
 
 

@@ -126,21 +126,44 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                  n / seconds, same, n)
 
     naive_n = 8 if args.quick else min(n, args.naive_tasks)
+    naive = run_naive(model, tokenizer, rubric, tasks[:naive_n], "fp32")
+    fast = results[configs[0][0]]
+    out = {"tasks": n, "prompt_tokens": {"mean": round(statistics.mean(lengths)), "min": min(lengths),
+                                         "max": max(lengths)},
+           "judge": results, "naive": naive, "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1)}
+    if settings.model_precision != "bf16":  # the same two measurements with bf16 weights (MODEL_PRECISION=bf16)
+        del model
+        bf16_settings = Settings.from_env(**settings_overrides(args), model_precision="bf16")
+        model, tokenizer, name = load_base_model(bf16_settings)
+        judge = Judge(model, tokenizer, name, bf16_settings)
+        judge.score(rubric, tasks[:2])
+        scores, seconds = timed(lambda: judge.score(rubric, tasks))
+        same = sum(1 for s, r in zip(scores, reference or [], strict=True) if s.labels == r)
+        label = "all fast paths, bf16 weights (MODEL_PRECISION=bf16)"
+        results[label] = {"seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3),
+                          "same_labels_as_fast": f"{same}/{n}", "overrides": {"model_precision": "bf16"}}
+        log.info("judge %-32s %.2f s  %.3f tasks/s  labels equal to the fp32 fast path: %d/%d", label, seconds,
+                 n / seconds, same, n)
+        out["naive_bf16"] = run_naive(model, tokenizer, rubric, tasks[:naive_n], "bf16")
+        out["ratio_bf16_vs_naive_fp32"] = round(results[label]["tasks_per_s"] / naive["tasks_per_s"], 1)
+        out["ratio_bf16_vs_naive_bf16"] = round(results[label]["tasks_per_s"] / out["naive_bf16"]["tasks_per_s"], 1)
+    out["peak_rss_mb"] = round(peak_rss_mb())
+    return out
+
+
+def run_naive(model: Any, tokenizer: Any, rubric: Any, tasks: Sequence[Mapping[str, str]], precision: str
+              ) -> dict[str, Any]:
+    """The naive baseline (``benchmarks/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
     max_new = 8 * len(rubric.dimensions)
-    naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks[:naive_n],
+    naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks,
                                                         max_new_tokens_per_dimension=8))
     failed = sum(1 for r in naive_results if r.parse_failed)
-    raw = [r.text for r in naive_results]
-    naive = {"tasks": naive_n, "seconds": round(seconds, 2), "tasks_per_s": round(naive_n / seconds, 3),
-             "parse_failures": failed, "parse_failure_share": round(failed / naive_n, 3),
-             "max_new_tokens": max_new, "example_outputs": raw[:3]}
-    log.info("naive generate+regex: %.2f s for %d tasks, %.3f tasks/s, %d/%d failed to parse", seconds, naive_n,
-             naive_n / seconds, failed, naive_n)
-    fast = results[configs[0][0]]
-    return {"tasks": n, "prompt_tokens": {"mean": round(statistics.mean(lengths)), "min": min(lengths),
-                                          "max": max(lengths)},
-            "judge": results, "naive": naive, "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1),
-            "peak_rss_mb": round(peak_rss_mb())}
+    n = len(tasks)
+    log.info("naive generate+regex (%s): %.2f s for %d tasks, %.3f tasks/s, %d/%d failed to parse", precision,
+             seconds, n, n / seconds, failed, n)
+    return {"tasks": n, "seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3), "precision": precision,
+            "parse_failures": failed, "parse_failure_share": round(failed / n, 3), "max_new_tokens": max_new,
+            "example_outputs": [r.text for r in naive_results][:3]}
 
 
 def ablation_configs(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
@@ -314,10 +337,12 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer, _ = load_base_model(settings)
     loaded = current_rss_mb()
     config = TrainConfig.build(rubric, {"epochs": 1, "batch_size": 8, "precision": args.precision,
-                                        "augment": False})
+                                        "augment": False, "share_prefix": not args.no_share_prefix})
     result = train_lora(model, tokenizer, rubric, targets, [], config, quantized=args.quantization != "none")
     return {"quantization": args.quantization, "precision": result.precision, "examples": len(targets),
+            "share_prefix": config.share_prefix, "micro_batch_size": config.micro_batch_size,
             "steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
+            "computed_tokens": result.computed_tokens,
             "tokens_per_s": round(result.tokens / result.seconds, 1), "padding_share": result.padding_share,
             "rss_mb_before_load": round(before), "rss_mb_loaded": round(loaded), "peak_rss_mb": round(peak_rss_mb())}
 
@@ -325,18 +350,22 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
 def train_part(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     examples = 16 if args.quick else args.train_examples
-    for quant, precision in (("none", "fp32"), ("none", "bf16"), ("4bit", "fp32"), ("4bit", "bf16")):
+    runs = [("none", "fp32", True), ("none", "bf16", True), ("none", "bf16", False), ("4bit", "fp32", True),
+            ("4bit", "bf16", True)]
+    for quant, precision, shared in runs:
+        key = f"{quant}/{precision}" + ("" if shared else "/no-shared-prefix")
         command = [sys.executable, __file__, "--only", "_train", "--quantization", quant, "--precision", precision,
                    "--train-examples", str(examples), "--base-model", args.base_model, "--data-dir", args.data_dir]
+        command += [] if shared else ["--no-share-prefix"]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
-            out[f"{quant}/{precision}"] = {"error": proc.stderr[-1500:]}
-            log.warning("training %s/%s failed: %s", quant, precision, proc.stderr[-500:])
+            out[key] = {"error": proc.stderr[-1500:]}
+            log.warning("training %s failed: %s", key, proc.stderr[-500:])
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        out[f"{quant}/{precision}"] = result
-        log.info("training %s/%s: %.1f tokens/s, padding %.1f%%, peak RSS %d MB", quant, precision,
-                 result["tokens_per_s"], 100 * result["padding_share"], result["peak_rss_mb"])
+        out[key] = result
+        log.info("training %s: %.1f tokens/s, padding %.1f%%, peak RSS %d MB", key, result["tokens_per_s"],
+                 100 * result["padding_share"], result["peak_rss_mb"])
     return out
 
 
@@ -371,11 +400,18 @@ def write_markdown(record: dict[str, Any]) -> None:
         for name, row in judge["judge"].items():
             lines.append(f"| {name} | {row['seconds']} | {row['tasks_per_s']} | {row['same_labels_as_fast']} |")
         naive = judge["naive"]
-        lines += [f"| naive `generate` + regex ({naive['tasks']} tasks, ≤ {naive['max_new_tokens']} new tokens) | "
-                  f"{naive['seconds']} | {naive['tasks_per_s']} | – |", "",
-                  f"**The judge scores {judge['ratio_vs_naive']}× as many tasks per second as the naive baseline**; "
-                  f"{naive['parse_failures']} of {naive['tasks']} naive outputs "
-                  f"({naive['parse_failure_share']:.0%}) failed to parse into valid scores for all dimensions. "
+        for key in ("naive", "naive_bf16"):
+            row = judge.get(key)
+            if row:
+                lines.append(f"| naive `generate` + regex, {row.get('precision', 'fp32')} ({row['tasks']} tasks, ≤ "
+                             f"{row['max_new_tokens']} new tokens) | {row['seconds']} | {row['tasks_per_s']} | – |")
+        lines += ["", f"**The judge (fp32) scores {judge['ratio_vs_naive']}× as many tasks per second as the naive "
+                  "baseline (fp32)**"
+                  + (f"; with bf16 weights {judge['ratio_bf16_vs_naive_fp32']}× the fp32 baseline and "
+                     f"{judge['ratio_bf16_vs_naive_bf16']}× a bf16 baseline" if "naive_bf16" in judge else "")
+                  + f". {naive['parse_failures']} of {naive['tasks']} naive outputs "
+                  f"({naive['parse_failure_share']:.0%}) failed to parse into valid scores for all dimensions, "
+                  "so the naive baseline's rate of usable pre-annotations is lower still. "
                   "First naive output: `" + (naive["example_outputs"][0][:160].replace("\n", " ⏎ ")
                                              if naive["example_outputs"] else "") + "`", ""]
     http = record.get("http")
@@ -397,15 +433,22 @@ def write_markdown(record: dict[str, Any]) -> None:
                   "at the end.", ""]
     train = record.get("train")
     if train:
-        lines += ["## Training throughput (one LoRA epoch, r=16 on all projections, batch 8, micro-batch 2)", "",
-                  "| base | precision | examples | tokens/s | padding | seconds | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|"]
+        micro = next((row.get("micro_batch_size") for row in train.values() if "micro_batch_size" in row), "?")
+        lines += [f"## Training throughput (one LoRA epoch of summary-quality examples, r=16 on all projections, "
+                  f"batch 8, micro-batch {micro})", "",
+                  "Tokens/s counts every example's whole prompt; with the shared prefix the rubric's common "
+                  "prompt part is computed once per micro-batch (the computed tokens column).", "",
+                  "| base | precision | shared prefix | examples | tokens/s | computed tokens / tokens | padding "
+                  "| seconds | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, row in train.items():
             if "error" in row:
-                lines.append(f"| {name} | failed: {row['error'].splitlines()[-1][:120]} | | | | | |")
+                lines.append(f"| {name} | failed: {row['error'].splitlines()[-1][:120]} | | | | | | | |")
                 continue
-            lines.append(f"| {row['quantization']} | {row['precision']} | {row['examples']} | {row['tokens_per_s']} "
-                         f"| {row['padding_share']:.1%} | {row['seconds']} | {row['peak_rss_mb']:,} |")
+            ratio = f"{row['computed_tokens']:,} / {row['tokens']:,}" if "computed_tokens" in row else "–"
+            lines.append(f"| {row['quantization']} | {row['precision']} | {'yes' if row.get('share_prefix') else 'no'} "
+                         f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
+                         f"| {row['seconds']} | {row['peak_rss_mb']:,} |")
         lines.append("")
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -425,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--naive-tasks", type=int, default=16, help="tasks for the naive baseline (slow)")
     parser.add_argument("--train-examples", type=int, default=48)
+    parser.add_argument("--no-share-prefix", action="store_true", help="train part: no shared-prefix training")
     parser.add_argument("--output", default=str(SPEED_JSON))
     return parser
 

@@ -133,3 +133,35 @@ def test_prefix_cache_gives_the_same_labels(tiny_judge):
         for name in rubric.dimension_names:
             for label, p in a.dimensions[name].probs.items():
                 assert abs(p - b.dimensions[name].probs[label]) < 1e-4
+
+
+def test_model_precision_bf16_loads_bf16_weights_scores_and_trains(tiny_model_dir: Path, tmp_path: Path):
+    """MODEL_PRECISION=bf16 on CPU: bf16 base weights, deterministic valid scores, and LoRA training on top
+    keeps its adapter weights in fp32."""
+    import torch
+
+    from backend.judge import Judge, load_base_model
+    from backend.settings import Settings, SettingsError
+    from worker.dataset import targets_for
+    from worker.source import Annotation, Record
+    from worker.train import TrainConfig, train_lora
+
+    with pytest.raises(SettingsError, match="MODEL_PRECISION"):
+        Settings.from_env({"MODEL_PRECISION": "fp16"})
+    settings = Settings.from_env({}, base_model=str(tiny_model_dir), model_dir=tmp_path, model_precision="bf16")
+    model, tokenizer, name = load_base_model(settings)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    rubric = load_rubric("qa-quality")
+    tasks = [{"context": "The shop opens at 9.", "question": "When?", "answer": f"At {h}."} for h in (8, 9, 10)]
+    judge = Judge(model, tokenizer, name, settings)
+    first = judge.score(rubric, tasks)
+    assert [s.labels for s in first] == [s.labels for s in judge.score(rubric, tasks)]
+    for score in first:
+        assert all(d.label in rubric.dimension(d_name).labels for d_name, d in score.dimensions.items())
+    records = [Record(str(i), t, (Annotation("a", s.labels),)) for i, (t, s) in enumerate(zip(tasks, first,
+                                                                                              strict=True))]
+    config = TrainConfig(epochs=1, batch_size=3, lora_r=2, lora_alpha=4, precision="fp32")
+    result = train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
+    lora = [p for n, p in result.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)
+    assert math.isfinite(result.history[-1]["train_loss"])

@@ -139,6 +139,7 @@ def replacement_token(tokenizer: Any) -> int | None:
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE except on the supervised label tokens
+    shared_len: int = 0  # leading tokens that are the rubric's shared prompt part (the same for every task)
 
     @property
     def supervised(self) -> int:
@@ -152,10 +153,14 @@ def encode_example(
     max_length: int,
     rng: random.Random | None = None,
     augment: AugmentConfig | None = None,
+    variant: PromptVariant | None = None,
 ) -> Example:
     """Prompt tokens + target tokens, segment by segment exactly as the judge reads them; loss only on
-    the label tokens of supervised dimensions. Dropout touches only the task part of the prompt."""
-    variant = sample_variant(rubric, rng, augment) if rng is not None and augment is not None else DEFAULT_VARIANT
+    the label tokens of supervised dimensions. Dropout touches only the task part of the prompt.
+    ``variant``: the prompt variant to use (default: drawn from ``rng`` when augmenting, else the plain one)."""
+    if variant is None:
+        augmenting = rng is not None and augment is not None
+        variant = sample_variant(rubric, rng, augment) if augmenting else DEFAULT_VARIANT
     completion: list[int] = []
     mask: list[int] = []
     for index, dim in enumerate(rubric.dimensions):
@@ -171,7 +176,7 @@ def encode_example(
             rng.random() < augment.token_dropout_prob:
         task = _dropout(task, rng, augment.token_dropout_rate, replacement_token(tokenizer))
     prompt = shared + task
-    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask)
+    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask, shared_len=len(shared))
 
 
 def _dropout(ids: list[int], rng: random.Random, rate: float, replacement: int | None) -> list[int]:

@@ -148,6 +148,7 @@ def run_training(
             "promoted": promote, "decision": reason,
             "history": result.history,
             "training": {"steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
+                         "computed_tokens": result.computed_tokens, "share_prefix": config.share_prefix,
                          "padding_share": result.padding_share, "precision": result.precision,
                          "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None},
             **(extra or {}),

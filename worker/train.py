@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.rubric import Rubric
-from worker.dataset import IGNORE, AugmentConfig, Example, Target, encode_example
+from worker.dataset import IGNORE, AugmentConfig, Example, Target, encode_example, sample_variant
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ class TrainConfig:
     epochs: int = 3
     learning_rate: float = 2e-4
     batch_size: int = 8
-    micro_batch_size: int = 2  # examples per forward pass; gradients accumulate up to batch_size
+    micro_batch_size: int = 4  # examples per forward pass; gradients accumulate up to batch_size
+    share_prefix: bool = True  # one forward/backward of the shared prompt part per micro-batch (exact)
     max_length: int = 2048
     warmup_ratio: float = 0.05
     weight_decay: float = 0.01
@@ -128,37 +129,72 @@ def autocast_dtype(config: TrainConfig, device: Any) -> Any:
     return torch.bfloat16
 
 
-def _collate(batch: Sequence[Example], pad_id: int) -> dict[str, Any]:
-    """Left-padded batch (as at inference), so every row's completion sits at the end."""
+def _shared_prefix(batch: Sequence[Example]) -> int:
+    """Length of the prompt part every row of ``batch`` shares token for token (0: none, or one row)."""
+    if len(batch) < 2:
+        return 0
+    length = min(e.shared_len for e in batch)
+    first = batch[0].input_ids[:length]
+    if length == 0 or any(e.input_ids[:length] != first or any(x != IGNORE for x in e.labels[:length])
+                          for e in batch[1:]) or any(x != IGNORE for x in batch[0].labels[:length]):
+        return 0
+    return length
+
+
+def _collate(batch: Sequence[Example], pad_id: int, share_prefix: bool = False) -> dict[str, Any]:
+    """Left-padded batch (as at inference), so every row's completion sits at the end.
+
+    With ``share_prefix`` and a prompt part common to all rows, that part is cut off and returned once as
+    ``prefix_ids`` (1 x P): ``_batch_loss`` runs it once and feeds its KV cache to every row, as the judge's
+    prefix cache does at inference. The loss and gradients are those of the full rows (tested)."""
     import torch
 
-    width = max(len(e.input_ids) for e in batch)
+    shared = _shared_prefix(batch) if share_prefix else 0
+    rows = [(e.input_ids[shared:], e.labels[shared:]) for e in batch]
+    width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, example in enumerate(batch):
-        n = len(example.input_ids)
-        ids[row, width - n :] = torch.tensor(example.input_ids)
-        labels[row, width - n :] = torch.tensor(example.labels)
+    for row, (row_ids, row_labels) in enumerate(rows):
+        n = len(row_ids)
+        ids[row, width - n :] = torch.tensor(row_ids)
+        labels[row, width - n :] = torch.tensor(row_labels)
         mask[row, width - n :] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    positions = shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
     # logits are needed only from the first supervised position on (minus one for the shift)
     supervised = (labels != IGNORE).any(dim=0).nonzero()
     keep = width - int(supervised[0]) + 1 if len(supervised) else 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
-            "keep": min(keep, width)}
+    out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
+           "keep": min(keep, width), "tokens": sum(len(e.input_ids) for e in batch),
+           "computed": shared + int(mask.sum())}
+    if shared:
+        out["prefix_ids"] = torch.tensor([batch[0].input_ids[:shared]], dtype=torch.long)
+        out["attention_mask"] = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
+    return out
 
 
 def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = None) -> tuple[Any, int]:
     """Summed cross-entropy over the supervised tokens only, and their count. Logits are computed only for
     the completion (``logits_to_keep``): the vocabulary projection of the prompt is never materialised.
-    ``dtype``: autocast dtype (bf16) or None for fp32."""
+    ``dtype``: autocast dtype (bf16) or None for fp32. A ``prefix_ids`` batch runs the shared prefix once
+    and repeats its KV cache (autograd flows through the repeat) for every row."""
     import torch
 
     keep = batch["keep"]
+    extra: dict[str, Any] = {}
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+        if "prefix_ids" in batch:
+            from transformers import DynamicCache
+
+            from backend.judge import cache_argument
+
+            cache = DynamicCache()
+            name = cache_argument(model)
+            model(input_ids=batch["prefix_ids"].to(device), use_cache=True, logits_to_keep=1, **{name: cache})
+            cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+            extra = {name: cache, "use_cache": True}
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    position_ids=batch["position_ids"].to(device), logits_to_keep=keep)
+                    position_ids=batch["position_ids"].to(device), logits_to_keep=keep, **extra)
     logits = out.logits[:, :-1, :].float()
     targets = batch["labels"][:, -keep + 1 :].to(device) if keep > 1 else batch["labels"][:, :0].to(device)
     loss_sum = torch.nn.functional.cross_entropy(
@@ -180,8 +216,9 @@ class TrainResult:
     steps: int
     seconds: float
     train_examples: int
-    tokens: int
-    padding_share: float
+    tokens: int  # tokens of the training examples, each with its whole prompt
+    padding_share: float  # share of padding among the positions computed
+    computed_tokens: int = 0  # tokens actually run through the model (a shared prefix once per micro-batch)
     precision: str = "fp32"
 
 
@@ -224,24 +261,29 @@ def train_lora(
     history: list[dict[str, Any]] = []
     started = time.monotonic()
     step = 0
-    tokens = padded = 0
+    tokens = computed = padded = 0
     for epoch in range(config.epochs):
         model.train()
         order = list(train_targets)
         rng.shuffle(order)
         augment = config.augmentation if config.augment else None
-        examples = [encode_example(rubric, t, tokenizer, config.max_length, rng if augment else None, augment)
-                    for t in order]
-        for start in range(0, len(examples), config.batch_size):
-            batch_examples = examples[start : start + config.batch_size]
+        for start in range(0, len(order), config.batch_size):
+            # one prompt variant per batch (token dropout stays per example): the batch shares its prompt
+            # prefix, which is then computed once per micro-batch
+            variant = sample_variant(rubric, rng, augment) if augment else None
+            batch_examples = [encode_example(rubric, t, tokenizer, config.max_length, rng if augment else None,
+                                             augment, variant=variant)
+                              for t in order[start : start + config.batch_size]]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             optimizer.zero_grad(set_to_none=True)
-            micro = [_collate(m, pad_id) for m in _micro_batches(batch_examples, config.micro_batch_size)]
+            micro = [_collate(m, pad_id, config.share_prefix)
+                     for m in _micro_batches(batch_examples, config.micro_batch_size)]
             supervised = 0
             for part in micro:
                 supervised += int((part["labels"] != IGNORE).sum())
-                tokens += int(part["attention_mask"].sum())
+                tokens += part["tokens"]
+                computed += part["computed"]
                 padded += int(part["attention_mask"].numel())
             total_loss = 0.0
             for part in micro:
@@ -254,7 +296,7 @@ def train_lora(
             step += 1
             elapsed = time.monotonic() - started
             eta = elapsed / step * (total - step)
-            entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(examples),
+            entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(order),
                      "train_loss": round(loss, 5), "lr": lr_at(step - 1)}
             history.append(entry)
             log.info("train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"],
@@ -263,17 +305,18 @@ def train_lora(
                 progress({"step": step, "total_steps": total, "loss": entry["train_loss"], "eta_s": round(eta, 1),
                           "epoch": round(entry["epoch"], 3)})
         if val_examples:
-            val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size, dtype)
+            val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size, dtype, config.share_prefix)
             history.append({"step": step, "epoch": epoch + 1, "val_loss": round(val, 5)})
             log.info("epoch %d validation loss %.4f", epoch + 1, val)
     model.eval()
     return TrainResult(model=model, history=history, steps=step, seconds=time.monotonic() - started,
-                       train_examples=len(train_targets), tokens=tokens,
-                       padding_share=round(1 - tokens / padded, 4) if padded else 0.0,
+                       train_examples=len(train_targets), tokens=tokens, computed_tokens=computed,
+                       padding_share=round(1 - computed / padded, 4) if padded else 0.0,
                        precision="bf16" if dtype is not None else "fp32")
 
 
-def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, dtype: Any = None) -> float:
+def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, dtype: Any = None,
+                  share_prefix: bool = True) -> float:
     """Mean loss per supervised token over ``examples``."""
     import torch
 
@@ -283,7 +326,7 @@ def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_si
     count = 0
     with torch.no_grad():
         for part in _micro_batches(examples, batch_size):
-            loss_sum, n = _batch_loss(model, _collate(part, pad_id), device, dtype)
+            loss_sum, n = _batch_loss(model, _collate(part, pad_id, share_prefix), device, dtype)
             total += float(loss_sum)
             count += n
     return total / max(1, count)
