@@ -237,7 +237,8 @@ def build_service(settings: Settings) -> Service:
     if settings.prediction_cache:
         from backend.prediction_cache import PredictionCache
 
-        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens)
+        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens,
+                                settings.model_precision)
     return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
                    prediction_cache=cache)
 

@@ -1,10 +1,11 @@
 """Per-task prediction cache in Redis: the same task data under the same model version costs nothing twice.
 
 Key: ``rubric-judge:<base>:pred:<sha256>`` of the model version (base model, project, adapter number), the
-rubric's name and content, ``MAX_INPUT_TOKENS`` (it decides truncation) and the task's input texts. Value: the
-``TaskScore`` as JSON (label, probabilities, expected value, log-probability per dimension), kept for
-``PREDICTION_CACHE_TTL`` seconds. A new version is a new key, so promoting or training never serves stale
-scores. Redis failures never fail a request: the cache logs once and the judge scores as if it were empty.
+rubric's name and content, ``MAX_INPUT_TOKENS`` (it decides truncation), ``MODEL_PRECISION`` and the task's
+input texts. Value: the ``TaskScore`` as JSON (label, probabilities, expected value, log-probability per
+dimension), kept for ``PREDICTION_CACHE_TTL`` seconds. A new version is a new key, so promoting or training
+never serves stale scores. Redis failures never fail a request: the cache logs once and the judge scores as if
+it were empty.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def score_from_json(raw: str | bytes) -> TaskScore:
 class PredictionCache:
     """Get and put ``TaskScore``s by (model version, rubric, inputs); every Redis error degrades to a miss."""
 
-    def __init__(self, redis: Any, base_name: str, ttl_s: int, max_input_tokens: int) -> None:
+    def __init__(self, redis: Any, base_name: str, ttl_s: int, max_input_tokens: int, precision: str = "auto") -> None:
         self.redis = redis
+        self.precision = precision  # MODEL_PRECISION: bf16 and fp32 can pick different labels on near-ties
         self.prefix = f"rubric-judge:{base_name}:pred:"
         self.ttl_s = ttl_s
         self.max_input_tokens = max_input_tokens
@@ -51,7 +53,7 @@ class PredictionCache:
 
     def key(self, model_version: str, rubric: Rubric, inputs: Mapping[str, str]) -> str:
         payload = json.dumps([model_version, rubric.name, rubric_fingerprint(rubric), self.max_input_tokens,
-                              [inputs[name] for name in rubric.input_names]], ensure_ascii=False)
+                              self.precision, [inputs[name] for name in rubric.input_names]], ensure_ascii=False)
         return self.prefix + hashlib.sha256(payload.encode()).hexdigest()
 
     def _failed(self, what: str, exc: Exception) -> None:

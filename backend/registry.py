@@ -80,6 +80,7 @@ class Registry:
         self.model_dir = model_dir
         self.base_name = base_name
         self.redis = redis
+        self._remembered: dict[str, str] = {}  # project -> rubric this process wrote (remember_rubric)
 
     # --- names and paths -------------------------------------------------------------------------
 
@@ -118,13 +119,16 @@ class Registry:
             raise _RedisDown from None
         return value.decode() if isinstance(value, bytes) else value
 
-    def _redis_set(self, key: str, value: str) -> None:
+    def _redis_set(self, key: str, value: str) -> bool:
+        """Set ``key`` in Redis; False (logged) when Redis is absent or unavailable."""
         if self.redis is None:
-            return
+            return False
         try:
             self.redis.set(key, value)
         except Exception as exc:
             log.warning("Redis unavailable (%s); %s written to disk only", type(exc).__name__, key)
+            return False
+        return True
 
     def active_version(self, project: str) -> int:
         """The active adapter number of ``project`` (0 = base model).
@@ -160,11 +164,16 @@ class Registry:
         log.info("project %s: active version is now %s", project, self.model_version(project, number))
 
     def remember_rubric(self, project: str, rubric: str) -> None:
+        """Record the project's rubric on disk and in Redis. /setup calls this before every prediction: a
+        value this process has already written is not written again."""
         project = parse_project(project)
+        if self._remembered.get(project) == rubric:
+            return
         path = self.project_dir(project) / "RUBRIC"
         if not path.is_file() or path.read_text().strip() != rubric:
             _atomic_write(path, f"{rubric}\n")
-        self._redis_set(self._key(project, "rubric"), rubric)
+        if self._redis_set(self._key(project, "rubric"), rubric) or self.redis is None:
+            self._remembered[project] = rubric  # after a Redis failure, the next /setup tries again
 
     def project_rubric(self, project: str) -> str | None:
         project = parse_project(project)

@@ -6,6 +6,7 @@ validate requests and call it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -31,6 +32,10 @@ from backend.rubric import Rubric, load_all
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Label Studio sends the same labeling config with every /setup and /predict: parse each distinct one once
+#: (thread-safe; errors are not cached, so a bad config is re-checked and reported every time).
+_parse_config = functools.lru_cache(maxsize=64)(parse_label_config)
 
 VERSION_RE = re.compile(r"^[0-9]{1,6}$")
 TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
@@ -87,7 +92,7 @@ class Service:
             if not isinstance(label_config, str):
                 raise RequestError("label_config/schema must be a string of Label Studio XML")
             try:
-                parsed = parse_label_config(label_config)
+                parsed = _parse_config(label_config)
             except LabelConfigError as exc:
                 raise RequestError(str(exc)) from None
         if requested not in (None, ""):

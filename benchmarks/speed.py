@@ -194,7 +194,7 @@ def free_port() -> int:
 def start_server(args: argparse.Namespace, port: int, env_extra: Mapping[str, str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "BASE_MODEL": args.base_model,
            "QUANTIZATION": args.quantization, "LOG_LEVEL": "WARNING", **env_extra}
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "rubric-judge"), "serve", "--threads", "16"], env=env,
+    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "rubric-judge"), "serve", "--threads", "4"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     import requests
 
@@ -212,31 +212,40 @@ def start_server(args: argparse.Namespace, port: int, env_extra: Mapping[str, st
 
 
 def latency(url: str, make_request: Callable[[int], tuple[str, Any]], clients: int, total: int) -> dict[str, Any]:
-    """Send ``total`` requests from ``clients`` threads (each with its own session); p50/p99 in ms."""
-    import requests
+    """Send ``total`` requests from ``clients`` threads, each over its own keep-alive connection; p50/p99 in
+    ms. The client is ``http.client`` (not ``requests``): on a 2-core machine the load generator shares the
+    CPU with the server, and a lighter client leaves more of it to the server being measured."""
+    import http.client
+    from urllib.parse import urlsplit
 
+    parts = urlsplit(url)
     times: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     counter = iter(range(total))
-    local = threading.local()
 
     def work() -> None:
-        session = getattr(local, "session", None) or requests.Session()
-        local.session = session
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            method, body = make_request(i)
-            started = time.perf_counter()
-            response = session.request(method, url, json=body, timeout=300)
-            elapsed = (time.perf_counter() - started) * 1000
-            with lock:
-                times.append(elapsed)
-                if response.status_code >= 400:
-                    errors.append(f"{response.status_code} {response.text[:100]}")
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+        try:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                method, body = make_request(i)
+                payload = json.dumps(body).encode() if body is not None else None
+                headers = {"Content-Type": "application/json"} if payload is not None else {}
+                started = time.perf_counter()
+                conn.request(method, parts.path, body=payload, headers=headers)
+                response = conn.getresponse()
+                text = response.read()
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    times.append(elapsed)
+                    if response.status >= 400:
+                        errors.append(f"{response.status} {text[:100]!r}")
+        finally:
+            conn.close()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -263,7 +272,7 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     proc = start_server(args, port, {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000",
                                      "PREDICTION_CACHE": "false"})
     base = f"http://127.0.0.1:{port}"
-    out: dict[str, Any] = {"server": {"threads": 16, "rss_mb_loaded": round(current_rss_mb(proc.pid))}}
+    out: dict[str, Any] = {"server": {"threads": 4, "rss_mb_loaded": round(current_rss_mb(proc.pid))}}
     try:
         setup_body = {"project": "9001", "schema": config, "hostname": "http://localhost:8080", "access_token": "x"}
         webhook_body = {"action": "ANNOTATION_CREATED", "project": {"id": 9001}, "annotation": {"id": 1}}
@@ -304,6 +313,21 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         _flush_benchmark_keys(redis_url)
+    # the light routes again with two gunicorn processes (one torch thread each): Python serves one request
+    # at a time per process, so on 2 cores a second process is what raises the request rate
+    proc = start_server(args, port, {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000",
+                                     "PREDICTION_CACHE": "false", "WORKERS": "2", "TORCH_THREADS": "1"})
+    try:
+        for name in ("/health", "/setup", "/webhook"):
+            path, make, count = routes[name]
+            result = latency(base + path, make, 50, count)
+            out[f"{name} [WORKERS=2] x50"] = result
+            log.info("%-18s 50 clients, 2 workers: p50 %.1f ms, p99 %.1f ms", name, result["p50_ms"],
+                     result["p99_ms"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        _flush_benchmark_keys(redis_url)
     return out
 
 
@@ -329,7 +353,7 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
 
-    settings = Settings.from_env(**settings_overrides(args), quantization=args.quantization)
+    settings = Settings.from_env(**settings_overrides(args))
     rubric = load_rubric("summary-quality", settings.rubric_dir)
     records = read_file(Path(args.data_dir) / "dialsummeval" / "ratings.jsonl", rubric)[: args.train_examples]
     targets = targets_for(rubric, records, "consensus")
@@ -416,7 +440,12 @@ def write_markdown(record: dict[str, Any]) -> None:
                                              if naive["example_outputs"] else "") + "`", ""]
     http = record.get("http")
     if http:
+        threads = http.get("server", {}).get("threads", 4)
         lines += ["## HTTP latency (loopback, model loaded)", "",
+                  f"`rubric-judge serve` with the defaults (`WORKERS=1`, `THREADS={threads}`), except the rows marked "
+                  "`[WORKERS=2]` (two gunicorn processes, `TORCH_THREADS=1`). The clients are threads of the "
+                  "benchmark process, each on its own keep-alive connection, sending back to back; they share the "
+                  "2 cores with the server.", "",
                   "| route | clients | requests | p50 ms | p99 ms | max ms | req/s | errors |",
                   "|---|---|---|---|---|---|---|---|"]
         for name, row in http.items():

@@ -102,3 +102,18 @@ def test_odd_folders_are_not_versions_or_projects(tmp_path):
         (tmp_path / "m" / name).mkdir(parents=True, exist_ok=True)
     assert registry.version_numbers("4") == [1]
     assert registry.projects() == ["4", "6"]
+
+
+def test_remember_rubric_writes_changes_only(tmp_path, redis_client, unique_name):
+    """/setup remembers the rubric before every prediction: an unchanged value is not rewritten, a change
+    (and a change back) always is, on disk and in Redis."""
+    registry = Registry(tmp_path, unique_name, redis_client)
+    registry.remember_rubric("7", "qa-quality")
+    path = registry.project_dir("7") / "RUBRIC"
+    first = path.stat().st_mtime_ns
+    registry.remember_rubric("7", "qa-quality")
+    assert path.stat().st_mtime_ns == first
+    for rubric in ("summary-quality", "qa-quality"):
+        registry.remember_rubric("7", rubric)
+        assert path.read_text().strip() == rubric
+        assert Registry(tmp_path, unique_name, redis_client).project_rubric("7") == rubric
