@@ -133,7 +133,7 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
            "judge": results, "naive": naive, "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1)}
     if settings.model_precision != "bf16":  # the same two measurements with bf16 weights (MODEL_PRECISION=bf16)
         del model
-        bf16_settings = Settings.from_env(**settings_overrides(args), model_precision="bf16")
+        bf16_settings = Settings.from_env(**{**settings_overrides(args), "model_precision": "bf16"})
         model, tokenizer, name = load_base_model(bf16_settings)
         judge = Judge(model, tokenizer, name, bf16_settings)
         judge.score(rubric, tasks[:2])
@@ -364,6 +364,7 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
                                         "augment": False, "share_prefix": not args.no_share_prefix})
     result = train_lora(model, tokenizer, rubric, targets, [], config, quantized=args.quantization != "none")
     return {"quantization": args.quantization, "precision": result.precision, "examples": len(targets),
+            "model_precision": args.model_precision,
             "share_prefix": config.share_prefix, "micro_batch_size": config.micro_batch_size,
             "steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
             "computed_tokens": result.computed_tokens,
@@ -374,12 +375,14 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
 def train_part(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     examples = 16 if args.quick else args.train_examples
-    runs = [("none", "fp32", True), ("none", "bf16", True), ("none", "bf16", False), ("4bit", "fp32", True),
-            ("4bit", "bf16", True)]
-    for quant, precision, shared in runs:
-        key = f"{quant}/{precision}" + ("" if shared else "/no-shared-prefix")
+    runs = [("none", "fp32", True, "auto"), ("none", "bf16", True, "auto"), ("none", "bf16", False, "auto"),
+            ("none", "bf16", True, "bf16"), ("4bit", "fp32", True, "auto"), ("4bit", "bf16", True, "auto")]
+    for quant, precision, shared, weights in runs:
+        key = f"{quant}/{precision}" + ("" if shared else "/no-shared-prefix") + \
+            ("/bf16-weights" if weights == "bf16" else "")
         command = [sys.executable, __file__, "--only", "_train", "--quantization", quant, "--precision", precision,
-                   "--train-examples", str(examples), "--base-model", args.base_model, "--data-dir", args.data_dir]
+                   "--train-examples", str(examples), "--base-model", args.base_model, "--data-dir", args.data_dir,
+                   "--model-precision", weights]
         command += [] if shared else ["--no-share-prefix"]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
@@ -475,7 +478,9 @@ def write_markdown(record: dict[str, Any]) -> None:
                 lines.append(f"| {name} | failed: {row['error'].splitlines()[-1][:120]} | | | | | | | |")
                 continue
             ratio = f"{row['computed_tokens']:,} / {row['tokens']:,}" if "computed_tokens" in row else "–"
-            lines.append(f"| {row['quantization']} | {row['precision']} | {'yes' if row.get('share_prefix') else 'no'} "
+            weights = " (bf16 weights)" if row.get("model_precision") == "bf16" else ""
+            lines.append(f"| {row['quantization']} | {row['precision']}{weights} "
+                         f"| {'yes' if row.get('share_prefix') else 'no'} "
                          f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
                          f"| {row['seconds']} | {row['peak_rss_mb']:,} |")
         lines.append("")
@@ -483,7 +488,8 @@ def write_markdown(record: dict[str, Any]) -> None:
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"base_model": args.base_model, "quantization": args.quantization}
+    return {"base_model": args.base_model, "quantization": args.quantization,
+            "model_precision": args.model_precision}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -493,7 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--base-model", default="smollm2-135m")
     parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="training autocast (TRAIN_PRECISION)")
+    parser.add_argument("--model-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="MODEL_PRECISION: the weights' dtype (auto: fp32 on CPU)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--naive-tasks", type=int, default=16, help="tasks for the naive baseline (slow)")
     parser.add_argument("--train-examples", type=int, default=48)
@@ -527,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only and output.is_file():  # one part: keep the other parts' figures from earlier runs
         earlier = json.loads(output.read_text(encoding="utf-8"))
         commands = earlier.get("commands", [earlier.get("command")]) if earlier.get("command") else []
-        record = {**earlier, **record, "commands": [c for c in commands if c] + [record["command"]]}
+        listed = [c.strip() for c in [*commands, record["command"]] if c]
+        record = {**earlier, **record, "commands": list(dict.fromkeys(listed))}
     output.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if output == SPEED_JSON:
         write_markdown(record)

@@ -166,7 +166,7 @@ def _collate(batch: Sequence[Example], pad_id: int, share_prefix: bool = False) 
     keep = width - int(supervised[0]) + 1 if len(supervised) else 1
     out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
            "keep": min(keep, width), "tokens": sum(len(e.input_ids) for e in batch),
-           "computed": shared + int(mask.sum())}
+           "computed": shared + int(mask.sum()), "slots": shared + int(mask.numel())}
     if shared:
         out["prefix_ids"] = torch.tensor([batch[0].input_ids[:shared]], dtype=torch.long)
         out["attention_mask"] = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
@@ -284,7 +284,7 @@ def train_lora(
                 supervised += int((part["labels"] != IGNORE).sum())
                 tokens += part["tokens"]
                 computed += part["computed"]
-                padded += int(part["attention_mask"].numel())
+                padded += part["slots"]  # positions run through the model, padding included
             total_loss = 0.0
             for part in micro:
                 loss_sum, _ = _batch_loss(model, part, device, dtype)
