@@ -120,9 +120,9 @@ class Registry:
         return value.decode() if isinstance(value, bytes) else value
 
     def _redis_set(self, key: str, value: str) -> bool:
-        """Set ``key`` in Redis; False (logged) when Redis is absent or unavailable."""
+        """Set ``key`` in Redis (nothing to do without one); False (logged) when Redis is unavailable."""
         if self.redis is None:
-            return False
+            return True
         try:
             self.redis.set(key, value)
         except Exception as exc:
@@ -172,7 +172,7 @@ class Registry:
         path = self.project_dir(project) / "RUBRIC"
         if not path.is_file() or path.read_text().strip() != rubric:
             _atomic_write(path, f"{rubric}\n")
-        if self._redis_set(self._key(project, "rubric"), rubric) or self.redis is None:
+        if self._redis_set(self._key(project, "rubric"), rubric):
             self._remembered[project] = rubric  # after a Redis failure, the next /setup tries again
 
     def project_rubric(self, project: str) -> str | None:

@@ -25,6 +25,7 @@ The embedded model (SmolLM2-135M) is used unless ``--base-model`` says otherwise
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,19 +112,24 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     configs = ablation_configs(settings)
     results: dict[str, Any] = {}
-    reference = None
-    for label, overrides in configs:
-        judge = Judge(model, tokenizer, name, Settings.from_env(**{**settings_overrides(args), **overrides}))
+    reference: list[dict[str, str]] = []
+
+    def measure(label: str, judge: Any, overrides: dict[str, Any]) -> None:
+        """Time ``judge`` on all tasks after a warm-up; compare its labels with the first configuration's."""
         judge.score(rubric, tasks[:2])  # warm-up (and the prefix cache, where it is on)
-        scores, seconds = timed(lambda j=judge: j.score(rubric, tasks))
+        scores, seconds = timed(lambda: judge.score(rubric, tasks))
         labels = [s.labels for s in scores]
-        if reference is None:
-            reference = labels
+        if not reference:  # the first configuration (all fast paths) is the reference
+            reference.extend(labels)
         same = sum(1 for a, b in zip(labels, reference, strict=True) if a == b)
         results[label] = {"seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3),
                           "same_labels_as_fast": f"{same}/{n}", "overrides": overrides}
         log.info("judge %-32s %.2f s  %.3f tasks/s  labels equal to the full fast path: %d/%d", label, seconds,
                  n / seconds, same, n)
+
+    for label, overrides in configs:
+        measure(label, Judge(model, tokenizer, name, Settings.from_env(**{**settings_overrides(args), **overrides})),
+                overrides)
 
     naive_n = 8 if args.quick else min(n, args.naive_tasks)
     naive = run_naive(model, tokenizer, rubric, tasks[:naive_n], "fp32")
@@ -135,15 +141,8 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         del model
         bf16_settings = Settings.from_env(**{**settings_overrides(args), "model_precision": "bf16"})
         model, tokenizer, name = load_base_model(bf16_settings)
-        judge = Judge(model, tokenizer, name, bf16_settings)
-        judge.score(rubric, tasks[:2])
-        scores, seconds = timed(lambda: judge.score(rubric, tasks))
-        same = sum(1 for s, r in zip(scores, reference or [], strict=True) if s.labels == r)
         label = "all fast paths, bf16 weights (MODEL_PRECISION=bf16)"
-        results[label] = {"seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3),
-                          "same_labels_as_fast": f"{same}/{n}", "overrides": {"model_precision": "bf16"}}
-        log.info("judge %-32s %.2f s  %.3f tasks/s  labels equal to the fp32 fast path: %d/%d", label, seconds,
-                 n / seconds, same, n)
+        measure(label, Judge(model, tokenizer, name, bf16_settings), {"model_precision": "bf16"})
         out["naive_bf16"] = run_naive(model, tokenizer, rubric, tasks[:naive_n], "bf16")
         out["ratio_bf16_vs_naive_fp32"] = round(results[label]["tasks_per_s"] / naive["tasks_per_s"], 1)
         out["ratio_bf16_vs_naive_bf16"] = round(results[label]["tasks_per_s"] / out["naive_bf16"]["tasks_per_s"], 1)
@@ -269,11 +268,11 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     redis_url = args.redis_url
     port = free_port()
     # a high threshold: webhook events are counted, never enqueue training
-    proc = start_server(args, port, {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000",
-                                     "PREDICTION_CACHE": "false"})
+    env = {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000", "PREDICTION_CACHE": "false"}
     base = f"http://127.0.0.1:{port}"
-    out: dict[str, Any] = {"server": {"threads": 4, "rss_mb_loaded": round(current_rss_mb(proc.pid))}}
-    try:
+    out: dict[str, Any] = {}
+    with serving(args, port, env) as proc:
+        out["server"] = {"threads": 4, "rss_mb_loaded": round(current_rss_mb(proc.pid))}
         setup_body = {"project": "9001", "schema": config, "hostname": "http://localhost:8080", "access_token": "x"}
         webhook_body = {"action": "ANNOTATION_CREATED", "project": {"id": 9001}, "annotation": {"id": 1}}
         small = 100 if args.quick else 1000
@@ -309,26 +308,28 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         log.info("/predict with %d tasks: %.1f s (status %d, %d results)", big, seconds, response.status_code,
                  len(results))
         out["server"]["rss_mb_after"] = round(current_rss_mb(proc.pid))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        _flush_benchmark_keys(redis_url)
     # the light routes again with two gunicorn processes (one torch thread each): Python serves one request
     # at a time per process, so on 2 cores a second process is what raises the request rate
-    proc = start_server(args, port, {"REDIS_URL": redis_url, "TRAIN_MIN_NEW_ANNOTATIONS": "1000000000",
-                                     "PREDICTION_CACHE": "false", "WORKERS": "2", "TORCH_THREADS": "1"})
-    try:
+    with serving(args, port, {**env, "WORKERS": "2", "TORCH_THREADS": "1"}):
         for name in ("/health", "/setup", "/webhook"):
             path, make, count = routes[name]
             result = latency(base + path, make, 50, count)
             out[f"{name} [WORKERS=2] x50"] = result
             log.info("%-18s 50 clients, 2 workers: p50 %.1f ms, p99 %.1f ms", name, result["p50_ms"],
                      result["p99_ms"])
+    return out
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace, port: int, env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``rubric-judge serve`` on ``port`` for the block; stopped and its Redis keys removed afterwards."""
+    proc = start_server(args, port, env)
+    try:
+        yield proc
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-        _flush_benchmark_keys(redis_url)
-    return out
+        _flush_benchmark_keys(env["REDIS_URL"])
 
 
 def _flush_benchmark_keys(redis_url: str) -> None:

@@ -135,9 +135,9 @@ def _shared_prefix(batch: Sequence[Example]) -> int:
         return 0
     length = min(e.shared_len for e in batch)
     first = batch[0].input_ids[:length]
-    if length == 0 or any(e.input_ids[:length] != first or any(x != IGNORE for x in e.labels[:length])
-                          for e in batch[1:]) or any(x != IGNORE for x in batch[0].labels[:length]):
-        return 0
+    for example in batch:
+        if example.input_ids[:length] != first or any(x != IGNORE for x in example.labels[:length]):
+            return 0
     return length
 
 
