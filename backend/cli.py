@@ -144,7 +144,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, help="LoRA rank (16)")
     parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
     parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
-    parser.add_argument("--targets", choices=["each", "consensus"], help="one example per annotator or per task")
+    parser.add_argument("--targets", choices=["each", "consensus", "distribution"],
+                        help="one example per annotator, per task, or per task against the label distribution")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="training precision (auto: bf16 autocast where the hardware makes it fast)")
     parser.add_argument("--seed", type=int, help="random seed (3407)")

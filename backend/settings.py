@@ -106,7 +106,8 @@ class Settings:
     train_max_length: int = 0
     #: TRAIN_HELDOUT_FRACTION: share of annotated tasks held out for evaluation (0 = rubric's or 0.2).
     train_heldout_fraction: float = 0.0
-    #: TRAIN_TARGETS: ``each`` (one example per annotator) or ``consensus`` (one per task).
+    #: TRAIN_TARGETS: ``each`` (one example per annotator), ``consensus`` (one per task) or ``distribution``
+    #: (one per task, trained against the annotators' label distribution).
     train_targets: str = "each"
     #: TRAIN_PRECISION: ``auto`` (bf16 autocast where the CPU has AVX512-BF16/AMX or the GPU supports bf16,
     #: else fp32), ``fp32`` or ``bf16``. LoRA weights and optimizer state stay fp32 either way.
@@ -167,8 +168,8 @@ class Settings:
             raise SettingsError("PREDICT_MAX_BATCH_TOKENS must be 0 (derived from memory) or more")
         if self.micro_batch_wait_ms < 0:
             raise SettingsError("MICRO_BATCH_WAIT_MS must be 0 or more")
-        if self.train_targets not in ("each", "consensus"):
-            raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each or consensus")
+        if self.train_targets not in ("each", "consensus", "distribution"):
+            raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each, consensus or distribution")
         if self.model_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"MODEL_PRECISION={self.model_precision!r}: expected auto, fp32 or bf16")
         if self.train_precision not in ("auto", "fp32", "bf16"):

@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float),
                        ("--micro-batch-size", int)):
         parser.add_argument(flag, type=kind)
-    parser.add_argument("--targets", choices=["each", "consensus"])
+    parser.add_argument("--targets", choices=["each", "consensus", "distribution"])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-share-prefix", action="store_true", help="train without the shared-prefix KV reuse")

@@ -100,3 +100,85 @@ def test_rows_with_different_prompts_are_not_shared(tiny_judge):
     batch = _collate([a, b], tiny_judge.pad_id, share_prefix=True)
     assert "prefix_ids" not in batch  # a paraphrased instruction: the rows' prompts differ, nothing is shared
     assert batch["computed"] == batch["tokens"]
+
+
+def _rated_record(task_id: str, summary: str, ratings: list[dict[str, str]]) -> Record:
+    inputs = {"dialogue": "Ann: Shall we meet at noon?\nBob: Yes, at the station.", "summary": summary}
+    return Record(task_id, inputs, tuple(Annotation(f"a{i}", r) for i, r in enumerate(ratings)))
+
+
+def test_distribution_targets_one_per_task_with_annotator_shares():
+    from worker.dataset import targets_for
+
+    rubric = load_rubric("summary-quality")
+    record = _rated_record("1", "Ann and Bob meet at noon.", [
+        {"coherence": "4", "consistency": "5"}, {"coherence": "2", "consistency": "5"},
+        {"coherence": "4", "fluency": "3"}])
+    (target,) = targets_for(rubric, [record], "distribution")
+    assert target.distribution["coherence"] == pytest.approx({"4": 2 / 3, "2": 1 / 3})
+    assert target.distribution["consistency"] == {"5": 1.0}
+    assert target.distribution["fluency"] == {"3": 1.0}
+    assert "relevance" not in target.distribution and "relevance" not in target.supervised
+    assert target.labels["coherence"] == "3"  # teacher forcing: the consensus (nearest the mean 3.33)
+    assert len(targets_for(rubric, [record], "each")) == 3
+    with pytest.raises(ValueError, match="distribution"):
+        targets_for(rubric, [record], "majority")
+
+
+def test_distinguishing_token_needs_labels_told_apart_by_one_token(tiny_judge):
+    from worker.dataset import distinguishing_token
+
+    tokenizer = tiny_judge.tokenizer
+    coherence = load_rubric("summary-quality").dimension("coherence")
+    offset, ids = distinguishing_token(tokenizer, coherence)
+    for label, token in ids.items():
+        assert tokenizer(" " + label, add_special_tokens=False)["input_ids"][offset] == token
+    assert len(set(ids.values())) == 5
+    # qa-quality's labels -2..2: " -2" and " 0" differ in length with this tokenizer, so no single token
+    lengths = {len(tokenizer(" " + lab, add_special_tokens=False)["input_ids"])
+               for lab in load_rubric("qa-quality").dimensions[0].labels}
+    assert len(lengths) > 1
+    assert distinguishing_token(tokenizer, load_rubric("qa-quality").dimensions[0]) is None
+
+
+def test_distribution_loss_is_the_expected_loss_over_the_annotators_labels(tiny_judge):
+    """At a label whose annotators disagree, the loss is -sum_k w_k log p(label_k), p read from a plain
+    forward pass of the same tokens; elsewhere it is the consensus loss. Holds with the shared prefix too."""
+    from worker.dataset import targets_for
+
+    rubric = load_rubric("summary-quality")
+    tokenizer, model = tiny_judge.tokenizer, tiny_judge.model
+    records = [
+        _rated_record("1", "Ann and Bob meet at noon at the station.", [
+            {"coherence": "5", "consistency": "4", "fluency": "5", "relevance": "4"},
+            {"coherence": "3", "consistency": "4", "fluency": "5", "relevance": "2"},
+            {"coherence": "4", "consistency": "4", "fluency": "5", "relevance": "4"}]),
+        _rated_record("2", "Bob.", [{"coherence": "1", "consistency": "2", "fluency": "1", "relevance": "1"},
+                                    {"coherence": "2", "consistency": "2", "fluency": "1", "relevance": "1"}]),
+    ]
+    soft_targets = targets_for(rubric, records, "distribution")
+    hard_targets = targets_for(rubric, records, "consensus")
+    soft = [encode_example(rubric, t, tokenizer, 4096) for t in soft_targets]
+    hard = [encode_example(rubric, t, tokenizer, 4096) for t in hard_targets]
+    assert [e.input_ids for e in soft] == [e.input_ids for e in hard]
+    assert [len(e.soft) for e in soft] == [2, 1]  # coherence+relevance of task 1, coherence of task 2
+    expected_gap = 0.0
+    with torch.no_grad():
+        for example in soft:
+            logits = model(input_ids=torch.tensor([example.input_ids])).logits[0].float()
+            for s in example.soft:
+                log_probs = torch.log_softmax(logits[s.position - 1], dim=-1)
+                assert example.labels[s.position] != IGNORE  # supervised: the consensus label token
+                soft_loss = -sum(w * float(log_probs[i]) for i, w in zip(s.token_ids, s.weights, strict=True))
+                expected_gap += soft_loss + float(log_probs[example.labels[s.position]])
+        losses = {}
+        for share in (False, True):
+            for name, examples in (("soft", soft), ("hard", hard)):
+                batch = _collate(examples, tiny_judge.pad_id, share_prefix=share)
+                assert ("prefix_ids" in batch) is share
+                loss_sum, count = _batch_loss(model, batch, tiny_judge.device)
+                losses[name, share] = float(loss_sum)
+    assert abs(expected_gap) > 1e-3  # the distribution changes the loss
+    for share in (False, True):
+        assert losses["soft", share] - losses["hard", share] == pytest.approx(expected_gap, rel=1e-4, abs=1e-4)
+    assert losses["soft", True] == pytest.approx(losses["soft", False], rel=1e-5)

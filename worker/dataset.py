@@ -1,5 +1,10 @@
 """Records -> training examples: split by task (never by example), augment the training part only.
 
+Targets: one example per (task, annotator) (``each``), one per task with the consensus labels
+(``consensus``), or one per task whose loss at each label is the cross-entropy against the annotators'
+label distribution (``distribution``: the expected loss of ``each`` at a third of its cost with three
+annotators, and the distribution that expected-score decoding reads).
+
 Augmentation (training only, seeded): a paraphrased instruction from the rubric, a permuted order of the
 input fields, a shuffled label list (classification) and token dropout on the task's input tokens with a
 real replacement token. Targets are the exact token sequence the judge scores (``backend.prompts``).
@@ -12,7 +17,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backend.prompts import DEFAULT_VARIANT, PromptVariant, dimension_prefix, encode_prompt, fit_inputs, label_text
@@ -21,6 +26,7 @@ from worker.source import Record
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+TARGET_MODES = ("each", "consensus", "distribution")
 
 
 @dataclass(frozen=True)
@@ -84,11 +90,28 @@ class Target:
     record: Record
     labels: Mapping[str, str]
     supervised: frozenset[str]
+    #: per supervised dimension, the share of the annotators who gave each label (``distribution`` targets)
+    distribution: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+def label_distribution(rubric: Rubric, record: Record) -> dict[str, dict[str, float]]:
+    """Per labelled dimension: label -> share of the task's annotators who gave it."""
+    out: dict[str, dict[str, float]] = {}
+    for dim in rubric.dimensions:
+        counts = Counter(a.labels[dim.name] for a in record.annotations if dim.name in a.labels)
+        total = sum(counts.values())
+        if total:
+            out[dim.name] = {label: counts[label] / total for label in dim.labels if counts[label]}
+    return out
 
 
 def targets_for(rubric: Rubric, records: Sequence[Record], mode: str = "each") -> list[Target]:
     """``each``: one target per (task, annotator); an annotator's unscored dimension is filled with the
-    consensus for teacher forcing but not supervised. ``consensus``: one target per task."""
+    consensus for teacher forcing but not supervised. ``consensus``: one target per task.
+    ``distribution``: one target per task, the consensus for teacher forcing and the annotators' label
+    distribution as the target of each supervised label."""
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown target mode {mode!r}: use one of {', '.join(TARGET_MODES)}")
     out: list[Target] = []
     for record in records:
         agreed = record_consensus(rubric, record)
@@ -98,8 +121,9 @@ def targets_for(rubric: Rubric, records: Sequence[Record], mode: str = "each") -
         if mode == "consensus":
             out.append(Target(record, fill, frozenset(agreed)))
             continue
-        if mode != "each":
-            raise ValueError(f"unknown target mode {mode!r}: use 'each' or 'consensus'")
+        if mode == "distribution":
+            out.append(Target(record, fill, frozenset(agreed), label_distribution(rubric, record)))
+            continue
         for annotation in record.annotations:
             labels = {**fill, **annotation.labels}
             out.append(Target(record, labels, frozenset(annotation.labels)))
@@ -136,10 +160,20 @@ def replacement_token(tokenizer: Any) -> int | None:
 
 
 @dataclass(frozen=True)
+class SoftLabel:
+    """A label position trained against a distribution: ``weights[k]`` on token ``token_ids[k]``."""
+
+    position: int  # index in ``Example.input_ids`` of the token that tells the labels apart
+    token_ids: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE except on the supervised label tokens
     shared_len: int = 0  # leading tokens that are the rubric's shared prompt part (the same for every task)
+    soft: tuple[SoftLabel, ...] = ()  # label positions whose target is a distribution, not labels[position]
 
     @property
     def supervised(self) -> int:
@@ -163,11 +197,19 @@ def encode_example(
         variant = sample_variant(rubric, rng, augment) if augmenting else DEFAULT_VARIANT
     completion: list[int] = []
     mask: list[int] = []
+    soft: list[SoftLabel] = []  # positions relative to the completion until the prompt is known
     for index, dim in enumerate(rubric.dimensions):
         prefix = tokenizer(dimension_prefix(rubric, index), add_special_tokens=False)["input_ids"]
         label = tokenizer(label_text(target.labels[dim.name]), add_special_tokens=False)["input_ids"]
-        completion += list(prefix) + list(label)
         supervised = dim.name in target.supervised
+        shares = target.distribution.get(dim.name)
+        if supervised and shares and len(shares) > 1:
+            split = distinguishing_token(tokenizer, dim)
+            if split is not None:
+                offset, ids = split
+                soft.append(SoftLabel(len(completion) + len(prefix) + offset,
+                                      tuple(ids[label] for label in shares), tuple(shares.values())))
+        completion += list(prefix) + list(label)
         mask += [IGNORE] * len(prefix) + (list(label) if supervised else [IGNORE] * len(label))
     budget = max(16, max_length - len(completion))
     inputs = fit_inputs(rubric, target.record.inputs, tokenizer, budget, variant)
@@ -176,7 +218,24 @@ def encode_example(
             rng.random() < augment.token_dropout_prob:
         task = _dropout(task, rng, augment.token_dropout_rate, replacement_token(tokenizer))
     prompt = shared + task
-    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask, shared_len=len(shared))
+    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask, shared_len=len(shared),
+                   soft=tuple(SoftLabel(len(prompt) + s.position, s.token_ids, s.weights) for s in soft))
+
+
+def distinguishing_token(tokenizer: Any, dim: Dimension) -> tuple[int, dict[str, int]] | None:
+    """Where ``dim``'s labels differ when tokenized (after a common prefix of equal length, one final
+    token each, all distinct): that token's offset in the label and each label's token id. None when the
+    labels are not told apart by a single token; such a dimension is trained on its consensus label."""
+    encoded = {label: list(tokenizer(label_text(label), add_special_tokens=False)["input_ids"])
+               for label in dim.labels}
+    lengths = {len(ids) for ids in encoded.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        return None
+    heads = {tuple(ids[:-1]) for ids in encoded.values()}
+    tails = {label: ids[-1] for label, ids in encoded.items()}
+    if len(heads) != 1 or len(set(tails.values())) != len(tails):
+        return None
+    return lengths.pop() - 1, tails
 
 
 def _dropout(ids: list[int], rng: random.Random, rate: float, replacement: int | None) -> list[int]:

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from backend.rubric import Rubric
-from worker.dataset import IGNORE, AugmentConfig, Example, Target, encode_example, sample_variant
+from worker.dataset import (
+    IGNORE,
+    TARGET_MODES,
+    AugmentConfig,
+    Example,
+    Target,
+    distinguishing_token,
+    encode_example,
+    sample_variant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,7 @@ class TrainConfig:
             (0 <= self.heldout_fraction < 1, "heldout_fraction must be in [0, 1)"),
             (0 <= self.token_dropout_rate < 1, "token_dropout_rate must be in [0, 1)"),
             (0 <= self.token_dropout_prob <= 1, "token_dropout_prob must be in [0, 1]"),
-            (self.targets in ("each", "consensus"), "targets must be 'each' or 'consensus'"),
+            (self.targets in TARGET_MODES, f"targets must be one of {', '.join(TARGET_MODES)}"),
             (self.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
         ]
         for ok, message in checks:
@@ -167,6 +176,13 @@ def _collate(batch: Sequence[Example], pad_id: int, share_prefix: bool = False) 
     out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
            "keep": min(keep, width), "tokens": sum(len(e.input_ids) for e in batch),
            "computed": shared + int(mask.sum()), "slots": shared + int(mask.numel())}
+    soft = [(row, width - len(e.input_ids) + s.position, s) for row, e in enumerate(batch) for s in e.soft]
+    if soft:  # (row, column in the padded batch) of each distribution target, its token ids and weights
+        k = max(len(s.token_ids) for _, _, s in soft)
+        out["soft_rows"] = torch.tensor([row for row, _, _ in soft], dtype=torch.long)
+        out["soft_cols"] = torch.tensor([col for _, col, _ in soft], dtype=torch.long)
+        out["soft_ids"] = torch.tensor([list(s.token_ids) + [0] * (k - len(s.token_ids)) for _, _, s in soft])
+        out["soft_weights"] = torch.tensor([list(s.weights) + [0.0] * (k - len(s.weights)) for _, _, s in soft])
     if shared:
         out["prefix_ids"] = torch.tensor([batch[0].input_ids[:shared]], dtype=torch.long)
         out["attention_mask"] = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], dim=1)
@@ -177,7 +193,8 @@ def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = Non
     """Summed cross-entropy over the supervised tokens only, and their count. Logits are computed only for
     the completion (``logits_to_keep``): the vocabulary projection of the prompt is never materialised.
     ``dtype``: autocast dtype (bf16) or None for fp32. A ``prefix_ids`` batch runs the shared prefix once
-    and repeats its KV cache (autograd flows through the repeat) for every row."""
+    and repeats its KV cache (autograd flows through the repeat) for every row. At ``soft_*`` positions the
+    target is a label distribution: the cross-entropy against it replaces that of the single label."""
     import torch
 
     keep = batch["keep"]
@@ -197,9 +214,16 @@ def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = Non
                     position_ids=batch["position_ids"].to(device), logits_to_keep=keep, **extra)
     logits = out.logits[:, :-1, :].float()
     targets = batch["labels"][:, -keep + 1 :].to(device) if keep > 1 else batch["labels"][:, :0].to(device)
-    loss_sum = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(targets.shape)
+    loss_sum = losses.sum()
+    if "soft_rows" in batch:
+        rows = batch["soft_rows"].to(device)
+        cols = batch["soft_cols"].to(device) - (batch["input_ids"].shape[1] - keep + 1)  # logit j predicts col
+        log_probs = torch.log_softmax(logits[rows, cols], dim=-1).gather(1, batch["soft_ids"].to(device))
+        soft = -(batch["soft_weights"].to(device) * log_probs).sum(dim=1)
+        loss_sum = loss_sum - losses[rows, cols].sum() + soft.sum()
     return loss_sum, int((targets != IGNORE).sum())
 
 
@@ -246,6 +270,11 @@ def train_lora(
     log.info("training precision: %s", "bf16 autocast" if dtype is not None else "fp32")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     val_examples = [encode_example(rubric, t, tokenizer, config.max_length) for t in val_targets]
+    if any(t.distribution for t in train_targets):
+        hard = [d.name for d in rubric.dimensions if distinguishing_token(tokenizer, d) is None]
+        if hard:
+            log.warning("distribution targets: the labels of %s differ in more than one token with this tokenizer; "
+                        "those dimensions are trained on their consensus label", ", ".join(hard))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
