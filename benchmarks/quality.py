@@ -75,14 +75,49 @@ def load_dialsummeval(data_dir: Path, rubric: Rubric) -> dict[str, list[Record]]
     return out
 
 
-def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int) -> dict[str, list[Record]]:
-    """A seeded subsample of ``train`` (``train_size`` rows; 0 = all) and the whole ``dev`` split."""
+def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int,
+                    class_power: float | None = None) -> dict[str, list[Record]]:
+    """A seeded subsample of ``train`` (``train_size`` rows; 0 = all) and the whole ``dev`` split.
+    ``class_power``: None draws rows uniformly (classes in their natural proportions); p gives class c a
+    quota proportional to count_c ** p (1: natural, 0.5: square-root tempered, 0: balanced)."""
     folder = data_dir / "goemotions-ekman"
-    train = read_file(folder / "train.jsonl", rubric)
-    if train_size and train_size < len(train):
-        train = random.Random(seed).sample(train, train_size)
-    return {"train": train, "train_all": read_file(folder / "train.jsonl", rubric),
-            "dev": read_file(folder / "dev.jsonl", rubric)}
+    everything = read_file(folder / "train.jsonl", rubric)
+    train = everything
+    if train_size and train_size < len(everything):
+        rng = random.Random(seed)
+        train = rng.sample(everything, train_size) if class_power is None else \
+            tempered_sample(rubric, everything, train_size, class_power, rng)
+    return {"train": train, "train_all": everything, "dev": read_file(folder / "dev.jsonl", rubric)}
+
+
+def tempered_sample(rubric: Rubric, records: Sequence[Record], size: int, power: float,
+                    rng: random.Random) -> list[Record]:
+    """``size`` records whose classes get quotas proportional to count ** ``power`` (a class with fewer
+    records than its quota gives all of them; the rest is shared among the others)."""
+    name = rubric.dimensions[0].name
+    by_class: dict[str, list[Record]] = {}
+    for record in records:
+        by_class.setdefault(record_consensus(rubric, record).get(name, ""), []).append(record)
+    quotas: dict[str, int] = {}
+    left, open_classes = size, dict(by_class)
+    while open_classes:
+        weights = {c: len(rs) ** power for c, rs in open_classes.items()}
+        total = sum(weights.values())
+        full = [c for c, rs in open_classes.items() if len(rs) <= left * weights[c] / total]
+        if not full:
+            shares = {c: left * w / total for c, w in weights.items()}
+            quotas.update({c: int(s) for c, s in shares.items()})
+            for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)[: left - sum(
+                    int(s) for s in shares.values())]:
+                quotas[c] += 1  # largest remainders, so the quotas add up to ``size``
+            break
+        for c in full:
+            quotas[c] = len(open_classes.pop(c))
+            left -= quotas[c]
+    sample = [r for c in sorted(quotas) for r in rng.sample(by_class[c], quotas[c])]
+    rng.shuffle(sample)
+    log.info("class quotas (count ** %.2f): %s", power, dict(sorted(quotas.items())))
+    return sample
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +348,10 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
 
     out: dict[str, Any] = {}
     judge = phases.run("load base model", Judge.from_settings, settings)
-    out["v0"] = {"test": evaluate(phases.run("v0 on test", evaluate_judge, judge, rubric, test, None))}
+    if args.reuse_v0:
+        out["v0"] = {"test": reused_v0(args, rubric, len(test))}
+    else:
+        out["v0"] = {"test": evaluate(phases.run("v0 on test", evaluate_judge, judge, rubric, test, None))}
     if args.skip_train:
         out["v0"]["dev"] = evaluate(phases.run("v0 on dev", evaluate_judge, judge, rubric, dev, None))
         return out
@@ -328,6 +366,21 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
     out["training"] = {**metrics["training"], "config": metrics["config"], "counts": metrics["counts"],
                        "history": metrics["history"], "adapter_dir": str(work)}
     return out
+
+
+def reused_v0(args: argparse.Namespace, rubric: Rubric, n_test: int) -> dict[str, Any]:
+    """The v0 test row of run ``args.reuse_v0``, after checking it scored the same thing."""
+    key = f"{args.dataset}/{args.reuse_v0}"
+    run = load_runs().get(key)
+    if run is None:
+        raise SystemExit(f"--reuse-v0: no run {key} in {RESULTS_JSON}")
+    sizes = run.get("sizes", {})
+    same = (run.get("base_model") == args.base_model and run.get("rubric") == rubric.name
+            and sizes.get("test", sizes.get("dev")) == n_test and not args.rubric_dir)
+    if not same or "v0" not in run.get("systems", {}):
+        raise SystemExit(f"--reuse-v0: run {key} scored another base model, rubric or split; score v0 again")
+    log.info("v0 test row copied from run %s (v0 is deterministic)", key)
+    return {**run["systems"]["v0"]["test"], "reused_from": args.reuse_v0}
 
 
 def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,7 +422,8 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     rubric = load_rubric("emotion-ekman", settings.rubric_dir)
     phases = Phases()
-    splits = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0)
+    splits = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0,
+                        args.class_power)
     train, dev = splits["train"], splits["dev"]
     if args.eval_limit:
         dev = dev[: args.eval_limit]
@@ -395,7 +449,9 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
         if name in scored:
             systems[name] = {"test": scored[name]["test"]}
     return {"dataset": "goemotions", "rubric": rubric.name,
-            "sizes": {"train": len(train), "train_available": len(splits["train_all"]), "dev": len(dev)},
+            "sizes": {"train": len(train), "train_available": len(splits["train_all"]), "dev": len(dev),
+                      "train_classes": dict(sorted(Counter(record_consensus(rubric, r).get(
+                          rubric.dimensions[0].name, "") for r in train).items()))},
             "systems": systems, "training": scored.get("training"), "phases": phases.rows}
 
 
@@ -427,7 +483,7 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
         row = system["test"]
         cells = [f"{_fmt(row['dimensions'][d]['alpha_interval'])} / {_fmt(row['dimensions'][d]['alpha_ordinal'])} / "
                  f"{_fmt(row['dimensions'][d]['delta_alpha'])}" for d in dims]
-        lines.append(f"| {SYSTEM_NAMES.get(name, name)} | {_fmt(row['alpha_flat'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_system_name(name, row)} | {_fmt(row['alpha_flat'])} | " + " | ".join(cells) + " |")
         if row.get("alpha_flat_expected") is not None and name != "majority":
             label = "raw prediction" if name == "tfidf_ridge" else "expected-score decoding"
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
@@ -441,12 +497,22 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
     return lines + dev
 
 
+def _system_name(name: str, row: dict[str, Any]) -> str:
+    reused = f" (copied from run `{row['reused_from']}`)" if row.get("reused_from") else ""
+    return SYSTEM_NAMES.get(name, name) + reused
+
+
 def _goemotions_md(run: dict[str, Any]) -> list[str]:
-    lines = ["| system (dev) | accuracy | macro-F1 | α (nominal) |", "|---|---|---|---|"]
+    classes = sorted(next(iter(run["systems"].values()))["test"].get("per_class_f1", {}))
+    lines = ["| system (dev) | accuracy | macro-F1 | α (nominal) | " + " | ".join(f"F1 {c}" for c in classes) + " |",
+             "|---|---|---|---|" + "---|" * len(classes)]
     for name, system in run["systems"].items():
         row = system["test"]
-        lines.append(f"| {SYSTEM_NAMES.get(name, name)} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
-                     f"{_fmt(row['alpha_nominal'])} |")
+        lines.append(f"| {_system_name(name, row)} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
+                     f"{_fmt(row['alpha_nominal'])} | "
+                     + " | ".join(_fmt(row.get("per_class_f1", {}).get(c), 2) for c in classes) + " |")
+    if run["sizes"].get("train_classes"):
+        lines += ["", f"Training rows per class: {run['sizes']['train_classes']}."]
     return lines
 
 
@@ -519,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-train", action="store_true", help="references and v0 only")
     parser.add_argument("--train-limit", type=int, help="DialSummEval: first N training summaries only")
     parser.add_argument("--train-size", type=int, default=1200, help="GoEmotions: training subsample size")
+    parser.add_argument("--class-power", type=float,
+                        help="GoEmotions: class quotas proportional to count ** P (1 natural, 0.5 square root, "
+                             "0 balanced); default: a uniform sample")
+    parser.add_argument("--reuse-v0", metavar="TAG",
+                        help="copy the v0 rows of an earlier run of the same dataset, base model, rubric and "
+                             "split sizes instead of scoring v0 again (v0 is deterministic)")
     parser.add_argument("--all-train-reference", action="store_true",
                         help="GoEmotions: also fit TF-IDF + logreg on all 39,555 training rows (minutes)")
     parser.add_argument("--eval-limit", type=int, help="first N rows of each evaluation split only (quick checks)")
