@@ -487,7 +487,7 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
         if row.get("alpha_flat_expected") is not None and name != "majority":
             label = "raw prediction" if name == "tfidf_ridge" else "expected-score decoding"
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
-            lines.append(f"| {SYSTEM_NAMES.get(name, name)}, {label} | {_fmt(row['alpha_flat_expected'])} | "
+            lines.append(f"| {_system_name(name, row)}, {label} | {_fmt(row['alpha_flat_expected'])} | "
                          + " | ".join(f"{c} (interval)" for c in cells) + " |")
     dev = ["", "Dev split (selection), flat interval α: " + "; ".join(
         f"{SYSTEM_NAMES.get(n, n)} {_fmt(s['dev']['alpha_flat'])}"
