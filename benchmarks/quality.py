@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from backend.judge import DimensionScore, Judge, TaskScore  # noqa: E402
 from backend.rubric import Rubric, load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from worker.dataset import record_consensus  # noqa: E402
+from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
 from worker.evaluate import evaluate_judge, evaluate_predictions  # noqa: E402
 from worker.source import Record, read_file  # noqa: E402
 
@@ -90,14 +90,18 @@ def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int,
     return {"train": train, "train_all": everything, "dev": read_file(folder / "dev.jsonl", rubric)}
 
 
+def _class_of(rubric: Rubric, record: Record) -> str:
+    """The consensus label of a single-dimension classification record ("" when unlabelled)."""
+    return record_consensus(rubric, record).get(rubric.dimensions[0].name, "")
+
+
 def tempered_sample(rubric: Rubric, records: Sequence[Record], size: int, power: float,
                     rng: random.Random) -> list[Record]:
     """``size`` records whose classes get quotas proportional to count ** ``power`` (a class with fewer
     records than its quota gives all of them; the rest is shared among the others)."""
-    name = rubric.dimensions[0].name
     by_class: dict[str, list[Record]] = {}
     for record in records:
-        by_class.setdefault(record_consensus(rubric, record).get(name, ""), []).append(record)
+        by_class.setdefault(_class_of(rubric, record), []).append(record)
     quotas: dict[str, int] = {}
     left, open_classes = size, dict(by_class)
     while open_classes:
@@ -450,8 +454,7 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
             systems[name] = {"test": scored[name]["test"]}
     return {"dataset": "goemotions", "rubric": rubric.name,
             "sizes": {"train": len(train), "train_available": len(splits["train_all"]), "dev": len(dev),
-                      "train_classes": dict(sorted(Counter(record_consensus(rubric, r).get(
-                          rubric.dimensions[0].name, "") for r in train).items()))},
+                      "train_classes": dict(sorted(Counter(_class_of(rubric, r) for r in train).items()))},
             "systems": systems, "training": scored.get("training"), "phases": phases.rows}
 
 
@@ -598,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float),
                        ("--micro-batch-size", int)):
         parser.add_argument(flag, type=kind)
-    parser.add_argument("--targets", choices=["each", "consensus", "distribution"])
+    parser.add_argument("--targets", choices=TARGET_MODES)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-share-prefix", action="store_true", help="train without the shared-prefix KV reuse")
