@@ -210,7 +210,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         as_json = name.endswith(".json")
         project = name[: -len(".json")] if as_json else name
         try:
-            data = project_report(service.registry, project)
+            data = project_report(service.registry, project, service.settings.prefill_rule,
+                                  service.settings.prefill_unevaluated)
         except ReportError as exc:
             return _error(404, str(exc))
         if as_json:

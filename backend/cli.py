@@ -111,7 +111,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         registry = Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),
                             redis_client(settings))
-        data = project_report(registry, args.project)
+        data = project_report(registry, args.project, settings.prefill_rule, settings.prefill_unevaluated)
     if args.html:
         Path(args.html).write_text(render_html(data), encoding="utf-8")
         log.info("wrote %s", args.html)
@@ -146,6 +146,9 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
     parser.add_argument("--targets", choices=["each", "consensus", "distribution"],
                         help="one example per annotator, per task, or per task against the label distribution")
+    parser.add_argument("--method", choices=["auto", "head", "lora"],
+                        help="head: a feature head fitted in seconds; lora: a LoRA adapter; auto (default): head "
+                             "for rating rubrics, lora for classification")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         help="training precision (auto: bf16 autocast where the hardware makes it fast)")
     parser.add_argument("--seed", type=int, help="random seed (3407)")

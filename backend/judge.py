@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.prompts import DEFAULT_VARIANT, dimension_prefix, encode_prompt, fit_inputs, label_text
+from backend.prompts import (
+    DEFAULT_VARIANT,
+    dimension_prefix,
+    encode_prompt,
+    fit_inputs,
+    label_text,
+    target_token_span,
+)
 from backend.rubric import Dimension, Rubric
 from backend.settings import Settings
 
@@ -67,6 +74,25 @@ class TaskScore:
         """Mean probability of the chosen labels over dimensions."""
         values = [d.confidence for d in self.dimensions.values()]
         return sum(values) / len(values) if values else 0.0
+
+
+@dataclass(frozen=True)
+class TaskFeatures:
+    """The judge LM's own features of one task (``Judge.score_with_features``), for the feature head.
+
+    ``shared``: the hidden states of the middle and the last layer averaged over the target input's tokens,
+    then three statistics of the target under the LM (mean and lowest-decile token log-probability, log of
+    its token count). ``dimensions[name]``: the middle- and last-layer hidden states at the position that
+    predicts the dimension's label, then the judge's own label distribution there."""
+
+    shared: Any
+    dimensions: Mapping[str, Any]
+
+    def vector(self, name: str) -> Any:
+        """The feature vector of dimension ``name``: shared features, then the dimension's own."""
+        import numpy as np
+
+        return np.concatenate([self.shared, self.dimensions[name]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,6 +245,7 @@ class Judge:
         self._lock = threading.RLock()
         self._token_cache: dict[tuple[Any, ...], _RubricTokens] = {}
         self._adapters: dict[str, str] = {}  # adapter name -> path
+        self._heads: dict[str, tuple[Any, str]] = {}  # feature-head version name -> (Head, path)
         self._prefix_caches: dict[tuple[Any, ...], Any] = {}
         self._budget: int | None = None
         pad = tokenizer.pad_token_id
@@ -237,9 +264,16 @@ class Judge:
     # --- adapters --------------------------------------------------------------------------------
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Attach the LoRA adapter in ``path`` under ``name`` (no-op if already attached from that path)."""
+        """Attach the version in ``path`` under ``name`` (no-op if already attached from that path): a LoRA
+        adapter, or a feature head (``backend.head``) that scores on the base model's features."""
         with self._lock:
-            if self._adapters.get(name) == str(path):
+            if self._adapters.get(name) == str(path) or self._heads.get(name, (None, ""))[1] == str(path):
+                return
+            from backend.head import is_head, load_head
+
+            if is_head(path):
+                self._heads[name] = (load_head(path), str(path))
+                log.info("loaded feature head %s from %s", name, path)
                 return
             from peft import PeftModel
 
@@ -262,8 +296,17 @@ class Judge:
             self._adapters[name] = str(path)
             self._prefix_caches.clear()
 
+    def adopt_head(self, name: str, head: Any, path: Path) -> None:
+        """Register a feature head fitted in this process (e.g. just trained) under ``name``."""
+        with self._lock:
+            self._heads[name] = (head, str(path))
+
+    def head(self, name: str) -> Any:
+        """The feature head attached under ``name`` (``KeyError`` when none is)."""
+        return self._heads[name][0]
+
     def has_adapter(self, name: str) -> bool:
-        return name in self._adapters
+        return name in self._adapters or name in self._heads
 
     # --- tokens ----------------------------------------------------------------------------------
 
@@ -326,14 +369,47 @@ class Judge:
         """
         if not tasks:
             return []
-        prompts = [self.prompt_parts(rubric, t) for t in tasks]
+        if adapter is not None and adapter in self._heads:
+            _, features = self.score_with_features(rubric, tasks)
+            return apply_head(rubric, self.head(adapter), features)
+        return self._score(rubric, tasks, adapter, None)[0]
+
+    def score_with_features(
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
+    ) -> tuple[list[TaskScore], list[TaskFeatures]]:
+        """``score`` plus the LM's features of every task (``TaskFeatures``), from the same forward passes;
+        the scores equal ``score``'s (``tests/test_head.py``)."""
+        if not tasks:
+            return [], []
+        scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
+        return scores, [f for f in features if f is not None]
+
+    def _score(
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None,
+        features: list[TaskFeatures | None] | None,
+    ) -> tuple[list[TaskScore], list[TaskFeatures | None]]:
+        fitted = [fit_inputs(rubric, t, self.tokenizer, self.settings.max_input_tokens) for t in tasks]
+        prompts = [encode_prompt(rubric, f, self.tokenizer, DEFAULT_VARIANT) for f in fitted]
+        spans = [target_token_span(rubric, f, self.tokenizer) for f in fitted] if features is not None else None
         results: list[TaskScore | None] = [None] * len(prompts)
-        with self._lock, self._adapter_context(adapter):
+        with self._lock, self._adapter_context(adapter), self._capture(features is not None) as capture:
             for members in self.plan_batches([len(s) + len(t) for s, t in prompts]):
                 chunk = [prompts[i] for i in members]
-                for index, score in zip(members, self._score_batch(rubric, chunk, adapter), strict=True):
+                sink: list[TaskFeatures | None] | None = None
+                if capture is not None and spans is not None:
+                    sink = [None] * len(members)
+                    capture.spans = [spans[i] for i in members]
+                scored = self._score_batch(rubric, chunk, adapter, capture, sink)
+                for row, (index, score) in enumerate(zip(members, scored, strict=True)):
                     results[index] = score
-        return [r for r in results if r is not None]
+                    if features is not None and sink is not None:
+                        features[index] = sink[row]
+        return [r for r in results if r is not None], features or []
+
+    def _capture(self, enabled: bool) -> Any:
+        import contextlib
+
+        return _FeatureCapture(self.model) if enabled else contextlib.nullcontext()
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Group task indices into batches: at most ``PREDICT_BATCH_SIZE`` rows and at most
@@ -393,7 +469,8 @@ class Judge:
                           logits_to_keep=keep, **kwargs)
 
     def _score_batch(
-        self, rubric: Rubric, prompts: list[tuple[list[int], list[int]]], adapter: str | None = None
+        self, rubric: Rubric, prompts: list[tuple[list[int], list[int]]], adapter: str | None = None,
+        capture: _FeatureCapture | None = None, sink: list[TaskFeatures | None] | None = None,
     ) -> list[TaskScore]:
         """Score one batch. Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from
         the prefix cache when every row shares it; left padding of the task parts is masked out."""
@@ -404,7 +481,8 @@ class Judge:
         device = self.device
         size = len(prompts)
         shared = prompts[0][0]
-        if self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts):
+        cached = bool(self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts))
+        if cached:
             cache = self._prefix_cache(shared, adapter)
             cache.batch_repeat_interleave(size)
             rows = [p[1] for p in prompts]
@@ -425,9 +503,18 @@ class Judge:
         pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
         per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
 
+        offsets = [width - len(r) + (0 if cached else len(prompts[i][0]))
+                   for i, r in enumerate(rows)]  # where each row's task part starts
         with torch.inference_mode():
             # prompt + first prefix are fed together below; start with the prompt alone
-            self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            if capture is None:
+                self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            else:
+                capture.start_batch(ids, offsets)
+                out = self._forward(ids.to(device), mask.to(device), positions.to(device), cache,
+                                    keep=capture.keep)
+                shared_rows = capture.pooled(ids, out.logits)
+            dim_rows: list[list[Any]] = [[] for _ in range(size)]
             for index, dim in enumerate(rubric.dimensions):
                 prefix = tokens.prefixes[index]
                 longest = max(len(p) for p in pending)
@@ -444,14 +531,22 @@ class Judge:
                 mask = torch.cat([mask, chunk_mask], dim=1)
                 out = self._forward(chunk.to(device), mask.to(device), chunk_pos.to(device), cache)
                 first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+                states = capture.label_states() if capture is not None else None
                 scores = self._candidate_scores(tokens.labels[index], first, mask, next_pos, cache)
                 probs = torch.softmax(scores, dim=-1)
                 choice = torch.argmax(probs, dim=-1)
+                if capture is not None:
+                    for row, vector in enumerate(capture.label_position(states, probs)):
+                        dim_rows[row].append(vector)
                 for row in range(size):
                     chosen = int(choice[row])
                     pending[row] = tokens.labels[index][chosen]
                     per_task[row][dim.name] = _dimension_score(dim, probs[row].tolist(), chosen,
                                                                float(scores[row, chosen]))
+        if capture is not None and sink is not None:
+            for row in range(size):
+                sink[row] = TaskFeatures(shared=shared_rows[row], dimensions={
+                    dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)})
         return [TaskScore(dimensions=d) for d in per_task]
 
     def _candidate_scores(
@@ -482,6 +577,110 @@ class Judge:
                     scores[:, k] += logp[:, t - 1, candidate[t]]
             _crop(cache, length)
         return scores
+
+
+class _FeatureCapture:
+    """Forward hooks on the middle decoder layer and the final norm that keep their last outputs, and the
+    pooling of them into ``TaskFeatures`` (target-span means, LM statistics, label-position states)."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        layers, parent = None, None
+        for name, module in inner.named_modules():
+            if name.endswith("layers") and isinstance(module, torch.nn.ModuleList) and len(module):
+                layers = module
+                parent = inner.get_submodule(name.rsplit(".", 1)[0]) if "." in name else inner
+                break
+        norm = getattr(parent, "norm", None) if parent is not None else None
+        if layers is None or norm is None:
+            raise ModelLoadError("feature heads need a decoder model with a 'layers' list and a final 'norm'")
+        self.modules = {"mid": layers[len(layers) // 2], "last": norm}
+        self.outputs: dict[str, Any] = {}
+        self.handles: list[Any] = []
+        self.spans: list[tuple[int, int]] = []
+        self.keep = 1
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __enter__(self) -> _FeatureCapture:
+        def hook(key: str) -> Any:
+            def keep_output(module: Any, args: Any, output: Any) -> None:
+                self.outputs[key] = output[0] if isinstance(output, tuple) else output
+            return keep_output
+
+        self.handles = [m.register_forward_hook(hook(k)) for k, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.outputs.clear()
+
+    def start_batch(self, ids: Any, offsets: Sequence[int]) -> None:
+        """Before the prompt forward: the target spans' absolute positions, and how many positions' logits
+        the forward must keep (from just before the earliest target token to the end)."""
+        width = ids.shape[1]
+        self._starts = [offset + start for offset, (start, _) in zip(offsets, self.spans, strict=True)]
+        self._ends = [offset + end for offset, (_, end) in zip(offsets, self.spans, strict=True)]
+        self.keep = max(1, width - max(1, min(self._starts)) + 1)
+
+    def pooled(self, ids: Any, logits: Any) -> list[Any]:
+        """Per row: target-span means of the middle and last layer, then the LM statistics of the target."""
+        import numpy as np
+        import torch
+
+        width = ids.shape[1]
+        first_kept = width - logits.shape[1]
+        mid, last = self.outputs["mid"].float(), self.outputs["last"].float()
+        rows = []
+        for row, (start, end) in enumerate(zip(self._starts, self._ends, strict=True)):
+            end = min(end, width)
+            start = min(max(start, first_kept + 1, 1), end - 1)
+            logp = torch.log_softmax(logits[row, start - 1 - first_kept : end - 1 - first_kept].float(), dim=-1)
+            token_logp = logp.gather(1, ids[row, start:end].to(logp.device)[:, None])[:, 0].cpu().numpy()
+            stats = np.array([token_logp.mean(), np.quantile(token_logp, 0.1), np.log(end - start)],
+                             dtype=np.float32)
+            rows.append(np.concatenate([mid[row, start:end].mean(0).cpu().numpy(),
+                                        last[row, start:end].mean(0).cpu().numpy(), stats]).astype(np.float32))
+        return rows
+
+    def label_states(self) -> tuple[Any, Any]:
+        """Right after a dimension prefix's forward: the middle- and last-layer states at its last position
+        (the one that predicts the label)."""
+        return self.outputs["mid"][:, -1].float().cpu(), self.outputs["last"][:, -1].float().cpu()
+
+    @staticmethod
+    def label_position(states: Any, probs: Any) -> list[Any]:
+        """Per row: the label-position states, then the judge's label distribution."""
+        import numpy as np
+
+        mid, last = states
+        return [np.concatenate([mid[row].numpy(), last[row].numpy(), probs[row].numpy()]).astype(np.float32)
+                for row in range(probs.shape[0])]
+
+
+def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> list[TaskScore]:
+    """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
+    import numpy as np
+
+    per_dim = {}
+    for dim in rubric.dimensions:
+        x = np.stack([f.vector(dim.name) for f in features])
+        per_dim[dim.name] = head.predict(dim.name, x)
+    out = []
+    for row in range(len(features)):
+        dims = {}
+        for dim in rubric.dimensions:
+            probs, expected = per_dim[dim.name]
+            p = [float(v) for v in probs[row]]
+            chosen = int(np.argmax(p))
+            rounded = {label: round(v, 6) for label, v in zip(dim.labels, p, strict=True)}
+            dims[dim.name] = DimensionScore(label=dim.labels[chosen], probs=rounded,
+                                            expected=None if expected is None else round(float(expected[row]), 6))
+        out.append(TaskScore(dimensions=dims))
+    return out
 
 
 MEMORY_FRACTION = 0.25

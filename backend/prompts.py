@@ -130,6 +130,24 @@ def encode_prompt(
     return encode(shared), encode(task)
 
 
+def target_token_span(
+    rubric: Rubric, inputs: Mapping[str, str], tokenizer: Any, variant: PromptVariant = DEFAULT_VARIANT
+) -> tuple[int, int]:
+    """Token positions ``[start, end)`` of the target input (answer, summary) inside the *task* part of
+    ``encode_prompt`` (exact up to a merge at either edge). The judge pools its features over these."""
+    _, task = split_prompt(rubric, inputs, tokenizer, variant)
+    target = rubric.target.name
+    sentinel = "\x00target\x00"
+    _, probe = split_prompt(rubric, {**inputs, target: sentinel}, tokenizer, variant)
+    start_char = probe.find(sentinel)
+    if start_char < 0 or not task.startswith(probe[:start_char]):
+        return 0, _token_count(tokenizer, task)
+    end_char = start_char + len(inputs[target])
+    start = _token_count(tokenizer, task[:start_char]) if start_char else 0
+    end = _token_count(tokenizer, task[:end_char])
+    return start, max(end, start + 1)
+
+
 def _token_count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 

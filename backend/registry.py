@@ -235,6 +235,20 @@ class Registry:
                                      self._metrics(path / "metrics.json"), active == number))
         return infos
 
+    def evaluation_path(self, project: str, number: int) -> Path:
+        """Where a version's held-out evaluation lives: ``v0.json`` (the base model, written by the latest
+        training run) or ``v<N>/metrics.json`` (its ``candidate`` part)."""
+        if number == 0:
+            return self.project_dir(project) / "v0.json"
+        return self.version_dir(project, number) / "metrics.json"
+
+    def evaluation(self, project: str, number: int) -> dict[str, Any] | None:
+        """A version's held-out evaluation (``worker.evaluate`` metrics), or None before any."""
+        metrics = self._metrics(self.evaluation_path(project, number))
+        if metrics is None or number == 0:
+            return metrics
+        return metrics.get("candidate")
+
     @staticmethod
     def _metrics(path: Path) -> dict[str, Any] | None:
         if not path.is_file():

@@ -47,10 +47,16 @@ def main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
     return entry.get("interval") or entry.get("nominal") or {}
 
 
-def dimension_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per dimension: judge vs consensus, the human ceiling, the base-model floor."""
+def dimension_rows(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
+                   prefill_unevaluated: bool = True) -> list[dict[str, Any]]:
+    """One row per dimension: judge vs consensus, the human ceiling, the base-model floor, the majority
+    label's alpha on the same tasks, and whether the version pre-fills the dimension (and why)."""
+    from backend.prefill import decide
+
     candidate = metrics.get("candidate") or {}
     base = metrics.get("base") or {}
+    names = list(candidate.get("dimensions") or {})
+    decisions = decide(names, candidate or None, prefill_rule, prefill_unevaluated)
     rows = []
     for name, entry in (candidate.get("dimensions") or {}).items():
         main = main_report(entry)
@@ -67,6 +73,9 @@ def dimension_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
             "ceiling": {"alpha": _finite(main.get("alpha_humans")), "n_raters": main.get("n_raters")},
             "floor": {"alpha": _finite(floor.get("alpha_system")), "ci": floor.get("alpha_system_ci")},
             "delta_alpha": _finite(main.get("delta_alpha")),
+            "majority": {"alpha": _finite(entry.get("alpha_majority"))},
+            "prefill": decisions[name].as_dict(),
+            "nearly_constant": bool(entry.get("nearly_constant")),
             "n_units": main.get("n_units"),
             "confusion": confusion,
             "predicted_distribution": entry.get("predicted_distribution"),
@@ -93,6 +102,12 @@ def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
             label = max(distribution, key=distribution.get)  # type: ignore[arg-type]
             out.append(f"Dimension {row['name']!r}: {max(distribution.values()) / total:.0%} of the consensus "
                        f"labels are {label!r}; with almost no variance alpha says little.")
+        predicted = row.get("predicted_distribution") or {}
+        if row.get("nearly_constant") and predicted:
+            label = max(predicted, key=predicted.get)  # type: ignore[arg-type]
+            out.append(f"Dimension {row['name']!r}: the judge predicts {label!r} for "
+                       f"{predicted[label] / max(1, sum(predicted.values())):.0%} of the held-out tasks; a "
+                       "(nearly) constant pre-annotation tells no task from another.")
     for problem in metrics.get("label_config_problems") or []:
         out.append(f"The project's labeling config no longer matches the rubric: {problem}")
     return out
@@ -109,6 +124,9 @@ def version_summary(number: int, model_version: str, metrics: Mapping[str, Any],
     return {
         "number": number, "version": model_version, "active": active,
         "created": metrics.get("created"), "promoted": metrics.get("promoted"), "decision": metrics.get("decision"),
+        "method": metrics.get("method", "lora"),
+        "alpha_dims": _finite(metrics.get("alpha_dims")),
+        "alpha_dims_base": _finite((metrics.get("base") or {}).get("alpha_dims")),
         "alpha_flat": _finite(metrics.get("alpha_flat")), "alpha_flat_ci": metrics.get("alpha_flat_ci"),
         "alpha_base_flat": _finite((metrics.get("base") or {}).get("alpha_flat")),
         "alpha_humans_flat": _finite(metrics.get("alpha_humans_flat")),
@@ -119,11 +137,18 @@ def version_summary(number: int, model_version: str, metrics: Mapping[str, Any],
     }
 
 
-def run_details(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The full picture of one run: dimensions, flattened figures, loss history, counts, warnings."""
+def run_details(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
+                prefill_unevaluated: bool = True) -> dict[str, Any]:
+    """The full picture of one run: the per-dimension headline, dimensions, the flattened figure (the paper's),
+    loss history, counts, warnings."""
     candidate = metrics.get("candidate") or {}
     return {
         "rubric": metrics.get("rubric"), "model_name": metrics.get("model_name"),
+        "method": metrics.get("method", "lora"),
+        "headline": {"alpha_dims": _finite(candidate.get("alpha_dims")),
+                     "delta_alpha_dims": _finite(candidate.get("delta_alpha_dims")),
+                     "majority": _finite(candidate.get("alpha_dims_majority")),
+                     "floor": _finite((metrics.get("base") or {}).get("alpha_dims"))},
         "flat": {"alpha": _finite(candidate.get("alpha_flat")), "ci": candidate.get("alpha_flat_ci"),
                  "alpha_ordinal": _finite(candidate.get("alpha_flat_ordinal")),
                  "ceiling": _finite(candidate.get("alpha_humans_flat")),
@@ -131,7 +156,7 @@ def run_details(metrics: Mapping[str, Any]) -> dict[str, Any]:
                  "delta_alpha": _finite(candidate.get("delta_alpha_flat")),
                  "exact": _finite(candidate.get("exact_flat")), "mae": _finite(candidate.get("mae_flat")),
                  "level": candidate.get("level_flat")},
-        "dimensions": dimension_rows(metrics),
+        "dimensions": dimension_rows(metrics, prefill_rule, prefill_unevaluated),
         "history": metrics.get("history") or [],
         "counts": metrics.get("counts") or {},
         "source": metrics.get("source") or {},
@@ -140,8 +165,10 @@ def run_details(metrics: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def project_report(registry: Registry, project: str) -> dict[str, Any]:
-    """Report data of a project: every version, and the details of the active (else latest) run."""
+def project_report(registry: Registry, project: str, prefill_rule: str | float = "majority",
+                   prefill_unevaluated: bool = True) -> dict[str, Any]:
+    """Report data of a project: every version, and the details of the active (else latest) run (with the
+    pre-fill decisions under PREFILL_MIN_ALPHA = ``prefill_rule``)."""
     infos = registry.versions(project)
     runs = [(i, i.metrics) for i in infos if i.number > 0 and i.metrics]
     if not runs:
@@ -153,7 +180,7 @@ def project_report(registry: Registry, project: str) -> dict[str, Any]:
         "active_version": active.model_version,
         "shown_version": shown[0].model_version,
         "versions": [version_summary(i.number, i.model_version, m, i.active) for i, m in runs],
-        **run_details(shown[1]),
+        **run_details(shown[1], prefill_rule, prefill_unevaluated),
     }
     return _json_safe(report)
 
@@ -174,10 +201,12 @@ def projects_index(registry: Registry) -> dict[str, Any]:
     for project in registry.projects():
         infos = registry.versions(project)
         active = next((i for i in infos if i.active), infos[0])
-        headline = _finite((active.metrics or {}).get("alpha_flat")) if active.number else None
+        metrics = (active.metrics or {}) if active.number else {}
         latest = next((i for i in reversed(infos) if i.metrics and i.number), None)
-        out.append({"project": project, "active_version": active.model_version, "alpha_flat": headline,
+        out.append({"project": project, "active_version": active.model_version,
+                    "alpha_dims": _finite(metrics.get("alpha_dims")), "alpha_flat": _finite(metrics.get("alpha_flat")),
                     "versions": len(infos) - 1,
+                    "latest_alpha_dims": _finite((latest.metrics or {}).get("alpha_dims")) if latest else None,
                     "latest_alpha_flat": _finite((latest.metrics or {}).get("alpha_flat")) if latest else None})
     return {"projects": out}
 
@@ -346,12 +375,23 @@ def render_html(report: Mapping[str, Any]) -> str:
              f"<b>{e(str(report.get('active_version')))}</b> · shown "
              f"<b>{e(str(report.get('shown_version')))}</b></p>"]
 
+    headline = report.get("headline") or {}
     parts.append("<section id=summary><h2>Summary</h2><table><tr><th></th><th>alpha</th><th>95% interval</th></tr>")
-    parts.append(f"<tr><td>Judge vs human consensus (flattened, {e(str(flat.get('level')))})</td>"
+    parts.append(f"<tr><td><b>Judge vs human consensus, mean over dimensions</b> ({e(str(report.get('method')))})"
+                 f"</td><td><b>{fmt_alpha(headline.get('alpha_dims'))}</b></td><td></td></tr>")
+    parts.append(f"<tr><td>Majority label per dimension (a constant) on the same tasks</td>"
+                 f"<td>{fmt_alpha(headline.get('majority'))}</td><td></td></tr>")
+    parts.append(f"<tr><td>Untrained base model v0, mean over dimensions</td>"
+                 f"<td>{fmt_alpha(headline.get('floor'))}</td><td></td></tr>")
+    parts.append(f"<tr><td>One more annotator: Δα, mean over dimensions</td>"
+                 f"<td>{fmt_alpha(headline.get('delta_alpha_dims'))}</td><td></td></tr>")
+    parts.append(f"<tr><td class=muted>The paper's figure: all dimensions flattened ({e(str(flat.get('level')))}"
+                 f"; a constant per dimension scores well on it)</td>"
                  f"<td>{fmt_alpha(flat.get('alpha'))}</td><td>{_ci(flat.get('ci'))}</td></tr>")
-    parts.append(f"<tr><td>Humans vs each other (ceiling)</td><td>{fmt_alpha(flat.get('ceiling'))}</td><td></td></tr>")
-    parts.append(f"<tr><td>Untrained base model v0 (floor)</td><td>{fmt_alpha(flat.get('floor'))}</td><td></td></tr>")
-    parts.append(f"<tr><td>One more annotator: Δα</td><td>{fmt_alpha(flat.get('delta_alpha'))}</td><td></td></tr>")
+    parts.append(f"<tr><td class=muted>flattened: humans vs each other (ceiling)</td>"
+                 f"<td>{fmt_alpha(flat.get('ceiling'))}</td><td></td></tr>")
+    parts.append(f"<tr><td class=muted>flattened: untrained base model v0 (floor)</td>"
+                 f"<td>{fmt_alpha(flat.get('floor'))}</td><td></td></tr>")
     parts.append("</table></section>")
 
     warnings = report.get("warnings") or []
@@ -364,15 +404,20 @@ def render_html(report: Mapping[str, Any]) -> str:
     parts.append("<section id=dimensions><h2>Agreement per dimension</h2>")
     parts.append(plot_alpha_by_dimension(rows, flat))
     parts.append("<table><tr><th>dimension</th><th>judge α</th><th>ordinal α</th><th>ceiling α</th><th>floor α</th>"
-                 "<th>Δα</th><th>exact</th><th>MAE</th><th>macro-F1</th><th>units</th></tr>")
+                 "<th>majority α</th><th>Δα</th><th>exact</th><th>MAE</th><th>macro-F1</th><th>units</th>"
+                 "<th>pre-filled</th></tr>")
     for row in rows:
         judge = row["judge"]
+        prefill = row.get("prefill") or {}
+        badge = "<span class='badge yes'>yes</span>" if prefill.get("prefilled") else "<span class='badge no'>no</span>"
         parts.append(
             f"<tr><td>{e(row['name'])}</td><td>{fmt_alpha(judge['alpha'])}{_ci(judge['ci'])}</td>"
             f"<td>{fmt_alpha(judge['alpha_ordinal'])}</td><td>{fmt_alpha(row['ceiling']['alpha'])}</td>"
-            f"<td>{fmt_alpha(row['floor']['alpha'])}</td><td>{fmt_alpha(row['delta_alpha'])}</td>"
+            f"<td>{fmt_alpha(row['floor']['alpha'])}</td><td>{fmt_alpha((row.get('majority') or {}).get('alpha'))}</td>"
+            f"<td>{fmt_alpha(row['delta_alpha'])}</td>"
             f"<td>{fmt_alpha(judge['exact'])}</td><td>{fmt_alpha(judge['mae'])}</td>"
-            f"<td>{fmt_alpha(judge['macro_f1'])}</td><td>{fmt_int(row['n_units'])}</td></tr>")
+            f"<td>{fmt_alpha(judge['macro_f1'])}</td><td>{fmt_int(row['n_units'])}</td>"
+            f"<td>{badge} <span class=muted>{e(str(prefill.get('reason', '')))}</span></td></tr>")
     parts.append("</table>")
     for row in rows:
         if row["judge"].get("per_class_f1"):
@@ -393,7 +438,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     versions = report.get("versions") or []
     parts.append("<section id=versions><h2>Versions</h2>")
     parts.append(plot_versions(versions))
-    parts.append("<table><tr><th>version</th><th>created</th><th>α (judge)</th><th>α (base)</th><th>decision</th>"
+    parts.append("<table><tr><th>version</th><th>method</th><th>created</th><th>α per dimension (judge)</th>"
+                 "<th>α per dimension (base)</th><th>flattened α</th><th>decision</th>"
                  "<th>train / held-out tasks</th><th>training time</th></tr>")
     for v in versions:
         badge = ("<span class='badge yes'>promoted</span>" if v["promoted"]
@@ -401,9 +447,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         c = v.get("counts") or {}
         t = v.get("training") or {}
         active = " (active)" if v["active"] else ""
-        parts.append(f"<tr><td>{e(str(v['version']))}{active}</td><td>{e(str(v.get('created') or ''))}</td>"
+        parts.append(f"<tr><td>{e(str(v['version']))}{active}</td><td>{e(str(v.get('method') or ''))}</td>"
+                     f"<td>{e(str(v.get('created') or ''))}</td>"
+                     f"<td>{fmt_alpha(v.get('alpha_dims'))}</td><td>{fmt_alpha(v.get('alpha_dims_base'))}</td>"
                      f"<td>{fmt_alpha(v['alpha_flat'])}{_ci(v.get('alpha_flat_ci'))}</td>"
-                     f"<td>{fmt_alpha(v['alpha_base_flat'])}</td><td>{badge} {e(str(v.get('decision') or ''))}</td>"
+                     f"<td>{badge} {e(str(v.get('decision') or ''))}</td>"
                      f"<td>{fmt_int(c.get('train_tasks'))} / {fmt_int(c.get('heldout_tasks'))}</td>"
                      f"<td>{fmt_int(t.get('seconds'))} s</td></tr>")
     parts.append("</table>")
@@ -435,8 +483,10 @@ def render_index(index: Mapping[str, Any]) -> str:
     e = html.escape
     rows = "".join(
         f"<tr><td><a href='/reports/{e(p['project'])}'>project {e(p['project'])}</a></td>"
-        f"<td>{e(p['active_version'])}</td><td>{fmt_alpha(p['alpha_flat'])}</td><td>{fmt_int(p['versions'])}</td></tr>"
+        f"<td>{e(p['active_version'])}</td><td>{fmt_alpha(p.get('alpha_dims'))}</td><td>{fmt_alpha(p['alpha_flat'])}"
+        f"</td><td>{fmt_int(p['versions'])}</td></tr>"
         for p in index["projects"])
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rubric-judge reports</title>"
             f"<style>{CSS}</style></head><body><h1>Projects</h1><table><tr><th>project</th><th>active version</th>"
-            f"<th>α (flattened)</th><th>trained versions</th></tr>{rows}</table></body></html>")
+            f"<th>α per dimension</th><th>α flattened (paper)</th><th>trained versions</th></tr>{rows}</table>"
+            f"</body></html>")

@@ -27,6 +27,7 @@ from backend.labeling import (
     task_inputs,
 )
 from backend.prediction_cache import PredictionCache
+from backend.prefill import PrefillDecision, decide
 from backend.registry import Registry, RegistryError, parse_project
 from backend.rubric import Rubric, load_all
 from backend.settings import Settings
@@ -81,6 +82,8 @@ class Service:
             raise RequestError(f"default RUBRIC={settings.rubric!r} not found in {settings.rubric_dir} "
                                f"(have: {', '.join(sorted(self.rubrics))})", 500)
         self.started = time.time()
+        #: (project, version, rubric) -> (evaluation file mtime, decisions); re-read when the file changes
+        self._prefill: dict[tuple[str, int, str], tuple[float, dict[str, PrefillDecision]]] = {}
 
     # --- rubric choice ---------------------------------------------------------------------------
 
@@ -189,11 +192,34 @@ class Service:
         return [score for score in found if score is not None]
 
     def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
+        """One Label Studio prediction: a ``choices`` item for each dimension the version pre-fills
+        (``prefill_decisions``); ``score`` is the mean probability of those labels (0 when none is)."""
+        decisions = self.prefill_decisions(ctx.project, ctx.version, ctx.rubric)
+        labels = {name: label for name, label in score.labels.items() if decisions[name].prefilled}
+        confidences = [score.dimensions[name].confidence for name in labels]
         return {
-            "result": prediction_result(ctx.rubric, score.labels, ctx.binding),
-            "score": round(score.confidence, 6),
+            "result": prediction_result(ctx.rubric, labels, ctx.binding),
+            "score": round(sum(confidences) / len(confidences), 6) if confidences else 0,
             "model_version": ctx.model_version,
         }
+
+    def prefill_decisions(self, project: str, version: int, rubric: Rubric) -> dict[str, PrefillDecision]:
+        """Per dimension: whether ``/predict`` pre-fills it under this version, from the version's held-out
+        evidence and PREFILL_MIN_ALPHA / PREFILL_UNEVALUATED (``backend.prefill``)."""
+        path = self.registry.evaluation_path(project, version)
+        try:
+            stamp = path.stat().st_mtime
+        except OSError:
+            stamp = -1.0
+        key = (project, version, rubric.name)
+        cached = self._prefill.get(key)
+        if cached is None or cached[0] != stamp:
+            evaluation = self.registry.evaluation(project, version) if stamp >= 0 else None
+            decisions = decide(rubric.dimension_names, evaluation, self.settings.prefill_rule,
+                               self.settings.prefill_unevaluated)
+            cached = (stamp, decisions)
+            self._prefill[key] = cached
+        return cached[1]
 
     def ensure_adapter(self, ctx: ProjectContext) -> str | None:
         """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
@@ -230,10 +256,20 @@ class Service:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         details = []
         for p in projects:
+            remembered = self.registry.project_rubric(p)
+            rubric = self.rubrics.get(remembered or "") or self.rubrics[self.settings.rubric]
             for info in self.registry.versions(p):
                 metrics = info.metrics or {}
-                details.append({"project": p, "model_version": info.model_version, "number": info.number,
-                                "active": info.active, "alpha": metrics.get("alpha_flat")})
+                evaluation = metrics if info.number == 0 else metrics.get("candidate") or {}
+                decisions = self.prefill_decisions(p, info.number, rubric)
+                details.append({
+                    "project": p, "model_version": info.model_version, "number": info.number,
+                    "active": info.active, "method": metrics.get("method", "lora" if info.number else "base"),
+                    "alpha": evaluation.get("alpha_dims"), "delta_alpha": evaluation.get("delta_alpha_dims"),
+                    "alpha_majority": evaluation.get("alpha_dims_majority"),
+                    "alpha_flat": evaluation.get("alpha_flat"), "rubric": rubric.name,
+                    "prefill": {name: d.as_dict() for name, d in decisions.items()},
+                })
         return {"versions": [d["model_version"] for d in details], "details": details}
 
     # --- training triggers -----------------------------------------------------------------------

@@ -109,6 +109,9 @@ class Settings:
     #: TRAIN_TARGETS: ``each`` (one example per annotator), ``consensus`` (one per task) or ``distribution``
     #: (one per task, trained against the annotators' label distribution).
     train_targets: str = "each"
+    #: TRAIN_METHOD: ``auto`` (the feature head for rating rubrics, LoRA for classification rubrics),
+    #: ``head`` (a small head on the base model's own features, fitted in seconds) or ``lora``.
+    train_method: str = "auto"
     #: TRAIN_PRECISION: ``auto`` (bf16 autocast where the CPU has AVX512-BF16/AMX or the GPU supports bf16,
     #: else fp32), ``fp32`` or ``bf16``. LoRA weights and optimizer state stay fp32 either way.
     train_precision: str = "auto"
@@ -117,6 +120,15 @@ class Settings:
     train_retries: int = 3
     #: TRAIN_RETRY_BACKOFF: seconds before the first retry; each further retry waits twice as long.
     train_retry_backoff: int = 30
+
+    # --- pre-annotation ------------------------------------------------------------------------------
+    #: PREFILL_MIN_ALPHA: which dimensions /predict pre-fills, from the active version's held-out alpha:
+    #: ``majority`` (alpha above the majority label's on the same tasks), a number in [-1, 1] (alpha at least
+    #: that), or ``off`` (every dimension). Dimensions that fail are left out of the prediction.
+    prefill_min_alpha: str = "majority"
+    #: PREFILL_UNEVALUATED: whether a version with no held-out evidence yet (v0 before the first training run)
+    #: pre-fills every dimension (true/false).
+    prefill_unevaluated: bool = True
 
     # --- fault injection (tests only) ------------------------------------------------------------
     #: FAULT_PAUSE_AT: test hook: the training job sleeps FAULT_PAUSE_SECONDS at this named point
@@ -172,6 +184,13 @@ class Settings:
             raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each, consensus or distribution")
         if self.model_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"MODEL_PRECISION={self.model_precision!r}: expected auto, fp32 or bf16")
+        if self.train_method not in ("auto", "head", "lora"):
+            raise SettingsError(f"TRAIN_METHOD={self.train_method!r}: expected auto, head or lora")
+        try:
+            _ = self.prefill_rule
+        except ValueError:
+            raise SettingsError(f"PREFILL_MIN_ALPHA={self.prefill_min_alpha!r}: expected majority, off or a "
+                                "number between -1 and 1") from None
         if self.train_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"TRAIN_PRECISION={self.train_precision!r}: expected auto, fp32 or bf16")
         if not 0 <= self.train_heldout_fraction < 1:
@@ -201,7 +220,16 @@ class Settings:
             out["targets"] = self.train_targets
         if self.train_precision != "auto":
             out["precision"] = self.train_precision
+        if self.train_method != "auto":
+            out["method"] = self.train_method
         return out
+
+    @property
+    def prefill_rule(self) -> str | float:
+        """PREFILL_MIN_ALPHA parsed: ``majority``, ``off`` or a number (``ValueError`` when invalid)."""
+        from backend.prefill import parse_rule
+
+        return parse_rule(self.prefill_min_alpha)
 
     def retry_intervals(self) -> list[int]:
         """Back-off before each retry: TRAIN_RETRY_BACKOFF, doubled each time."""

@@ -47,7 +47,7 @@ from backend.judge import DimensionScore, Judge, TaskScore  # noqa: E402
 from backend.rubric import Rubric, load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
-from worker.evaluate import evaluate_judge, evaluate_predictions  # noqa: E402
+from worker.evaluate import evaluate_judge, evaluate_predictions, majority_scores, scored_metrics  # noqa: E402
 from worker.source import Record, read_file  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
@@ -145,16 +145,6 @@ def _score(rubric: Rubric, labels: dict[str, str], expected: dict[str, float | N
         dims[dim.name] = DimensionScore(label=label, probs={lab: float(lab == label) for lab in dim.labels},
                                         expected=expected.get(dim.name))
     return TaskScore(dims)
-
-
-def majority_predictions(rubric: Rubric, train: Sequence[Record], n: int) -> list[TaskScore]:
-    """The most frequent human label of each dimension in the training split, for every task."""
-    labels = {}
-    for dim in rubric.dimensions:
-        counts = Counter(a.labels[dim.name] for r in train for a in r.annotations if dim.name in a.labels)
-        labels[dim.name] = counts.most_common(1)[0][0]
-    expected = {d.name: (float(labels[d.name]) if d.is_scale else None) for d in rubric.dimensions}
-    return [_score(rubric, labels, expected) for _ in range(n)]
 
 
 def _text(rubric: Rubric, record: Record) -> str:
@@ -259,7 +249,8 @@ def logreg_predictions(rubric: Rubric, train: Sequence[Record], test: Sequence[R
 
 def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
     """Per-dimension alpha (interval, ordinal), delta-alpha, expected-decoding alpha, plus the flat figures."""
-    row: dict[str, Any] = {"alpha_flat": metrics["alpha_flat"], "alpha_flat_ci": metrics["alpha_flat_ci"],
+    row: dict[str, Any] = {"alpha_dims": metrics.get("alpha_dims"), "delta_alpha_dims": metrics.get("delta_alpha_dims"),
+                           "alpha_flat": metrics["alpha_flat"], "alpha_flat_ci": metrics["alpha_flat_ci"],
                            "alpha_flat_ordinal": metrics["alpha_flat_ordinal"],
                            "alpha_flat_expected": metrics.get("alpha_flat_expected"),
                            "delta_alpha_flat": metrics["delta_alpha_flat"], "dimensions": {}}
@@ -275,6 +266,7 @@ def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
             "alpha_humans_ordinal": entry["ordinal"]["alpha_humans"],
             "exact": entry["interval"]["exact"], "mae": entry["interval"]["mae"],
             "predicted": entry.get("predicted_distribution"),
+            "distinct_labels": sum(1 for v in (entry.get("predicted_distribution") or {}).values() if v),
         }
     return row
 
@@ -328,7 +320,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
               "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
               "targets": args.targets, "precision": args.precision, "seed": args.seed,
-              "token_dropout_rate": args.token_dropout_rate, "micro_batch_size": args.micro_batch_size}
+              "token_dropout_rate": args.token_dropout_rate, "micro_batch_size": args.micro_batch_size,
+              "method": args.method}
     out = {k: v for k, v in values.items() if v is not None}
     if args.no_augment:
         out["augment"] = False
@@ -348,14 +341,20 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
                      dev: Sequence[Record], test: Sequence[Record], phases: Phases,
                      evaluate: Any) -> dict[str, Any]:
     """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
-    from worker.jobs import run_training
+    from backend.head import is_head
+    from backend.judge import apply_head
+    from worker.jobs import extract_features, run_training
+    from worker.train import TrainConfig
 
     out: dict[str, Any] = {}
     judge = phases.run("load base model", Judge.from_settings, settings)
+    method = TrainConfig.build(rubric, _overrides(args)).method_for(rubric)
     if args.reuse_v0:
         out["v0"] = {"test": reused_v0(args, rubric, len(test))}
-    else:
+    elif method == "lora" or args.skip_train:  # a feature head scores v0 on test in its own pass (below)
         out["v0"] = {"test": evaluate(phases.run("v0 on test", evaluate_judge, judge, rubric, test, None))}
+    else:
+        out["v0"] = {}
     if args.skip_train:
         out["v0"]["dev"] = evaluate(phases.run("v0 on dev", evaluate_judge, judge, rubric, dev, None))
         return out
@@ -365,10 +364,18 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
     metrics = result.metrics
     out["v0"]["dev"] = evaluate(metrics["base"])  # run_training scored the base model on dev already
     judge.load_adapter("bench", work)
-    test_metrics = phases.run("adapter on test", evaluate_judge, judge, rubric, test, "bench")
-    out["adapter"] = {"dev": evaluate(metrics["candidate"]), "test": evaluate(test_metrics)}
+    if is_head(work):  # one base-model pass on test gives v0's scores and the head's features
+        scores, features = phases.run("features of test", extract_features, judge, rubric, test, "test")
+        if not args.reuse_v0:
+            out["v0"]["test"] = evaluate(scored_metrics(rubric, test, scores, 0.0, "base model"))
+        test_metrics = scored_metrics(rubric, test, apply_head(rubric, judge.head("bench"), features), 0.0,
+                                      "feature head")
+    else:
+        test_metrics = phases.run("adapter on test", evaluate_judge, judge, rubric, test, "bench")
+    out["adapter"] = {"dev": evaluate(metrics["candidate"]), "test": evaluate(test_metrics),
+                      "method": metrics["method"]}
     out["training"] = {**metrics["training"], "config": metrics["config"], "counts": metrics["counts"],
-                       "history": metrics["history"], "adapter_dir": str(work)}
+                       "history": metrics["history"], "adapter_dir": str(work), "method": metrics["method"]}
     return out
 
 
@@ -404,7 +411,7 @@ def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
 
     systems: dict[str, Any] = {}
     humans_only = evaluate_predictions(rubric, test, None)
-    systems["majority"] = {s: evaluate(evaluate_predictions(rubric, recs, majority_predictions(rubric, train,
+    systems["majority"] = {s: evaluate(evaluate_predictions(rubric, recs, majority_scores(rubric, train,
                                                                                                len(recs))))
                            for s, recs in (("dev", dev), ("test", test))}
     dev_ridge, test_ridge, chosen = phases.run("tfidf+ridge", ridge_predictions, rubric, train, dev, test)
@@ -422,6 +429,134 @@ def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
             "systems": systems, "training": training, "phases": phases.rows}
 
 
+# --------------------------------------------------------------------------------------------------
+# probe: does the judge LM's representation carry per-task signal?
+
+
+def _feature_cache(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.features_cache:
+        return Path(args.features_cache)
+    return Path(args.work_dir) / f"features-{args.base_model}-{settings.model_precision}"
+
+
+def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[Record],
+                    judge_factory: Any) -> tuple[list[TaskScore], list[Any]]:
+    """The base model's scores and features of ``records`` (``Judge.score_with_features``), read from
+    ``folder/<split>.npz|json`` when an earlier run stored them for the same task ids, else computed and stored."""
+    import numpy as np
+
+    from backend.judge import TaskFeatures
+    from worker.jobs import extract_features
+
+    arrays_path, meta_path = folder / f"{split}.npz", folder / f"{split}.json"
+    ids = [r.task_id for r in records]
+    if arrays_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta["ids"] == ids:
+            arrays = np.load(arrays_path)
+            features = [TaskFeatures(shared=arrays["shared"][i],
+                                     dimensions={d: arrays[f"dim.{d}"][i] for d in rubric.dimension_names})
+                        for i in range(len(ids))]
+            scores = [TaskScore({name: DimensionScore(label=v["label"], probs=v["probs"], expected=v["expected"])
+                                 for name, v in row.items()}) for row in meta["scores"]]
+            log.info("features of %s read from %s", split, arrays_path)
+            return scores, features
+    scores, features = extract_features(judge_factory(), rubric, records, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"shared": np.stack([f.shared for f in features])}
+    arrays.update({f"dim.{d}": np.stack([f.dimensions[d] for f in features]) for d in rubric.dimension_names})
+    np.savez(arrays_path, **arrays)
+    meta_path.write_text(json.dumps({"ids": ids, "scores": [
+        {k: {"label": v.label, "probs": dict(v.probs), "expected": v.expected} for k, v in sc.dimensions.items()}
+        for sc in scores]}), encoding="utf-8")
+    return scores, features
+
+
+def _subsets(hidden: int) -> dict[str, Any]:
+    """Feature subsets the probe compares: (shared part slice, dimension part slice)."""
+    both, last = slice(0, 2 * hidden), slice(hidden, 2 * hidden)
+    return {
+        "label position, last layer": (slice(0, 0), last),
+        "label position, middle + last layer": (slice(0, 0), both),
+        "label position + the judge's label distribution": (slice(0, 0), slice(0, None)),
+        "target tokens pooled, middle + last layer": (both, slice(0, 0)),
+        "LM statistics of the target (3 numbers)": (slice(2 * hidden, None), slice(0, 0)),
+        "all (the feature head)": (slice(0, None), slice(0, None)),
+    }
+
+
+def run_probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Linear probes (the feature head's cross-validated ridge + calibration) on subsets of the base model's
+    features: does the representation carry per-task signal, and where?"""
+    import numpy as np
+
+    from backend.head import fit_head
+    from backend.judge import TaskFeatures, apply_head
+    from worker.jobs import head_targets
+
+    settings = _settings(args)
+    rubric = load_rubric("summary-quality", settings.rubric_dir)
+    phases = Phases()
+    splits = phases.run("load data", load_dialsummeval, Path(args.data_dir), rubric)
+    folder = _feature_cache(args, settings)
+    judge: list[Judge] = []
+
+    def factory() -> Judge:
+        if not judge:
+            judge.append(Judge.from_settings(settings))
+        return judge[0]
+
+    feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, splits[name], factory)[1]
+             for name in ("train", "dev", "test")}
+    hidden = (len(feats["train"][0].shared) - 3) // 2
+    targets = head_targets(rubric, splits["train"])
+    groups = [r.split_key for r in splits["train"]]
+    rows: dict[str, Any] = {}
+    for name, (shared_part, dim_part) in _subsets(hidden).items():
+        def cut(f: Any, sp: slice = shared_part, dp: slice = dim_part) -> Any:
+            return TaskFeatures(shared=f.shared[sp], dimensions={d: v[dp] for d, v in f.dimensions.items()})
+
+        matrices = {d: np.stack([cut(f).vector(d) for f in feats["train"]]) for d in rubric.dimension_names}
+        started = time.monotonic()
+        head = fit_head(rubric.dimensions, matrices, targets, groups)
+        seconds = time.monotonic() - started
+        size = int(matrices[rubric.dimension_names[0]].shape[1])
+        row: dict[str, Any] = {"fit_seconds": round(seconds, 2), "features": size,
+                               "oof_correlation": {d: h.cv.get("oof_correlation") for d, h in head.dimensions.items()}}
+        for split in ("train", "dev", "test"):
+            predictions = apply_head(rubric, head, [cut(f) for f in feats[split]])
+            row[split] = scale_row(rubric, evaluate_predictions(rubric, splits[split], predictions, n_boot=1))
+        rows[name] = row
+        log.info("probe %s: dev alpha per dimension %s", name, _fmt(row["dev"]["alpha_dims"]))
+    dev_ridge, test_ridge, _ = ridge_predictions(rubric, splits["train"], splits["dev"], splits["test"])
+    ridge = {"dev": scale_row(rubric, evaluate_predictions(rubric, splits["dev"], dev_ridge, n_boot=1)),
+             "test": scale_row(rubric, evaluate_predictions(rubric, splits["test"], test_ridge, n_boot=1))}
+    return {"dataset": "probe", "rubric": rubric.name, "hidden_size": hidden,
+            "sizes": {k: len(v) for k, v in splits.items()}, "probes": rows, "tfidf_ridge": ridge,
+            "phases": phases.rows}
+
+
+def _probe_md(run: dict[str, Any]) -> list[str]:
+    dims = list(next(iter(run["probes"].values()))["dev"]["dimensions"])
+    lines = ["| features (base model) | size | dev α per dim | test α per dim | test flat α | "
+             + " | ".join(f"test {d} α (expected)" for d in dims) + " | train α per dim (in-sample) | "
+             "cross-validated r on train |", "|---|---|---|---|---|" + "---|" * len(dims) + "---|---|"]
+    for name, row in run["probes"].items():
+        test = row["test"]
+        cells = [f"{_fmt(test['dimensions'][d]['alpha_interval'])} ({_fmt(test['dimensions'][d]['alpha_expected'])})"
+                 for d in dims]
+        cv = " / ".join(_fmt(row["oof_correlation"][d], 2) for d in dims)
+        lines.append(f"| {name} | {row['features']} | {_fmt(row['dev']['alpha_dims'])} | {_fmt(test['alpha_dims'])} | "
+                     f"{_fmt(test['alpha_flat'])} | " + " | ".join(cells)
+                     + f" | {_fmt(row['train']['alpha_dims'])} | {cv} |")
+    ridge = run["tfidf_ridge"]["test"]
+    cells = [f"{_fmt(ridge['dimensions'][d]['alpha_interval'])} ({_fmt(ridge['dimensions'][d]['alpha_expected'])})"
+             for d in dims]
+    lines.append(f"| TF-IDF + ridge (reference) | – | {_fmt(run['tfidf_ridge']['dev']['alpha_dims'])} | "
+                 f"{_fmt(ridge['alpha_dims'])} | {_fmt(ridge['alpha_flat'])} | " + " | ".join(cells) + " | – | – |")
+    return lines
+
+
 def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     rubric = load_rubric("emotion-ekman", settings.rubric_dir)
@@ -437,7 +572,7 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
         return class_row(rubric, metrics)
 
     systems: dict[str, Any] = {
-        "majority": {"test": evaluate(evaluate_predictions(rubric, dev, majority_predictions(rubric, train,
+        "majority": {"test": evaluate(evaluate_predictions(rubric, dev, majority_scores(rubric, train,
                                                                                              len(dev))))}}
     predicted, chosen = phases.run("tfidf+logreg", logreg_predictions, rubric, train, dev)
     systems["tfidf_logreg"] = {"test": evaluate(evaluate_predictions(rubric, dev, predicted)), **chosen}
@@ -477,21 +612,28 @@ SYSTEM_NAMES = {"majority": "majority label", "tfidf_ridge": "TF-IDF + ridge", "
 
 def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
     dims = list(run["humans_test"])
-    lines = ["| system (test) | flat α (interval) | " + " | ".join(f"{d} α int / ord / Δα" for d in dims) + " |",
-             "|---|---|" + "---|" * len(dims)]
-    lines.append("| humans (3 annotators; coherence 2) | " + _fmt(run["humans_test_flat"]) + " | " + " | ".join(
+    lines = ["| system (test) | α per dimension (mean) | flat α (interval) | "
+             + " | ".join(f"{d} α int / ord / Δα" for d in dims) + " | distinct labels |",
+             "|---|---|---|" + "---|" * len(dims) + "---|"]
+    humans = [run["humans_test"][d]["interval"] for d in dims]
+    lines.append("| humans (3 annotators; coherence 2) | " + _fmt(sum(humans) / len(humans)) + " | "
+                 + _fmt(run["humans_test_flat"]) + " | " + " | ".join(
         f"{_fmt(run['humans_test'][d]['interval'])} / {_fmt(run['humans_test'][d]['ordinal'])} / –" for d in dims)
-        + " |")
+        + " | – |")
     for name, system in run["systems"].items():
         row = system["test"]
+        if not row:
+            continue
         cells = [f"{_fmt(row['dimensions'][d]['alpha_interval'])} / {_fmt(row['dimensions'][d]['alpha_ordinal'])} / "
                  f"{_fmt(row['dimensions'][d]['delta_alpha'])}" for d in dims]
-        lines.append(f"| {_system_name(name, row)} | {_fmt(row['alpha_flat'])} | " + " | ".join(cells) + " |")
+        distinct = " / ".join(str(row["dimensions"][d].get("distinct_labels", "–")) for d in dims)
+        lines.append(f"| {_system_name(name, row, system)} | {_fmt(row.get('alpha_dims'))} | "
+                     f"{_fmt(row['alpha_flat'])} | " + " | ".join(cells) + f" | {distinct} |")
         if row.get("alpha_flat_expected") is not None and name != "majority":
             label = "raw prediction" if name == "tfidf_ridge" else "expected-score decoding"
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
-            lines.append(f"| {_system_name(name, row)}, {label} | {_fmt(row['alpha_flat_expected'])} | "
-                         + " | ".join(f"{c} (interval)" for c in cells) + " |")
+            lines.append(f"| {_system_name(name, row, system)}, {label} | – | {_fmt(row['alpha_flat_expected'])} | "
+                         + " | ".join(f"{c} (interval)" for c in cells) + " | – |")
     dev = ["", "Dev split (selection), flat interval α: " + "; ".join(
         f"{SYSTEM_NAMES.get(n, n)} {_fmt(s['dev']['alpha_flat'])}"
         + (f" (expected {_fmt(s['dev']['alpha_flat_expected'])})"
@@ -500,9 +642,11 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
     return lines + dev
 
 
-def _system_name(name: str, row: dict[str, Any]) -> str:
+def _system_name(name: str, row: dict[str, Any], system: dict[str, Any] | None = None) -> str:
     reused = f" (copied from run `{row['reused_from']}`)" if row.get("reused_from") else ""
-    return SYSTEM_NAMES.get(name, name) + reused
+    method = (system or {}).get("method")
+    label = "feature head (fast tier)" if name == "adapter" and method == "head" else SYSTEM_NAMES.get(name, name)
+    return label + reused
 
 
 def _goemotions_md(run: dict[str, Any]) -> list[str]:
@@ -523,7 +667,14 @@ def _phases_md(run: dict[str, Any]) -> list[str]:
     cells = [f"{name} {p['seconds']:.0f} s ({p['peak_rss_mb']:,} MB)" for name, p in run["phases"].items()]
     out = ["", "Wall time (peak RSS so far): " + "; ".join(cells) + "."]
     training = run.get("training")
-    if training:
+    if training and training.get("method") == "head":
+        cv = {name: c.get("oof_correlation", c.get("oof_accuracy")) for name, c in
+              training.get("cross_validation", {}).items()}
+        out.append(f"Training (feature head): {training['counts']}, {training['seconds']:.0f} s (features "
+                   f"{training['feature_seconds']:.0f} s, fit {training['fit_seconds']:.1f} s), "
+                   f"{training['feature_size']} features per dimension; cross-validated correlation (or accuracy) "
+                   f"on the training tasks: {cv}.")
+    elif training:
         cfg = training["config"]
         out.append(f"Training: {training['counts']}, {training['steps']} steps, {training['seconds']:.0f} s, "
                    f"{training['tokens_per_s']} tokens/s, padding {training['padding_share']:.1%}, "
@@ -542,8 +693,9 @@ def write_markdown(runs: dict[str, Any]) -> None:
              "(mean of the annotators for interval α); Δα is α(humans + system) − α(humans).", ""]
     order = sorted(runs.values(), key=lambda r: (r["dataset"], r.get("order", 0), r["tag"]))
     for run in order:
-        title = "DialSummEval (summary-quality), test split" if run["dataset"] == "dialsummeval" else \
-            "GoEmotions-Ekman (emotion-ekman), dev split"
+        title = {"dialsummeval": "DialSummEval (summary-quality), test split",
+                 "probe": "DialSummEval probe: linear probes on the base model's features",
+                 }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
         lines += [f"## {title} — run `{run['tag']}`", ""]
         if run.get("note"):
             lines += [run["note"], ""]
@@ -552,7 +704,7 @@ def write_markdown(runs: dict[str, Any]) -> None:
                   f"{run['machine']['memory_gb']} GB, GPU {run['machine']['gpu'] or 'none'}, "
                   f"torch {run['machine']['torch']}; base model {run['base_model']}",
                   f"- sizes: {run['sizes']}", ""]
-        lines += _dialsummeval_md(run) if run["dataset"] == "dialsummeval" else _goemotions_md(run)
+        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md}.get(run["dataset"], _goemotions_md)(run)
         lines += _phases_md(run) + [""]
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -578,7 +730,9 @@ def record_run(run: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "report"])
+    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "probe", "report"],
+                        help="probe: linear probes on the base model's features (DialSummEval)")
+    parser.add_argument("--features-cache", help="probe: folder of cached features (default: under --work-dir)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (../shared/data)")
     parser.add_argument("--tag", default="default", help="name of this run in RESULTS.json/RESULTS.md")
     parser.add_argument("--note", help="one line describing the run, shown in RESULTS.md")
@@ -602,6 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--micro-batch-size", int)):
         parser.add_argument(flag, type=kind)
     parser.add_argument("--targets", choices=TARGET_MODES)
+    parser.add_argument("--method", choices=["auto", "head", "lora"],
+                        help="what training builds (default: TrainConfig's, auto: head for rating rubrics)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-share-prefix", action="store_true", help="train without the shared-prefix KV reuse")
@@ -619,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "GoEmotions-Ekman); nothing was run", args.data_dir)
         return 0
     started = time.monotonic()
-    run = run_dialsummeval(args) if args.dataset == "dialsummeval" else run_goemotions(args)
+    run = {"dialsummeval": run_dialsummeval, "probe": run_probe, "goemotions": run_goemotions}[args.dataset](args)
     run.update({"tag": args.tag, "note": args.note, "base_model": args.base_model,
                 "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),

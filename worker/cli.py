@@ -39,7 +39,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """TRAIN_* settings, then command-line flags (flags win)."""
     keys = ("epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "heldout_fraction",
-            "targets", "precision", "seed")
+            "targets", "precision", "seed", "method")
     values: dict[str, Any] = dict(settings.training_overrides())
     values.update({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
     if getattr(args, "no_augment", False):

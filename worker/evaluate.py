@@ -2,18 +2,24 @@
 
 Per dimension: Krippendorff's alpha (interval and ordinal for scales, nominal for classification) with 95%
 bootstrap intervals, the human-human alpha (the ceiling), the "one more annotator" delta-alpha, exact
-agreement, MAE or macro-F1, and a confusion matrix. Flattened over all dimensions: the paper's figure.
+agreement, MAE or macro-F1, and a confusion matrix. The headline is per dimension: ``alpha_dims``, the mean
+over dimensions of alpha against the consensus (a per-dimension constant cannot win it), and
+``delta_alpha_dims``. Flattened over all dimensions (``alpha_flat``): the paper's figure, which a constant
+per dimension scores well on, so it is reported but decides nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.agreement import dimension_report, flatten_dimensions
-from backend.judge import Judge, TaskScore
+from backend.judge import DimensionScore, Judge, TaskScore
+from backend.prefill import dimension_alpha
 from backend.rubric import Dimension, Rubric
 from worker.source import Record
 
@@ -68,6 +74,8 @@ def evaluate_predictions(
             entry["predicted_distribution"] = {
                 label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels
             }
+            top = max(entry["predicted_distribution"].values(), default=0)
+            entry["nearly_constant"] = bool(predictions) and top >= CONSTANT_SHARE * len(predictions)
         dims[dim.name] = entry
         flat_humans[dim.name] = human
         if system is not None:
@@ -83,8 +91,12 @@ def evaluate_predictions(
     if flat_expected:
         alpha_flat_expected = dimension_report(flatten_dimensions(flat_humans), flat_expected, "interval", None,
                                                n_boot=1)["alpha_system"]
+    alphas = [dimension_alpha(e) for e in dims.values()]
+    deltas = [_finite((e.get("interval") or e.get("nominal") or {}).get("delta_alpha")) for e in dims.values()]
     return {
         "n_tasks": len(records),
+        "alpha_dims": _mean(alphas),
+        "delta_alpha_dims": _mean(deltas),
         "alpha_flat_expected": alpha_flat_expected,
         "n_annotations": sum(len(r.annotations) for r in records),
         "n_multi_annotator_tasks": sum(1 for r in records if len(r.annotations) >= 2),
@@ -100,22 +112,65 @@ def evaluate_predictions(
     }
 
 
-def evaluate_judge(
-    judge: Judge, rubric: Rubric, records: Sequence[Record], adapter: str | None, n_boot: int = 500
-) -> dict[str, Any]:
-    """Score ``records`` with ``adapter`` (None = base model) and compute the metrics."""
-    started = time.monotonic()
-    predictions = judge.score(rubric, [r.inputs for r in records], adapter) if records else []
-    seconds = time.monotonic() - started
+CONSTANT_SHARE = 0.9  # a dimension whose predictions are this share one label is flagged "nearly constant"
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def majority_scores(rubric: Rubric, train: Sequence[Record], n: int) -> list[TaskScore]:
+    """The most frequent human label of each dimension in ``train``, for ``n`` tasks (the constant that the
+    pre-fill gate and the headline must beat)."""
+    dims = {}
+    for dim in rubric.dimensions:
+        counts = Counter(a.labels[dim.name] for r in train for a in r.annotations if dim.name in a.labels)
+        label = counts.most_common(1)[0][0] if counts else dim.labels[0]
+        dims[dim.name] = DimensionScore(label=label, probs={x: float(x == label) for x in dim.labels},
+                                        expected=float(dim.value_of(label)) if dim.is_scale else None)
+    score = TaskScore(dimensions=dims)
+    return [score] * n
+
+
+def add_majority_reference(metrics: dict[str, Any] | None, majority: Mapping[str, Any]) -> None:
+    """Write the majority label's alpha on the same held-out tasks into each dimension (``alpha_majority``),
+    which the pre-fill gate compares with."""
+    if not metrics:
+        return
+    for name, entry in metrics.get("dimensions", {}).items():
+        entry["alpha_majority"] = dimension_alpha(majority["dimensions"][name])
+    metrics["alpha_dims_majority"] = majority.get("alpha_dims")
+
+
+def scored_metrics(rubric: Rubric, records: Sequence[Record], predictions: Sequence[TaskScore], seconds: float,
+                   label: str, n_boot: int = 500) -> dict[str, Any]:
+    """``evaluate_predictions`` plus the per-task predictions and the scoring time."""
     metrics = evaluate_predictions(rubric, records, predictions, n_boot=n_boot)
     metrics["scoring_seconds"] = round(seconds, 2)
     metrics["predictions"] = [
         {"task_id": r.task_id, "labels": p.labels, "confidence": round(p.confidence, 4)}
         for r, p in zip(records, predictions, strict=True)
     ]
-    log.info("evaluated %s on %d held-out task(s): flattened alpha %s (%.1f s)", adapter or "base model",
-             len(records), _fmt(metrics["alpha_flat"]), seconds)
+    log.info("evaluated %s on %d held-out task(s): alpha per dimension %s, flattened %s (%.1f s)", label,
+             len(records), _fmt(metrics["alpha_dims"]), _fmt(metrics["alpha_flat"]), seconds)
     return metrics
+
+
+def evaluate_judge(
+    judge: Judge, rubric: Rubric, records: Sequence[Record], adapter: str | None, n_boot: int = 500
+) -> dict[str, Any]:
+    """Score ``records`` with ``adapter`` (None = base model) and compute the metrics."""
+    started = time.monotonic()
+    predictions = judge.score(rubric, [r.inputs for r in records], adapter) if records else []
+    return scored_metrics(rubric, records, predictions, time.monotonic() - started, adapter or "base model",
+                          n_boot=n_boot)
 
 
 def _fmt(value: float | None) -> str:

@@ -33,8 +33,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 Progress = Callable[[dict[str, Any]], None]
 
 
+METHODS = ("auto", "head", "lora")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    #: ``head``: the feature head on the base model's own features (``backend.head``, seconds after one
+    #: scoring pass); ``lora``: a LoRA adapter; ``auto``: ``head`` for rating rubrics (where LoRA learned only
+    #: the label prior, benchmarks/RESULTS.md), ``lora`` for classification rubrics.
+    method: str = "auto"
+    head_folds: int = 5  # cross-validation folds of the feature head (ridge strength and calibration)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -85,6 +93,8 @@ class TrainConfig:
             (0 <= self.token_dropout_prob <= 1, "token_dropout_prob must be in [0, 1]"),
             (self.targets in TARGET_MODES, f"targets must be one of {', '.join(TARGET_MODES)}"),
             (self.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (self.head_folds >= 2, "head_folds must be >= 2"),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,6 +108,12 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def method_for(self, rubric: Rubric) -> str:
+        """The method this run uses: ``auto`` resolved by the rubric's kind."""
+        if self.method != "auto":
+            return self.method
+        return "head" if rubric.kind == "scores" else "lora"
 
 
 def attach_lora(model: Any, config: TrainConfig, quantized: bool) -> Any:

@@ -1,0 +1,305 @@
+"""The fast tier: a small head on the judge LM's own features, fitted in seconds on a project's annotations.
+
+Per dimension, the features of a task are the judge's hidden states at that dimension's label position, the
+hidden states pooled over the target input (answer, summary), a few language-model statistics of the target
+and the judge's own label distribution (``backend.judge.TaskFeatures``). The head maps them to a label
+distribution on the rubric's scale:
+
+* **scale dimensions**: ridge regression on the human consensus mean. The ridge strength is chosen by
+  cross-validation on the training tasks (grouped, so a group's tasks never sit on both sides of a fold). The
+  out-of-fold predictions then fit the *calibration*: a linear map that gives the predictions the humans' mean
+  and spread (for two raters, Krippendorff's interval alpha is highest when the variances match; a
+  least-squares fit would shrink every task towards the mean) and the spread of its errors. The served
+  distribution is that normal, discretized on the scale; the label is its most probable value and the
+  confidence is that label's probability. Without cross-validated signal (correlation <= 0) the head predicts
+  the humans' mean, which the pre-fill gate then refuses.
+* **nominal dimensions**: one-vs-rest ridge on the label indicators, a softmax whose temperature is fitted on
+  the out-of-fold scores.
+
+Pure module: numpy only. Stored as ``head.npz`` (arrays) and ``head.json`` (everything else) in a version
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+HEAD_JSON = "head.json"
+HEAD_ARRAYS = "head.npz"
+STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+TEMPERATURES = tuple(float(t) for t in np.geomspace(0.05, 20.0, 40))
+MIN_SIGMA = 0.25
+
+
+class HeadError(ValueError):
+    """A head cannot be fitted or loaded; the message says why."""
+
+
+@dataclass
+class DimensionHead:
+    """One dimension's fitted map from features to a label distribution."""
+
+    name: str
+    labels: list[str]
+    values: list[float] | None  # numeric values of a scale's labels; None for a nominal dimension
+    mean: np.ndarray  # feature standardization
+    scale: np.ndarray
+    weights: np.ndarray  # (features,) for a scale, (features, labels) for a nominal dimension
+    bias: np.ndarray
+    strength: float
+    #: scale: prediction -> (prediction - pred_mean) * gain + target_mean; sigma: spread of the errors
+    calibration: dict[str, float] = field(default_factory=dict)
+    cv: dict[str, Any] = field(default_factory=dict)
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.mean) / self.scale
+        return z @ self.weights + self.bias
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities (rows x labels), expected value per row or None)`` for feature rows ``x``."""
+        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+        raw = self.raw(x)
+        if self.values is None:
+            return softmax(raw / self.calibration["temperature"]), None
+        c = self.calibration
+        mu = (raw - c["pred_mean"]) * c["gain"] + c["target_mean"]
+        low, high = min(self.values), max(self.values)
+        mu = np.clip(mu, low, high)
+        return discretized_normal(mu, c["sigma"], self.values), mu
+
+
+@dataclass
+class Head:
+    """Every dimension's head plus what it was fitted on (the features must come from the same base model)."""
+
+    dimensions: dict[str, DimensionHead]
+    feature_size: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if x.shape[-1] != self.feature_size:
+            raise HeadError(f"head expects {self.feature_size} features per task, got {x.shape[-1]}: it was "
+                            "fitted on another base model")
+        return self.dimensions[name].predict(x)
+
+    # --- storage ---------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        described = []
+        for i, dim in enumerate(self.dimensions.values()):
+            for key in ("mean", "scale", "weights", "bias"):
+                arrays[f"{i}.{key}"] = getattr(dim, key)
+            described.append({"name": dim.name, "labels": dim.labels, "values": dim.values,
+                              "strength": dim.strength, "calibration": dim.calibration, "cv": dim.cv})
+        np.savez(folder / HEAD_ARRAYS, **arrays)
+        (folder / HEAD_JSON).write_text(json.dumps({"kind": "feature-head", "feature_size": self.feature_size,
+                                                    "meta": self.meta, "dimensions": described}, indent=1),
+                                        encoding="utf-8")
+
+
+def is_head(folder: Path) -> bool:
+    """Whether a version folder holds a feature head (not a LoRA adapter)."""
+    return (folder / HEAD_JSON).is_file()
+
+
+def load_head(folder: Path) -> Head:
+    try:
+        described = json.loads((folder / HEAD_JSON).read_text(encoding="utf-8"))
+        arrays = np.load(folder / HEAD_ARRAYS)
+        dims = {}
+        for i, d in enumerate(described["dimensions"]):
+            dims[d["name"]] = DimensionHead(
+                name=d["name"], labels=list(d["labels"]), values=d["values"], strength=float(d["strength"]),
+                calibration=dict(d["calibration"]), cv=dict(d.get("cv", {})),
+                **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")})
+        return Head(dimensions=dims, feature_size=int(described["feature_size"]), meta=described.get("meta", {}))
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadError(f"cannot load the feature head in {folder}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting
+
+
+def fit_head(
+    dims: Sequence[Any],
+    features: Mapping[str, np.ndarray],
+    targets: Mapping[str, Sequence[Any]],
+    groups: Sequence[str],
+    folds: int = 5,
+    meta: Mapping[str, Any] | None = None,
+) -> Head:
+    """Fit one head per dimension.
+
+    ``dims`` are ``backend.rubric.Dimension`` objects; ``features[name]`` is (tasks x features);
+    ``targets[name]`` per task: the consensus mean (a float, NaN when unrated) for a scale, the consensus
+    label (None when unrated) for a nominal dimension; ``groups`` per task (tasks of a group share a fold).
+    """
+    heads: dict[str, DimensionHead] = {}
+    size = None
+    for dim in dims:
+        x = np.asarray(features[dim.name], dtype=np.float64)
+        size = x.shape[1] if size is None else size
+        if dim.values is not None:
+            y = np.array([np.nan if v is None else float(v) for v in targets[dim.name]])
+            keep = ~np.isnan(y)
+        else:
+            raw = list(targets[dim.name])
+            keep = np.array([v is not None for v in raw])
+            y = np.array([dim.labels.index(v) if v is not None else -1 for v in raw])
+        if keep.sum() < 2:
+            raise HeadError(f"dimension {dim.name!r}: fewer than 2 rated tasks to fit on")
+        kept_groups = [g for g, k in zip(groups, keep, strict=True) if k]
+        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds)
+    if size is None:
+        raise HeadError("no dimensions to fit")
+    return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
+
+
+def _fold_ids(groups: Sequence[str], folds: int) -> np.ndarray:
+    """Fold number per task: groups dealt round-robin in first-seen order (deterministic)."""
+    order: dict[str, int] = {}
+    for g in groups:
+        order.setdefault(g, len(order))
+    k = max(2, min(folds, len(order)))
+    return np.array([order[g] % k for g in groups])
+
+
+def _standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    return mean, scale
+
+
+def ridge(x: np.ndarray, y: np.ndarray, strength: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge on standardized ``x`` (``y``: vector or matrix of targets), solved in the dual when features
+    outnumber rows. Returns ``(weights, bias)``."""
+    y_mean = y.mean(axis=0)
+    yc = y - y_mean
+    n, p = x.shape
+    if p > n:
+        gram = x @ x.T
+        gram[np.diag_indices_from(gram)] += strength
+        weights = x.T @ np.linalg.solve(gram, yc)
+    else:
+        cov = x.T @ x
+        cov[np.diag_indices_from(cov)] += strength
+        weights = np.linalg.solve(cov, x.T @ yc)
+    return weights, np.asarray(y_mean)
+
+
+def _scaled_strength(strength: float, n_features: int) -> float:
+    """Ridge strengths are given per 1,000 standardized features, so one grid fits any hidden size."""
+    return strength * n_features / 1000.0
+
+
+def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, strength: float) -> np.ndarray:
+    out = np.zeros(y.shape, dtype=np.float64)
+    for f in np.unique(fold):
+        train, test = fold != f, fold == f
+        mean, scale = _standardize(x[train])
+        w, b = ridge((x[train] - mean) / scale, y[train], _scaled_strength(strength, x.shape[1]))
+        out[test] = ((x[test] - mean) / scale) @ w + b
+    return out
+
+
+def _fit_dimension(dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int) -> DimensionHead:
+    fold = _fold_ids(groups, folds)
+    nominal = dim.values is None
+    target = np.eye(len(dim.labels))[y] if nominal else y
+    best: tuple[float, float, np.ndarray] | None = None
+    grid: dict[str, float] = {}
+    for strength in STRENGTHS:
+        oof = _out_of_fold(x, target, fold, strength)
+        score = _nll_score(oof, y) if nominal else _correlation(oof, y)
+        grid[str(strength)] = round(score, 4)
+        if best is None or score > best[0]:
+            best = (score, strength, oof)
+    assert best is not None
+    score, strength, oof = best
+    mean, scale = _standardize(x)
+    weights, bias = ridge((x - mean) / scale, target, _scaled_strength(strength, x.shape[1]))
+    cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
+    if nominal:
+        temperature = _fit_temperature(oof, y)
+        calibration = {"temperature": temperature}
+        cv["oof_accuracy"] = round(float(np.mean(oof.argmax(axis=1) == y)), 4)
+    else:
+        calibration = _fit_scale_calibration(oof, y, dim.values)
+        cv["oof_correlation"] = round(score, 4)
+    log.info("head %s: strength %s, cross-validated %s", dim.name, strength,
+             {k: v for k, v in cv.items() if k.startswith("oof")})
+    return DimensionHead(name=dim.name, labels=list(dim.labels),
+                         values=None if nominal else [float(v) for v in dim.values],
+                         mean=mean, scale=scale, weights=weights, bias=np.atleast_1d(bias), strength=strength,
+                         calibration=calibration, cv=cv)
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() < 1e-12 or b.std() < 1e-12:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _fit_scale_calibration(oof: np.ndarray, y: np.ndarray, values: Sequence[float]) -> dict[str, float]:
+    """The linear map that gives the out-of-fold predictions the humans' mean and spread (gain 0 without
+    signal), and the spread of the calibrated errors."""
+    r = _correlation(oof, y)
+    gain = float(y.std() / oof.std()) if r > 0 and oof.std() > 1e-12 else 0.0
+    calibrated = np.clip((oof - oof.mean()) * gain + y.mean(), min(values), max(values))
+    sigma = max(MIN_SIGMA, float(np.sqrt(np.mean((calibrated - y) ** 2))))
+    return {"pred_mean": float(oof.mean()), "gain": gain, "target_mean": float(y.mean()), "sigma": sigma,
+            "oof_correlation": round(r, 4)}
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _nll_score(scores: np.ndarray, y: np.ndarray) -> float:
+    """Negative log-likelihood (negated, higher is better) of the best-tempered softmax of the scores."""
+    t = _fit_temperature(scores, y)
+    p = softmax(scores / t)[np.arange(len(y)), y]
+    return float(np.mean(np.log(np.maximum(p, 1e-12))))
+
+
+def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    best = min(TEMPERATURES, key=lambda t: -np.mean(np.log(np.maximum(
+        softmax(scores / t)[np.arange(len(y)), y], 1e-12))))
+    return float(best)
+
+
+def discretized_normal(mu: np.ndarray, sigma: float, values: Sequence[float]) -> np.ndarray:
+    """P(label) for a normal(mu, sigma) rounded to the nearest scale value (the ends take the tails); the
+    columns follow the order of ``values``."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranked = [values[i] for i in order]
+    edges = [(a + b) / 2 for a, b in zip(ranked[:-1], ranked[1:], strict=True)]
+    mu = np.atleast_1d(np.asarray(mu, dtype=np.float64))
+    cdf = np.stack([_normal_cdf((e - mu) / sigma) for e in edges], axis=-1).reshape(len(mu), len(edges))
+    lower = np.concatenate([np.zeros((len(mu), 1)), cdf], axis=1)
+    upper = np.concatenate([cdf, np.ones((len(mu), 1))], axis=1)
+    probs = np.empty((len(mu), len(values)))
+    probs[:, order] = np.maximum(upper - lower, 0.0)
+    return probs
+
+
+_erf = np.vectorize(math.erf)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + _erf(np.asarray(z) / math.sqrt(2.0)))

@@ -1,0 +1,168 @@
+"""The feature head (fast tier): fitting, calibration, storage, the judge's features, and a training run."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from backend.agreement import krippendorff_alpha
+from backend.head import discretized_normal, fit_head, is_head, load_head
+from backend.rubric import load_rubric
+from tests.conftest import REPO
+from worker.source import Annotation, Record
+
+SUMMARY = load_rubric("summary-quality", REPO / "rubric_configs")
+EMOTION = load_rubric("emotion-ekman", REPO / "rubric_configs")
+
+
+def _synthetic(n: int, signal: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 40))
+    y = np.clip(3 + signal * (x[:, 0] - 0.5 * x[:, 1]) + rng.normal(scale=0.6, size=n), 1, 5)
+    return x, y, [f"g{i // 4}" for i in range(n)]
+
+
+def test_scale_head_learns_the_signal_and_spreads_its_labels():
+    x, y, groups = _synthetic(240, 1.0)
+    dims = SUMMARY.dimensions[:1]
+    head = fit_head(dims, {dims[0].name: x[:200]}, {dims[0].name: list(y[:200])}, groups[:200])
+    probs, mu = head.predict(dims[0].name, x[200:])
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    labels = probs.argmax(axis=1) + 1
+    assert len(set(labels.tolist())) >= 3, "calibration keeps the humans' spread, not the mean"
+    assert krippendorff_alpha([list(y[200:]), list(labels)], "interval") > 0.5
+    assert head.dimensions[dims[0].name].cv["oof_correlation"] > 0.6
+    assert mu is not None and abs(float(np.std(mu)) - float(np.std(y))) < 0.4  # variance matched
+
+
+def test_scale_head_without_signal_predicts_one_value():
+    x, _, groups = _synthetic(200, 0.0)
+    y = np.random.default_rng(5).integers(1, 6, size=200).astype(float)
+    dims = SUMMARY.dimensions[:1]
+    head = fit_head(dims, {dims[0].name: x}, {dims[0].name: list(y)}, groups)
+    probs, mu = head.predict(dims[0].name, x)
+    assert head.dimensions[dims[0].name].calibration["gain"] == 0.0
+    assert len(set(probs.argmax(axis=1).tolist())) == 1 and np.ptp(mu) == 0.0
+
+
+def test_nominal_head_and_storage_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    dim = EMOTION.dimensions[0]
+    y = rng.integers(0, len(dim.labels), size=160)
+    x = rng.normal(size=(160, 30))
+    x[np.arange(160), y] += 4.0  # the class shows in one feature
+    labels = [dim.labels[i] for i in y]
+    head = fit_head([dim], {dim.name: x[:120]}, {dim.name: labels[:120]}, [str(i) for i in range(120)])
+    probs, expected = head.predict(dim.name, x[120:])
+    assert expected is None and np.mean(probs.argmax(axis=1) == y[120:]) > 0.7
+    head.save(tmp_path)
+    assert is_head(tmp_path)
+    again = load_head(tmp_path)
+    assert np.array_equal(again.predict(dim.name, x[120:])[0], probs)
+
+
+def test_discretized_normal_follows_the_order_of_the_values():
+    up = discretized_normal(np.array([1.2]), 0.5, [1, 2, 3])
+    down = discretized_normal(np.array([1.2]), 0.5, [3, 2, 1])
+    assert np.allclose(up[0], down[0][::-1]) and up[0].argmax() == 0
+
+
+def test_features_come_from_the_same_pass_and_do_not_change_the_scores(tiny_judge):
+    tasks = [{"dialogue": f"A: we meet at {h}pm.\nB: fine, see you at {h}.", "summary": f"They meet at {h}pm."}
+             for h in range(1, 8)]
+    plain = tiny_judge.score(SUMMARY, tasks)
+    scores, features = tiny_judge.score_with_features(SUMMARY, tasks)
+    assert scores == plain
+    hidden = tiny_judge.model.config.hidden_size
+    assert features[0].shared.shape == (2 * hidden + 3,)
+    assert features[0].dimensions["coherence"].shape == (2 * hidden + 5,)
+    alone = tiny_judge.score_with_features(SUMMARY, tasks[3:4])[1][0]
+    assert np.allclose(alone.vector("fluency"), features[3].vector("fluency"), atol=1e-4), \
+        "a task's features do not depend on its batch neighbours"
+    assert not np.allclose(features[0].shared, features[1].shared)
+
+
+def _records(n: int, seed: int = 0) -> list[Record]:
+    """Summaries whose quality shows in a word: 'excellent' summaries are rated high, 'garbled' ones low."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        good = i % 2 == 0
+        word = "excellent" if good else "garbled"
+        base = 5 if good else 1
+        annotations = tuple(
+            Annotation(f"a{k}", {d.name: str(max(1, min(5, base + rng.choice([-1, 0, 0, 1]) * (1 if good else -1))))
+                                 for d in SUMMARY.dimensions}) for k in range(2))
+        out.append(Record(task_id=str(100 + i), inputs={"dialogue": f"A: the museum opens at {i % 12}am.",
+                                                        "summary": f"{word} {word} museum {word}"},
+                          annotations=annotations, group=f"d{i // 3}"))
+    return out
+
+
+def test_training_a_feature_head_writes_a_version_that_serves(settings, tmp_path, tiny_judge):
+    from worker.jobs import run_training
+
+    records = _records(48)
+    out = tmp_path / "v1"
+    result = run_training(settings, SUMMARY, records, out)  # default configuration: auto -> head
+    metrics = result.metrics
+    assert metrics["method"] == "head" and is_head(out) and not (out / "adapter_config.json").exists()
+    assert metrics["training"]["feature_size"] > 0 and metrics["history"] == []
+    assert metrics["alpha_dims"] > metrics["alpha_dims_majority"], (metrics["alpha_dims"],
+                                                                    metrics["alpha_dims_majority"])
+    assert metrics["candidate"]["dimensions"]["fluency"]["alpha_majority"] is not None
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["alpha_dims"] == metrics["alpha_dims"] and saved["promoted"] is True
+    held = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    tiny_judge.load_adapter("head-test", out)
+    scored = tiny_judge.score(SUMMARY, [h["data"] for h in held], "head-test")
+    predicted = [s.labels["fluency"] for s in scored]
+    assert predicted == [p["labels"]["fluency"] for p in metrics["candidate"]["predictions"]]
+
+
+def test_a_constant_candidate_is_not_promoted_over_one_with_signal():
+    from worker.evaluate import evaluate_predictions, majority_scores
+    from worker.jobs import should_promote
+
+    records = _records(60, seed=3)
+    constant = majority_scores(SUMMARY, records, len(records))
+    informed = [_noisy_truth(r, i) for i, r in enumerate(records)]
+    a = evaluate_predictions(SUMMARY, records, constant, n_boot=1)
+    b = evaluate_predictions(SUMMARY, records, informed, n_boot=1)
+    a["alpha_flat"] = 0.99  # whatever the flattened alpha says
+    assert should_promote(a, b)[0] is False
+    assert should_promote(b, a)[0] is True
+    assert all(e["nearly_constant"] for e in a["dimensions"].values())
+    assert not any(e["nearly_constant"] for e in b["dimensions"].values())
+
+
+def _noisy_truth(record: Record, i: int):
+    from backend.judge import DimensionScore, TaskScore
+
+    dims = {}
+    for dim in SUMMARY.dimensions:
+        values = [int(a.labels[dim.name]) for a in record.annotations]
+        label = str(round(sum(values) / len(values)) if i % 5 else 3)
+        dims[dim.name] = DimensionScore(label=label, probs={x: float(x == label) for x in dim.labels},
+                                        expected=float(label))
+    return TaskScore(dims)
+
+
+@pytest.mark.parametrize("rule, expected", [("majority", {"coherence": True, "fluency": False}),
+                                            (0.5, {"coherence": True, "fluency": False}),
+                                            ("off", {"coherence": True, "fluency": True})])
+def test_prefill_decisions(rule, expected):
+    from backend.prefill import decide
+
+    evaluation = {"n_tasks": 40, "dimensions": {
+        "coherence": {"interval": {"alpha_system": 0.6}, "alpha_majority": -0.1},
+        "fluency": {"interval": {"alpha_system": -0.2}, "alpha_majority": -0.1}}}
+    decisions = decide(["coherence", "fluency"], evaluation, rule, True)
+    assert {k: v.prefilled for k, v in decisions.items()} == expected
+    assert all(v.reason for v in decisions.values())
+    unevaluated = decide(["coherence"], None, "majority", False)
+    assert unevaluated["coherence"].prefilled is False and "PREFILL_UNEVALUATED=false" in unevaluated[
+        "coherence"].reason
