@@ -257,10 +257,12 @@ class Service:
         details = []
         for p in projects:
             remembered = self.registry.project_rubric(p)
-            rubric = self.rubrics.get(remembered or "") or self.rubrics[self.settings.rubric]
             for info in self.registry.versions(p):
                 metrics = info.metrics or {}
                 evaluation = metrics if info.number == 0 else metrics.get("candidate") or {}
+                # the rubric the version was trained on, else the project's, else the default
+                rubric = self.rubrics.get(metrics.get("rubric") or remembered or "") or \
+                    self.rubrics[self.settings.rubric]
                 decisions = self.prefill_decisions(p, info.number, rubric)
                 details.append({
                     "project": p, "model_version": info.model_version, "number": info.number,

@@ -166,3 +166,57 @@ def test_prefill_decisions(rule, expected):
     unevaluated = decide(["coherence"], None, "majority", False)
     assert unevaluated["coherence"].prefilled is False and "PREFILL_UNEVALUATED=false" in unevaluated[
         "coherence"].reason
+
+
+def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(settings, tiny_judge, tmp_path):
+    """A trained head as v1 of project 12; PREFILL_MIN_ALPHA between two dimensions' held-out alpha keeps only
+    the better one; the prediction still validates; /versions and the report say which and why."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    from backend.labeling import label_config
+    from backend.prefill import dimension_alpha
+    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from tests.test_app import make_client
+    from worker.jobs import run_training
+
+    xml = label_config(SUMMARY)
+    _, registry = make_client(settings, tiny_judge)
+    result = run_training(settings, SUMMARY, _records(48, seed=1), registry.version_dir("12", 1))
+    registry.set_active("12", 1)
+    alphas = {n: dimension_alpha(e) for n, e in result.metrics["candidate"]["dimensions"].items()}
+    ranked = sorted(alphas, key=lambda n: alphas[n])
+    threshold = (alphas[ranked[0]] + alphas[ranked[-1]]) / 2
+    assert alphas[ranked[0]] < threshold < alphas[ranked[-1]], alphas
+    kept = {n for n, a in alphas.items() if a >= threshold}
+
+    tasks = [ls_task(i, {"dialogue": "A: the museum opens at 9am.", "summary": s})
+             for i, s in enumerate(["excellent excellent museum", "garbled garbled museum"])]
+    interface = LabelInterface(xml)
+    for rule, expected in ((f"{threshold:.6f}", kept), ("off", set(SUMMARY.dimension_names)), ("1", set())):
+        client, _ = make_client(settings, tiny_judge, prefill_min_alpha=rule)
+        results = client.post("/predict", json=predict_body(tasks, xml)).get_json()["results"]
+        for item in results:
+            assert {r["from_name"] for r in item["result"]} == expected, rule
+            assert item["model_version"].endswith(".p12.v1")
+            assert interface.validate_prediction(item, return_errors=True) == []
+            assert (item["score"] == 0) == (not expected)
+        details = client.get("/versions?project=12").get_json()["details"]
+        v1 = next(d for d in details if d["number"] == 1)
+        assert {n for n, d in v1["prefill"].items() if d["prefilled"]} == expected
+        assert v1["method"] == "head" and v1["alpha"] == result.metrics["alpha_dims"]
+    report = client.get("/reports/12.json").get_json()
+    assert report["headline"]["alpha_dims"] == pytest.approx(result.metrics["alpha_dims"])
+    assert all(not row["prefill"]["prefilled"] for row in report["dimensions"])  # the last client: rule "1"
+
+
+def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
+    from backend.labeling import label_config
+    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from tests.test_app import make_client
+
+    xml = label_config(SUMMARY)
+    tasks = [ls_task(1, {"dialogue": "A: hi.", "summary": "They greet."})]
+    for unevaluated, count in ((True, 4), (False, 0)):
+        client, _ = make_client(settings, tiny_judge, prefill_unevaluated=unevaluated)
+        item = client.post("/predict", json=predict_body(tasks, xml)).get_json()["results"][0]
+        assert len(item["result"]) == count and item["model_version"].endswith(".v0")

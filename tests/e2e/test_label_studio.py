@@ -52,9 +52,10 @@ CHECKED_JS = ("Array.from(document.querySelectorAll('.ant-radio-wrapper-checked'
 
 
 def on_screen(prediction: dict) -> list[str]:
-    """The predicted labels in the order the labeling config shows the dimensions."""
+    """The pre-filled labels in the order the labeling config shows the dimensions (a dimension the version
+    has not proven is left out of the prediction, so it shows no choice)."""
     chosen = {r["from_name"]: r["value"]["choices"][0] for r in prediction["result"]}
-    return [chosen[name] for name in ON_SCREEN]
+    return [chosen[name] for name in ON_SCREEN if name in chosen]
 
 
 def login_cookies(ls_url: str) -> dict[str, str]:
@@ -67,15 +68,17 @@ def login_cookies(ls_url: str) -> dict[str, str]:
     return {c.name: c.value for c in session.cookies}
 
 
-def shoot_task(ls_url: str, pid: int, task_id: int, out: Path) -> list[str]:
-    """Open a task in the labeling UI, wait until the judge's six choices are pre-filled, screenshot it;
-    returns the labels shown as selected."""
+def shoot_task(ls_url: str, pid: int, task_id: int, out: Path, prefilled: int = 6) -> list[str]:
+    """Open a task in the labeling UI, wait until the judge's ``prefilled`` choices are selected (or, with none,
+    until the choices are drawn), screenshot it; returns the labels shown as selected."""
     if chromium() is None:
         pytest.fail("chromium is needed for the screenshots: apt-get install chromium")
     browser = Browser(1280, 1500)
+    ready = f"({CHECKED_JS}).length >= {prefilled}" if prefilled else \
+        f"document.querySelectorAll('.ant-radio-wrapper').length >= {5 * len(ON_SCREEN)}"
     try:
         browser.set_cookies(ls_url, login_cookies(ls_url))
-        browser.open(f"{ls_url}/projects/{pid}/data?task={task_id}", f"({CHECKED_JS}).length >= 6", timeout=90)
+        browser.open(f"{ls_url}/projects/{pid}/data?task={task_id}", ready, timeout=90)
         time.sleep(1)
         browser.screenshot(out)
         return list(browser.evaluate(CHECKED_JS) or [])
@@ -259,7 +262,14 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
                 json={"selectedItems": {"all": False, "included": [new_task]}}, timeout=120).raise_for_status()
         latest = ls.get(f"{ls_url}/api/predictions/", params={"task": new_task}, timeout=30).json()
         assert [p["model_version"] for p in latest] == [v1], latest
-        shown = shoot_task(ls_url, pid, new_task, ARTIFACTS / "label-studio-task-v1.png")
+        # v1 pre-fills exactly the dimensions on which it beat the majority label on held-out tasks
+        details = requests.get(f"{backend_url}/versions", params={"project": pid}, auth=BASIC,
+                               timeout=10).json()["details"]
+        gate = next(d for d in details if d["number"] == 1)["prefill"]
+        prefilled = {name for name, decision in gate.items() if decision["prefilled"]}
+        assert {r["from_name"] for r in latest[0]["result"]} == prefilled, (gate, latest[0]["result"])
+        assert {row["name"] for row in report["dimensions"] if row["prefill"]["prefilled"]} == prefilled
+        shown = shoot_task(ls_url, pid, new_task, ARTIFACTS / "label-studio-task-v1.png", len(prefilled))
         assert shown == on_screen(latest[0]), (shown, latest[0]["result"])
         browser = Browser(1280, 1500)
         try:
@@ -302,7 +312,8 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
                    "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],
                    "alpha_base_flat": run["alpha_base_flat"], "ceiling": report["flat"]["ceiling"],
                    "promoted": run["promoted"], "decision": run["decision"], "v0": v0, "v1": v1,
-                   "prefilled_v1": shown}
+                   "method_v1": run.get("method"), "alpha_dims_v1": run.get("alpha_dims"),
+                   "prefill_v1": gate, "prefilled_v1": shown}
         (ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=1))
     finally:
         stack.stop()
