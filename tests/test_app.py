@@ -248,10 +248,11 @@ def test_versions_and_active_adapter_version(settings, tiny_judge, redis_client,
     client, registry = make_client(settings, tiny_judge, redis_client)
     registry.base_name = unique_name
     (registry.version_dir("12", 1)).mkdir(parents=True)
-    (registry.version_dir("12", 1) / "metrics.json").write_text(json.dumps({"alpha_flat": 0.5}))
+    (registry.version_dir("12", 1) / "metrics.json").write_text(json.dumps(
+        {"alpha_flat": 0.5, "candidate": {"alpha_dims": 0.25, "alpha_flat": 0.5}}))
     versions = client.get("/versions").get_json()
     assert versions["versions"] == [f"{unique_name}.p12.v0", f"{unique_name}.p12.v1"]
-    assert versions["details"][1]["alpha"] == 0.5
+    assert versions["details"][1]["alpha"] == 0.25 and versions["details"][1]["alpha_flat"] == 0.5
     assert versions["details"][0]["active"] is True
     redis_client.delete(f"rubric-judge:{unique_name}:active:12")
 

@@ -67,7 +67,9 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     metrics = result.metrics
     summary = {
         "out": str(result.path), "wall_seconds": round(time.monotonic() - started, 1),
-        "counts": metrics["counts"], "alpha_flat": metrics["alpha_flat"],
+        "counts": metrics["counts"], "method": metrics["method"], "alpha_dims": metrics["alpha_dims"],
+        "alpha_dims_base": metrics["base"]["alpha_dims"], "alpha_dims_majority": metrics["alpha_dims_majority"],
+        "promoted": metrics["promoted"], "decision": metrics["decision"], "alpha_flat": metrics["alpha_flat"],
         "alpha_flat_base": metrics["base"]["alpha_flat"], "alpha_humans_flat": metrics["alpha_humans_flat"],
         "per_dimension": {
             name: {"candidate": _dim_alpha(metrics["candidate"], name), "base": _dim_alpha(metrics["base"], name)}
@@ -86,6 +88,7 @@ def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """Score a labelled file with the base model (``v0``/``base``) or an adapter folder, print the metrics."""
+    from backend.head import is_head
     from backend.judge import Judge
     from worker.evaluate import evaluate_judge
     from worker.source import read_file
@@ -98,15 +101,17 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     adapter = None
     if args.model not in ("v0", "base"):
         path = Path(args.model)
-        if not (path / "adapter_config.json").is_file():
-            raise ValueError(f"--model {args.model}: expected 'v0', 'base' or an adapter folder")
+        if not (path / "adapter_config.json").is_file() and not is_head(path):
+            raise ValueError(f"--model {args.model}: expected 'v0', 'base', an adapter folder or a feature-head "
+                             "folder (head.json)")
         judge.load_adapter("evaluated", path)
         adapter = "evaluated"
     metrics = evaluate_judge(judge, rubric, records, adapter)
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     metrics.pop("predictions", None)
-    summary = {"model": args.model, "n_tasks": metrics["n_tasks"], "alpha_flat": metrics["alpha_flat"],
+    summary = {"model": args.model, "n_tasks": metrics["n_tasks"], "alpha_dims": metrics["alpha_dims"],
+               "alpha_flat": metrics["alpha_flat"],
                "alpha_flat_ci": metrics["alpha_flat_ci"], "alpha_humans_flat": metrics["alpha_humans_flat"],
                "per_dimension": {n: _dim_alpha(metrics, n) for n in rubric.dimension_names},
                "scoring_seconds": metrics["scoring_seconds"]}

@@ -1,9 +1,10 @@
 """RQ entry points and the training pipeline they share with the offline ``train`` command.
 
 ``train_project(project_id)``: fetch every finished annotation from Label Studio, snapshot it, split by task,
-augment the training part, train a LoRA adapter, evaluate candidate / active / base on the held-out tasks,
-write the adapter as the next version (temporary folder, then rename) and promote it only if its flattened
-alpha is not lower than the active version's.
+build a feature head (``TRAIN_METHOD=head``, the default for rating rubrics) or train a LoRA adapter on the
+training part, evaluate candidate / active / base (and the majority label) on the held-out tasks, write the
+version (temporary folder, then rename) and promote it only if its alpha per dimension is not lower than the
+active version's.
 
 ``prelabel_project(project_id)``: pre-annotate the project's unlabeled tasks with the active version and write
 the predictions through Label Studio's API (``worker.prelabel``), progress in the job's meta.
@@ -419,6 +420,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         registry.set_active(project, number)
     _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
     return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
+            "method": result.metrics["method"], "alpha_dims": result.metrics["alpha_dims"],
             "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
 
 
