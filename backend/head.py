@@ -39,6 +39,7 @@ HEAD_ARRAYS = "head.npz"
 STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 TEMPERATURES = tuple(float(t) for t in np.geomspace(0.05, 20.0, 40))
 MIN_SIGMA = 0.25
+MIN_GROUPS = 4  # rated task groups a dimension needs before its head is fitted (else it predicts the prior)
 
 
 class HeadError(ValueError):
@@ -158,13 +159,33 @@ def fit_head(
             raw = list(targets[dim.name])
             keep = np.array([v is not None for v in raw])
             y = np.array([dim.labels.index(v) if v is not None else -1 for v in raw])
-        if keep.sum() < 2:
-            raise HeadError(f"dimension {dim.name!r}: fewer than 2 rated tasks to fit on")
         kept_groups = [g for g, k in zip(groups, keep, strict=True) if k]
+        if len(set(kept_groups)) < MIN_GROUPS:
+            log.warning("head %s: only %d rated task group(s); predicting the prior (needs %d to fit)", dim.name,
+                        len(set(kept_groups)), MIN_GROUPS)
+            heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
+            continue
         heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds)
     if size is None:
         raise HeadError("no dimensions to fit")
     return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
+
+
+def _constant_dimension(dim: Any, size: int, y: np.ndarray) -> DimensionHead:
+    """A head that predicts the prior for every task (too little data to fit anything)."""
+    zeros = np.zeros(size)
+    if dim.values is None:
+        counts = np.bincount(y.astype(int), minlength=len(dim.labels)) + 1.0  # add-one smoothing
+        return DimensionHead(name=dim.name, labels=list(dim.labels), values=None, mean=zeros, scale=zeros + 1,
+                             weights=np.zeros((size, len(dim.labels))), bias=np.log(counts / counts.sum()),
+                             strength=0.0, calibration={"temperature": 1.0}, cv={"skipped": "too few tasks"})
+    values = [float(v) for v in dim.values]
+    mean = float(y.mean()) if len(y) else (min(values) + max(values)) / 2
+    sigma = max(MIN_SIGMA, float(y.std())) if len(y) else 1.0
+    return DimensionHead(name=dim.name, labels=list(dim.labels), values=values, mean=zeros, scale=zeros + 1,
+                         weights=zeros, bias=np.array([mean]), strength=0.0,
+                         calibration={"pred_mean": mean, "gain": 0.0, "target_mean": mean, "sigma": sigma,
+                                      "oof_correlation": 0.0}, cv={"skipped": "too few tasks"})
 
 
 def _fold_ids(groups: Sequence[str], folds: int) -> np.ndarray:

@@ -479,6 +479,7 @@ def _subsets(hidden: int) -> dict[str, Any]:
         "label position, last layer": (slice(0, 0), last),
         "label position, middle + last layer": (slice(0, 0), both),
         "label position + the judge's label distribution": (slice(0, 0), slice(0, None)),
+        "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None)),
         "target tokens pooled, middle + last layer": (both, slice(0, 0)),
         "LM statistics of the target (3 numbers)": (slice(2 * hidden, None), slice(0, 0)),
         "all (the feature head)": (slice(0, None), slice(0, None)),

@@ -220,3 +220,23 @@ def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
         client, _ = make_client(settings, tiny_judge, prefill_unevaluated=unevaluated)
         item = client.post("/predict", json=predict_body(tasks, xml)).get_json()["results"][0]
         assert len(item["result"]) == count and item["model_version"].endswith(".v0")
+
+
+def test_target_token_span_covers_the_summary(tiny_judge):
+    from backend.prompts import encode_prompt, target_token_span
+
+    inputs = {"dialogue": "A: the museum opens at 9am.\nB: and closes at 6pm.", "summary": "The museum opens at 9am."}
+    _, task = encode_prompt(SUMMARY, inputs, tiny_judge.tokenizer)
+    start, end = target_token_span(SUMMARY, inputs, tiny_judge.tokenizer)
+    text = tiny_judge.tokenizer.decode(task[start:end])
+    assert "museum opens at 9am" in text and "closes" not in text and "Reply" not in text
+
+
+def test_a_dimension_with_too_few_rated_tasks_predicts_its_prior():
+    dims = SUMMARY.dimensions[:2]
+    x = np.random.default_rng(0).normal(size=(12, 8))
+    targets = {dims[0].name: [4.0] * 3 + [float("nan")] * 9, dims[1].name: [float(i % 5 + 1) for i in range(12)]}
+    head = fit_head(dims, {d.name: x for d in dims}, targets, [str(i) for i in range(12)])
+    probs, mu = head.predict(dims[0].name, x)
+    assert np.allclose(mu, 4.0) and set(probs.argmax(axis=1).tolist()) == {3}
+    assert head.dimensions[dims[0].name].cv == {"skipped": "too few tasks"}
