@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ class DimensionHead:
         c = self.calibration
         mu = (raw - c["pred_mean"]) * c["gain"] + c["target_mean"]
         low, high = min(self.values), max(self.values)
-        mu = np.clip(mu, low, high)
-        return discretized_normal(mu, c["sigma"], self.values), mu
+        probs = discretized_normal(np.clip(mu, low, high), c["sigma"], self.values)
+        return probs, probs @ np.asarray(self.values)  # the expected value of the served distribution
 
 
 @dataclass
@@ -88,10 +89,14 @@ class Head:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        if x.shape[-1] != self.feature_size:
-            raise HeadError(f"head expects {self.feature_size} features per task, got {x.shape[-1]}: it was "
-                            "fitted on another base model")
-        return self.dimensions[name].predict(x)
+        dim = self.dimensions.get(name)
+        if dim is None:
+            raise HeadError(f"the feature head has no dimension {name!r} (it has {', '.join(self.dimensions)}): "
+                            "it was fitted for another rubric")
+        if x.shape[-1] != dim.mean.shape[0]:
+            raise HeadError(f"the head of {name!r} expects {dim.mean.shape[0]} features per task, got "
+                            f"{x.shape[-1]}: it was fitted on another base model")
+        return dim.predict(x)
 
     # --- storage ---------------------------------------------------------------------------------
 
@@ -117,15 +122,15 @@ def is_head(folder: Path) -> bool:
 def load_head(folder: Path) -> Head:
     try:
         described = json.loads((folder / HEAD_JSON).read_text(encoding="utf-8"))
-        arrays = np.load(folder / HEAD_ARRAYS)
         dims = {}
-        for i, d in enumerate(described["dimensions"]):
-            dims[d["name"]] = DimensionHead(
-                name=d["name"], labels=list(d["labels"]), values=d["values"], strength=float(d["strength"]),
-                calibration=dict(d["calibration"]), cv=dict(d.get("cv", {})),
-                **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")})
+        with np.load(folder / HEAD_ARRAYS) as arrays:
+            for i, d in enumerate(described["dimensions"]):
+                dims[d["name"]] = DimensionHead(
+                    name=d["name"], labels=list(d["labels"]), values=d["values"], strength=float(d["strength"]),
+                    calibration=dict(d["calibration"]), cv=dict(d.get("cv", {})),
+                    **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")})
         return Head(dimensions=dims, feature_size=int(described["feature_size"]), meta=described.get("meta", {}))
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise HeadError(f"cannot load the feature head in {folder}: {exc}") from None
 
 

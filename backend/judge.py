@@ -272,9 +272,19 @@ class Judge:
             from backend.head import is_head, load_head
 
             if is_head(path):
-                self._heads[name] = (load_head(path), str(path))
+                head = load_head(path)
+                fitted = head.meta.get("precision")
+                here = str(next(self.model.parameters()).dtype)
+                if fitted and fitted != here:
+                    log.warning("feature head %s was fitted on %s features and is served on %s: set "
+                                "MODEL_PRECISION as the worker had it", name, fitted, here)
+                if name in self._adapters:  # the name held a LoRA adapter before
+                    self.model.delete_adapter(name)
+                    del self._adapters[name]
+                self._heads[name] = (head, str(path))
                 log.info("loaded feature head %s from %s", name, path)
                 return
+            self._heads.pop(name, None)
             from peft import PeftModel
 
             if not (path / "adapter_config.json").is_file():
@@ -510,10 +520,9 @@ class Judge:
             if capture is None:
                 self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
             else:
-                capture.start_batch(ids, offsets)
-                out = self._forward(ids.to(device), mask.to(device), positions.to(device), cache,
-                                    keep=capture.keep)
-                shared_rows = capture.pooled(ids, out.logits)
+                capture.start_batch(offsets)
+                self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+                shared_rows = capture.pooled(ids)
             dim_rows: list[list[Any]] = [[] for _ in range(size)]
             for index, dim in enumerate(rubric.dimensions):
                 prefix = tokens.prefixes[index]
@@ -594,13 +603,15 @@ class _FeatureCapture:
                 parent = inner.get_submodule(name.rsplit(".", 1)[0]) if "." in name else inner
                 break
         norm = getattr(parent, "norm", None) if parent is not None else None
-        if layers is None or norm is None:
-            raise ModelLoadError("feature heads need a decoder model with a 'layers' list and a final 'norm'")
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        if layers is None or norm is None or head is None:
+            raise ModelLoadError("feature heads need a decoder model with a 'layers' list, a final 'norm' and an "
+                                 "output embedding")
         self.modules = {"mid": layers[len(layers) // 2], "last": norm}
+        self.lm_head = head
         self.outputs: dict[str, Any] = {}
         self.handles: list[Any] = []
         self.spans: list[tuple[int, int]] = []
-        self.keep = 1
         self._starts: list[int] = []
         self._ends: list[int] = []
 
@@ -618,32 +629,35 @@ class _FeatureCapture:
             handle.remove()
         self.outputs.clear()
 
-    def start_batch(self, ids: Any, offsets: Sequence[int]) -> None:
-        """Before the prompt forward: the target spans' absolute positions, and how many positions' logits
-        the forward must keep (from just before the earliest target token to the end)."""
-        width = ids.shape[1]
+    def start_batch(self, offsets: Sequence[int]) -> None:
+        """Before the prompt forward: the target spans' positions in the padded rows."""
         self._starts = [offset + start for offset, (start, _) in zip(offsets, self.spans, strict=True)]
         self._ends = [offset + end for offset, (_, end) in zip(offsets, self.spans, strict=True)]
-        self.keep = max(1, width - max(1, min(self._starts)) + 1)
 
-    def pooled(self, ids: Any, logits: Any) -> list[Any]:
-        """Per row: target-span means of the middle and last layer, then the LM statistics of the target."""
+    def pooled(self, ids: Any) -> list[Any]:
+        """Per row: target-span means of the middle and last layer, then the LM statistics of the target
+        (its tokens' log-probabilities from the final-norm states through the output embedding, row by row,
+        so no vocabulary-sized tensor spans the batch)."""
         import numpy as np
         import torch
 
         width = ids.shape[1]
-        first_kept = width - logits.shape[1]
-        mid, last = self.outputs["mid"].float(), self.outputs["last"].float()
+        mid_states, last_states = self.outputs["mid"], self.outputs["last"]
         rows = []
         for row, (start, end) in enumerate(zip(self._starts, self._ends, strict=True)):
             end = min(end, width)
-            start = min(max(start, first_kept + 1, 1), end - 1)
-            logp = torch.log_softmax(logits[row, start - 1 - first_kept : end - 1 - first_kept].float(), dim=-1)
-            token_logp = logp.gather(1, ids[row, start:end].to(logp.device)[:, None])[:, 0].cpu().numpy()
-            stats = np.array([token_logp.mean(), np.quantile(token_logp, 0.1), np.log(end - start)],
-                             dtype=np.float32)
-            rows.append(np.concatenate([mid[row, start:end].mean(0).cpu().numpy(),
-                                        last[row, start:end].mean(0).cpu().numpy(), stats]).astype(np.float32))
+            start = max(0, min(start, end - 1))
+            mid = mid_states[row, start:end].float().mean(0).cpu().numpy()
+            last = last_states[row, start:end].float().mean(0).cpu().numpy()
+            scored = max(start, 1)  # a token's log-probability needs the state before it
+            if scored < end:
+                logits = self.lm_head(last_states[row, scored - 1 : end - 1]).float()
+                token_logp = torch.log_softmax(logits, dim=-1).gather(
+                    1, ids[row, scored:end].to(logits.device)[:, None])[:, 0].cpu().numpy()
+                stats = [token_logp.mean(), np.quantile(token_logp, 0.1), np.log(end - scored)]
+            else:
+                stats = [0.0, 0.0, 0.0]
+            rows.append(np.concatenate([mid, last, np.array(stats)]).astype(np.float32))
         return rows
 
     def label_states(self) -> tuple[Any, Any]:
@@ -665,8 +679,14 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
     """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
     import numpy as np
 
+    from backend.head import HeadError
+
     per_dim = {}
     for dim in rubric.dimensions:
+        fitted = head.dimensions.get(dim.name)
+        if fitted is None or fitted.labels != list(dim.labels):
+            raise HeadError(f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
+                            f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}")
         x = np.stack([f.vector(dim.name) for f in features])
         per_dim[dim.name] = head.predict(dim.name, x)
     out = []

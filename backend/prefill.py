@@ -70,7 +70,7 @@ def decide(
         if rule == "off":
             out[name] = PrefillDecision(True, "PREFILL_MIN_ALPHA=off: every dimension is pre-filled")
             continue
-        if entry is None or (rule == "majority" and "alpha_majority" not in entry):
+        if entry is None:
             what = "pre-filled (PREFILL_UNEVALUATED=true)" if unevaluated else \
                 "left empty (PREFILL_UNEVALUATED=false)"
             out[name] = PrefillDecision(unevaluated, f"no held-out evidence yet; {what}")
@@ -79,7 +79,11 @@ def decide(
         if alpha is None:
             out[name] = PrefillDecision(False, f"alpha undefined on the {n} held-out tasks")
             continue
-        if rule == "majority":
+        if rule == "majority" and "alpha_majority" not in entry:  # evaluated before the reference was stored
+            ok = alpha > 0
+            out[name] = PrefillDecision(ok, f"alpha {alpha:.3f} {'>' if ok else '<='} 0 on {n} held-out tasks "
+                                            "(no majority-label reference stored for this version)")
+        elif rule == "majority":
             reference = _finite(entry.get("alpha_majority"))
             if reference is None or alpha > reference:
                 ref = "undefined" if reference is None else f"{reference:.3f}"

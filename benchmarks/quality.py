@@ -631,7 +631,9 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
         lines.append(f"| {_system_name(name, row, system)} | {_fmt(row.get('alpha_dims'))} | "
                      f"{_fmt(row['alpha_flat'])} | " + " | ".join(cells) + f" | {distinct} |")
         if row.get("alpha_flat_expected") is not None and name != "majority":
-            label = "raw prediction" if name == "tfidf_ridge" else "expected-score decoding"
+            label = "raw prediction" if name == "tfidf_ridge" else (
+                "calibrated mean (continuous, not served)" if system.get("method") == "head"
+                else "expected-score decoding")
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
             lines.append(f"| {_system_name(name, row, system)}, {label} | – | {_fmt(row['alpha_flat_expected'])} | "
                          + " | ".join(f"{c} (interval)" for c in cells) + " | – |")

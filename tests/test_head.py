@@ -240,3 +240,24 @@ def test_a_dimension_with_too_few_rated_tasks_predicts_its_prior():
     probs, mu = head.predict(dims[0].name, x)
     assert np.allclose(mu, 4.0) and set(probs.argmax(axis=1).tolist()) == {3}
     assert head.dimensions[dims[0].name].cv == {"skipped": "too few tasks"}
+
+
+def test_dimensions_with_different_label_counts_and_a_mismatched_rubric():
+    from backend.head import HeadError
+    from backend.judge import TaskFeatures, apply_head
+
+    three = load_rubric("qa-quality", REPO / "rubric_configs").dimensions[0]  # -2..2 (5 labels)
+    dims = [three, EMOTION.dimensions[0]]  # 5 and 7 labels: feature vectors of different sizes
+    rng = np.random.default_rng(2)
+    features = [TaskFeatures(shared=rng.normal(size=6), dimensions={three.name: rng.normal(size=5),
+                                                                    dims[1].name: rng.normal(size=7)})
+                for _ in range(40)]
+    targets = {three.name: [float(i % 5 - 2) for i in range(40)], dims[1].name: [dims[1].labels[i % 7]
+                                                                                  for i in range(40)]}
+    head = fit_head(dims, {d.name: np.stack([f.vector(d.name) for f in features]) for d in dims}, targets,
+                    [str(i) for i in range(40)])
+    for dim in dims:
+        probs, _ = head.predict(dim.name, np.stack([f.vector(dim.name) for f in features]))
+        assert probs.shape == (40, len(dim.labels))
+    with pytest.raises(HeadError, match="does not fit rubric"):
+        apply_head(SUMMARY, head, features)

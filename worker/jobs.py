@@ -105,6 +105,8 @@ def run_training(
         train, held = split_records(records, config.heldout_fraction, config.seed)
     else:
         train, held = list(records), list(heldout)
+    if not train:
+        raise TrainingError("no training tasks: every annotated task is held out")
     if len(train) + len(held) < MIN_TASKS:
         raise TrainingError(f"only {len(train) + len(held)} annotated task(s); at least {MIN_TASKS} are needed")
     train_targets = targets_for(rubric, train, config.targets)
