@@ -88,10 +88,14 @@ class TaskFeatures:
     shared: Any
     dimensions: Mapping[str, Any]
 
-    def vector(self, name: str) -> Any:
-        """The feature vector of dimension ``name``: shared features, then the dimension's own."""
+    def vector(self, name: str, selection: str = "all") -> Any:
+        """The feature vector of dimension ``name``: ``target`` (the shared features: the target-pooled states
+        and LM statistics) or ``all`` (those, then the dimension's own label-position states and
+        distribution)."""
         import numpy as np
 
+        if selection == "target":
+            return self.shared
         return np.concatenate([self.shared, self.dimensions[name]])
 
 
@@ -687,7 +691,8 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
         if fitted is None or fitted.labels != list(dim.labels):
             raise HeadError(f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
                             f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}")
-        x = np.stack([f.vector(dim.name) for f in features])
+        selection = head.meta.get("features", "all")
+        x = np.stack([f.vector(dim.name, selection) for f in features])
         per_dim[dim.name] = head.predict(dim.name, x)
     out = []
     for row in range(len(features)):

@@ -297,7 +297,7 @@ class Service:
             raise RequestError("training queue unavailable: Redis is not configured", 503)
         try:
             if action == "START_TRAINING":
-                result = self.triggers.trigger(project)
+                result = self.triggers.trigger(project, force=body.get("force") is True)
             else:
                 annotations = body.get("annotations")
                 count = len(annotations) if isinstance(annotations, list) and annotations else 1

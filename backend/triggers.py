@@ -15,6 +15,7 @@ is enqueued by its dotted name (``worker.jobs.train_project``): the backend neve
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -132,11 +133,14 @@ class Triggers:
             self.redis.delete(self.key("queued", project))
             raise
 
-    def trigger(self, project: str) -> TriggerResult:
+    def trigger(self, project: str, force: bool = False) -> TriggerResult:
         """Ask for a training run: enqueue one, or let the queued/running job absorb the request.
 
         A queued/running mark that names a job RQ has already finished or failed (a worker killed with
-        SIGKILL never clears its mark) is stale: it is cleared and a fresh job is enqueued."""
+        SIGKILL never clears its mark) is stale: it is cleared and a fresh job is enqueued. ``force``: the next
+        job retrains even when no annotation changed since the last run (``take_force``)."""
+        if force:
+            self.redis.set(self.key("force", project), "1", ex=QUEUED_TTL_S)
         for attempt in range(2):
             new_id = f"train-p{project}-{uuid.uuid4().hex[:12]}"
             status, job_id = self._trigger(keys=self._keys(project), args=[new_id, QUEUED_TTL_S])
@@ -236,8 +240,19 @@ class Triggers:
             log.info("project %s: follow-up training job %s enqueued", project, queued)
         return queued
 
+    def take_force(self, project: str) -> bool:
+        """Whether a forced retrain was asked for since the last job started (and clear the request)."""
+        pipe = self.redis.pipeline()
+        pipe.get(self.key("force", project))
+        pipe.delete(self.key("force", project))
+        return bool(pipe.execute()[0])
+
+    def record_outcome(self, project: str, outcome: dict[str, Any]) -> None:
+        """Keep the last finished job's outcome (``/status`` shows it as ``last_run``)."""
+        self.redis.set(self.key("last", project), json.dumps(outcome), ex=QUEUED_TTL_S)
+
     def state(self, project: str) -> dict[str, Any]:
-        queued, running, dirty, pending = self.redis.mget(self._keys(project))
+        queued, running, dirty, pending, last = self.redis.mget(self._keys(project) + [self.key("last", project)])
         decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
         return {"queued": decode(queued), "running": decode(running), "follow_up": bool(dirty),
-                "pending_annotations": int(pending or 0)}
+                "pending_annotations": int(pending or 0), "last_run": json.loads(last) if last else None}

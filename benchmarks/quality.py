@@ -453,7 +453,8 @@ def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[
     if arrays_path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta["ids"] == ids:
-            arrays = np.load(arrays_path)
+            with np.load(arrays_path) as stored:  # read each array once (indexing the NpzFile re-reads it)
+                arrays = {key: stored[key] for key in stored.files}
             features = [TaskFeatures(shared=arrays["shared"][i],
                                      dimensions={d: arrays[f"dim.{d}"][i] for d in rubric.dimension_names})
                         for i in range(len(ids))]
@@ -482,7 +483,9 @@ def _subsets(hidden: int) -> dict[str, Any]:
         "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None)),
         "target tokens pooled, middle + last layer": (both, slice(0, 0)),
         "LM statistics of the target (3 numbers)": (slice(2 * hidden, None), slice(0, 0)),
-        "all (the feature head)": (slice(0, None), slice(0, None)),
+        "target pooled + LM statistics (the feature head's default, head_features=target)": (slice(0, None),
+                                                                                               slice(0, 0)),
+        "all (head_features=all)": (slice(0, None), slice(0, None)),
     }
 
 

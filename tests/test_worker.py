@@ -107,12 +107,22 @@ def test_training_job_promotes_a_better_adapter_and_serves_it(stack):
     predicted = [r["result"][0]["value"]["choices"][0] for r in results]
     assert sum(p == label for p, label in zip(predicted, KEYWORDS, strict=True)) >= 3, predicted
 
-    # a worse candidate is registered but not promoted
+    # Start Training again on the same annotations: nothing new, so no training and no version
+    same = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()
+    run_worker(queue)
+    skipped = queue.fetch_job(same["job"]).return_value()
+    assert skipped["status"] == "skipped" and skipped["reason"] == "nothing new since v1", skipped
+    assert registry.version_numbers(str(PROJECT)) == [1]
+    last_run = client.get(f"/status?project={PROJECT}").get_json()["projects"][str(PROJECT)]["last_run"]
+    assert last_run["status"] == "skipped" and last_run["job"] == same["job"]
+
+    # with force it retrains; a worse candidate is registered but not promoted
     import os
 
     os.environ["TRAIN_LEARNING_RATE"] = "0.0000001"
     os.environ["TRAIN_EPOCHS"] = "1"
-    again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()
+    again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT},
+                                          "force": True}).get_json()
     run_worker(queue)
     assert queue.fetch_job(again["job"]).return_value()["promoted"] is False
     assert registry.version_numbers(str(PROJECT)) == [1, 2]
@@ -122,6 +132,13 @@ def test_training_job_promotes_a_better_adapter_and_serves_it(stack):
     versions = client.get("/versions").get_json()
     assert [d["model_version"].rsplit(".", 1)[1] for d in versions["details"]] == ["v0", "v1", "v2"]
     assert [d["active"] for d in versions["details"]] == [False, True, False]
+
+    # an annotation deleted in Label Studio: the data changed, so Start Training trains again
+    state.projects[PROJECT]["export"] = ls_export(synthetic_items(47))
+    changed = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()
+    run_worker(queue)
+    assert queue.fetch_job(changed["job"]).return_value()["status"] == "done"
+    assert registry.version_numbers(str(PROJECT)) == [1, 2, 3]
 
 
 def test_label_studio_rejecting_the_token_fails_the_job_clearly(stack):

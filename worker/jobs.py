@@ -53,6 +53,15 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def data_fingerprint(records: Sequence[Record]) -> str:
+    """A hash of the annotated tasks (ids, inputs, every annotator's labels), independent of their order: the
+    same annotations give the same fingerprint, any created, updated or deleted annotation another."""
+    import hashlib
+
+    rows = sorted(json.dumps(_record_row(r), sort_keys=True, ensure_ascii=False) for r in records)
+    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+
+
 def _record_row(record: Record) -> dict[str, Any]:
     return {"id": record.task_id, "group": record.group, "data": dict(record.inputs),
             "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in record.annotations]}
@@ -166,6 +175,7 @@ def run_training(
             "rubric": rubric.name, "base_model": settings.base_model, "model_name": base_name,
             "quantization": settings.quantization, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": config.as_dict(), "method": method, "counts": counts,
+            "data_fingerprint": data_fingerprint(list(train) + list(held)),
             "alpha_dims": candidate["alpha_dims"], "delta_alpha_dims": candidate["delta_alpha_dims"],
             "alpha_dims_majority": majority["alpha_dims"],
             "alpha_flat": candidate["alpha_flat"], "alpha_flat_ci": candidate["alpha_flat_ci"],
@@ -247,9 +257,11 @@ def fit_feature_head(judge: Any, rubric: Rubric, train: Sequence[Record], held: 
     if progress:
         progress({"stage": "fitting the feature head"})
     fit_started = time.monotonic()
-    matrices = {d.name: np.stack([f.vector(d.name) for f in train_features]) for d in rubric.dimensions}
+    matrices = {d.name: np.stack([f.vector(d.name, config.head_features) for f in train_features])
+                for d in rubric.dimensions}
     head = fit_head(rubric.dimensions, matrices, head_targets(rubric, train), [r.split_key for r in train],
                     folds=config.head_folds, meta={"base_model": judge.base_name, "rubric": rubric.name,
+                                                   "features": config.head_features,
                                                    "precision": str(next(judge.model.parameters()).dtype)})
     fit_seconds = time.monotonic() - fit_started
     if progress:
@@ -406,6 +418,20 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
     log.info("project %s: %s", project, stats.as_dict())
     registry.remove_partial(project)  # this job holds the running mark: leftovers are from a killed run
+    forced = triggers.take_force(project)
+    numbers = registry.version_numbers(project)
+    if numbers and not forced:
+        last = registry.evaluation_path(project, numbers[-1])
+        previous = json.loads(last.read_text(encoding="utf-8")).get("data_fingerprint") if last.is_file() else None
+        if previous == data_fingerprint(records):
+            message = f"nothing new since v{numbers[-1]}"
+            log.info("project %s: %s (no annotation created, updated or deleted); not retraining. Start Training "
+                     "with force retrains", project, message)
+            _stage(job, "done", triggers, project, skipped=message)
+            outcome = {"status": "skipped", "reason": message, "job": job.id if job is not None else None,
+                       "version": registry.model_version(project, numbers[-1])}
+            triggers.record_outcome(project, outcome)
+            return outcome
     number = registry.next_version(project)
     active = registry.active_version(project)
     incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
@@ -421,9 +447,12 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     if result.promoted:
         registry.set_active(project, number)
     _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
-    return {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
-            "method": result.metrics["method"], "alpha_dims": result.metrics["alpha_dims"],
-            "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"]}
+    outcome = {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
+               "method": result.metrics["method"], "alpha_dims": result.metrics["alpha_dims"],
+               "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"],
+               "job": job.id if job is not None else None}
+    triggers.record_outcome(project, outcome)
+    return outcome
 
 
 def prelabel_project(project_id: str, include_annotated: bool = False,

@@ -43,6 +43,10 @@ class TrainConfig:
     #: the label prior, benchmarks/RESULTS.md), ``lora`` for classification rubrics.
     method: str = "auto"
     head_folds: int = 5  # cross-validation folds of the feature head (ridge strength and calibration)
+    #: the feature head's inputs: ``target`` (hidden states pooled over the target input and its LM statistics;
+    #: the best on DialSummEval dev) or ``all`` (also each dimension's label-position states and the judge's
+    #: own label distribution)
+    head_features: str = "target"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -95,6 +99,7 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             (self.head_folds >= 2, "head_folds must be >= 2"),
+            (self.head_features in ("target", "all"), "head_features must be 'target' or 'all'"),
         ]
         for ok, message in checks:
             if not ok:
