@@ -540,6 +540,75 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
             "phases": phases.rows}
 
 
+def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
+    """The feature head on GoEmotions-Ekman: fitted on the training subsample, chosen on ``select`` (1,000
+    other training rows, so dev stays the reporting split), reported on dev, next to TF-IDF + logreg."""
+    import numpy as np
+
+    from backend.head import fit_head
+    from backend.judge import TaskFeatures, apply_head
+    from worker.jobs import head_targets
+
+    settings = _settings(args)
+    rubric = load_rubric("emotion-ekman", settings.rubric_dir)
+    phases = Phases()
+    loaded = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0,
+                        args.class_power)
+    taken = {r.task_id for r in loaded["train"]}
+    rest = [r for r in loaded["train_all"] if r.task_id not in taken]
+    splits = {"train": loaded["train"], "select": random.Random(1).sample(rest, 1000), "dev": loaded["dev"]}
+    if args.eval_limit:
+        splits["dev"] = splits["dev"][: args.eval_limit]
+    folder = _feature_cache(args, settings) / "goemotions"
+    judge: list[Judge] = []
+
+    def factory() -> Judge:
+        if not judge:
+            judge.append(Judge.from_settings(settings))
+        return judge[0]
+
+    feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, recs, factory)[1]
+             for name, recs in splits.items()}
+    hidden = (len(feats["train"][0].shared) - 3) // 2
+    subsets = {"target pooled + LM statistics (head_features=target)": (slice(0, None), slice(0, 0)),
+               "label position, middle + last layer": (slice(0, 0), slice(0, 2 * hidden)),
+               "all (head_features=all)": (slice(0, None), slice(0, None)),
+               "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None))}
+    targets = head_targets(rubric, splits["train"])
+    rows: dict[str, Any] = {}
+    for name, (shared_part, dim_part) in subsets.items():
+        def cut(f: Any, sp: slice = shared_part, dp: slice = dim_part) -> Any:
+            return TaskFeatures(shared=f.shared[sp], dimensions={d: v[dp] for d, v in f.dimensions.items()})
+
+        matrices = {d: np.stack([cut(f).vector(d) for f in feats["train"]]) for d in rubric.dimension_names}
+        head = fit_head(rubric.dimensions, matrices, targets, [r.split_key for r in splits["train"]])
+        row: dict[str, Any] = {"features": int(matrices[rubric.dimension_names[0]].shape[1])}
+        for split in ("select", "dev"):
+            predictions = apply_head(rubric, head, [cut(f) for f in feats[split]])
+            row[split] = class_row(rubric, evaluate_predictions(rubric, splits[split], predictions, n_boot=1))
+        rows[name] = row
+        log.info("probe %s: select macro-F1 %s, dev macro-F1 %s", name, _fmt(row["select"]["macro_f1"]),
+                 _fmt(row["dev"]["macro_f1"]))
+    reference = {}
+    for split in ("select", "dev"):
+        predicted, _ = logreg_predictions(rubric, splits["train"], splits[split])
+        reference[split] = class_row(rubric, evaluate_predictions(rubric, splits[split], predicted, n_boot=1))
+    return {"dataset": "probe-goemotions", "rubric": rubric.name, "hidden_size": hidden,
+            "sizes": {k: len(v) for k, v in splits.items()}, "probes": rows, "tfidf_logreg": reference,
+            "phases": phases.rows}
+
+
+def _probe_goemotions_md(run: dict[str, Any]) -> list[str]:
+    lines = ["| features (base model) | size | select macro-F1 | dev accuracy | dev macro-F1 | dev α (nominal) |",
+             "|---|---|---|---|---|---|"]
+    for name, row in list(run["probes"].items()) + [("TF-IDF + logreg (reference)", {**run["tfidf_logreg"],
+                                                                                       "features": "–"})]:
+        lines.append(f"| {name} | {row['features']} | {_fmt(row['select']['macro_f1'])} | "
+                     f"{_fmt(row['dev']['accuracy'])} | {_fmt(row['dev']['macro_f1'])} | "
+                     f"{_fmt(row['dev']['alpha_nominal'])} |")
+    return lines
+
+
 def _probe_md(run: dict[str, Any]) -> list[str]:
     dims = list(next(iter(run["probes"].values()))["dev"]["dimensions"])
     lines = ["| features (base model) | size | dev α per dim | test α per dim | test flat α | "
@@ -640,8 +709,8 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
             lines.append(f"| {_system_name(name, row, system)}, {label} | – | {_fmt(row['alpha_flat_expected'])} | "
                          + " | ".join(f"{c} (interval)" for c in cells) + " | – |")
-    dev = ["", "Dev split (selection), flat interval α: " + "; ".join(
-        f"{SYSTEM_NAMES.get(n, n)} {_fmt(s['dev']['alpha_flat'])}"
+    dev = ["", "Dev split (selection), α per dimension / flat interval α: " + "; ".join(
+        f"{_system_name(n, {}, s)} {_fmt(s['dev'].get('alpha_dims'))} / {_fmt(s['dev']['alpha_flat'])}"
         + (f" (expected {_fmt(s['dev']['alpha_flat_expected'])})"
            if s["dev"].get("alpha_flat_expected") is not None and n != "majority" else "")
         for n, s in run["systems"].items() if "dev" in s)]
@@ -701,6 +770,7 @@ def write_markdown(runs: dict[str, Any]) -> None:
     for run in order:
         title = {"dialsummeval": "DialSummEval (summary-quality), test split",
                  "probe": "DialSummEval probe: linear probes on the base model's features",
+                 "probe-goemotions": "GoEmotions-Ekman probe: the feature head on the base model's features",
                  }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
         lines += [f"## {title} — run `{run['tag']}`", ""]
         if run.get("note"):
@@ -710,7 +780,8 @@ def write_markdown(runs: dict[str, Any]) -> None:
                   f"{run['machine']['memory_gb']} GB, GPU {run['machine']['gpu'] or 'none'}, "
                   f"torch {run['machine']['torch']}; base model {run['base_model']}",
                   f"- sizes: {run['sizes']}", ""]
-        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md}.get(run["dataset"], _goemotions_md)(run)
+        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md,
+                  "probe-goemotions": _probe_goemotions_md}.get(run["dataset"], _goemotions_md)(run)
         lines += _phases_md(run) + [""]
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -736,8 +807,9 @@ def record_run(run: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "probe", "report"],
-                        help="probe: linear probes on the base model's features (DialSummEval)")
+    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "probe", "probe-goemotions", "report"],
+                        help="probe: linear probes on the base model's features (DialSummEval); probe-goemotions: "
+                             "the feature head on GoEmotions-Ekman, chosen on 1,000 other training rows")
     parser.add_argument("--features-cache", help="probe: folder of cached features (default: under --work-dir)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (../shared/data)")
     parser.add_argument("--tag", default="default", help="name of this run in RESULTS.json/RESULTS.md")
@@ -781,7 +853,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "GoEmotions-Ekman); nothing was run", args.data_dir)
         return 0
     started = time.monotonic()
-    run = {"dialsummeval": run_dialsummeval, "probe": run_probe, "goemotions": run_goemotions}[args.dataset](args)
+    run = {"dialsummeval": run_dialsummeval, "probe": run_probe, "probe-goemotions": run_probe_goemotions,
+           "goemotions": run_goemotions}[args.dataset](args)
     run.update({"tag": args.tag, "note": args.note, "base_model": args.base_model,
                 "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
