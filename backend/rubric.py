@@ -20,6 +20,7 @@ KINDS = ("scores", "classification")
 TRAINING_KEYS = {
     "lora_r", "lora_alpha", "lora_dropout", "epochs", "learning_rate", "batch_size", "micro_batch_size", "max_length",
     "warmup_ratio", "weight_decay", "heldout_fraction", "token_dropout_rate", "token_dropout_prob", "seed",
+    "head_folds",
 }
 
 
