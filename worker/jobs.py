@@ -257,11 +257,11 @@ def fit_feature_head(judge: Any, rubric: Rubric, train: Sequence[Record], held: 
     if progress:
         progress({"stage": "fitting the feature head"})
     fit_started = time.monotonic()
-    matrices = {d.name: np.stack([f.vector(d.name, config.head_features) for f in train_features])
-                for d in rubric.dimensions}
+    selection = config.head_features_for(rubric)
+    matrices = {d.name: np.stack([f.vector(d.name, selection) for f in train_features]) for d in rubric.dimensions}
     head = fit_head(rubric.dimensions, matrices, head_targets(rubric, train), [r.split_key for r in train],
                     folds=config.head_folds, meta={"base_model": judge.base_name, "rubric": rubric.name,
-                                                   "features": config.head_features,
+                                                   "features": selection,
                                                    "precision": str(next(judge.model.parameters()).dtype)})
     fit_seconds = time.monotonic() - fit_started
     if progress:

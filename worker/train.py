@@ -44,9 +44,10 @@ class TrainConfig:
     method: str = "auto"
     head_folds: int = 5  # cross-validation folds of the feature head (ridge strength and calibration)
     #: the feature head's inputs: ``target`` (hidden states pooled over the target input and its LM statistics;
-    #: the best on DialSummEval dev) or ``all`` (also each dimension's label-position states and the judge's
-    #: own label distribution)
-    head_features: str = "target"
+    #: the best on DialSummEval dev), ``all`` (also each dimension's label-position states and the judge's own
+    #: label distribution; the better on GoEmotions-Ekman's selection rows) or ``auto``: ``target`` for rating
+    #: rubrics, ``all`` for classification rubrics
+    head_features: str = "auto"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
@@ -99,7 +100,7 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16"), "precision must be 'auto', 'fp32' or 'bf16'"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             (self.head_folds >= 2, "head_folds must be >= 2"),
-            (self.head_features in ("target", "all"), "head_features must be 'target' or 'all'"),
+            (self.head_features in ("auto", "target", "all"), "head_features must be 'auto', 'target' or 'all'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -113,6 +114,12 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def head_features_for(self, rubric: Rubric) -> str:
+        """The feature head's inputs for this rubric: ``auto`` resolved by the rubric's kind."""
+        if self.head_features != "auto":
+            return self.head_features
+        return "target" if rubric.kind == "scores" else "all"
 
     def method_for(self, rubric: Rubric) -> str:
         """The method this run uses: ``auto`` resolved by the rubric's kind."""
