@@ -115,6 +115,12 @@ class Settings:
     #: TRAIN_PRECISION: ``auto`` (bf16 autocast where the CPU has AVX512-BF16/AMX or the GPU supports bf16,
     #: else fp32), ``fp32`` or ``bf16``. LoRA weights and optimizer state stay fp32 either way.
     train_precision: str = "auto"
+    #: WORKER_NICE: niceness that ``rubric-judge worker`` (and so every job it runs) adds to its scheduling
+    #: priority, so that /predict on the same machine keeps the CPU (0 = leave the priority alone).
+    worker_nice: int = 10
+    #: WORKER_THREADS: torch threads of an RQ training or pre-annotation job; 0 = every core but one (at least
+    #: one), which leaves the backend a core of its own.
+    worker_threads: int = 0
     #: TRAIN_RETRIES: how many times a training job is retried after a transient failure (Label Studio
     #: unreachable, answering 5xx or 429). A rejected token (401/403) or a missing project fails at once.
     train_retries: int = 3
@@ -197,6 +203,10 @@ class Settings:
             raise SettingsError("TRAIN_HELDOUT_FRACTION must be in [0, 1)")
         if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
             raise SettingsError("TRAIN_EPOCHS, TRAIN_LEARNING_RATE, TRAIN_BATCH_SIZE, TRAIN_MAX_LENGTH must be >= 0")
+        if not 0 <= self.worker_nice <= 19:
+            raise SettingsError(f"WORKER_NICE={self.worker_nice}: must be in [0, 19]")
+        if self.worker_threads < 0:
+            raise SettingsError("WORKER_THREADS must be 0 (every core but one) or more")
         if self.train_retries < 0 or self.train_retry_backoff < 0:
             raise SettingsError("TRAIN_RETRIES and TRAIN_RETRY_BACKOFF must be 0 or more")
         if self.fault_pause_at not in ("", "training", "adapter-written"):
@@ -230,6 +240,12 @@ class Settings:
         from backend.prefill import parse_rule
 
         return parse_rule(self.prefill_min_alpha)
+
+    def for_worker(self) -> Settings:
+        """These settings as a training process uses them: ``torch_threads`` is the worker's thread budget
+        (WORKER_THREADS, or every core but one)."""
+        threads = self.worker_threads or max(1, (os.cpu_count() or 2) - 1)
+        return self.with_overrides(torch_threads=threads)
 
     def retry_intervals(self) -> list[int]:
         """Back-off before each retry: TRAIN_RETRY_BACKOFF, doubled each time."""

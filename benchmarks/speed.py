@@ -1,11 +1,15 @@
-"""Speed benchmark: the judge's fast scoring paths against a naive baseline, HTTP latency, training throughput.
+"""Speed benchmark: the judge's fast scoring paths against a naive baseline, HTTP latency, training throughput,
+and /predict latency while a training job runs beside the backend.
 
     python benchmarks/speed.py                 # everything below, writes SPEED.md and SPEED.json
-    python benchmarks/speed.py --only judge    # one part: judge | http | train
+    python benchmarks/speed.py --only judge    # one part: judge | http | train | contention
     python benchmarks/speed.py --quick         # fewer tasks and requests (a smoke run, not for the record)
 
 Parts:
 
+* **contention**: p50 of 10-task ``/predict`` requests and one 30-task request with no training, with a LoRA
+  training job beside the backend under the worker's defaults (``WORKER_NICE=10``, ``WORKER_THREADS`` every
+  core but one), and with that job at full priority on every thread (the behaviour before those settings).
 * **judge**: tasks/s of ``Judge.score`` on 64 ``qa-quality`` tasks of realistic length (a SAMSum dialogue as
   the context, a question about it and a system summary as the answer, read from ``../shared/data`` at run
   time), against a **naive baseline in the same run**: one ``model.generate`` per task with a free-text
@@ -398,6 +402,85 @@ def train_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# part 4: serving while a training job runs on the same machine
+
+
+def trainer_once(args: argparse.Namespace) -> None:
+    """A LoRA training job as the RQ worker runs it (WORKER_NICE, WORKER_THREADS from the flags), until killed;
+    prints ``started`` once the model is loaded. Called in a child process."""
+    from backend.judge import load_base_model
+    from worker.cli import lower_priority
+    from worker.dataset import targets_for
+    from worker.source import read_file
+    from worker.train import TrainConfig, train_lora
+
+    settings = Settings.from_env(**settings_overrides(args), worker_nice=args.worker_nice,
+                                 worker_threads=max(0, args.worker_threads))
+    lower_priority(settings)
+    if args.worker_threads >= 0:  # -1: torch's own default (every core), the behaviour before WORKER_THREADS
+        settings = settings.for_worker()
+    rubric = load_rubric("summary-quality", settings.rubric_dir)
+    records = read_file(Path(args.data_dir) / "dialsummeval" / "ratings.jsonl", rubric)[:400]
+    model, tokenizer, _ = load_base_model(settings)
+    sys.stdout.write("started\n")
+    sys.stdout.flush()
+    config = TrainConfig.build(rubric, {"epochs": 5, "method": "lora", "targets": "consensus"})
+    train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
+
+
+def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """``/predict`` latency (p50 of 10-task requests, and one 30-task request: Label Studio's *Retrieve
+    Predictions* on a small project) with no training, and with a LoRA training job beside the backend, once
+    with the worker's defaults and once at full priority with every thread (the behaviour before)."""
+    import requests
+
+    from backend.labeling import label_config
+
+    config = label_config(load_rubric("qa-quality", settings.rubric_dir))
+    requests_per_case = 2 if args.quick else 5
+    pool = qa_tasks(Path(args.data_dir), 3 * (10 * requests_per_case + 30), offset=1)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS default (cores - 1)", (10, 0)),
+             ("training, nice 0, every thread (before)", (0, -1))]
+    out: dict[str, Any] = {}
+    with serving(args, port, {"REDIS_URL": args.redis_url, "PREDICTION_CACHE": "false"}):
+        post = lambda tasks, first: requests.post(base + "/predict", timeout=900, json={  # noqa: E731
+            "tasks": [{"id": first + i, "data": t} for i, t in enumerate(tasks)], "label_config": config,
+            "project": "9001"})
+        post(pool[:2], 0)  # warm-up
+        for index, (name, worker) in enumerate(cases):
+            trainer = None
+            if worker is not None:
+                trainer = subprocess.Popen(
+                    [sys.executable, __file__, "--only", "_trainer", "--worker-nice", str(worker[0]),
+                     "--worker-threads", str(worker[1]), "--base-model", args.base_model, "--data-dir",
+                     args.data_dir], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                    start_new_session=True)
+                assert trainer.stdout is not None
+                trainer.stdout.readline()  # "started": the model is loaded
+                time.sleep(10)  # the training loop is running
+            try:
+                chunk = pool[index * (10 * requests_per_case + 30):(index + 1) * (10 * requests_per_case + 30)]
+                times = []
+                for r in range(requests_per_case):
+                    started = time.perf_counter()
+                    post(chunk[10 * r : 10 * r + 10], 100 * (index + 1) + 10 * r).raise_for_status()
+                    times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                post(chunk[-30:], 1000 * (index + 1)).raise_for_status()
+                retrieve = time.perf_counter() - started
+            finally:
+                if trainer is not None:
+                    os.killpg(trainer.pid, signal.SIGKILL)
+                    trainer.wait(timeout=30)
+            out[name] = {"predict_10_tasks_p50_s": round(statistics.median(times), 2),
+                         "predict_10_tasks_s": [round(t, 2) for t in times], "predict_30_tasks_s": round(retrieve, 1)}
+            log.info("%s: 10-task /predict p50 %.2f s, 30 tasks %.1f s", name, statistics.median(times), retrieve)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # results
 
 
@@ -485,6 +568,17 @@ def write_markdown(record: dict[str, Any]) -> None:
                          f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
                          f"| {row['seconds']} | {row['peak_rss_mb']:,} |")
         lines.append("")
+    contention = record.get("contention")
+    if contention:
+        lines += ["## Serving while a training job runs on the same machine", "",
+                  "The backend (default settings, prediction cache off) answers qa-quality `/predict` requests "
+                  "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
+                  "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
+                  "100 s).", "",
+                  "| case | 10-task /predict p50 (s) | 30-task /predict (s) |", "|---|---|---|"]
+        for name, row in contention.items():
+            lines.append(f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} |")
+        lines.append("")
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -495,7 +589,9 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["judge", "http", "train", "_train"])
+    parser.add_argument("--only", choices=["judge", "http", "train", "contention", "_train", "_trainer"])
+    parser.add_argument("--worker-nice", type=int, default=10, help="_trainer: WORKER_NICE")
+    parser.add_argument("--worker-threads", type=int, default=0, help="_trainer: WORKER_THREADS (-1: torch's default)")
     parser.add_argument("--quick", action="store_true", help="a smoke run with small counts (not for the record)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--base-model", default="smollm2-135m")
@@ -518,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only == "_train":
         sys.stdout.write(json.dumps(train_once(args)) + "\n")
         return 0
+    if args.only == "_trainer":
+        trainer_once(args)
+        return 0
     if not (Path(args.data_dir) / "dialsummeval").is_dir():
         log.warning("no shared data at %s: the speed benchmark builds realistic tasks from ../shared/data "
                     "(DialSummEval); nothing was run", args.data_dir)
@@ -533,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         record["http"] = http_part(args, settings)
     if args.only in (None, "train"):
         record["train"] = train_part(args)
+    if args.only in (None, "contention"):
+        record["contention"] = contention_part(args, settings)
     output = Path(args.output)
     if args.only and output.is_file():  # one part: keep the other parts' figures from earlier runs
         earlier = json.loads(output.read_text(encoding="utf-8"))

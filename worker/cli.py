@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,10 +17,26 @@ from backend.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def lower_priority(settings: Settings) -> None:
+    """Add WORKER_NICE to this process's niceness once (its children, RQ's work-horses, inherit it), so that a
+    backend on the same machine keeps the CPU while this process trains."""
+    if not settings.worker_nice:
+        return
+    try:
+        now = os.nice(settings.worker_nice)
+    except OSError as exc:
+        log.warning("cannot lower the worker's priority (WORKER_NICE=%d): %s", settings.worker_nice, exc)
+        return
+    log.info("training at niceness %d and %d torch thread(s) (WORKER_NICE, WORKER_THREADS): the backend keeps "
+             "the CPU", now, settings.for_worker().torch_threads)
+
+
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """An RQ worker on the ``rubric-judge`` queue."""
     from redis import Redis
     from rq import Queue, Worker
+
+    lower_priority(settings)
 
     redis = Redis.from_url(settings.redis_url)
     try:

@@ -360,7 +360,7 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
     from backend.triggers import HEARTBEAT_S, Triggers
     from worker.source import SourceError
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_worker()
     project = parse_project(project_id)
     job = get_current_job()
     redis = redis_client(settings)
@@ -465,7 +465,7 @@ def prelabel_project(project_id: str, include_annotated: bool = False,
     from worker.prelabel import DEFAULT_BATCH_SIZE
     from worker.prelabel import prelabel_project as run_prelabel
 
-    settings = Settings.from_env()
+    settings = Settings.from_env().for_worker()
     job = get_current_job()
 
     def report(done: int, total: int, written: int) -> None:
