@@ -343,3 +343,20 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
     assert registry.version_numbers(str(PROJECT)) == [1, 2]
     assert not list(registry.project_dir(str(PROJECT)).glob(".v*.tmp-*")), "the killed run's leftovers are removed"
     assert snapshot(registry.version_dir(str(PROJECT), 1)) == with_active_v1
+
+
+def test_the_worker_yields_the_cpu_to_serving():
+    """WORKER_NICE lowers the worker process's priority (inherited by its jobs); WORKER_THREADS, or every core
+    but one, is its jobs' torch thread budget."""
+    from backend.settings import Settings, SettingsError
+
+    code = ("import os; from backend.settings import Settings; from worker.cli import lower_priority; "
+            "before = os.nice(0); lower_priority(Settings.from_env({'WORKER_NICE': '7'})); "
+            "print(os.nice(0) - before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "7"
+    assert Settings.from_env({"WORKER_THREADS": "3"}).for_worker().torch_threads == 3
+    assert Settings.from_env({}).for_worker().torch_threads == max(1, (os.cpu_count() or 2) - 1)
+    with pytest.raises(SettingsError, match="WORKER_NICE"):
+        Settings.from_env({"WORKER_NICE": "25"})
