@@ -438,7 +438,6 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
 
     config = label_config(load_rubric("qa-quality", settings.rubric_dir))
     requests_per_case = 2 if args.quick else 5
-    pool = qa_tasks(Path(args.data_dir), 3 * (10 * requests_per_case + 30), offset=1)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS default (cores - 1)", (10, 0)),
@@ -448,7 +447,7 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
         post = lambda tasks, first: requests.post(base + "/predict", timeout=900, json={  # noqa: E731
             "tasks": [{"id": first + i, "data": t} for i, t in enumerate(tasks)], "label_config": config,
             "project": "9001"})
-        post(pool[:2], 0)  # warm-up
+        post(qa_tasks(Path(args.data_dir), 2, offset=6), 0)  # warm-up
         for index, (name, worker) in enumerate(cases):
             trainer = None
             if worker is not None:
@@ -461,7 +460,7 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
                 trainer.stdout.readline()  # "started": the model is loaded
                 time.sleep(10)  # the training loop is running
             try:
-                chunk = pool[index * (10 * requests_per_case + 30):(index + 1) * (10 * requests_per_case + 30)]
+                chunk = qa_tasks(Path(args.data_dir), 10 * requests_per_case + 30, offset=index + 1)  # unseen
                 times = []
                 for r in range(requests_per_case):
                     started = time.perf_counter()
