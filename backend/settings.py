@@ -118,8 +118,8 @@ class Settings:
     #: WORKER_NICE: niceness that ``rubric-judge worker`` (and so every job it runs) adds to its scheduling
     #: priority, so that /predict on the same machine keeps the CPU (0 = leave the priority alone).
     worker_nice: int = 10
-    #: WORKER_THREADS: torch threads of an RQ training or pre-annotation job; 0 = every core but one (at least
-    #: one), which leaves the backend a core of its own.
+    #: WORKER_THREADS: torch threads of an RQ training or pre-annotation job; 0 = TORCH_THREADS (torch's default:
+    #: every core). Measured on 2 cores, one thread for the job did not keep /predict faster (benchmarks/SPEED.md).
     worker_threads: int = 0
     #: TRAIN_RETRIES: how many times a training job is retried after a transient failure (Label Studio
     #: unreachable, answering 5xx or 429). A rejected token (401/403) or a missing project fails at once.
@@ -242,10 +242,8 @@ class Settings:
         return parse_rule(self.prefill_min_alpha)
 
     def for_worker(self) -> Settings:
-        """These settings as a training process uses them: ``torch_threads`` is the worker's thread budget
-        (WORKER_THREADS, or every core but one)."""
-        threads = self.worker_threads or max(1, (os.cpu_count() or 2) - 1)
-        return self.with_overrides(torch_threads=threads)
+        """These settings as a training process uses them: ``torch_threads`` is WORKER_THREADS when set."""
+        return self.with_overrides(torch_threads=self.worker_threads) if self.worker_threads else self
 
     def retry_intervals(self) -> list[int]:
         """Back-off before each retry: TRAIN_RETRY_BACKOFF, doubled each time."""

@@ -8,8 +8,8 @@ and /predict latency while a training job runs beside the backend.
 Parts:
 
 * **contention**: p50 of 10-task ``/predict`` requests and one 30-task request with no training, with a LoRA
-  training job beside the backend under the worker's defaults (``WORKER_NICE=10``, ``WORKER_THREADS`` every
-  core but one), and with that job at full priority on every thread (the behaviour before those settings).
+  training job beside the backend at ``WORKER_NICE=10`` on one thread (every core but one here), and with that
+  job at full priority on every thread (the behaviour before those settings).
 * **judge**: tasks/s of ``Judge.score`` on 64 ``qa-quality`` tasks of realistic length (a SAMSum dialogue as
   the context, a question about it and a system summary as the answer, read from ``../shared/data`` at run
   time), against a **naive baseline in the same run**: one ``model.generate`` per task with a free-text
@@ -431,7 +431,7 @@ def trainer_once(args: argparse.Namespace) -> None:
 def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """``/predict`` latency (p50 of 10-task requests, and one 30-task request: Label Studio's *Retrieve
     Predictions* on a small project) with no training, and with a LoRA training job beside the backend, once
-    with the worker's defaults and once at full priority with every thread (the behaviour before)."""
+    at WORKER_NICE=10 on one thread and once at full priority with every thread (the behaviour before)."""
     import requests
 
     from backend.labeling import label_config
@@ -440,7 +440,7 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
     requests_per_case = 2 if args.quick else 5
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS default (cores - 1)", (10, 0)),
+    cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS=1 (cores - 1)", (10, 1)),
              ("training, nice 0, every thread (before)", (0, -1))]
     out: dict[str, Any] = {}
     with serving(args, port, {"REDIS_URL": args.redis_url, "PREDICTION_CACHE": "false"}):

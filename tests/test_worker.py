@@ -346,8 +346,8 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
 
 
 def test_the_worker_yields_the_cpu_to_serving():
-    """WORKER_NICE lowers the worker process's priority (inherited by its jobs); WORKER_THREADS, or every core
-    but one, is its jobs' torch thread budget."""
+    """WORKER_NICE lowers the worker process's priority (inherited by its jobs); WORKER_THREADS, when set, is
+    its jobs' torch thread budget."""
     from backend.settings import Settings, SettingsError
 
     code = ("import os; from backend.settings import Settings; from worker.cli import lower_priority; "
@@ -357,6 +357,6 @@ def test_the_worker_yields_the_cpu_to_serving():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "7"
     assert Settings.from_env({"WORKER_THREADS": "3"}).for_worker().torch_threads == 3
-    assert Settings.from_env({}).for_worker().torch_threads == max(1, (os.cpu_count() or 2) - 1)
+    assert Settings.from_env({"TORCH_THREADS": "2"}).for_worker().torch_threads == 2  # 0: TORCH_THREADS
     with pytest.raises(SettingsError, match="WORKER_NICE"):
         Settings.from_env({"WORKER_NICE": "25"})
