@@ -442,7 +442,7 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
     base = f"http://127.0.0.1:{port}"
     cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS=1 (cores - 1)", (10, 1)),
              ("training, nice 0, every thread (before)", (0, -1))]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with serving(args, port, {"REDIS_URL": args.redis_url, "PREDICTION_CACHE": "false"}):
         post = lambda tasks, first: requests.post(base + "/predict", timeout=900, json={  # noqa: E731
             "tasks": [{"id": first + i, "data": t} for i, t in enumerate(tasks)], "label_config": config,
@@ -567,13 +567,15 @@ def write_markdown(record: dict[str, Any]) -> None:
                          f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
                          f"| {row['seconds']} | {row['peak_rss_mb']:,} |")
         lines.append("")
-    contention = record.get("contention")
+    contention = dict(record.get("contention") or {})
     if contention:
+        where = contention.pop("machine", record["machine"])
+        when = contention.pop("date", record["date"])
         lines += ["## Serving while a training job runs on the same machine", "",
                   "The backend (default settings, prediction cache off) answers qa-quality `/predict` requests "
                   "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
                   "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
-                  "100 s).", "",
+                  f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores (fp32).", "",
                   "| case | 10-task /predict p50 (s) | 30-task /predict (s) |", "|---|---|---|"]
         for name, row in contention.items():
             lines.append(f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} |")
@@ -639,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = earlier.get("commands", [earlier.get("command")]) if earlier.get("command") else []
         listed = [c.strip() for c in [*commands, record["command"]] if c]
         record = {**earlier, **record, "commands": list(dict.fromkeys(listed))}
+        if args.only == "contention":  # it records its own machine and date; the header keeps the others'
+            record.update(machine=earlier.get("machine", record["machine"]), date=earlier.get("date", record["date"]))
     output.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if output == SPEED_JSON:
         write_markdown(record)
