@@ -409,14 +409,13 @@ class Judge:
         with self._lock, self._adapter_context(adapter), self._capture(features is not None) as capture:
             for members in self.plan_batches([len(s) + len(t) for s, t in prompts]):
                 chunk = [prompts[i] for i in members]
-                sink: list[TaskFeatures | None] | None = None
+                sink: list[TaskFeatures | None] = [None] * len(members)
                 if capture is not None and spans is not None:
-                    sink = [None] * len(members)
                     capture.spans = [spans[i] for i in members]
                 scored = self._score_batch(rubric, chunk, adapter, capture, sink)
                 for row, (index, score) in enumerate(zip(members, scored, strict=True)):
                     results[index] = score
-                    if features is not None and sink is not None:
+                    if features is not None:
                         features[index] = sink[row]
         return [r for r in results if r is not None], features or []
 
@@ -517,16 +516,13 @@ class Judge:
         pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
         per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
 
-        offsets = [width - len(r) + (0 if cached else len(prompts[i][0]))
-                   for i, r in enumerate(rows)]  # where each row's task part starts
         with torch.inference_mode():
+            if capture is not None:  # where each row's task part starts in the padded batch
+                capture.start_batch([width - len(r) + (0 if cached else len(prompts[i][0]))
+                                     for i, r in enumerate(rows)])
             # prompt + first prefix are fed together below; start with the prompt alone
-            if capture is None:
-                self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
-            else:
-                capture.start_batch(offsets)
-                self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
-                shared_rows = capture.pooled(ids)
+            self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            shared_rows = capture.pooled(ids) if capture is not None else []
             dim_rows: list[list[Any]] = [[] for _ in range(size)]
             for index, dim in enumerate(rubric.dimensions):
                 prefix = tokens.prefixes[index]

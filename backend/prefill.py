@@ -45,16 +45,21 @@ def parse_rule(raw: str) -> str | float:
     return number
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (NaN, inf, None, booleans)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
+def main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A dimension's report at its own level: interval for scales, nominal for classification."""
+    return entry.get("interval") or entry.get("nominal") or {}
+
+
 def dimension_alpha(entry: Mapping[str, Any]) -> float | None:
     """A dimension's alpha at its own level (interval for scales, nominal for classification)."""
-    main = entry.get("interval") or entry.get("nominal") or {}
-    return _finite(main.get("alpha_system"))
+    return finite(main_report(entry).get("alpha_system"))
 
 
 def decide(
@@ -84,7 +89,7 @@ def decide(
             out[name] = PrefillDecision(ok, f"alpha {alpha:.3f} {'>' if ok else '<='} 0 on {n} held-out tasks "
                                             "(no majority-label reference stored for this version)")
         elif rule == "majority":
-            reference = _finite(entry.get("alpha_majority"))
+            reference = finite(entry.get("alpha_majority"))
             if reference is None or alpha > reference:
                 ref = "undefined" if reference is None else f"{reference:.3f}"
                 out[name] = PrefillDecision(True, f"alpha {alpha:.3f} > majority label's {ref} on {n} held-out tasks")

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.prefill import decide, main_report
 from backend.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,10 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A dimension's report at its own level: interval for scales, nominal for classification."""
-    return entry.get("interval") or entry.get("nominal") or {}
-
-
 def dimension_rows(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
                    prefill_unevaluated: bool = True) -> list[dict[str, Any]]:
     """One row per dimension: judge vs consensus, the human ceiling, the base-model floor, the majority
     label's alpha on the same tasks, and whether the version pre-fills the dimension (and why)."""
-    from backend.prefill import decide
-
     candidate = metrics.get("candidate") or {}
     base = metrics.get("base") or {}
     names = list(candidate.get("dimensions") or {})

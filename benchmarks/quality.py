@@ -27,6 +27,7 @@ high-water mark after the phase (``ru_maxrss``), so it covers every earlier phas
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -473,6 +474,20 @@ def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[
     return scores, features
 
 
+def _lazy_judge(settings: Settings) -> Any:
+    """A function that loads the judge on its first call only (cached features need no model)."""
+    return functools.lru_cache(maxsize=1)(lambda: Judge.from_settings(settings))
+
+
+def _cut(features: Any, shared: slice, dims: slice) -> Any:
+    """``features`` (``TaskFeatures``) keeping the ``shared`` slice of its shared part and the ``dims`` slice of
+    each dimension's part."""
+    from backend.judge import TaskFeatures
+
+    return TaskFeatures(shared=features.shared[shared],
+                        dimensions={d: v[dims] for d, v in features.dimensions.items()})
+
+
 def _subsets(hidden: int) -> dict[str, Any]:
     """Feature subsets the probe compares: (shared part slice, dimension part slice)."""
     both, last = slice(0, 2 * hidden), slice(hidden, 2 * hidden)
@@ -495,7 +510,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from backend.head import fit_head
-    from backend.judge import TaskFeatures, apply_head
+    from backend.judge import apply_head
     from worker.jobs import head_targets
 
     settings = _settings(args)
@@ -503,13 +518,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     phases = Phases()
     splits = phases.run("load data", load_dialsummeval, Path(args.data_dir), rubric)
     folder = _feature_cache(args, settings)
-    judge: list[Judge] = []
-
-    def factory() -> Judge:
-        if not judge:
-            judge.append(Judge.from_settings(settings))
-        return judge[0]
-
+    factory = _lazy_judge(settings)
     feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, splits[name], factory)[1]
              for name in ("train", "dev", "test")}
     hidden = (len(feats["train"][0].shared) - 3) // 2
@@ -517,9 +526,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     groups = [r.split_key for r in splits["train"]]
     rows: dict[str, Any] = {}
     for name, (shared_part, dim_part) in _subsets(hidden).items():
-        def cut(f: Any, sp: slice = shared_part, dp: slice = dim_part) -> Any:
-            return TaskFeatures(shared=f.shared[sp], dimensions={d: v[dp] for d, v in f.dimensions.items()})
-
+        cut = functools.partial(_cut, shared=shared_part, dims=dim_part)
         matrices = {d: np.stack([cut(f).vector(d) for f in feats["train"]]) for d in rubric.dimension_names}
         started = time.monotonic()
         head = fit_head(rubric.dimensions, matrices, targets, groups)
@@ -546,7 +553,7 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from backend.head import fit_head
-    from backend.judge import TaskFeatures, apply_head
+    from backend.judge import apply_head
     from worker.jobs import head_targets
 
     settings = _settings(args)
@@ -560,13 +567,7 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     if args.eval_limit:
         splits["dev"] = splits["dev"][: args.eval_limit]
     folder = _feature_cache(args, settings) / "goemotions"
-    judge: list[Judge] = []
-
-    def factory() -> Judge:
-        if not judge:
-            judge.append(Judge.from_settings(settings))
-        return judge[0]
-
+    factory = _lazy_judge(settings)
     feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, recs, factory)[1]
              for name, recs in splits.items()}
     hidden = (len(feats["train"][0].shared) - 3) // 2
@@ -577,9 +578,7 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     targets = head_targets(rubric, splits["train"])
     rows: dict[str, Any] = {}
     for name, (shared_part, dim_part) in subsets.items():
-        def cut(f: Any, sp: slice = shared_part, dp: slice = dim_part) -> Any:
-            return TaskFeatures(shared=f.shared[sp], dimensions={d: v[dp] for d, v in f.dimensions.items()})
-
+        cut = functools.partial(_cut, shared=shared_part, dims=dim_part)
         matrices = {d: np.stack([cut(f).vector(d) for f in feats["train"]]) for d in rubric.dimension_names}
         head = fit_head(rubric.dimensions, matrices, targets, [r.split_key for r in splits["train"]])
         row: dict[str, Any] = {"features": int(matrices[rubric.dimension_names[0]].shape[1])}

@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
-    from backend.reports import main_report
+    from backend.prefill import main_report
 
     return main_report(metrics["dimensions"][name])["alpha_system"]
 

@@ -11,7 +11,6 @@ per dimension scores well on, so it is reported but decides nothing.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 from backend.agreement import dimension_report, flatten_dimensions
 from backend.judge import DimensionScore, Judge, TaskScore
-from backend.prefill import dimension_alpha
+from backend.prefill import dimension_alpha, finite, main_report
 from backend.rubric import Dimension, Rubric
 from worker.source import Record
 
@@ -92,7 +91,7 @@ def evaluate_predictions(
         alpha_flat_expected = dimension_report(flatten_dimensions(flat_humans), flat_expected, "interval", None,
                                                n_boot=1)["alpha_system"]
     alphas = [dimension_alpha(e) for e in dims.values()]
-    deltas = [_finite((e.get("interval") or e.get("nominal") or {}).get("delta_alpha")) for e in dims.values()]
+    deltas = [finite(main_report(e).get("delta_alpha")) for e in dims.values()]
     return {
         "n_tasks": len(records),
         "alpha_dims": _mean(alphas),
@@ -113,12 +112,6 @@ def evaluate_predictions(
 
 
 CONSTANT_SHARE = 0.9  # a dimension whose predictions are this share one label is flagged "nearly constant"
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

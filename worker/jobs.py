@@ -67,8 +67,8 @@ def _record_row(record: Record) -> dict[str, Any]:
             "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in record.annotations]}
 
 
-def _alpha(metrics: Mapping[str, Any] | None, key: str = "alpha_dims") -> float | None:
-    value = (metrics or {}).get(key)
+def _alpha(metrics: Mapping[str, Any] | None) -> float | None:
+    value = (metrics or {}).get("alpha_dims")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
