@@ -17,7 +17,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from backend.registry import RegistryError
-from backend.service import RequestError, Service
+from backend.service import RequestError, Service, build_service
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -223,32 +223,3 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         return jsonify({})
 
     return app
-
-
-def build_service(settings: Settings) -> Service:
-    """Load the judge and connect the registry (Redis optional at start-up)."""
-    from backend.judge import Judge
-    from backend.registry import Registry
-    from backend.triggers import Triggers
-
-    judge = Judge.from_settings(settings)
-    redis = redis_client(settings)
-    registry = Registry(settings.model_dir, judge.base_name, redis)
-    cache = None
-    if settings.prediction_cache:
-        from backend.prediction_cache import PredictionCache
-
-        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens,
-                                settings.model_precision)
-    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
-                   prediction_cache=cache)
-
-
-def redis_client(settings: Settings) -> Any:
-    """A Redis client with short timeouts, so an outage never blocks a request for long."""
-    from redis import Redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                          retry=Retry(NoBackoff(), 0))

@@ -82,7 +82,7 @@ def read_tasks(path: Path) -> list[dict[str, Any]]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     settings = _settings(args, rubric=args.rubric)
-    from backend.app import build_service
+    from backend.service import build_service
 
     tasks = read_tasks(Path(args.input))
     service = build_service(settings)
@@ -105,8 +105,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run:
         data = run_report(Path(args.run))
     else:
-        from backend.app import redis_client
         from backend.judge import short_model_name
+        from backend.redis_conn import redis_client
         from backend.registry import Registry
 
         registry = Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.judge import DimensionScore, TaskScore
+from backend.redis_conn import redis_key
 from backend.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class PredictionCache:
     def __init__(self, redis: Any, base_name: str, ttl_s: int, max_input_tokens: int, precision: str = "auto") -> None:
         self.redis = redis
         self.precision = precision  # MODEL_PRECISION: bf16 and fp32 can pick different labels on near-ties
-        self.prefix = f"rubric-judge:{base_name}:pred:"
+        self.prefix = redis_key(base_name, "pred") + ":"
         self.ttl_s = ttl_s
         self.max_input_tokens = max_input_tokens
         self._warned = False

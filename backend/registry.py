@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.redis_conn import redis_key
+
 log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"^[0-9]{1,12}$")
 VERSION_DIR_RE = re.compile(r"^v([0-9]{1,6})$")
 PARTIAL_RE = re.compile(r"^\.v[0-9]{1,6}\.tmp-[A-Za-z0-9_]+$")
-KEY_PREFIX = "rubric-judge"
 
 
 class RegistryError(ValueError):
@@ -105,7 +106,7 @@ class Registry:
         return self.project_dir(project) / f"v{number}"
 
     def _key(self, project: str, what: str) -> str:
-        return f"{KEY_PREFIX}:{self.base_name}:{what}:{project}"
+        return redis_key(self.base_name, what, project)
 
     # --- Redis with disk fallback ----------------------------------------------------------------
 

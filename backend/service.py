@@ -6,6 +6,7 @@ validate requests and call it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -30,6 +31,7 @@ from backend.prediction_cache import PredictionCache
 from backend.prefill import PrefillDecision, decide
 from backend.registry import Registry, RegistryError, parse_project
 from backend.rubric import Rubric, load_all
+from backend.serving import ServingMark
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,10 @@ class Service:
 
     def __init__(self, settings: Settings, judge: Judge, registry: Registry,
                  rubrics: Mapping[str, Rubric] | None = None, triggers: Any = None,
-                 prediction_cache: PredictionCache | None = None) -> None:
+                 prediction_cache: PredictionCache | None = None, serving_mark: ServingMark | None = None) -> None:
         self.settings = settings
+        #: raised while the judge scores, so that a training job on this machine pauses (``backend.serving``)
+        self.serving_mark = serving_mark
         self.triggers = triggers
         self.judge = judge
         #: what /predict scores with: the judge itself, or the micro-batcher in front of it (MICRO_BATCHING)
@@ -178,8 +182,10 @@ class Service:
         missing = [i for i, score in enumerate(found) if score is None]
         if missing:
             adapter = self.ensure_adapter(ctx)
+            marked = self.serving_mark.scoring() if self.serving_mark else contextlib.nullcontext()
             try:
-                fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in missing], adapter)
+                with marked:
+                    fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in missing], adapter)
             except BatcherBusy as exc:
                 raise RequestError(f"the backend is busy: {exc}", 503) from None
             for i, score in zip(missing, fresh, strict=True):
@@ -382,3 +388,22 @@ class Service:
             return None
         status = job.get_status()
         return {"id": job_id, "status": str(getattr(status, "value", status)), "meta": job.meta}
+
+
+def build_service(settings: Settings, serving_mark: bool = True) -> Service:
+    """Load the judge and connect the registry (Redis optional at start-up). ``serving_mark``: raise the
+    serving mark while scoring (``backend.serving``); off in a worker's own service, which must not pause for
+    itself."""
+    from backend.redis_conn import redis_client
+    from backend.triggers import Triggers
+
+    judge = Judge.from_settings(settings)
+    redis = redis_client(settings)
+    registry = Registry(settings.model_dir, judge.base_name, redis)
+    cache = None
+    if settings.prediction_cache:
+        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens,
+                                settings.model_precision)
+    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
+                   prediction_cache=cache,
+                   serving_mark=ServingMark(redis, judge.base_name) if serving_mark else None)

@@ -121,6 +121,14 @@ class Settings:
     #: WORKER_THREADS: torch threads of an RQ training or pre-annotation job; 0 = TORCH_THREADS (torch's default:
     #: every core). Measured on 2 cores, one thread for the job did not keep /predict faster (benchmarks/SPEED.md).
     worker_threads: int = 0
+    #: WORKER_PAUSE_FOR_SERVING: a training or pre-annotation job pauses while a backend is scoring ``/predict``
+    #: (``backend.serving``): ``auto`` (a backend on the same host, by hostname), ``always`` (any backend on this
+    #: Redis and base model: set it when backend and worker share a machine under different hostnames, as in
+    #: the CPU docker-compose) or ``never`` (a worker on a machine of its own).
+    worker_pause_for_serving: str = "auto"
+    #: WORKER_MAX_PAUSE_S: the longest pause without a break; then the job runs unpaused for a tenth of it, so
+    #: a backend that never idles slows training down but cannot stop it.
+    worker_max_pause_s: float = 300.0
     #: TRAIN_RETRIES: how many times a training job is retried after a transient failure (Label Studio
     #: unreachable, answering 5xx or 429). A rejected token (401/403) or a missing project fails at once.
     train_retries: int = 3
@@ -207,6 +215,11 @@ class Settings:
             raise SettingsError(f"WORKER_NICE={self.worker_nice}: must be in [0, 19]")
         if self.worker_threads < 0:
             raise SettingsError("WORKER_THREADS must be 0 (every core but one) or more")
+        if self.worker_pause_for_serving not in ("auto", "always", "never"):
+            raise SettingsError(f"WORKER_PAUSE_FOR_SERVING={self.worker_pause_for_serving!r}: expected auto, always "
+                                "or never")
+        if self.worker_max_pause_s <= 0:
+            raise SettingsError(f"WORKER_MAX_PAUSE_S={self.worker_max_pause_s}: must be more than 0")
         if self.train_retries < 0 or self.train_retry_backoff < 0:
             raise SettingsError("TRAIN_RETRIES and TRAIN_RETRY_BACKOFF must be 0 or more")
         if self.fault_pause_at not in ("", "training", "adapter-written"):

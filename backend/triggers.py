@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from backend.redis_conn import redis_key
+
 log = logging.getLogger(__name__)
 
 TRAIN_JOB = "worker.jobs.train_project"
@@ -115,7 +117,7 @@ class Triggers:
         self._clear_stale = redis.register_script(_CLEAR_STALE)
 
     def key(self, what: str, project: str) -> str:
-        return f"rubric-judge:{self.base_name}:{what}:{project}"
+        return redis_key(self.base_name, what, project)
 
     def _keys(self, project: str) -> list[str]:
         return [self.key("queued", project), self.key("running", project), self.key("dirty", project),

@@ -40,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -406,16 +407,20 @@ def train_part(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def trainer_once(args: argparse.Namespace) -> None:
-    """A LoRA training job as the RQ worker runs it (WORKER_NICE, WORKER_THREADS from the flags), until killed;
-    prints ``started`` once the model is loaded. Called in a child process."""
+    """A LoRA training job as the RQ worker runs it (WORKER_NICE, WORKER_THREADS, WORKER_PAUSE_FOR_SERVING from
+    the flags), until killed; prints ``started`` once the model is loaded. Called in a child process."""
     from backend.judge import load_base_model
+    from backend.redis_conn import redis_client
+    from backend.serving import pause_hooks
     from worker.cli import lower_priority
     from worker.dataset import targets_for
+    from worker.jobs import serving_gate
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
 
     settings = Settings.from_env(**settings_overrides(args), worker_nice=args.worker_nice,
-                                 worker_threads=max(0, args.worker_threads))
+                                 worker_threads=max(0, args.worker_threads), redis_url=args.redis_url,
+                                 worker_pause_for_serving=args.worker_pause)
     lower_priority(settings)
     if args.worker_threads >= 0:  # -1: torch's own default (every core), the behaviour before WORKER_THREADS
         settings = settings.for_worker()
@@ -425,13 +430,16 @@ def trainer_once(args: argparse.Namespace) -> None:
     sys.stdout.write("started\n")
     sys.stdout.flush()
     config = TrainConfig.build(rubric, {"epochs": 5, "method": "lora", "targets": "consensus"})
-    train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
+    with pause_hooks(model, serving_gate(settings, redis_client(settings))):
+        train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
 
 
 def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """``/predict`` latency (p50 of 10-task requests, and one 30-task request: Label Studio's *Retrieve
-    Predictions* on a small project) with no training, and with a LoRA training job beside the backend, once
-    at WORKER_NICE=10 on one thread and once at full priority with every thread (the behaviour before)."""
+    Predictions* on a small project) with no training, and with a LoRA training job beside the backend: with
+    the worker's defaults (WORKER_NICE=10, every thread, pausing while the backend scores), without the pause,
+    and at full priority without the pause (the behaviour before WORKER_NICE). The trainer's optimizer steps
+    during each case show what the pause costs training."""
     import requests
 
     from backend.labeling import label_config
@@ -440,8 +448,10 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
     requests_per_case = 2 if args.quick else 5
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cases = [("no training", None), ("training, WORKER_NICE=10, WORKER_THREADS=1 (cores - 1)", (10, 1)),
-             ("training, nice 0, every thread (before)", (0, -1))]
+    cases = [("no training", None),
+             ("training, defaults: WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=auto", (10, 0, "auto")),
+             ("training, WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=never (before the pause)", (10, 0, "never")),
+             ("training, nice 0, no pause (before WORKER_NICE)", (0, -1, "never"))][: 2 if args.quick else 4]
     out: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with serving(args, port, {"REDIS_URL": args.redis_url, "PREDICTION_CACHE": "false"}):
         post = lambda tasks, first: requests.post(base + "/predict", timeout=900, json={  # noqa: E731
@@ -450,15 +460,18 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
         post(qa_tasks(Path(args.data_dir), 2, offset=6), 0)  # warm-up
         for index, (name, worker) in enumerate(cases):
             trainer = None
+            trainer_log = Path(tempfile.mkstemp(prefix="rj-trainer-", suffix=".log")[1])
             if worker is not None:
-                trainer = subprocess.Popen(
-                    [sys.executable, __file__, "--only", "_trainer", "--worker-nice", str(worker[0]),
-                     "--worker-threads", str(worker[1]), "--base-model", args.base_model, "--data-dir",
-                     args.data_dir], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                    start_new_session=True)
+                with trainer_log.open("w") as err:
+                    trainer = subprocess.Popen(
+                        [sys.executable, __file__, "--only", "_trainer", "--worker-nice", str(worker[0]),
+                         "--worker-threads", str(worker[1]), "--worker-pause", worker[2], "--base-model",
+                         args.base_model, "--data-dir", args.data_dir, "--redis-url", args.redis_url],
+                        stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
                 assert trainer.stdout is not None
                 trainer.stdout.readline()  # "started": the model is loaded
                 time.sleep(10)  # the training loop is running
+            steps_before = trainer_log.read_text().count("train step")
             try:
                 chunk = qa_tasks(Path(args.data_dir), 10 * requests_per_case + 30, offset=index + 1)  # unseen
                 times = []
@@ -473,9 +486,16 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
                 if trainer is not None:
                     os.killpg(trainer.pid, signal.SIGKILL)
                     trainer.wait(timeout=30)
+            text = trainer_log.read_text()
+            trainer_log.unlink()
+            seconds = sum(times) + retrieve
             out[name] = {"predict_10_tasks_p50_s": round(statistics.median(times), 2),
-                         "predict_10_tasks_s": [round(t, 2) for t in times], "predict_30_tasks_s": round(retrieve, 1)}
-            log.info("%s: 10-task /predict p50 %.2f s, 30 tasks %.1f s", name, statistics.median(times), retrieve)
+                         "predict_10_tasks_s": [round(t, 2) for t in times], "predict_30_tasks_s": round(retrieve, 1),
+                         "case_seconds": round(seconds, 1),
+                         "training_steps": text.count("train step") - steps_before if worker else None,
+                         "training_pauses": text.count("pausing training") if worker else None}
+            log.info("%s: 10-task /predict p50 %.2f s, 30 tasks %.1f s, %s training steps meanwhile", name,
+                     statistics.median(times), retrieve, out[name]["training_steps"])
     return out
 
 
@@ -576,9 +596,13 @@ def write_markdown(record: dict[str, Any]) -> None:
                   "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
                   "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
                   f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores (fp32).", "",
-                  "| case | 10-task /predict p50 (s) | 30-task /predict (s) |", "|---|---|---|"]
+                  "| case | 10-task /predict p50 (s) | 30-task /predict (s) | training steps during the requests "
+                  "(seconds) | pauses |", "|---|---|---|---|---|"]
         for name, row in contention.items():
-            lines.append(f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} |")
+            steps = row.get("training_steps")
+            lines.append(f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} | "
+                         + (f"{steps} ({row['case_seconds']} s)" if steps is not None else "–") + " | "
+                         + (str(row["training_pauses"]) if row.get("training_pauses") is not None else "–") + " |")
         lines.append("")
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -593,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=["judge", "http", "train", "contention", "_train", "_trainer"])
     parser.add_argument("--worker-nice", type=int, default=10, help="_trainer: WORKER_NICE")
     parser.add_argument("--worker-threads", type=int, default=0, help="_trainer: WORKER_THREADS (-1: torch's default)")
+    parser.add_argument("--worker-pause", default="auto", choices=["auto", "always", "never"],
+                        help="_trainer: WORKER_PAUSE_FOR_SERVING")
     parser.add_argument("--quick", action="store_true", help="a smoke run with small counts (not for the record)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--base-model", default="smollm2-135m")

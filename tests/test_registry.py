@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.app import redis_client as make_redis
+from backend.redis_conn import redis_client as make_redis
 from backend.registry import Registry, RegistryError, parse_project
 from backend.settings import Settings
 

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from rq import Queue
 
-from backend.app import create_app, redis_client
+from backend.app import create_app
+from backend.redis_conn import redis_client
 from backend.registry import Registry
 from backend.rubric import load_all
 from backend.service import Service

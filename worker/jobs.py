@@ -12,6 +12,7 @@ the predictions through Label Studio's API (``worker.prelabel``), progress in th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.rubric import Rubric
+from backend.serving import ServingGate, pause_hooks
 from backend.settings import Settings
 from worker.dataset import describe, split_records, targets_for
 from worker.source import Record
@@ -98,12 +100,14 @@ def run_training(
     snapshot: Mapping[str, Any] | list[Any] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     extra: Mapping[str, Any] | None = None,
+    gate: ServingGate | None = None,
 ) -> RunResult:
     """Train on ``records`` (split by task unless ``heldout`` is given), evaluate, and write the adapter,
     metrics and data snapshot into ``destination`` atomically (temporary folder, then rename).
 
     ``incumbent`` is ``(version name, adapter path)`` of the active adapter to compare with; without it the
     base model is the incumbent. ``metrics.json`` records the decision; the caller moves the active pointer.
+    ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.serving``).
     """
     from backend.judge import Judge, load_base_model
     from worker.evaluate import add_majority_reference, evaluate_judge, evaluate_predictions, majority_scores
@@ -126,6 +130,7 @@ def run_training(
         raise TrainingError(f"{destination} already exists; versions are never overwritten")
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
+    hooks = contextlib.ExitStack()
     try:
         _write_jsonl(tmp / "train.jsonl", [_record_row(r) for r in train])
         _write_jsonl(tmp / "heldout.jsonl", [_record_row(r) for r in held])
@@ -133,6 +138,7 @@ def run_training(
             (tmp / "export.json").write_text(json.dumps(snapshot, ensure_ascii=False), encoding="utf-8")
 
         model, tokenizer, base_name = load_base_model(settings)
+        hooks.enter_context(pause_hooks(model, gate))
         if method == "head":
             judge = Judge(model, tokenizer, base_name, settings)
             fitted = fit_feature_head(judge, rubric, train, held, config, progress)
@@ -184,7 +190,7 @@ def run_training(
             "incumbent_version": incumbent[0] if incumbent else "v0",
             "promoted": promote, "decision": reason,
             "history": history,
-            "training": training,
+            "training": training | ({"serving_pauses": gate.summary()} if gate is not None else {}),
             **(extra or {}),
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -192,6 +198,8 @@ def run_training(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        hooks.close()
     log.info("wrote %s: alpha per dimension %s (base %s); %s", destination, _alpha(candidate), _alpha(base),
              reason)
     return RunResult(destination, metrics, promote)
@@ -354,8 +362,8 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
     new triggers are absorbed by it."""
     from rq import Retry, get_current_job
 
-    from backend.app import redis_client
     from backend.judge import short_model_name
+    from backend.redis_conn import redis_client
     from backend.registry import parse_project
     from backend.triggers import HEARTBEAT_S, Triggers
     from worker.source import SourceError
@@ -438,7 +446,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     _stage(job, "training", triggers, project, version=f"v{number}")
     result = run_training(settings, rubric, records, registry.version_dir(project, number),
                           incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
-                          progress=_job_progress(project, job, triggers, settings),
+                          progress=_job_progress(project, job, triggers, settings), gate=serving_gate(settings, redis),
                           extra={"project": project, "version": registry.model_version(project, number),
                                  "source": stats.as_dict(),
                                  "label_config_problems": config_problems(rubric, parsed) if parsed else []})
@@ -455,6 +463,16 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     return outcome
 
 
+def serving_gate(settings: Settings, redis: Any) -> ServingGate | None:
+    """The gate at which a job's model waits while a backend on this machine scores (WORKER_PAUSE_FOR_SERVING)."""
+    from backend.judge import short_model_name
+
+    if settings.worker_pause_for_serving == "never":
+        return None
+    return ServingGate(redis, short_model_name(settings.base_model, settings.quantization),
+                       settings.worker_pause_for_serving, max_pause_s=settings.worker_max_pause_s)
+
+
 def prelabel_project(project_id: str, include_annotated: bool = False,
                      batch_size: int | None = None) -> dict[str, Any]:
     """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``).
@@ -462,6 +480,8 @@ def prelabel_project(project_id: str, include_annotated: bool = False,
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
     from rq import get_current_job
 
+    from backend.redis_conn import redis_client
+    from backend.service import build_service
     from worker.prelabel import DEFAULT_BATCH_SIZE
     from worker.prelabel import prelabel_project as run_prelabel
 
@@ -474,8 +494,10 @@ def prelabel_project(project_id: str, include_annotated: bool = False,
             job.meta.update({"stage": "prelabel", "done": done, "total": total, "written": written})
             job.save_meta()
 
-    result = run_prelabel(settings, project_id, include_annotated=include_annotated,
-                          batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=report)
+    service = build_service(settings, serving_mark=False)  # its own scoring must not pause itself
+    with pause_hooks(service.judge.model, serving_gate(settings, redis_client(settings))):
+        result = run_prelabel(settings, project_id, include_annotated=include_annotated,
+                              batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=report, service=service)
     if job is not None:
         job.meta.update({"stage": "done"})
         job.save_meta()

@@ -159,9 +159,9 @@ def prelabel_project(
         raise PrelabelError(f"cannot read project {pid} from Label Studio at {url} ({_describe(exc, url, pid)})"
                             ) from None
     if service is None:
-        from backend.app import build_service
+        from backend.service import build_service
 
-        service = build_service(settings)
+        service = build_service(settings, serving_mark=False)
     try:
         ctx = service.context(str(pid), _field(details, "label_config") or None)
     except RequestError as exc:
