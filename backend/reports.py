@@ -6,17 +6,18 @@ Inputs are the ``metrics.json`` files the worker writes next to each adapter ver
 
 from __future__ import annotations
 
-import html
+import functools
 import io
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.prefill import decide, main_report
+from backend.insights import agreement_matrix, disagreements
+from backend.metrics import at_path, dimension_row, finite, json_safe, shown_columns
+from backend.prefill import decide
 from backend.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -33,48 +34,16 @@ class ReportError(LookupError):
 # data
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def dimension_rows(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
                    prefill_unevaluated: bool = True) -> list[dict[str, Any]]:
-    """One row per dimension: judge vs consensus, the human ceiling, the base-model floor, the majority
-    label's alpha on the same tasks, and whether the version pre-fills the dimension (and why)."""
+    """One row per dimension (``backend.metrics.dimension_row``: judge vs consensus, the human ceiling, the
+    base-model floor, the majority label's alpha on the same tasks...) and whether the version pre-fills it."""
     candidate = metrics.get("candidate") or {}
-    base = metrics.get("base") or {}
-    names = list(candidate.get("dimensions") or {})
-    decisions = decide(names, candidate or None, prefill_rule, prefill_unevaluated)
-    rows = []
-    for name, entry in (candidate.get("dimensions") or {}).items():
-        main = main_report(entry)
-        ordinal = entry.get("ordinal") or {}
-        floor = main_report((base.get("dimensions") or {}).get(name, {}))
-        confusion = main.get("confusion") or ordinal.get("confusion")
-        rows.append({
-            "name": name,
-            "level": main.get("level"),
-            "judge": {"alpha": _finite(main.get("alpha_system")), "ci": main.get("alpha_system_ci"),
-                      "alpha_ordinal": _finite(ordinal.get("alpha_system")) if ordinal else None,
-                      "exact": _finite(main.get("exact")), "mae": _finite(main.get("mae")),
-                      "macro_f1": _finite(main.get("macro_f1")), "per_class_f1": main.get("per_class_f1")},
-            "ceiling": {"alpha": _finite(main.get("alpha_humans")), "n_raters": main.get("n_raters")},
-            "floor": {"alpha": _finite(floor.get("alpha_system")), "ci": floor.get("alpha_system_ci")},
-            "delta_alpha": _finite(main.get("delta_alpha")),
-            "majority": {"alpha": _finite(entry.get("alpha_majority"))},
-            "prefill": decisions[name].as_dict(),
-            "nearly_constant": bool(entry.get("nearly_constant")),
-            "n_units": main.get("n_units"),
-            "confusion": confusion,
-            "predicted_distribution": entry.get("predicted_distribution"),
-        })
-    return rows
+    base = (metrics.get("base") or {}).get("dimensions") or {}
+    entries = candidate.get("dimensions") or {}
+    decisions = decide(list(entries), candidate or None, prefill_rule, prefill_unevaluated)
+    return [dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
+            for name, entry in entries.items()]
 
 
 def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
@@ -119,11 +88,11 @@ def version_summary(number: int, model_version: str, metrics: Mapping[str, Any],
         "number": number, "version": model_version, "active": active,
         "created": metrics.get("created"), "promoted": metrics.get("promoted"), "decision": metrics.get("decision"),
         "method": metrics.get("method", "lora"),
-        "alpha_dims": _finite(metrics.get("alpha_dims")),
-        "alpha_dims_base": _finite((metrics.get("base") or {}).get("alpha_dims")),
-        "alpha_flat": _finite(metrics.get("alpha_flat")), "alpha_flat_ci": metrics.get("alpha_flat_ci"),
-        "alpha_base_flat": _finite((metrics.get("base") or {}).get("alpha_flat")),
-        "alpha_humans_flat": _finite(metrics.get("alpha_humans_flat")),
+        "alpha_dims": finite(metrics.get("alpha_dims")),
+        "alpha_dims_base": finite((metrics.get("base") or {}).get("alpha_dims")),
+        "alpha_flat": finite(metrics.get("alpha_flat")), "alpha_flat_ci": metrics.get("alpha_flat_ci"),
+        "alpha_base_flat": finite((metrics.get("base") or {}).get("alpha_flat")),
+        "alpha_humans_flat": finite(metrics.get("alpha_humans_flat")),
         "counts": metrics.get("counts"), "training": metrics.get("training"),
         "dimensions": {row["name"]: {"alpha": row["judge"]["alpha"], "ci": row["judge"]["ci"],
                                      "floor": row["floor"]["alpha"], "ceiling": row["ceiling"]["alpha"]}
@@ -139,16 +108,16 @@ def run_details(metrics: Mapping[str, Any], prefill_rule: str | float = "majorit
     return {
         "rubric": metrics.get("rubric"), "model_name": metrics.get("model_name"),
         "method": metrics.get("method", "lora"),
-        "headline": {"alpha_dims": _finite(candidate.get("alpha_dims")),
-                     "delta_alpha_dims": _finite(candidate.get("delta_alpha_dims")),
-                     "majority": _finite(candidate.get("alpha_dims_majority")),
-                     "floor": _finite((metrics.get("base") or {}).get("alpha_dims"))},
-        "flat": {"alpha": _finite(candidate.get("alpha_flat")), "ci": candidate.get("alpha_flat_ci"),
-                 "alpha_ordinal": _finite(candidate.get("alpha_flat_ordinal")),
-                 "ceiling": _finite(candidate.get("alpha_humans_flat")),
-                 "floor": _finite((metrics.get("base") or {}).get("alpha_flat")),
-                 "delta_alpha": _finite(candidate.get("delta_alpha_flat")),
-                 "exact": _finite(candidate.get("exact_flat")), "mae": _finite(candidate.get("mae_flat")),
+        "headline": {"alpha_dims": finite(candidate.get("alpha_dims")),
+                     "delta_alpha_dims": finite(candidate.get("delta_alpha_dims")),
+                     "majority": finite(candidate.get("alpha_dims_majority")),
+                     "floor": finite((metrics.get("base") or {}).get("alpha_dims"))},
+        "flat": {"alpha": finite(candidate.get("alpha_flat")), "ci": candidate.get("alpha_flat_ci"),
+                 "alpha_ordinal": finite(candidate.get("alpha_flat_ordinal")),
+                 "ceiling": finite(candidate.get("alpha_humans_flat")),
+                 "floor": finite((metrics.get("base") or {}).get("alpha_flat")),
+                 "delta_alpha": finite(candidate.get("delta_alpha_flat")),
+                 "exact": finite(candidate.get("exact_flat")), "mae": finite(candidate.get("mae_flat")),
                  "level": candidate.get("level_flat")},
         "dimensions": dimension_rows(metrics, prefill_rule, prefill_unevaluated),
         "history": metrics.get("history") or [],
@@ -159,10 +128,33 @@ def run_details(metrics: Mapping[str, Any], prefill_rule: str | float = "majorit
     }
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def actionable(run_dir: Path | None, metrics: Mapping[str, Any], project: str | None = None,
+               label_studio_url: str = "") -> dict[str, Any]:
+    """Who agrees with whom (pairwise α between annotators and the judge, per dimension and flattened: every
+    annotated task of the run for human pairs, the held-out tasks for the judge) and where the judge is
+    furthest from the humans on held-out tasks, from the run folder's data snapshot."""
+    candidate = metrics.get("candidate") or {}
+    dimensions = candidate.get("dimensions") or {}
+    held = _jsonl(run_dir / "heldout.jsonl") if run_dir else []
+    rows = _jsonl(run_dir / "train.jsonl") + held if run_dir else []
+    predictions = candidate.get("predictions") or []
+    if not rows or not dimensions:
+        return {"agreement_matrix": None, "disagreements": None}
+    level = candidate.get("level_flat") or "interval"
+    return {"agreement_matrix": agreement_matrix(rows, predictions, dimensions, level),
+            "disagreements": disagreements(held, predictions, dimensions, project, label_studio_url)}
+
+
 def project_report(registry: Registry, project: str, prefill_rule: str | float = "majority",
-                   prefill_unevaluated: bool = True) -> dict[str, Any]:
+                   prefill_unevaluated: bool = True, label_studio_url: str = "") -> dict[str, Any]:
     """Report data of a project: every version, and the details of the active (else latest) run (with the
-    pre-fill decisions under PREFILL_MIN_ALPHA = ``prefill_rule``)."""
+    pre-fill decisions under PREFILL_MIN_ALPHA = ``prefill_rule``, and links to ``label_studio_url``)."""
     infos = registry.versions(project)
     runs = [(i, i.metrics) for i in infos if i.number > 0 and i.metrics]
     if not runs:
@@ -175,8 +167,9 @@ def project_report(registry: Registry, project: str, prefill_rule: str | float =
         "shown_version": shown[0].model_version,
         "versions": [version_summary(i.number, i.model_version, m, i.active) for i, m in runs],
         **run_details(shown[1], prefill_rule, prefill_unevaluated),
+        **actionable(shown[0].path, shown[1], project, label_studio_url),
     }
-    return _json_safe(report)
+    return json_safe(report)
 
 
 def run_report(run_dir: Path) -> dict[str, Any]:
@@ -186,8 +179,9 @@ def run_report(run_dir: Path) -> dict[str, Any]:
         raise ReportError(f"{run_dir}: no metrics.json (is this a `rubric-judge train --out` folder?)")
     metrics = json.loads(path.read_text(encoding="utf-8"))
     report = {"project": None, "active_version": None, "shown_version": str(run_dir),
-              "versions": [version_summary(1, str(run_dir), metrics, True)], **run_details(metrics)}
-    return _json_safe(report)
+              "versions": [version_summary(1, str(run_dir), metrics, True)], **run_details(metrics),
+              **actionable(run_dir, metrics)}
+    return json_safe(report)
 
 
 def projects_index(registry: Registry) -> dict[str, Any]:
@@ -198,21 +192,11 @@ def projects_index(registry: Registry) -> dict[str, Any]:
         metrics = (active.metrics or {}) if active.number else {}
         latest = next((i for i in reversed(infos) if i.metrics and i.number), None)
         out.append({"project": project, "active_version": active.model_version,
-                    "alpha_dims": _finite(metrics.get("alpha_dims")), "alpha_flat": _finite(metrics.get("alpha_flat")),
+                    "alpha_dims": finite(metrics.get("alpha_dims")), "alpha_flat": finite(metrics.get("alpha_flat")),
                     "versions": len(infos) - 1,
-                    "latest_alpha_dims": _finite((latest.metrics or {}).get("alpha_dims")) if latest else None,
-                    "latest_alpha_flat": _finite((latest.metrics or {}).get("alpha_flat")) if latest else None})
+                    "latest_alpha_dims": finite((latest.metrics or {}).get("alpha_dims")) if latest else None,
+                    "latest_alpha_flat": finite((latest.metrics or {}).get("alpha_flat")) if latest else None})
     return {"projects": out}
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,6 +273,47 @@ def plot_confusion(row: Mapping[str, Any]) -> str:
     return _svg(fig)
 
 
+def plot_agreement_matrix(cell: Mapping[str, Any], title: str) -> str:
+    """A heatmap of pairwise α (annotators and the judge); a cell with fewer than ``min_shared`` shared tasks
+    is grey and says so, every cell names its number of shared tasks."""
+    raters = [str(r) for r in cell.get("raters") or []]
+    size = max(1, len(raters))
+    fig, ax = _figure(1.6 + 0.75 * size, 1.3 + 0.6 * size)
+    if not raters:
+        ax.text(0.5, 0.5, "no raters", ha="center", va="center")
+        ax.axis("off")
+        return _svg(fig)
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in cell["alpha"]], dtype=float)
+    reliable = cell["reliable"]
+    shown = np.where(np.array(reliable), values, np.nan)
+    ax.imshow(np.where(np.eye(size, dtype=bool), np.nan, shown), cmap="RdYlGn", vmin=-0.5, vmax=1.0)
+    for i in range(size):
+        for j in range(size):
+            n = cell["shared"][i][j]
+            if i == j:
+                ax.add_patch(_patch(j, i, "#ffffff"))
+                ax.text(j, i, f"n={n}", ha="center", va="center", fontsize=7, color="#666666")
+            elif not reliable[i][j]:
+                ax.add_patch(_patch(j, i, "#d9d9d9"))
+                ax.text(j, i, f"n={n}\n< {cell['min_shared']}", ha="center", va="center", fontsize=7,
+                        color="#555555")
+            else:
+                text = "–" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
+                ax.text(j, i, f"{text}\nn={n}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(size), raters, rotation=30, ha="right")
+    ax.set_yticks(range(size), raters)
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def _patch(x: int, y: int, color: str) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=color, edgecolor="white")
+
+
 def plot_losses(history: Sequence[Mapping[str, Any]]) -> str:
     fig, ax = _figure(6.5, 2.8)
     train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
@@ -323,164 +348,53 @@ def plot_versions(versions: Sequence[Mapping[str, Any]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# HTML
+# HTML (Jinja2 templates in backend/templates, autoescaped)
 
 
 def fmt_alpha(value: Any) -> str:
-    number = _finite(value)
+    number = finite(value)
     return "–" if number is None else f"{number:.3f}"
 
 
 def fmt_int(value: Any) -> str:
-    return "–" if value is None else f"{int(value):,}"
+    number = finite(value)
+    return "–" if number is None else f"{int(number):,}"
 
 
-def _ci(ci: Any) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return ""
-    return f" <span class=ci>[{fmt_alpha(ci[0])}, {fmt_alpha(ci[1])}]</span>"
+def _cell(value: Any, kind: str) -> str:
+    return fmt_int(value) if kind == "int" else fmt_alpha(value)
 
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#1d1d1f;max-width:1180px;
-margin:24px auto;padding:0 20px}
-h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0}td,th{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}
-th{background:#f6f6f6}td:first-child,th:first-child{text-align:left}.ci{color:#666;font-size:12px}
-.warn{background:#fff6e0;border-left:4px solid #e39b2d;padding:6px 10px;margin:6px 0}.muted{color:#666}
-.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}svg{max-width:100%;height:auto}
-.badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px}.yes{background:#dff3e4}
-.no{background:#f8e0e0}@media print{body{max-width:none}h2{break-after:avoid}}
-"""
+@functools.cache
+def _templates() -> Any:
+    from jinja2 import ChainableUndefined, Environment, PackageLoader, select_autoescape
+
+    # ChainableUndefined: a key absent from older metrics.json files renders as "–", never fails the page
+    env = Environment(loader=PackageLoader("backend", "templates"), autoescape=select_autoescape(["html"]),
+                      undefined=ChainableUndefined)
+    env.filters.update(alpha=fmt_alpha, integer=fmt_int, at=at_path, cell=_cell)
+    return env
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """The report page: self-contained HTML with inline SVG plots."""
-    e = html.escape
-    flat = report.get("flat") or {}
+    """The report page: self-contained HTML (no script, no network) with inline SVG plots."""
     rows = report.get("dimensions") or []
-    counts = report.get("counts") or {}
-    title = f"Agreement report — project {report['project']}" if report.get("project") else "Agreement report"
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(title)}</title>",
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>{e(title)}</h1>",
-             f"<p class=muted>Rubric <b>{e(str(report.get('rubric')))}</b> · model "
-             f"<b>{e(str(report.get('model_name')))}</b> · active version "
-             f"<b>{e(str(report.get('active_version')))}</b> · shown "
-             f"<b>{e(str(report.get('shown_version')))}</b></p>"]
+    matrix = report.get("agreement_matrix") or {}
+    cells = ([("all dimensions (flattened)", matrix["flat"])] if matrix.get("flat") else []) + \
+        list((matrix.get("dimensions") or {}).items())
+    plots = {"alpha": plot_alpha_by_dimension(rows, report.get("flat") or {}),
+             "matrix": [plot_agreement_matrix(cell, name) for name, cell in cells],
+             "confusion": [plot_confusion(row) for row in rows],
+             "losses": plot_losses(report.get("history") or []),
+             "versions": plot_versions(report.get("versions") or [])}
+    return _templates().get_template("report.html").render(report=report, plots=plots, columns=shown_columns())
 
-    headline = report.get("headline") or {}
-    parts.append("<section id=summary><h2>Summary</h2><table><tr><th></th><th>alpha</th><th>95% interval</th></tr>")
-    parts.append(f"<tr><td><b>Judge vs human consensus, mean over dimensions</b> ({e(str(report.get('method')))})"
-                 f"</td><td><b>{fmt_alpha(headline.get('alpha_dims'))}</b></td><td></td></tr>")
-    parts.append(f"<tr><td>Majority label per dimension (a constant) on the same tasks</td>"
-                 f"<td>{fmt_alpha(headline.get('majority'))}</td><td></td></tr>")
-    parts.append(f"<tr><td>Untrained base model v0, mean over dimensions</td>"
-                 f"<td>{fmt_alpha(headline.get('floor'))}</td><td></td></tr>")
-    parts.append(f"<tr><td>One more annotator: Δα, mean over dimensions</td>"
-                 f"<td>{fmt_alpha(headline.get('delta_alpha_dims'))}</td><td></td></tr>")
-    parts.append(f"<tr><td class=muted>The paper's figure: all dimensions flattened ({e(str(flat.get('level')))}"
-                 f"; a constant per dimension scores well on it)</td>"
-                 f"<td>{fmt_alpha(flat.get('alpha'))}</td><td>{_ci(flat.get('ci'))}</td></tr>")
-    parts.append(f"<tr><td class=muted>flattened: humans vs each other (ceiling)</td>"
-                 f"<td>{fmt_alpha(flat.get('ceiling'))}</td><td></td></tr>")
-    parts.append(f"<tr><td class=muted>flattened: untrained base model v0 (floor)</td>"
-                 f"<td>{fmt_alpha(flat.get('floor'))}</td><td></td></tr>")
-    parts.append("</table></section>")
 
-    warnings = report.get("warnings") or []
-    parts.append("<section id=warnings><h2>Warnings</h2>")
-    parts.extend(f"<div class=warn>{e(w)}</div>" for w in warnings)
-    if not warnings:
-        parts.append("<p class=muted>None.</p>")
-    parts.append("</section>")
-
-    parts.append("<section id=dimensions><h2>Agreement per dimension</h2>")
-    parts.append(plot_alpha_by_dimension(rows, flat))
-    parts.append("<table><tr><th>dimension</th><th>judge α</th><th>ordinal α</th><th>ceiling α</th><th>floor α</th>"
-                 "<th>majority α</th><th>Δα</th><th>exact</th><th>MAE</th><th>macro-F1</th><th>units</th>"
-                 "<th>pre-filled</th></tr>")
-    for row in rows:
-        judge = row["judge"]
-        prefill = row.get("prefill") or {}
-        badge = "<span class='badge yes'>yes</span>" if prefill.get("prefilled") else "<span class='badge no'>no</span>"
-        parts.append(
-            f"<tr><td>{e(row['name'])}</td><td>{fmt_alpha(judge['alpha'])}{_ci(judge['ci'])}</td>"
-            f"<td>{fmt_alpha(judge['alpha_ordinal'])}</td><td>{fmt_alpha(row['ceiling']['alpha'])}</td>"
-            f"<td>{fmt_alpha(row['floor']['alpha'])}</td><td>{fmt_alpha((row.get('majority') or {}).get('alpha'))}</td>"
-            f"<td>{fmt_alpha(row['delta_alpha'])}</td>"
-            f"<td>{fmt_alpha(judge['exact'])}</td><td>{fmt_alpha(judge['mae'])}</td>"
-            f"<td>{fmt_alpha(judge['macro_f1'])}</td><td>{fmt_int(row['n_units'])}</td>"
-            f"<td>{badge} <span class=muted>{e(str(prefill.get('reason', '')))}</span></td></tr>")
-    parts.append("</table>")
-    for row in rows:
-        if row["judge"].get("per_class_f1"):
-            cells = "".join(f"<tr><td>{e(str(k))}</td><td>{fmt_alpha(v)}</td></tr>"
-                            for k, v in row["judge"]["per_class_f1"].items())
-            parts.append(f"<h3>Per-class F1: {e(row['name'])}</h3><table><tr><th>class</th><th>F1</th></tr>"
-                         f"{cells}</table>")
-    parts.append("</section>")
-
-    parts.append("<section id=confusion><h2>Confusion matrices</h2><div class=grid>")
-    parts.extend(f"<figure>{plot_confusion(row)}</figure>" for row in rows)
-    parts.append("</div></section>")
-
-    parts.append("<section id=losses><h2>Training and validation loss</h2>")
-    parts.append(plot_losses(report.get("history") or []))
-    parts.append("</section>")
-
-    versions = report.get("versions") or []
-    parts.append("<section id=versions><h2>Versions</h2>")
-    parts.append(plot_versions(versions))
-    parts.append("<table><tr><th>version</th><th>method</th><th>created</th><th>α per dimension (judge)</th>"
-                 "<th>α per dimension (base)</th><th>flattened α</th><th>decision</th>"
-                 "<th>train / held-out tasks</th><th>training time</th></tr>")
-    for v in versions:
-        badge = ("<span class='badge yes'>promoted</span>" if v["promoted"]
-                 else "<span class='badge no'>not promoted</span>")
-        c = v.get("counts") or {}
-        t = v.get("training") or {}
-        active = " (active)" if v["active"] else ""
-        parts.append(f"<tr><td>{e(str(v['version']))}{active}</td><td>{e(str(v.get('method') or ''))}</td>"
-                     f"<td>{e(str(v.get('created') or ''))}</td>"
-                     f"<td>{fmt_alpha(v.get('alpha_dims'))}</td><td>{fmt_alpha(v.get('alpha_dims_base'))}</td>"
-                     f"<td>{fmt_alpha(v['alpha_flat'])}{_ci(v.get('alpha_flat_ci'))}</td>"
-                     f"<td>{badge} {e(str(v.get('decision') or ''))}</td>"
-                     f"<td>{fmt_int(c.get('train_tasks'))} / {fmt_int(c.get('heldout_tasks'))}</td>"
-                     f"<td>{fmt_int(t.get('seconds'))} s</td></tr>")
-    parts.append("</table>")
-    names = [row["name"] for row in rows]
-    if len(versions) > 1 and names:
-        parts.append("<h3>Judge α per dimension, every version</h3><table><tr><th>version</th>"
-                     + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>")
-        for v in versions:
-            cells = "".join(f"<td>{fmt_alpha((v.get('dimensions') or {}).get(n, {}).get('alpha'))}</td>"
-                            for n in names)
-            parts.append(f"<tr><td>{e(str(v['version']))}</td>{cells}</tr>")
-        parts.append("</table>")
-    parts.append("</section>")
-
-    source = report.get("source") or {}
-    parts.append("<section id=counts><h2>Data</h2><table>")
-    for label, value in (("tasks", counts.get("tasks")), ("annotations", counts.get("annotations")),
-                         ("annotators", counts.get("annotators")), ("training tasks", counts.get("train_tasks")),
-                         ("training examples", counts.get("train_examples")),
-                         ("held-out tasks", counts.get("heldout_tasks")),
-                         ("held-out tasks with 2+ annotators", counts.get("multi_annotator_heldout_tasks")),
-                         ("cancelled annotations skipped", source.get("cancelled"))):
-        parts.append(f"<tr><td>{e(label)}</td><td>{fmt_int(value)}</td></tr>")
-    parts.append("</table></section></body></html>")
-    return "\n".join(parts)
+def render_queue(data: Mapping[str, Any]) -> str:
+    """What to label next (``Service.label_queue``) as a page with links into Label Studio."""
+    return _templates().get_template("queue.html").render(data=data)
 
 
 def render_index(index: Mapping[str, Any]) -> str:
-    e = html.escape
-    rows = "".join(
-        f"<tr><td><a href='/reports/{e(p['project'])}'>project {e(p['project'])}</a></td>"
-        f"<td>{e(p['active_version'])}</td><td>{fmt_alpha(p.get('alpha_dims'))}</td><td>{fmt_alpha(p['alpha_flat'])}"
-        f"</td><td>{fmt_int(p['versions'])}</td></tr>"
-        for p in index["projects"])
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>rubric-judge reports</title>"
-            f"<style>{CSS}</style></head><body><h1>Projects</h1><table><tr><th>project</th><th>active version</th>"
-            f"<th>α per dimension</th><th>α flattened (paper)</th><th>trained versions</th></tr>{rows}</table>"
-            f"</body></html>")
+    """The projects index page."""
+    return _templates().get_template("index.html").render(index=index)

@@ -14,14 +14,11 @@ from typing import Any
 
 import yaml
 
+from backend.training_keys import RUBRIC_KEYS
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 RUBRIC_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 KINDS = ("scores", "classification")
-TRAINING_KEYS = {
-    "lora_r", "lora_alpha", "lora_dropout", "epochs", "learning_rate", "batch_size", "micro_batch_size", "max_length",
-    "warmup_ratio", "weight_decay", "heldout_fraction", "token_dropout_rate", "token_dropout_prob", "seed",
-    "head_folds",
-}
 
 
 class RubricError(ValueError):
@@ -253,7 +250,7 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
 
     training = data.get("training")
     training = c.mapping({} if training is None else training, "training")
-    c.unknown_keys(training, TRAINING_KEYS, "training")
+    c.unknown_keys(training, set(RUBRIC_KEYS), "training")
     for key, value in training.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise c.fail(f"training.{key}", f"expected a number, got {value!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.batcher import Batcher, BatcherBusy
-from backend.judge import Judge, TaskScore
+from backend.judge import Judge
 from backend.labeling import (
     Binding,
     LabelConfigError,
@@ -31,6 +31,7 @@ from backend.prediction_cache import PredictionCache
 from backend.prefill import PrefillDecision, decide
 from backend.registry import Registry, RegistryError, parse_project
 from backend.rubric import Rubric, load_all
+from backend.scores import TaskScore
 from backend.serving import ServingMark
 from backend.settings import Settings
 
@@ -46,7 +47,8 @@ TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREA
 
 
 class RequestError(ValueError):
-    """A client error: ``status`` (4xx) and a message saying what was wrong."""
+    """A request that cannot be served: ``status`` (a 4xx naming what was wrong with the request, or 503 when
+    Redis or the scorer is unavailable) and the message sent back as ``{"status", "error"}``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -342,10 +344,18 @@ class Service:
         """Status and progress meta of a job this backend enqueued."""
         if self.triggers is None:
             raise RequestError("job queue unavailable: Redis is not configured", 503)
-        info = self._job_info(job_id)
+        try:
+            info = self.triggers.job(job_id)
+        except Exception as exc:  # Redis down or a malformed id
+            log.error("job %s: queue unavailable (%s)", job_id, type(exc).__name__)
+            raise RequestError(f"job queue unavailable ({type(exc).__name__})", 503) from None
         if info is None:
             raise RequestError(f"no job {job_id!r}", 404)
         return info
+
+    def label_queue(self, project: object, limit: int = 20) -> dict[str, Any]:
+        """What to label next (``label_queue``)."""
+        return label_queue(self.settings, self.registry, project, limit)
 
     def redis_status(self) -> str:
         """``ok``, ``unavailable`` (training triggers answer 503; predictions read the disk) or ``not configured``."""
@@ -374,20 +384,47 @@ class Service:
                                    503) from None
             job_id = state.get("running") or state.get("queued")
             if job_id:
-                state["job"] = self._job_info(job_id)
+                state["job"] = None
+                with contextlib.suppress(Exception):  # the rest of the state is still worth answering
+                    state["job"] = self.triggers.job(job_id)
             state["active_version"] = self.registry.model_version(p, self.registry.active_version(p))
             out[p] = state
         return {"projects": out}
 
-    def _job_info(self, job_id: str) -> dict[str, Any] | None:
-        from rq.job import Job
 
-        try:
-            job = Job.fetch(job_id, connection=self.triggers.redis)
-        except Exception:
-            return None
-        status = job.get_status()
-        return {"id": job_id, "status": str(getattr(status, "value", status)), "meta": job.meta}
+def label_queue(settings: Settings, registry: Registry, project: object, limit: int = 20) -> dict[str, Any]:
+    """What to label next: the project's unannotated tasks whose stored prediction by the active version is
+    least certain, first (read through Label Studio's API; nothing is scored)."""
+    from backend.insights import label_next
+    from backend.label_studio import (
+        LabelStudioError,
+        describe_error,
+        is_annotated,
+        label_studio_client,
+        list_tasks,
+        task_predictions,
+    )
+
+    if not 1 <= limit <= 10_000:
+        raise RequestError(f"limit {limit}: expected 1 to 10000")
+    pid = parse_project(project)
+    model_version = registry.model_version(pid, registry.active_version(pid))
+    url = settings.label_studio_url
+    try:
+        client = label_studio_client(url, settings.label_studio_api_key)
+    except LabelStudioError as exc:
+        raise RequestError(str(exc), 503) from None
+    try:
+        tasks = [t for t in list_tasks(client, int(pid)) if not is_annotated(t)]
+        for task in tasks:
+            task["predictions"] = task_predictions(client, task)
+    except Exception as exc:  # the SDK raises ApiError, httpx errors, ...
+        raise RequestError(f"cannot read project {pid} from Label Studio at {url} "
+                           f"({describe_error(exc, url, int(pid))})", 502) from None
+    queue = label_next(tasks, model_version, pid, url, limit)
+    predicted = sum(1 for t in tasks if any(p["model_version"] == model_version for p in t["predictions"]))
+    return {"project": pid, "model_version": model_version, "unannotated": len(tasks),
+            "predicted_by_active_version": predicted, "queue": queue}
 
 
 def build_service(settings: Settings, serving_mark: bool = True) -> Service:

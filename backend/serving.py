@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from backend.redis_conn import redis_key
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,16 @@ class ServingGate:
         #: how often and how long this gate paused, for the job's log and metrics
         self.pauses = 0
         self.paused_s = 0.0
+
+    @classmethod
+    def for_worker(cls, settings: Settings, redis: Any) -> ServingGate | None:
+        """The gate of a job run with ``settings`` (WORKER_PAUSE_FOR_SERVING, WORKER_MAX_PAUSE_S); None for never."""
+        from backend.model_loader import short_model_name
+
+        if settings.worker_pause_for_serving == "never":
+            return None
+        return cls(redis, short_model_name(settings.base_model, settings.quantization),
+                   settings.worker_pause_for_serving, max_pause_s=settings.worker_max_pause_s)
 
     def serving(self) -> bool:
         """Whether a backend that counts (same host under ``auto``) holds the mark now. One Redis read."""

@@ -234,18 +234,13 @@ class Settings:
             raise SettingsError(f"LOG_LEVEL={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
 
     def training_overrides(self) -> dict[str, object]:
-        """The TRAIN_* settings that are set, as ``TrainConfig`` overrides."""
-        values: dict[str, object] = {"epochs": self.train_epochs, "learning_rate": self.train_learning_rate,
-                                     "batch_size": self.train_batch_size, "max_length": self.train_max_length,
-                                     "heldout_fraction": self.train_heldout_fraction}
-        out = {k: v for k, v in values.items() if v}
-        if self.train_targets != "each":
-            out["targets"] = self.train_targets
-        if self.train_precision != "auto":
-            out["precision"] = self.train_precision
-        if self.train_method != "auto":
-            out["method"] = self.train_method
-        return out
+        """The TRAIN_* settings (``backend.training_keys.ENV_KEYS``) that differ from their default ("keep"), as
+        ``TrainConfig`` overrides."""
+        from backend.training_keys import ENV_KEYS
+
+        defaults = Settings()
+        return {name: getattr(self, f"train_{name}") for name in ENV_KEYS
+                if getattr(self, f"train_{name}") != getattr(defaults, f"train_{name}")}
 
     @property
     def prefill_rule(self) -> str | float:

@@ -3,21 +3,25 @@
 State per project (all under ``rubric-judge:<base>:``):
 
 - ``queued:<p>``  id of the job waiting in the queue; new triggers are absorbed by it;
-- ``running:<p>`` id of the job being trained (expires 30 min after the worker's last heartbeat, so a
-  killed worker cannot block training for ever);
+- ``running:<p>`` id of the job being trained (expires RUNNING_TTL_S = 120 s after the job's last heartbeat,
+  so a killed worker cannot block training for ever);
 - ``dirty:<p>``   set by a trigger that arrives while a job runs: exactly one follow-up is queued when the
   running job ends;
 - ``pending:<p>`` annotation events since the last training trigger.
 
-Every transition is one Lua script, so concurrent webhooks and the worker never enqueue two jobs. The job
-is enqueued by its dotted name (``worker.jobs.train_project``): the backend never imports the worker.
+Every transition is one Lua script, so concurrent webhooks and the worker never enqueue two jobs. Jobs are
+enqueued by their dotted names (``worker.jobs.train_project``, ``worker.jobs.prelabel_project``) through one
+helper (``_enqueue_job``), and read back through one (``job``): the backend never imports the worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,7 @@ HEARTBEAT_S = 30
 #: RQ states in which a job will never run again: a queued/running mark naming such a job is stale.
 FINAL_STATES = frozenset({"finished", "failed", "stopped", "canceled"})
 QUEUED_TTL_S = 7 * 24 * 3600
+RESULT_TTL_S = 7 * 24 * 3600  # how long RQ keeps a finished or failed job (GET /jobs/<id>)
 JOB_TIMEOUT_S = 24 * 3600
 
 _TRIGGER = """
@@ -124,15 +129,20 @@ class Triggers:
                 self.key("pending", project)]
 
     def _enqueue(self, project: str, job_id: str) -> None:
+        self._enqueue_job(TRAIN_JOB, (project, self.base_name), job_id, f"train project {project}",
+                          self.key("queued", project))
+
+    def _enqueue_job(self, func: str, args: tuple[Any, ...], job_id: str, description: str, mark: str) -> None:
+        """Enqueue ``func`` (a dotted name: the backend never imports the worker) as ``job_id``; if that fails,
+        delete the project's ``mark`` that named the job, so the next trigger tries again."""
         from rq import Queue
 
-        queue = Queue(self.queue_name, connection=self.redis)
         try:
-            queue.enqueue(TRAIN_JOB, project, self.base_name, job_id=job_id, job_timeout=JOB_TIMEOUT_S,
-                          result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
-                          description=f"train project {project}")
+            Queue(self.queue_name, connection=self.redis).enqueue(
+                func, *args, job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S,
+                failure_ttl=RESULT_TTL_S, description=description)
         except Exception:
-            self.redis.delete(self.key("queued", project))
+            self.redis.delete(mark)
             raise
 
     def trigger(self, project: str, force: bool = False) -> TriggerResult:
@@ -163,15 +173,23 @@ class Triggers:
             return TriggerResult(status, job_id)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def job_state(self, job_id: str) -> str | None:
-        """RQ's status of ``job_id`` (``queued``, ``started``, ``failed``, ...), or None if unknown."""
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """``{"id", "status", "meta"}`` of an RQ job (status ``queued``, ``started``, ``failed``...; meta its
+        progress), or None when RQ does not know it."""
         from rq.exceptions import NoSuchJobError
         from rq.job import Job
 
         try:
-            return str(Job.fetch(job_id, connection=self.redis).get_status(refresh=False).value)
+            job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
             return None
+        status = job.get_status(refresh=False)
+        return {"id": job_id, "status": str(getattr(status, "value", status)), "meta": job.meta}
+
+    def job_state(self, job_id: str) -> str | None:
+        """RQ's status of ``job_id``, or None if unknown."""
+        info = self.job(job_id)
+        return info["status"] if info else None
 
     def count_annotations(self, project: str, n: int, threshold: int) -> TriggerResult:
         """Record ``n`` annotation events; trigger training once ``threshold`` have arrived since the last."""
@@ -183,31 +201,15 @@ class Triggers:
 
     def prelabel(self, project: str, include_annotated: bool = False) -> TriggerResult:
         """Enqueue a pre-annotation job for ``project`` unless one is still queued or running (then its id)."""
-        from rq import Queue
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
         key = self.key("prelabel", project)
         new_id = f"prelabel-p{project}-{uuid.uuid4().hex[:12]}"
         if not self.redis.set(key, new_id, nx=True, ex=QUEUED_TTL_S):
             current = self.redis.get(key)
             current = current.decode() if isinstance(current, bytes) else current
-            try:
-                status = Job.fetch(current, connection=self.redis).get_status() if current else None
-            except NoSuchJobError:
-                status = None
-            if status is not None and str(getattr(status, "value", status)) in ("queued", "started", "deferred",
-                                                                                "scheduled"):
+            if current and self.job_state(current) in ("queued", "started", "deferred", "scheduled"):
                 return TriggerResult("absorbed", current)
             self.redis.set(key, new_id, ex=QUEUED_TTL_S)
-        queue = Queue(self.queue_name, connection=self.redis)
-        try:
-            queue.enqueue(PRELABEL_JOB, project, include_annotated, job_id=new_id, job_timeout=JOB_TIMEOUT_S,
-                          result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
-                          description=f"pre-annotate project {project}")
-        except Exception:
-            self.redis.delete(key)
-            raise
+        self._enqueue_job(PRELABEL_JOB, (project, include_annotated), new_id, f"pre-annotate project {project}", key)
         log.info("project %s: pre-annotation job %s enqueued", project, new_id)
         return TriggerResult("enqueued", new_id)
 
@@ -218,6 +220,27 @@ class Triggers:
         other = self._start(keys=[self.key("queued", project), self.key("running", project)],
                             args=[job_id, RUNNING_TTL_S])
         return other.decode() if isinstance(other, bytes) else other
+
+    @contextlib.contextmanager
+    def heartbeat_thread(self, project: str, job_id: str, interval: float = HEARTBEAT_S) -> Iterator[None]:
+        """Within the block, a thread renews ``job_id``'s running mark every ``interval`` seconds (so a long
+        step or evaluation keeps it; a dead process lets it expire)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.heartbeat(project, job_id)
+                except Exception as exc:  # Redis blip: the next beat tries again
+                    log.warning("project %s: heartbeat failed (%s)", project, type(exc).__name__)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def heartbeat(self, project: str, job_id: str) -> None:
         """Keep the running mark alive while training (it expires if the worker dies)."""

@@ -45,7 +45,7 @@ def parse_reply(rubric: Rubric, text: str) -> dict[str, str | None]:
 
 def load_naive(settings: Settings) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of ``settings.base_model``, loaded as the judge loads it."""
-    from backend.judge import load_base_model
+    from backend.model_loader import load_base_model
 
     model, tokenizer, _ = load_base_model(settings)
     return model, tokenizer

@@ -17,7 +17,7 @@ script says so and exits 0 having done nothing.
 
 Systems: the most frequent training label (majority), TF-IDF + ridge regression (scores) or logistic
 regression (classes), the embedded base model zero-shot (v0) and the LoRA adapter trained by
-``worker.jobs.run_training`` -- the same code the RQ job runs -- with argmax and expected-score decoding.
+``worker.pipeline.run_training`` -- the same code the RQ job runs -- with argmax and expected-score decoding.
 
 Every run is appended to ``benchmarks/RESULTS.json`` under its tag (same tag: replaced) and RESULTS.md is
 rewritten from it. Wall time and peak resident memory of each phase are recorded; peak memory is the process's
@@ -44,8 +44,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.judge import DimensionScore, Judge, TaskScore  # noqa: E402
+from backend.judge import Judge  # noqa: E402
 from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.scores import DimensionScore, TaskScore  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
 from worker.evaluate import evaluate_judge, evaluate_predictions, majority_scores, scored_metrics  # noqa: E402
@@ -344,7 +345,7 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
     """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
     from backend.head import is_head
     from backend.judge import apply_head
-    from worker.jobs import extract_features, run_training
+    from worker.pipeline import extract_features, run_training
     from worker.train import TrainConfig
 
     out: dict[str, Any] = {}
@@ -446,8 +447,8 @@ def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[
     ``folder/<split>.npz|json`` when an earlier run stored them for the same task ids, else computed and stored."""
     import numpy as np
 
-    from backend.judge import TaskFeatures
-    from worker.jobs import extract_features
+    from backend.scores import TaskFeatures
+    from worker.pipeline import extract_features
 
     arrays_path, meta_path = folder / f"{split}.npz", folder / f"{split}.json"
     ids = [r.task_id for r in records]
@@ -482,7 +483,7 @@ def _lazy_judge(settings: Settings) -> Any:
 def _cut(features: Any, shared: slice, dims: slice) -> Any:
     """``features`` (``TaskFeatures``) keeping the ``shared`` slice of its shared part and the ``dims`` slice of
     each dimension's part."""
-    from backend.judge import TaskFeatures
+    from backend.scores import TaskFeatures
 
     return TaskFeatures(shared=features.shared[shared],
                         dimensions={d: v[dims] for d, v in features.dimensions.items()})
@@ -511,7 +512,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
 
     from backend.head import fit_head
     from backend.judge import apply_head
-    from worker.jobs import head_targets
+    from worker.pipeline import head_targets
 
     settings = _settings(args)
     rubric = load_rubric("summary-quality", settings.rubric_dir)
@@ -554,7 +555,7 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
 
     from backend.head import fit_head
     from backend.judge import apply_head
-    from worker.jobs import head_targets
+    from worker.pipeline import head_targets
 
     settings = _settings(args)
     rubric = load_rubric("emotion-ekman", settings.rubric_dir)

@@ -105,7 +105,8 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
 
 
 def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from backend.judge import Judge, load_base_model
+    from backend.judge import Judge
+    from backend.model_loader import load_base_model
 
     rubric = load_rubric("qa-quality", settings.rubric_dir)
     n = 16 if args.quick else 64
@@ -354,7 +355,7 @@ def _flush_benchmark_keys(redis_url: str) -> None:
 
 def train_once(args: argparse.Namespace) -> dict[str, Any]:
     """One LoRA epoch on DialSummEval-based summary-quality examples; called in a child process."""
-    from backend.judge import load_base_model
+    from backend.model_loader import load_base_model
     from worker.dataset import targets_for
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
@@ -409,12 +410,11 @@ def train_part(args: argparse.Namespace) -> dict[str, Any]:
 def trainer_once(args: argparse.Namespace) -> None:
     """A LoRA training job as the RQ worker runs it (WORKER_NICE, WORKER_THREADS, WORKER_PAUSE_FOR_SERVING from
     the flags), until killed; prints ``started`` once the model is loaded. Called in a child process."""
-    from backend.judge import load_base_model
+    from backend.model_loader import load_base_model
     from backend.redis_conn import redis_client
-    from backend.serving import pause_hooks
+    from backend.serving import ServingGate, pause_hooks
     from worker.cli import lower_priority
     from worker.dataset import targets_for
-    from worker.jobs import serving_gate
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
 
@@ -430,7 +430,7 @@ def trainer_once(args: argparse.Namespace) -> None:
     sys.stdout.write("started\n")
     sys.stdout.flush()
     config = TrainConfig.build(rubric, {"epochs": 5, "method": "lora", "targets": "consensus"})
-    with pause_hooks(model, serving_gate(settings, redis_client(settings))):
+    with pause_hooks(model, ServingGate.for_worker(settings, redis_client(settings))):
         train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
 
 
@@ -506,9 +506,11 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
@@ -595,7 +597,11 @@ def write_markdown(record: dict[str, Any]) -> None:
                   "The backend (default settings, prediction cache off) answers qa-quality `/predict` requests "
                   "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
                   "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
-                  f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores (fp32).", "",
+                  f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores; the backend serves in fp32, "
+                  "the training job runs under TRAIN_PRECISION=auto (bf16 autocast where the CPU has AVX512-BF16 "
+                  f"or AMX; this CPU: AVX512-BF16 {_yes(where.get('avx512_bf16'))}, AMX "
+                  f"{_yes(where.get('amx_bf16'))}). The training steps column counts the job's optimizer steps "
+                  "while the requests ran: the price of serving first.", "",
                   "| case | 10-task /predict p50 (s) | 30-task /predict (s) | training steps during the requests "
                   "(seconds) | pauses |", "|---|---|---|---|---|"]
         for name, row in contention.items():
@@ -605,6 +611,10 @@ def write_markdown(record: dict[str, Any]) -> None:
                          + (str(row["training_pauses"]) if row.get("training_pauses") is not None else "–") + " |")
         lines.append("")
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _yes(flag: Any) -> str:
+    return "unknown" if flag is None else ("yes" if flag else "no")
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:

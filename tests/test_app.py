@@ -180,7 +180,7 @@ def _basic(user: str, password: str) -> dict[str, str]:
 ROUTES = [("get", "/"), ("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
           ("post", "/versions/activate"), ("post", "/webhook"), ("get", "/status"), ("get", "/reports"),
           ("get", "/reports/12"), ("get", "/reports/12.json"), ("get", "/metrics"), ("post", "/prelabel"),
-          ("get", "/jobs/12")]
+          ("get", "/jobs/12"), ("get", "/reports/12/queue")]
 
 
 def test_the_auth_test_covers_every_route(client):

@@ -28,6 +28,9 @@ def test_services_and_volumes():
     env = spec["services"]["label-studio"]["environment"]
     assert env["LABEL_STUDIO_SSRF_PROTECTION_ENABLED"] == "false" and env["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "false"
     assert spec["services"]["worker"]["command"] == ["rubric-judge", "worker"]
+    worker_env = spec["services"]["worker"]["environment"]
+    assert worker_env["LABEL_STUDIO_URL"] == spec["services"]["ml-backend"]["environment"]["LABEL_STUDIO_URL"]
+    assert worker_env["WORKER_PAUSE_FOR_SERVING"].startswith("${WORKER_PAUSE_FOR_SERVING:-always}")
     assert {"models", "label-studio-data", "redis-data"} <= set(spec["volumes"])
     gpu = yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text())
     assert gpu["services"]["ml-backend"]["environment"]["QUANTIZATION"] == "4bit"

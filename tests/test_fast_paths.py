@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from backend.batcher import Batcher, BatcherBusy
-from backend.judge import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, memory_token_budget
 from backend.labeling import label_config
+from backend.model_loader import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, memory_token_budget
 from backend.prediction_cache import PredictionCache
 from backend.registry import Registry
 from backend.rubric import load_all, load_rubric

@@ -103,7 +103,7 @@ def _records(n: int, seed: int = 0) -> list[Record]:
 
 
 def test_training_a_feature_head_writes_a_version_that_serves(settings, tmp_path, tiny_judge):
-    from worker.jobs import run_training
+    from worker.pipeline import run_training
 
     records = _records(48)
     out = tmp_path / "v1"
@@ -125,7 +125,7 @@ def test_training_a_feature_head_writes_a_version_that_serves(settings, tmp_path
 
 def test_a_constant_candidate_is_not_promoted_over_one_with_signal():
     from worker.evaluate import evaluate_predictions, majority_scores
-    from worker.jobs import should_promote
+    from worker.pipeline import should_promote
 
     records = _records(60, seed=3)
     constant = majority_scores(SUMMARY, records, len(records))
@@ -140,7 +140,7 @@ def test_a_constant_candidate_is_not_promoted_over_one_with_signal():
 
 
 def _noisy_truth(record: Record, i: int):
-    from backend.judge import DimensionScore, TaskScore
+    from backend.scores import DimensionScore, TaskScore
 
     dims = {}
     for dim in SUMMARY.dimensions:
@@ -177,7 +177,7 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
     from backend.prefill import dimension_alpha
     from tests.fixtures.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
-    from worker.jobs import run_training
+    from worker.pipeline import run_training
 
     xml = label_config(SUMMARY)
     _, registry = make_client(settings, tiny_judge)
@@ -244,7 +244,8 @@ def test_a_dimension_with_too_few_rated_tasks_predicts_its_prior():
 
 def test_dimensions_with_different_label_counts_and_a_mismatched_rubric():
     from backend.head import HeadError
-    from backend.judge import TaskFeatures, apply_head
+    from backend.judge import apply_head
+    from backend.scores import TaskFeatures
 
     three = load_rubric("qa-quality", REPO / "rubric_configs").dimensions[0]  # -2..2 (5 labels)
     dims = [three, EMOTION.dimensions[0]]  # 5 and 7 labels: feature vectors of different sizes

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.judge import EMBEDDED_MODELS, ModelLoadError, embedded_model_dir, short_model_name
+from backend.model_loader import EMBEDDED_MODELS, ModelLoadError, embedded_model_dir, short_model_name
 from backend.rubric import load_rubric
 
 QA_TASKS = [
@@ -140,7 +140,8 @@ def test_model_precision_bf16_loads_bf16_weights_scores_and_trains(tiny_model_di
     keeps its adapter weights in fp32."""
     import torch
 
-    from backend.judge import Judge, load_base_model
+    from backend.judge import Judge
+    from backend.model_loader import load_base_model
     from backend.settings import Settings, SettingsError
     from worker.dataset import targets_for
     from worker.source import Annotation, Record

@@ -10,8 +10,9 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from backend.app import create_app
-from backend.judge import short_model_name
+from backend.label_studio import label_studio_client, list_tasks
 from backend.labeling import label_config
+from backend.model_loader import short_model_name
 from backend.registry import Registry
 from backend.rubric import load_all, load_rubric
 from backend.service import Service
@@ -19,8 +20,7 @@ from backend.triggers import Triggers
 from tests.conftest import REDIS_URL
 from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
-from worker.prelabel import PrelabelError, list_tasks, prelabel_project
-from worker.source import label_studio_client
+from worker.prelabel import PrelabelError, prelabel_project
 
 QA_XML = label_config(load_rubric("qa-quality"))
 PROJECT = 5
@@ -165,7 +165,7 @@ def test_prelabel_route_enqueues_one_job_that_writes_predictions(queued_stack):
 def test_prelabel_command_line(settings, tiny_model_dir, tmp_path, monkeypatch, capsys, replay):
     import json
 
-    from backend.cli import main
+    from rubric_judge.cli import main
 
     state, url, _ = replay
     for key, value in {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(settings.model_dir),
@@ -181,3 +181,44 @@ def test_prelabel_command_line(settings, tiny_model_dir, tmp_path, monkeypatch, 
     assert exc.value.code == 1
     assert "--batch-size 0" in capsys.readouterr().err
     assert sum(len(p) for p in written(state).values()) == 4
+
+
+def test_label_queue_orders_unannotated_tasks_by_their_stored_score(settings, service, replay, tiny_judge):
+    """What to label next, through the replayed Label Studio: the active version's stored predictions, lowest
+    score first; annotated tasks, other versions' predictions and unpredicted tasks are left out; the route
+    and the command line say the same."""
+    from backend.app import create_app
+    from backend.service import label_queue
+
+    state, url, version = replay
+    tasks = {t["id"]: t for t in state.projects[PROJECT]["tasks"]}
+    tasks[503]["predictions"][0]["score"] = 0.61
+    tasks[504]["predictions"][0]["score"] = 0.12
+    tasks[507].update(total_predictions=1, predictions=[{"id": 7, "model_version": version, "score": 0.35}])
+    tasks[500]["predictions"] = [{"id": 8, "model_version": version, "score": 0.01}]  # annotated: skipped
+    settings = settings.with_overrides(label_studio_url=url, label_studio_api_key=TOKEN)
+    data = label_queue(settings, service.registry, PROJECT, 10)
+    assert [e["task_id"] for e in data["queue"]] == [504, 507, 503]
+    assert [e["score"] for e in data["queue"]] == [0.12, 0.35, 0.61]
+    assert data["queue"][0]["link"] == f"{url}/projects/{PROJECT}/data?task=504"
+    assert data["model_version"] == version and data["unannotated"] == 7 and data["predicted_by_active_version"] == 3
+    assert [e["task_id"] for e in label_queue(settings, service.registry, PROJECT, 2)["queue"]] == [504, 507]
+
+    client = create_app(settings, Service(settings, tiny_judge, service.registry, service.rubrics)).test_client()
+    routed = client.get(f"/reports/{PROJECT}/queue?limit=2")
+    assert routed.status_code == 200 and [e["task_id"] for e in routed.get_json()["queue"]] == [504, 507]
+    page = client.get(f"/reports/{PROJECT}/queue", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and f'href="{url}/projects/{PROJECT}/data?task=504"' in page.get_data(True)
+    assert client.get(f"/reports/{PROJECT}/queue?limit=x").status_code == 400
+    assert client.get(f"/reports/{PROJECT}/queue?limit=0").status_code == 400
+    state.fail_with = 502
+    failed = client.get(f"/reports/{PROJECT}/queue")
+    assert failed.status_code == 502 and "cannot read project" in failed.get_json()["error"]
+
+
+def test_label_queue_without_a_token_says_so(settings, service):
+    from backend.service import RequestError, label_queue
+
+    with pytest.raises(RequestError, match="LABEL_STUDIO_API_KEY") as info:
+        label_queue(settings.with_overrides(label_studio_api_key=""), service.registry, PROJECT)
+    assert info.value.status == 503

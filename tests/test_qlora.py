@@ -8,7 +8,7 @@ from backend.judge import Judge
 from backend.rubric import load_rubric
 from backend.settings import Settings
 from tests.fixtures.synthetic import jsonl_rows, synthetic_items
-from worker.jobs import run_training
+from worker.pipeline import run_training
 from worker.source import read_file
 
 

@@ -9,10 +9,10 @@ from statistics import mean
 import pytest
 
 from backend.app import create_app
-from backend.judge import DimensionScore, TaskScore
 from backend.registry import Registry
 from backend.reports import project_report, render_html, run_report
 from backend.rubric import load_all, load_rubric
+from backend.scores import DimensionScore, TaskScore
 from backend.service import Service
 from tests.test_agreement import ref_alpha
 from worker.evaluate import evaluate_predictions
@@ -136,6 +136,75 @@ def test_html_has_every_section_and_one_svg_per_plot(registry):
     assert "1,234" in page  # thousands separators
     assert "<script" not in page and "<link" not in page
     assert 'src="http' not in page and 'href="http' not in page and "@import" not in page
+
+
+def test_a_new_column_reaches_the_json_and_the_html(registry, monkeypatch):
+    """Adding a metric to the report is one Column in backend.metrics (plus computing it): the row and the
+    table both follow."""
+    from backend import metrics
+
+    column = metrics.Column(("judge", "alpha_expected"), lambda v: v.entry.get("alpha_expected"), "expected-score α")
+    monkeypatch.setattr(metrics, "DIMENSION_COLUMNS", (*metrics.DIMENSION_COLUMNS, column))
+    report = project_report(registry, "1")
+    stored = json.loads((registry.version_dir("1", 1) / "metrics.json").read_text())["candidate"]["dimensions"]
+    for row in report["dimensions"]:
+        assert row["judge"]["alpha_expected"] == pytest.approx(stored[row["name"]]["alpha_expected"])
+    page = render_html(report)
+    assert "<th>expected-score α</th>" in page
+    first = report["dimensions"][0]
+    assert f"{first['judge']['alpha_expected']:.3f}" in page
+
+
+def test_html_escapes_what_it_shows(registry):
+    report = project_report(registry, "1")
+    report["warnings"] = ["<script>alert(1)</script>"]
+    report["rubric"] = "<b>x</b>"
+    page = render_html(report)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_a_report_from_an_older_metrics_file_renders(registry):
+    """Keys missing from an older metrics.json show as '–', they do not fail the page."""
+    report = project_report(registry, "1")
+    for row in report["dimensions"]:
+        row.pop("majority")
+        row["judge"].pop("exact")
+    report.pop("headline")
+    page = render_html(report)
+    assert "<section id=dimensions>" in page and "–" in page
+
+
+def test_report_has_the_agreement_matrix_and_the_worst_tasks(tmp_path):
+    """A run folder with its data snapshot: the matrix (annotators and the judge) and the disagreement list
+    appear in the JSON and as sections of the HTML, one SVG per matrix, every link into Label Studio."""
+    registry = Registry(tmp_path, "tiny", None)
+    records = make_records(24, 2, 5)
+    folder = registry.version_dir("4", 1)
+    metrics = store_run(folder, records, 0.3, 5, True)
+    preds = predictions(records, 0.3, 5)
+    metrics["candidate"]["predictions"] = [{"task_id": r.task_id, "labels": p.labels, "confidence": p.confidence}
+                                           for r, p in zip(records, preds, strict=True)]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    rows = [{"id": r.task_id, "data": dict(r.inputs), "annotations": [
+        {"annotator": a.annotator, "scores": dict(a.labels)} for a in r.annotations]} for r in records]
+    (folder / "heldout.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (folder / "train.jsonl").write_text("")
+    registry.set_active("4", 1)
+    report = project_report(registry, "4", label_studio_url="http://ls.example:8080")
+    matrix = report["agreement_matrix"]
+    assert set(matrix["dimensions"]) == set(RUBRIC.dimension_names)
+    assert matrix["flat"]["raters"] == ["a0", "a1", "judge"]
+    index = {name: k for k, name in enumerate(matrix["flat"]["raters"])}
+    assert matrix["flat"]["shared"][index["a0"]][index["judge"]] == 24 * len(RUBRIC.dimensions)
+    worst = report["disagreements"]["summed"]
+    assert len(worst) == 20 and worst[0]["distance"] >= worst[-1]["distance"]
+    assert worst[0]["link"] == f"http://ls.example:8080/projects/4/data?task={worst[0]['task_id']}"
+    page = render_html(report)
+    for section in ("agreement-matrix", "disagreements"):
+        assert f"<section id={section}>" in page
+    assert page.count("<svg") == 1 + len(RUBRIC.dimensions) + 1 + 1 + (1 + len(RUBRIC.dimensions))
+    assert 'href="http://ls.example:8080/projects/4/data?task=' in page
+    assert "<script" not in page and 'src="http' not in page
 
 
 def test_offline_run_report(registry, tmp_path):

@@ -435,3 +435,29 @@ def test_numeric_classification_labels_become_strings(tmp_path: Path) -> None:
     assert dim.labels == ("1", "2", "three")
     assert dim.normalise(2) == "2"
     assert not dim.is_scale
+
+
+def test_training_keys_have_one_source():
+    """backend.training_keys lists every user-settable training key: each is a TrainConfig field, each
+    environment key a TRAIN_* setting, each flag a `rubric-judge train` option, and the rubric validator
+    accepts exactly the rubric keys."""
+    from dataclasses import fields
+
+    from backend.settings import Settings
+    from backend.training_keys import ENV_KEYS, FLAG_KEYS, KEYS, RUBRIC_KEYS
+    from rubric_judge.cli import build_parser
+    from worker.train import TrainConfig
+
+    config_fields = {f.name for f in fields(TrainConfig)}
+    assert {k.name for k in KEYS} <= config_fields
+    settings_fields = {f.name for f in fields(Settings)}
+    assert {f"train_{name}" for name in ENV_KEYS} <= settings_fields
+    assert {f for f in settings_fields if f.startswith("train_")} - {f"train_{n}" for n in ENV_KEYS} == {
+        "train_min_new_annotations", "train_retries", "train_retry_backoff"}
+    train = build_parser().parse_args(["train", "--rubric", "qa-quality", "--data", "x", "--out", "y"])
+    assert set(FLAG_KEYS) <= set(vars(train))
+    assert Settings(train_epochs=2, train_method="lora").training_overrides() == {"epochs": 2, "method": "lora"}
+    for key in RUBRIC_KEYS:
+        assert parse_rubric(_edit(_scores, _set("training", {key: 1})), source="inline").training == {key: 1}
+    with pytest.raises(RubricError, match="unknown key"):
+        parse_rubric(_edit(_scores, _set("training", {"targets": 1})), source="inline")

@@ -42,7 +42,7 @@ def test_shared_prefix_training_gives_the_same_loss_and_gradients(tiny_model_dir
     KV cache; the loss and every LoRA gradient equal those of the full rows."""
     import random
 
-    from backend.judge import load_base_model
+    from backend.model_loader import load_base_model
     from backend.settings import Settings
     from worker.dataset import AugmentConfig, sample_variant
     from worker.train import TrainConfig, attach_lora

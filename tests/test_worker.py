@@ -22,8 +22,8 @@ from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 
 from backend.app import create_app
-from backend.judge import short_model_name
 from backend.labeling import label_config
+from backend.model_loader import short_model_name
 from backend.registry import Registry
 from backend.rubric import load_all, load_rubric
 from backend.service import Service
@@ -267,7 +267,7 @@ def _worker_process(tmp_path: Path, pause_at: str) -> subprocess.Popen:
     env = {**os.environ, "FAULT_PAUSE_AT": pause_at, "FAULT_PAUSE_SECONDS": "600", "TRAIN_EPOCHS": "1",
            "LOG_LEVEL": "INFO"}
     log = (tmp_path / f"worker-{pause_at}.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
+    return subprocess.Popen([sys.executable, "-m", "rubric_judge", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
                             env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -1,4 +1,4 @@
-"""The worker's commands (``rubric-judge worker|train|evaluate``), called from ``backend.cli`` by name."""
+"""The worker's commands (``rubric-judge worker|prelabel|train|evaluate``), wired up by ``rubric_judge.cli``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from backend.rubric import load_rubric
 from backend.settings import Settings
+from backend.training_keys import FLAG_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,8 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """TRAIN_* settings, then command-line flags (flags win)."""
-    keys = ("epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "heldout_fraction",
-            "targets", "precision", "seed", "method")
     values: dict[str, Any] = dict(settings.training_overrides())
-    values.update({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None})
+    values.update({k: getattr(args, k) for k in FLAG_KEYS if getattr(args, k, None) is not None})
     if getattr(args, "no_augment", False):
         values["augment"] = False
     return values
@@ -66,7 +65,7 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     """Offline twin of the RQ job: train on a JSONL/CSV file, evaluate on its held-out part."""
-    from worker.jobs import run_training
+    from worker.pipeline import run_training
     from worker.source import read_file
 
     rubric = load_rubric(args.rubric, settings.rubric_dir)
@@ -98,7 +97,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
-    from backend.prefill import main_report
+    from backend.metrics import main_report
 
     return main_report(metrics["dimensions"][name])["alpha_system"]
 

@@ -17,9 +17,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.agreement import dimension_report, flatten_dimensions
-from backend.judge import DimensionScore, Judge, TaskScore
-from backend.prefill import dimension_alpha, finite, main_report
+from backend.judge import Judge
+from backend.metrics import CONSTANT_SHARE, dimension_alpha, finite, main_report, mean
 from backend.rubric import Dimension, Rubric
+from backend.scores import DimensionScore, TaskScore
 from worker.source import Record
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ def evaluate_predictions(
     deltas = [finite(main_report(e).get("delta_alpha")) for e in dims.values()]
     return {
         "n_tasks": len(records),
-        "alpha_dims": _mean(alphas),
-        "delta_alpha_dims": _mean(deltas),
+        "alpha_dims": mean(alphas),
+        "delta_alpha_dims": mean(deltas),
         "alpha_flat_expected": alpha_flat_expected,
         "n_annotations": sum(len(r.annotations) for r in records),
         "n_multi_annotator_tasks": sum(1 for r in records if len(r.annotations) >= 2),
@@ -109,14 +110,6 @@ def evaluate_predictions(
         "level_flat": level,
         "dimensions": dims,
     }
-
-
-CONSTANT_SHARE = 0.9  # a dimension whose predictions are this share one label is flagged "nearly constant"
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return sum(kept) / len(kept) if kept else None
 
 
 def majority_scores(rubric: Rubric, train: Sequence[Record], n: int) -> list[TaskScore]:

@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from backend.label_studio import (
+    LabelStudioError,
+    describe_error,
+    field,
+    is_annotated,
+    label_studio_client,
+    list_tasks,
+    prediction_versions,
+)
 from backend.settings import Settings
-from worker.source import SourceError, label_studio_client
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 100
 DEFAULT_BATCH_SIZE = 32
 
 #: called with (tasks done, tasks to score, predictions written) after every batch
@@ -50,76 +57,6 @@ class PrelabelReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _field(item: Any, name: str, default: Any = None) -> Any:
-    if isinstance(item, Mapping):
-        return item.get(name, default)
-    value = getattr(item, name, default)
-    if value is default and getattr(item, "model_extra", None):
-        value = item.model_extra.get(name, default)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """SDK models (and lists of them) as plain dicts and lists."""
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    if hasattr(value, "dict") and not isinstance(value, Mapping):
-        return value.dict()
-    return value
-
-
-def _as_task(item: Any) -> dict[str, Any]:
-    """An SDK task object (or a dict) as a plain dict with the fields pre-annotation reads."""
-    names = ("id", "data", "annotations", "predictions", "total_annotations", "cancelled_annotations",
-             "total_predictions", "is_labeled")
-    return {name: _plain(_field(item, name)) for name in names}
-
-
-def list_tasks(client: Any, project: int, page_size: int = PAGE_SIZE) -> Iterator[dict[str, Any]]:
-    """Every task of ``project`` with its annotations and predictions, page by page."""
-    page, seen = 1, 0
-    while True:
-        try:
-            pager = client.tasks.list(project=project, page=page, page_size=page_size, fields="all")
-        except Exception as exc:
-            if getattr(exc, "status_code", None) == 404 and page > 1:  # past the last page
-                return
-            raise
-        items = list(pager.items or [])
-        for item in items:
-            yield _as_task(item)
-        seen += len(items)
-        total = _field(pager.response, "total")
-        if not items or (isinstance(total, int) and seen >= total):
-            return
-        page += 1
-
-
-def is_annotated(task: Mapping[str, Any]) -> bool:
-    return bool(task.get("annotations") or task.get("total_annotations") or task.get("cancelled_annotations")
-                or task.get("is_labeled"))
-
-
-def prediction_versions(client: Any, task: Mapping[str, Any]) -> set[str]:
-    """Model versions of the task's existing predictions (asked separately when the list left them out)."""
-    predictions = task.get("predictions")
-    if not isinstance(predictions, list) or (not predictions and task.get("total_predictions")):
-        if not task.get("total_predictions"):
-            return set()
-        predictions = list(client.predictions.list(task=int(task["id"])))
-    return {str(_field(p, "model_version")) for p in predictions if _field(p, "model_version") is not None}
-
-
-def _describe(exc: Exception, url: str, project: int) -> str:
-    status = getattr(exc, "status_code", None)
-    hint = {401: "the token was rejected (LABEL_STUDIO_API_KEY)", 403: "the token's user may not write here",
-            404: f"project {project} does not exist at {url}"}.get(status or 0, "")
-    detail = f"HTTP {status}: {str(getattr(exc, 'body', ''))[:200]}" if status else f"{type(exc).__name__}: {exc}"
-    return detail + (f"; {hint}" if hint else "")
 
 
 def prelabel_project(
@@ -149,21 +86,21 @@ def prelabel_project(
         raise PrelabelError(str(exc)) from None
     try:
         client = client or label_studio_client(settings.label_studio_url, settings.label_studio_api_key)
-    except SourceError as exc:
+    except LabelStudioError as exc:
         raise PrelabelError(str(exc)) from None
     url = settings.label_studio_url
     try:
         details = client.projects.get(id=pid)
         tasks = list(list_tasks(client, pid))
     except Exception as exc:
-        raise PrelabelError(f"cannot read project {pid} from Label Studio at {url} ({_describe(exc, url, pid)})"
+        raise PrelabelError(f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
                             ) from None
     if service is None:
         from backend.service import build_service
 
         service = build_service(settings, serving_mark=False)
     try:
-        ctx = service.context(str(pid), _field(details, "label_config") or None)
+        ctx = service.context(str(pid), field(details, "label_config") or None)
     except RequestError as exc:
         raise PrelabelError(f"project {pid}: {exc.message}") from None
     report = PrelabelReport(str(pid), ctx.model_version, ctx.rubric.name, listed=len(tasks))
@@ -192,7 +129,7 @@ def prelabel_project(
                                           model_version=item["model_version"])
             except Exception as exc:
                 raise PrelabelError(f"writing the prediction of task {task['id']} to {url} failed "
-                                    f"({_describe(exc, url, pid)}); {report.written} written so far, a new "
+                                    f"({describe_error(exc, url, pid)}); {report.written} written so far, a new "
                                     "run continues where this one stopped") from None
             report.written += 1
         if progress:

@@ -13,21 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.label_studio import LabelStudioError, label_studio_client
 from backend.labeling import Binding, parse_annotation_result, task_inputs
 from backend.rubric import Rubric
 
 log = logging.getLogger(__name__)
 
 
-class SourceError(RuntimeError):
+class SourceError(LabelStudioError):
     """Annotations cannot be read; the message says why and what to check.
 
     ``transient`` is true when trying again later may succeed (Label Studio unreachable, timing out, or
     answering 5xx/429); a rejected token, a forbidden or missing project is not transient."""
-
-    def __init__(self, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -111,16 +108,6 @@ def records_from_export(
         stats.annotators.update(by_annotator)
         records.append(Record(str(task.get("id")), inputs, tuple(by_annotator.values())))
     return records, stats
-
-
-def label_studio_client(url: str, api_key: str) -> Any:
-    """label-studio-sdk's ``LabelStudio`` client (legacy tokens and personal access tokens)."""
-    if not api_key:
-        raise SourceError("LABEL_STUDIO_API_KEY is not set: the worker needs a Label Studio token to read "
-                          "annotations (Account & Settings > Access Token)")
-    from label_studio_sdk import LabelStudio
-
-    return LabelStudio(base_url=url, api_key=api_key, timeout=120)
 
 
 def fetch_project(url: str, api_key: str, project: str) -> tuple[str, list[dict[str, Any]]]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from backend.padding import left_pad
 from backend.rubric import Rubric
 from worker.dataset import (
     IGNORE,
@@ -187,17 +188,9 @@ def _collate(batch: Sequence[Example], pad_id: int, share_prefix: bool = False) 
     import torch
 
     shared = _shared_prefix(batch) if share_prefix else 0
-    rows = [(e.input_ids[shared:], e.labels[shared:]) for e in batch]
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (row_ids, row_labels) in enumerate(rows):
-        n = len(row_ids)
-        ids[row, width - n :] = torch.tensor(row_ids)
-        labels[row, width - n :] = torch.tensor(row_labels)
-        mask[row, width - n :] = 1
-    positions = shared + (mask.cumsum(dim=1) - 1).clamp(min=0)
+    ids, mask, positions = left_pad([e.input_ids[shared:] for e in batch], pad_id, shared)
+    labels = left_pad([e.labels[shared:] for e in batch], IGNORE)[0]
+    width = ids.shape[1]
     # logits are needed only from the first supervised position on (minus one for the shift)
     supervised = (labels != IGNORE).any(dim=0).nonzero()
     keep = width - int(supervised[0]) + 1 if len(supervised) else 1

@@ -104,6 +104,17 @@ class Browser:
         out.write_bytes(base64.b64decode(data))
         return out
 
+    def screenshot_of(self, selector: str, out: Path) -> Path:
+        """A screenshot of the element ``selector`` matches (the whole element, scrolled or not)."""
+        box = self.evaluate(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); "
+                            "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; })()")
+        x, y, width, height = box
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": x, "y": y, "width": width, "height": height, "scale": 1})["data"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(data))
+        return out
+
     def close(self) -> None:
         try:
             if hasattr(self, "ws"):

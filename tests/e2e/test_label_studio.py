@@ -217,9 +217,19 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()
         assert state["projects"][str(pid)]["queued"] == status, "Start Training must join the queued job"
 
-        # 5. the worker trains; the new version is served and reported
+        # 5. the worker trains (with a personal access token: a JWT refresh token the SDK exchanges itself);
+        #    the new version is served and reported
+        enabled = ls.post(f"{ls_url}/api/jwt/settings", timeout=30,
+                          json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True})
+        assert enabled.ok, enabled.text
+        created = ls.post(f"{ls_url}/api/token/", timeout=30)
+        assert created.status_code == 201, created.text
+        pat = created.json()["token"]
+        refreshed = requests.post(f"{ls_url}/api/token/refresh/", json={"refresh": pat}, timeout=30)
+        assert refreshed.ok and refreshed.json().get("access"), refreshed.text
+        pat_env = {**judge_env, "LABEL_STUDIO_API_KEY": pat}
         stack.add(Proc("worker", [str(bin_dir / "rubric-judge"), "worker", "--burst"], ARTIFACTS / "worker.log",
-                       judge_env, REPO))
+                       pat_env, REPO))
         t0 = time.monotonic()
         deadline = time.monotonic() + RUN_BUDGET_S
         while stack.procs[-1].alive() and time.monotonic() < deadline:
@@ -234,6 +244,12 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         assert run["alpha_flat"] is not None and report["flat"]["ceiling"] is not None
         assert report["counts"]["annotators"] == 2 and report["counts"]["annotations"] == 42
         (ARTIFACTS / "report.json").write_text(json.dumps(report, indent=1))
+        # who agrees with whom: both annotators and the judge, per dimension and flattened
+        matrix = report["agreement_matrix"]
+        assert matrix["flat"]["raters"] == sorted(matrix["flat"]["raters"][:-1]) + ["judge"]
+        assert len(matrix["flat"]["raters"]) == 3 and set(matrix["dimensions"]) == set(DIMENSIONS)
+        worst = report["disagreements"]["summed"]
+        assert worst and worst[0]["link"] == f"{ls_url}/projects/{pid}/data?task={worst[0]['task_id']}"
         v1 = f"smollm2-135m.p{pid}.v1"
         served = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
                                json={"project": f"{pid}.0", "schema": xml}).json()["model_version"]
@@ -277,6 +293,9 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             browser.call("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {basic}"})
             assert browser.open(f"{backend_url}/reports/{pid}", "document.querySelectorAll('svg').length >= 4")
             browser.screenshot(ARTIFACTS / "report.png", full_page=True)
+            browser.screenshot_of("#agreement-matrix", ARTIFACTS / "report-agreement-matrix.png")
+            browser.screenshot_of("#disagreements", ARTIFACTS / "report-disagreements.png")
+            assert browser.evaluate("document.querySelectorAll('#agreement-matrix svg').length") == 1 + len(DIMENSIONS)
         finally:
             browser.close()
 
@@ -293,7 +312,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         runs = []
         for _ in range(2):
             proc = subprocess.run([str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid),
-                                   "--batch-size", "2"], capture_output=True, text=True, env=judge_env, timeout=600)
+                                   "--batch-size", "2"], capture_output=True, text=True, env=pat_env, timeout=600)
             assert proc.returncode == 0, stack.fail(f"prelabel failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         prelabel_seconds = time.monotonic() - t0
@@ -306,7 +325,62 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             assert interface.validate_prediction({"result": stored[0]["result"]}, return_errors=True) == []
         assert len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]},
                           timeout=30).json()) == annotated_before
+        # what to label next: the unannotated tasks by their stored v1 prediction's score, lowest first (the
+        # stored predictions carry the scores the Data Manager's prediction-score column sorts by)
+        unlabeled = [new_task, *fresh_ids]
+        stored_scores = {}
+        for task_id in unlabeled:
+            stored = ls.get(f"{ls_url}/api/predictions/", params={"task": task_id}, timeout=30).json()
+            score = next(p["score"] for p in stored if p["model_version"] == v1)
+            assert isinstance(score, float) and 0 < score <= 1, stored
+            stored_scores[task_id] = score
+        proc = subprocess.run([str(bin_dir / "rubric-judge"), "queue", "--project", str(pid), "--json"],
+                              capture_output=True, text=True, env=pat_env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        queue = json.loads(proc.stdout)
+        expected_order = sorted(unlabeled, key=lambda t: (stored_scores[t], str(t)))
+        assert [e["task_id"] for e in queue["queue"]] == expected_order, (queue, stored_scores)
+        assert [e["score"] for e in queue["queue"]] == [stored_scores[t] for t in expected_order]
+        assert queue["model_version"] == v1 and queue["unannotated"] == len(unlabeled)
+        routed = requests.get(f"{backend_url}/reports/{pid}/queue", params={"limit": 2}, auth=BASIC, timeout=300)
+        assert routed.ok and [e["task_id"] for e in routed.json()["queue"]] == expected_order[:2], routed.text
+
+        # 8. serving first: while a LoRA training job runs on this machine, 18 tasks imported then get v1
+        #    pre-annotations from Retrieve Predictions within Label Studio's 100 s (the job pauses meanwhile)
+        forced = requests.post(f"{backend_url}/webhook", headers={"X-Webhook-Secret": WEBHOOK_SECRET}, timeout=10,
+                               json={"action": "START_TRAINING", "project": {"id": pid}, "force": True})
+        assert forced.ok, forced.text
+        lora = stack.add(Proc("worker-lora", [str(bin_dir / "rubric-judge"), "worker", "--burst"],
+                              ARTIFACTS / "worker-lora.log", {**pat_env, "TRAIN_METHOD": "lora"}, REPO))
+
+        def training_step() -> int:
+            state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC,
+                                 timeout=5).json()["projects"][str(pid)]
+            return int(((state.get("job") or {}).get("meta") or {}).get("step") or 0) if state.get("running") else 0
+
+        stack.wait_for("the forced LoRA job's first optimizer step", training_step, 600, 2)
+        late = [{"data": {**fixture[i]["data"], "answer": fixture[i]["data"]["answer"] + f" (Note {i}.)"}}
+                for i in range(5, 23)]  # unseen inputs: nothing comes from the prediction cache
+        ls.post(f"{ls_url}/api/projects/{pid}/import", json=late, timeout=60).raise_for_status()
+        listed = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 200}, timeout=30).json()["tasks"]
+        late_ids = sorted(t["id"] for t in listed if t["id"] > max(fresh_ids))
+        assert len(late_ids) == 18, listed
+        t0 = time.monotonic()
+        ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                json={"selectedItems": {"all": False, "included": late_ids}}, timeout=120).raise_for_status()
+        beside_training_seconds = time.monotonic() - t0
+        still_training = training_step()
+        for task_id in late_ids:
+            stored = ls.get(f"{ls_url}/api/predictions/", params={"task": task_id}, timeout=30).json()
+            assert [p["model_version"] for p in stored] == [v1], (task_id, stored, stack.logs())
+        assert beside_training_seconds < 100, beside_training_seconds
+        assert still_training, "the LoRA job must still be training when Retrieve Predictions returns"
+        assert "pausing training" in lora.log.read_text(errors="replace"), lora.tail()
+        lora.stop()
+
         summary = {"seconds_total": round(time.monotonic() - started, 1),
+                   "retrieve_18_tasks_beside_lora_training_s": round(beside_training_seconds, 1),
+                   "label_next": [(e["task_id"], e["score"]) for e in queue["queue"]],
                    "prelabel_two_runs_s": round(prelabel_seconds, 1),
                    "predict_30_tasks_s": round(predict_seconds, 1),
                    "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],

@@ -1,4 +1,5 @@
-"""The ``rubric-judge`` command line: serve, label-config, predict (and, from the worker, train/evaluate)."""
+"""The ``rubric-judge`` command line: ``serve``, ``label-config``, ``predict`` and ``report`` from the backend;
+``worker``, ``prelabel``, ``train`` and ``evaluate`` from the worker (``worker.cli``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.settings import Settings, SettingsError
+from worker import cli as worker_cli
 
 log = logging.getLogger("rubric_judge")
 
@@ -105,13 +107,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run:
         data = run_report(Path(args.run))
     else:
-        from backend.judge import short_model_name
-        from backend.redis_conn import redis_client
-        from backend.registry import Registry
-
-        registry = Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),
-                            redis_client(settings))
-        data = project_report(registry, args.project, settings.prefill_rule, settings.prefill_unevaluated)
+        data = project_report(_registry(settings), args.project, settings.prefill_rule, settings.prefill_unevaluated,
+                              settings.label_studio_url)
     if args.html:
         Path(args.html).write_text(render_html(data), encoding="utf-8")
         log.info("wrote %s", args.html)
@@ -123,17 +120,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_command(target: str) -> Any:
-    """A command implemented in the worker package, resolved by dotted name at call time (the backend never
-    imports the worker at module level; the CLI is where both meet)."""
+def _registry(settings: Settings) -> Any:
+    from backend.model_loader import short_model_name
+    from backend.redis_conn import redis_client
+    from backend.registry import Registry
 
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+    return Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),
+                    redis_client(settings))
 
-        module, func = target.split(":")
-        return int(getattr(importlib.import_module(module), func)(args, _settings(args, rubric=None)) or 0)
 
-    return run
+def cmd_queue(args: argparse.Namespace) -> int:
+    """What to label next: the least certain unannotated tasks of a project, from its stored predictions."""
+    from backend.service import RequestError, label_queue
+
+    settings = _settings(args)
+    try:
+        data = label_queue(settings, _registry(settings), args.project, args.limit)
+    except RequestError as exc:
+        raise RuntimeError(exc.message) from None
+    if args.json:
+        sys.stdout.write(json.dumps(data, indent=1) + "\n")
+        return 0
+    lines = [f"project {data['project']}: {data['unannotated']} unannotated task(s), "
+             f"{data['predicted_by_active_version']} predicted by {data['model_version']}; least certain first"]
+    for entry in data["queue"]:
+        lines.append(f"{entry['score']:.3f}  task {entry['task_id']}  {entry['link'] or ''}")
+    if not data["queue"]:
+        lines.append("no unannotated task has a prediction by the active version: run `rubric-judge prelabel` "
+                     "or Retrieve Predictions first")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _worker_command(run: Any) -> Any:
+    """A ``worker.cli`` command (``run(args, settings)``) as a subcommand."""
+
+    def command(args: argparse.Namespace) -> int:
+        return int(run(args, _settings(args, rubric=None)) or 0)
+
+    return command
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
@@ -188,17 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", help="write the JSON data here")
     report.set_defaults(func=cmd_report)
 
+    queue = sub.add_parser("queue", help="what to label next: the unannotated tasks whose stored prediction is "
+                                         "least certain (reads Label Studio's API; scores nothing)")
+    queue.add_argument("--project", required=True, help="Label Studio project id")
+    queue.add_argument("--limit", type=int, default=20, help="how many tasks (20)")
+    queue.add_argument("--json", action="store_true", help="print the JSON instead of a list")
+    queue.set_defaults(func=cmd_queue)
+
     worker = sub.add_parser("worker", help="run an RQ worker that trains adapters (queue QUEUE_NAME)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="worker name (default: RQ's)")
-    worker.set_defaults(func=_worker_command("worker.cli:run_worker"))
+    worker.set_defaults(func=_worker_command(worker_cli.run_worker))
 
     prelabel = sub.add_parser("prelabel", help="pre-annotate a Label Studio project's tasks (writes predictions "
                                                 "through the API; no 100 s limit)")
     prelabel.add_argument("--project", required=True, help="Label Studio project id")
     prelabel.add_argument("--all", action="store_true", help="also tasks that already have annotations")
     prelabel.add_argument("--batch-size", type=int, default=32, help="tasks scored and written per round (32)")
-    prelabel.set_defaults(func=_worker_command("worker.cli:run_prelabel"))
+    prelabel.set_defaults(func=_worker_command(worker_cli.run_prelabel))
 
     train = sub.add_parser("train", help="train and evaluate an adapter offline from a JSONL/CSV file")
     train.add_argument("--rubric", required=True, help="rubric name or YAML path")
@@ -207,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--heldout-limit", type=int, help="use only the first N tasks of --heldout-data")
     train.add_argument("--out", required=True, help="new folder for the adapter, metrics and data snapshot")
     _training_options(train)
-    train.set_defaults(func=_worker_command("worker.cli:run_train"))
+    train.set_defaults(func=_worker_command(worker_cli.run_train))
 
     evaluate = sub.add_parser("evaluate", help="agreement of the base model or an adapter with a labelled file")
     evaluate.add_argument("--rubric", required=True, help="rubric name or YAML path")
@@ -215,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="v0", help="'v0' (base model) or an adapter folder")
     evaluate.add_argument("--limit", type=int, help="use only the first N tasks")
     evaluate.add_argument("--output", help="write the full metrics JSON here")
-    evaluate.set_defaults(func=_worker_command("worker.cli:run_evaluate"))
+    evaluate.set_defaults(func=_worker_command(worker_cli.run_evaluate))
 
     return parser
 
