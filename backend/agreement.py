@@ -24,7 +24,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, TypeGuard, cast
 
 import krippendorff
 import numpy as np
@@ -66,11 +66,9 @@ def _is_missing(value: Any) -> bool:
     return False
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     """Return True for real numbers (bools excluded)."""
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
 def _check_level(level: str) -> None:
@@ -85,9 +83,7 @@ def _as_rows(ratings: Sequence[Sequence[Rating]]) -> list[list[Rating]]:
         width = len(rows[0])
         for i, row in enumerate(rows):
             if len(row) != width:
-                raise ValueError(
-                    f"ratings must be rectangular: row 0 has {width} units, row {i} has {len(row)}"
-                )
+                raise ValueError(f"ratings must be rectangular: row 0 has {width} units, row {i} has {len(row)}")
     return rows
 
 
@@ -127,15 +123,15 @@ def _to_matrix(
     n_units = len(rows[0]) if rows else 0
 
     if level == "interval" and all_numeric:
-        mat = np.array(
-            [[np.nan if _is_missing(v) else float(v) for v in row] for row in rows], dtype=float
-        ).reshape(n_raters, n_units)
+        mat = np.array([[np.nan if _is_missing(v) else float(cast(float, v)) for v in row] for row in rows]).reshape(
+            n_raters, n_units
+        )
         domain: np.ndarray | None = None
         if value_domain is not None:
             if not all(_is_number(v) for v in value_domain):
                 raise ValueError("value_domain must be numeric for numeric interval ratings")
             domain = np.asarray(sorted(float(v) for v in value_domain), dtype=float)
-            bad = sorted({float(v) for v in observed} - set(domain.tolist()))
+            bad = sorted({float(cast(float, v)) for v in observed} - set(domain.tolist()))
             if bad:
                 raise ValueError(f"ratings contain values outside value_domain: {bad!r}")
         return mat, domain
@@ -144,7 +140,7 @@ def _to_matrix(
         if level != "nominal" and not all_numeric:
             raise ValueError(f"string labels on an {level} scale need an ordered value_domain")
         try:
-            labels = sorted(set(observed))
+            labels = sorted(set(observed))  # type: ignore[type-var]  # mixed types raise TypeError, handled
         except TypeError as exc:
             raise ValueError("cannot order mixed-type labels; pass value_domain") from exc
     else:
@@ -183,9 +179,8 @@ def _alpha_from_matrix(mat: np.ndarray, level: str, domain: np.ndarray | None) -
         return _interval_alpha(pairable_values)
     try:
         with np.errstate(all="ignore"):
-            value = float(
-                krippendorff.alpha(reliability_data=mat, level_of_measurement=level, value_domain=domain)
-            )
+            measure = cast(Literal["nominal", "ordinal", "interval", "ratio"], level)
+            value = float(krippendorff.alpha(reliability_data=mat, level_of_measurement=measure, value_domain=domain))
     except ValueError as exc:
         logger.debug("krippendorff.alpha undefined: %s", exc)
         return float("nan")
@@ -362,7 +357,7 @@ def consensus(
         if not labels:
             out.append(None)
         elif kind == "interval":
-            out.append(float(np.mean([float(v) for v in labels])))
+            out.append(float(np.mean([float(cast(float, v)) for v in labels])))
         elif kind == "ordinal":
             ordered = sorted(labels, key=key)
             out.append(ordered[(len(ordered) - 1) // 2])
@@ -558,9 +553,7 @@ def _interval_number(value: Rating, value_domain: Sequence[Any] | None) -> float
     return float(key(value))
 
 
-def _category_labels(
-    gold: Sequence[Rating], pred: Sequence[Rating], value_domain: Sequence[Any] | None
-) -> list[Any]:
+def _category_labels(gold: Sequence[Rating], pred: Sequence[Rating], value_domain: Sequence[Any] | None) -> list[Any]:
     """``value_domain`` as a list, or the sorted union of observed labels."""
     if value_domain is not None:
         return list(value_domain)

@@ -66,14 +66,15 @@ def read_json_object() -> dict[str, Any]:
 def validate_predict(body: Mapping[str, Any], max_tasks: int) -> None:
     tasks = body.get("tasks")
     if tasks is None:
-        raise RequestError("missing 'tasks': expected {\"tasks\": [{\"id\": ..., \"data\": {...}}, ...]}")
+        raise RequestError('missing \'tasks\': expected {"tasks": [{"id": ..., "data": {...}}, ...]}')
     if not isinstance(tasks, list):
         raise RequestError(f"'tasks' must be a list, got {type(tasks).__name__}")
     if not tasks:
         raise RequestError("'tasks' is empty; send at least one task")
     if len(tasks) > max_tasks:
-        raise RequestError(f"{len(tasks):,} tasks in one request; the limit is {max_tasks:,} (MAX_TASKS_PER_REQUEST)",
-                           413)
+        raise RequestError(
+            f"{len(tasks):,} tasks in one request; the limit is {max_tasks:,} (MAX_TASKS_PER_REQUEST)", 413
+        )
     for index, task in enumerate(tasks):
         if not isinstance(task, dict):
             raise RequestError(f"tasks[{index}] must be an object, got {type(task).__name__}")
@@ -102,23 +103,27 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
                 return None
             if not settings.auth_enabled:
                 log.info("POST /webhook -> 401: missing or wrong X-Webhook-Secret")
-                return _error(401, "authentication required: send the header X-Webhook-Secret with the "
-                                   "backend's WEBHOOK_SECRET")
+                return _error(
+                    401, "authentication required: send the header X-Webhook-Secret with the backend's WEBHOOK_SECRET"
+                )
         elif not settings.auth_enabled:
             return None
         auth = request.authorization
         user_ok = pass_ok = False
         if auth is not None and auth.type == "basic":
             # both compared every time, in constant time: no early exit tells which one was wrong
-            user_ok = hmac.compare_digest((auth.username or "").encode("utf-8", "replace"),
-                                          settings.basic_auth_user.encode())
-            pass_ok = hmac.compare_digest((auth.password or "").encode("utf-8", "replace"),
-                                          settings.basic_auth_pass.encode())
+            user_ok = hmac.compare_digest(
+                (auth.username or "").encode("utf-8", "replace"), settings.basic_auth_user.encode()
+            )
+            pass_ok = hmac.compare_digest(
+                (auth.password or "").encode("utf-8", "replace"), settings.basic_auth_pass.encode()
+            )
         if user_ok and pass_ok:
             return None
         log.info("%s %s -> 401: missing or wrong credentials", request.method, request.path)
-        response = _error(401, "authentication required: send HTTP basic auth with the backend's "
-                               "BASIC_AUTH_USER/BASIC_AUTH_PASS")
+        response = _error(
+            401, "authentication required: send HTTP basic auth with the backend's BASIC_AUTH_USER/BASIC_AUTH_PASS"
+        )
         response.headers["WWW-Authenticate"] = 'Basic realm="rubric-judge"'
         return response
 
@@ -153,9 +158,17 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def health() -> Response:
         judge = service.judge
         # UP even without Redis: predictions are served from the disk copy of the active versions
-        return jsonify({"status": "UP", "model_class": "RubricJudge", "model_loaded": judge is not None,
-                        "base_model": settings.base_model, "model_name": service.registry.base_name,
-                        "default_rubric": settings.rubric, "redis": service.redis_status()})
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": "RubricJudge",
+                "model_loaded": judge is not None,
+                "base_model": settings.base_model,
+                "model_name": service.registry.base_name,
+                "default_rubric": settings.rubric,
+                "redis": service.redis_status(),
+            }
+        )
 
     @app.post("/setup")
     def setup() -> Response:
@@ -210,8 +223,13 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         as_json = name.endswith(".json")
         project = name[: -len(".json")] if as_json else name
         try:
-            data = project_report(service.registry, project, service.settings.prefill_rule,
-                                  service.settings.prefill_unevaluated, service.settings.label_studio_url)
+            data = project_report(
+                service.registry,
+                project,
+                service.settings.prefill_rule,
+                service.settings.prefill_unevaluated,
+                service.settings.label_studio_url,
+            )
         except ReportError as exc:
             return _error(404, str(exc))
         if as_json:

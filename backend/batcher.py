@@ -65,17 +65,17 @@ class Batcher:
         with self._cond:
             return len(self._queue)
 
-    def score(
-        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
-    ) -> list[TaskScore]:
+    def score(self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None) -> list[TaskScore]:
         """Score ``tasks`` like ``Judge.score``, possibly together with other threads' tasks."""
         if not tasks:
             return []
         request = _Request(rubric, list(tasks), adapter)
         with self._cond:
             if len(self._queue) >= self.max_queue:
-                raise BatcherBusy(f"{len(self._queue)} requests are already waiting for the model "
-                                  f"(MICRO_BATCH_MAX_QUEUE={self.max_queue}); retry in a moment")
+                raise BatcherBusy(
+                    f"{len(self._queue)} requests are already waiting for the model "
+                    f"(MICRO_BATCH_MAX_QUEUE={self.max_queue}); retry in a moment"
+                )
             self._queue.append(request)
             self._ensure_thread()
             self._cond.notify_all()

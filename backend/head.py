@@ -91,11 +91,15 @@ class Head:
     def predict(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         dim = self.dimensions.get(name)
         if dim is None:
-            raise HeadError(f"the feature head has no dimension {name!r} (it has {', '.join(self.dimensions)}): "
-                            "it was fitted for another rubric")
+            raise HeadError(
+                f"the feature head has no dimension {name!r} (it has {', '.join(self.dimensions)}): "
+                "it was fitted for another rubric"
+            )
         if x.shape[-1] != dim.mean.shape[0]:
-            raise HeadError(f"the head of {name!r} expects {dim.mean.shape[0]} features per task, got "
-                            f"{x.shape[-1]}: it was fitted on another base model")
+            raise HeadError(
+                f"the head of {name!r} expects {dim.mean.shape[0]} features per task, got "
+                f"{x.shape[-1]}: it was fitted on another base model"
+            )
         return dim.predict(x)
 
     # --- storage ---------------------------------------------------------------------------------
@@ -106,12 +110,24 @@ class Head:
         for i, dim in enumerate(self.dimensions.values()):
             for key in ("mean", "scale", "weights", "bias"):
                 arrays[f"{i}.{key}"] = getattr(dim, key)
-            described.append({"name": dim.name, "labels": dim.labels, "values": dim.values,
-                              "strength": dim.strength, "calibration": dim.calibration, "cv": dim.cv})
+            described.append(
+                {
+                    "name": dim.name,
+                    "labels": dim.labels,
+                    "values": dim.values,
+                    "strength": dim.strength,
+                    "calibration": dim.calibration,
+                    "cv": dim.cv,
+                }
+            )
         np.savez(folder / HEAD_ARRAYS, **arrays)
-        (folder / HEAD_JSON).write_text(json.dumps({"kind": "feature-head", "feature_size": self.feature_size,
-                                                    "meta": self.meta, "dimensions": described}, indent=1),
-                                        encoding="utf-8")
+        (folder / HEAD_JSON).write_text(
+            json.dumps(
+                {"kind": "feature-head", "feature_size": self.feature_size, "meta": self.meta, "dimensions": described},
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
 
 
 def is_head(folder: Path) -> bool:
@@ -126,9 +142,14 @@ def load_head(folder: Path) -> Head:
         with np.load(folder / HEAD_ARRAYS) as arrays:
             for i, d in enumerate(described["dimensions"]):
                 dims[d["name"]] = DimensionHead(
-                    name=d["name"], labels=list(d["labels"]), values=d["values"], strength=float(d["strength"]),
-                    calibration=dict(d["calibration"]), cv=dict(d.get("cv", {})),
-                    **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")})
+                    name=d["name"],
+                    labels=list(d["labels"]),
+                    values=d["values"],
+                    strength=float(d["strength"]),
+                    calibration=dict(d["calibration"]),
+                    cv=dict(d.get("cv", {})),
+                    **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")},
+                )
         return Head(dimensions=dims, feature_size=int(described["feature_size"]), meta=described.get("meta", {}))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise HeadError(f"cannot load the feature head in {folder}: {exc}") from None
@@ -166,8 +187,12 @@ def fit_head(
             y = np.array([dim.labels.index(v) if v is not None else -1 for v in raw])
         kept_groups = [g for g, k in zip(groups, keep, strict=True) if k]
         if len(set(kept_groups)) < MIN_GROUPS:
-            log.warning("head %s: only %d rated task group(s); predicting the prior (needs %d to fit)", dim.name,
-                        len(set(kept_groups)), MIN_GROUPS)
+            log.warning(
+                "head %s: only %d rated task group(s); predicting the prior (needs %d to fit)",
+                dim.name,
+                len(set(kept_groups)),
+                MIN_GROUPS,
+            )
             heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
             continue
         heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds)
@@ -181,16 +206,33 @@ def _constant_dimension(dim: Any, size: int, y: np.ndarray) -> DimensionHead:
     zeros = np.zeros(size)
     if dim.values is None:
         counts = np.bincount(y.astype(int), minlength=len(dim.labels)) + 1.0  # add-one smoothing
-        return DimensionHead(name=dim.name, labels=list(dim.labels), values=None, mean=zeros, scale=zeros + 1,
-                             weights=np.zeros((size, len(dim.labels))), bias=np.log(counts / counts.sum()),
-                             strength=0.0, calibration={"temperature": 1.0}, cv={"skipped": "too few tasks"})
+        return DimensionHead(
+            name=dim.name,
+            labels=list(dim.labels),
+            values=None,
+            mean=zeros,
+            scale=zeros + 1,
+            weights=np.zeros((size, len(dim.labels))),
+            bias=np.log(counts / counts.sum()),
+            strength=0.0,
+            calibration={"temperature": 1.0},
+            cv={"skipped": "too few tasks"},
+        )
     values = [float(v) for v in dim.values]
     mean = float(y.mean()) if len(y) else (min(values) + max(values)) / 2
     sigma = max(MIN_SIGMA, float(y.std())) if len(y) else 1.0
-    return DimensionHead(name=dim.name, labels=list(dim.labels), values=values, mean=zeros, scale=zeros + 1,
-                         weights=zeros, bias=np.array([mean]), strength=0.0,
-                         calibration={"pred_mean": mean, "gain": 0.0, "target_mean": mean, "sigma": sigma,
-                                      "oof_correlation": 0.0}, cv={"skipped": "too few tasks"})
+    return DimensionHead(
+        name=dim.name,
+        labels=list(dim.labels),
+        values=values,
+        mean=zeros,
+        scale=zeros + 1,
+        weights=zeros,
+        bias=np.array([mean]),
+        strength=0.0,
+        calibration={"pred_mean": mean, "gain": 0.0, "target_mean": mean, "sigma": sigma, "oof_correlation": 0.0},
+        cv={"skipped": "too few tasks"},
+    )
 
 
 def _fold_ids(groups: Sequence[str], folds: int) -> np.ndarray:
@@ -265,12 +307,24 @@ def _fit_dimension(dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str]
     else:
         calibration = _fit_scale_calibration(oof, y, dim.values)
         cv["oof_correlation"] = round(score, 4)
-    log.info("head %s: strength %s, cross-validated %s", dim.name, strength,
-             {k: v for k, v in cv.items() if k.startswith("oof")})
-    return DimensionHead(name=dim.name, labels=list(dim.labels),
-                         values=None if nominal else [float(v) for v in dim.values],
-                         mean=mean, scale=scale, weights=weights, bias=np.atleast_1d(bias), strength=strength,
-                         calibration=calibration, cv=cv)
+    log.info(
+        "head %s: strength %s, cross-validated %s",
+        dim.name,
+        strength,
+        {k: v for k, v in cv.items() if k.startswith("oof")},
+    )
+    return DimensionHead(
+        name=dim.name,
+        labels=list(dim.labels),
+        values=None if nominal else [float(v) for v in dim.values],
+        mean=mean,
+        scale=scale,
+        weights=weights,
+        bias=np.atleast_1d(bias),
+        strength=strength,
+        calibration=calibration,
+        cv=cv,
+    )
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -286,8 +340,13 @@ def _fit_scale_calibration(oof: np.ndarray, y: np.ndarray, values: Sequence[floa
     gain = float(y.std() / oof.std()) if r > 0 and oof.std() > 1e-12 else 0.0
     calibrated = np.clip((oof - oof.mean()) * gain + y.mean(), min(values), max(values))
     sigma = max(MIN_SIGMA, float(np.sqrt(np.mean((calibrated - y) ** 2))))
-    return {"pred_mean": float(oof.mean()), "gain": gain, "target_mean": float(y.mean()), "sigma": sigma,
-            "oof_correlation": round(r, 4)}
+    return {
+        "pred_mean": float(oof.mean()),
+        "gain": gain,
+        "target_mean": float(y.mean()),
+        "sigma": sigma,
+        "oof_correlation": round(r, 4),
+    }
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -304,8 +363,9 @@ def _nll_score(scores: np.ndarray, y: np.ndarray) -> float:
 
 
 def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
-    best = min(TEMPERATURES, key=lambda t: -np.mean(np.log(np.maximum(
-        softmax(scores / t)[np.arange(len(y)), y], 1e-12))))
+    best = min(
+        TEMPERATURES, key=lambda t: -np.mean(np.log(np.maximum(softmax(scores / t)[np.arange(len(y)), y], 1e-12)))
+    )
     return float(best)
 
 

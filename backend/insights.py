@@ -38,8 +38,9 @@ def _value(label: Any, level: str) -> Any:
     return str(label)
 
 
-def rater_table(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]],
-                levels: Mapping[str, str]) -> tuple[list[str], dict[str, dict[str, list[Any]]]]:
+def rater_table(
+    rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], levels: Mapping[str, str]
+) -> tuple[list[str], dict[str, dict[str, list[Any]]]]:
     """Task ids, and per dimension per rater (annotators sorted, then the judge) one value per task (None where
     that rater did not rate the task). The judge rates the tasks it has predictions for."""
     tasks = [str(r["id"]) for r in rows]
@@ -51,7 +52,8 @@ def rater_table(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping
         for row in rows:
             for annotation in row.get("annotations") or []:
                 per[str(annotation["annotator"])][index[str(row["id"])]] = _value(
-                    (annotation.get("scores") or {}).get(name), level)
+                    (annotation.get("scores") or {}).get(name), level
+                )
         for prediction in predictions:
             at = index.get(str(prediction.get("task_id")))
             if at is not None:
@@ -60,8 +62,7 @@ def rater_table(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping
     return tasks, table
 
 
-def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str,
-                   min_shared: int = MIN_SHARED) -> dict[str, Any]:
+def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str, min_shared: int = MIN_SHARED) -> dict[str, Any]:
     """Krippendorff's α between every two raters over the tasks both rated, with the number of such tasks.
 
     ``{"raters": [...], "alpha": [[...]], "shared": [[...]], "reliable": [[...]], "min_shared": m}``: α is None
@@ -74,8 +75,11 @@ def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str,
         alpha_row: list[float | None] = []
         shared_row: list[int] = []
         for b in raters:
-            both = [u for u, (x, y) in enumerate(zip(ratings[a], ratings[b], strict=True))
-                    if x is not None and y is not None]
+            both = [
+                u
+                for u, (x, y) in enumerate(zip(ratings[a], ratings[b], strict=True))
+                if x is not None and y is not None
+            ]
             shared_row.append(len(both))
             if a == b or len(both) < 2:
                 alpha_row.append(None)
@@ -85,13 +89,25 @@ def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str,
         alpha.append(alpha_row)
         shared.append(shared_row)
     reliable = [[n >= min_shared for n in row] for row in shared]
-    return json_safe({"raters": raters, "level": level, "alpha": alpha, "shared": shared, "reliable": reliable,
-                      "min_shared": min_shared})
+    return json_safe(
+        {
+            "raters": raters,
+            "level": level,
+            "alpha": alpha,
+            "shared": shared,
+            "reliable": reliable,
+            "min_shared": min_shared,
+        }
+    )
 
 
-def agreement_matrix(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]],
-                     dimensions: Mapping[str, Mapping[str, Any]], flat_level: str,
-                     min_shared: int = MIN_SHARED) -> dict[str, Any]:
+def agreement_matrix(
+    rows: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    dimensions: Mapping[str, Mapping[str, Any]],
+    flat_level: str,
+    min_shared: int = MIN_SHARED,
+) -> dict[str, Any]:
     """Pairwise α per dimension and flattened (every dimension's ratings pooled, a task-dimension pair a unit)
     between every annotator and the judge."""
     levels = _scale_levels(dimensions)
@@ -105,8 +121,9 @@ def agreement_matrix(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Ma
         out["dimensions"][name] = pairwise_alpha(per, levels[name], min_shared)
     numeric = flat_level in ("interval", "ordinal")
     pooled_dims = [name for name in table if not numeric or levels[name] in ("interval", "ordinal")]
-    pooled = {who: [v if numeric or v is None else str(v) for name in pooled_dims for v in table[name][who]]
-              for who in raters}
+    pooled = {
+        who: [v if numeric or v is None else str(v) for name in pooled_dims for v in table[name][who]] for who in raters
+    }
     out["flat"] = pairwise_alpha(pooled, flat_level, min_shared) if pooled_dims else None
     return out
 
@@ -118,9 +135,14 @@ def _consensus(values: Sequence[Any], level: str) -> Any:
     return consensus([present], "interval" if level in ("interval", "ordinal") else "nominal")[0]
 
 
-def disagreements(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]],
-                  dimensions: Mapping[str, Mapping[str, Any]], project: str | None = None,
-                  label_studio_url: str = "", top: int = TOP_DISAGREEMENTS) -> dict[str, Any]:
+def disagreements(
+    rows: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    dimensions: Mapping[str, Mapping[str, Any]],
+    project: str | None = None,
+    label_studio_url: str = "",
+    top: int = TOP_DISAGREEMENTS,
+) -> dict[str, Any]:
     """The held-out tasks on which the judge is furthest from the human consensus, worst first: summed over
     dimensions and per dimension.
 
@@ -155,29 +177,35 @@ def disagreements(rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mappi
             else:
                 per_dim[name] = 0.0 if judged == gold else 1.0
         defined = [d for d in per_dim.values() if d is not None]
-        entries.append({
-            "task_id": row["id"],
-            "distance": round(sum(defined), 6) if defined else None,
-            "distance_by_dimension": per_dim,
-            "excerpt": {key: _excerpt(value) for key, value in (row.get("data") or {}).items()},
-            "humans": humans,
-            "consensus": agreed,
-            "judge": dict(prediction.get("labels") or {}),
-            "confidence": finite(prediction.get("confidence")),
-            "link": task_link(label_studio_url, project, row["id"]),
-        })
+        entries.append(
+            {
+                "task_id": row["id"],
+                "distance": round(sum(defined), 6) if defined else None,
+                "distance_by_dimension": per_dim,
+                "excerpt": {key: _excerpt(value) for key, value in (row.get("data") or {}).items()},
+                "humans": humans,
+                "consensus": agreed,
+                "judge": dict(prediction.get("labels") or {}),
+                "confidence": finite(prediction.get("confidence")),
+                "link": task_link(label_studio_url, project, row["id"]),
+            }
+        )
 
     def worst(key: Any) -> list[dict[str, Any]]:
         ranked = [e for e in entries if key(e) is not None]
         ranked.sort(key=lambda e: (-key(e), str(e["task_id"])))
         return ranked[:top]
 
-    return json_safe({
-        "summed": worst(lambda e: e["distance"]),
-        "by_dimension": {name: [e["task_id"] for e in worst(lambda e, n=name: e["distance_by_dimension"][n])]
-                         for name in levels},
-        "tasks": len(entries), "top": top,
-    })
+    return json_safe(
+        {
+            "summed": worst(lambda e: e["distance"]),
+            "by_dimension": {
+                name: [e["task_id"] for e in worst(lambda e, n=name: e["distance_by_dimension"][n])] for name in levels
+            },
+            "tasks": len(entries),
+            "top": top,
+        }
+    )
 
 
 def _excerpt(value: Any) -> str:
@@ -192,8 +220,13 @@ def task_link(label_studio_url: str, project: str | None, task_id: Any) -> str |
     return f"{label_studio_url.rstrip('/')}/projects/{project}/data?task={task_id}"
 
 
-def label_next(tasks: Sequence[Mapping[str, Any]], model_version: str, project: str | None = None,
-               label_studio_url: str = "", limit: int = 20) -> list[dict[str, Any]]:
+def label_next(
+    tasks: Sequence[Mapping[str, Any]],
+    model_version: str,
+    project: str | None = None,
+    label_studio_url: str = "",
+    limit: int = 20,
+) -> list[dict[str, Any]]:
     """Unannotated tasks whose stored prediction at ``model_version`` is least certain (lowest ``score``),
     first; tasks without such a prediction are left out (pre-annotate them first). ``tasks`` are Label Studio
     task objects with their ``predictions``."""
@@ -201,13 +234,21 @@ def label_next(tasks: Sequence[Mapping[str, Any]], model_version: str, project: 
     for task in tasks:
         if task.get("annotations") or task.get("total_annotations") or task.get("is_labeled"):
             continue
-        scores = [finite(p.get("score")) for p in task.get("predictions") or []
-                  if isinstance(p, Mapping) and p.get("model_version") == model_version]
+        scores = [
+            finite(p.get("score"))
+            for p in task.get("predictions") or []
+            if isinstance(p, Mapping) and p.get("model_version") == model_version
+        ]
         scores = [s for s in scores if s is not None]
         if not scores:
             continue
-        ranked.append({"task_id": task.get("id"), "score": min(scores),
-                       "excerpt": {k: _excerpt(v) for k, v in (task.get("data") or {}).items()},
-                       "link": task_link(label_studio_url, project, task.get("id"))})
+        ranked.append(
+            {
+                "task_id": task.get("id"),
+                "score": min(scores),
+                "excerpt": {k: _excerpt(v) for k, v in (task.get("data") or {}).items()},
+                "link": task_link(label_studio_url, project, task.get("id")),
+            }
+        )
     ranked.sort(key=lambda e: (e["score"], str(e["task_id"])))
     return ranked[:limit]

@@ -108,8 +108,13 @@ class Judge:
                 fitted = head.meta.get("precision")
                 here = str(next(self.model.parameters()).dtype)
                 if fitted and fitted != here:
-                    log.warning("feature head %s was fitted on %s features and is served on %s: set "
-                                "MODEL_PRECISION as the worker had it", name, fitted, here)
+                    log.warning(
+                        "feature head %s was fitted on %s features and is served on %s: set "
+                        "MODEL_PRECISION as the worker had it",
+                        name,
+                        fitted,
+                        here,
+                    )
                 if name in self._adapters:  # the name held a LoRA adapter before
                     self.model.delete_adapter(name)
                     del self._adapters[name]
@@ -191,8 +196,12 @@ class Judge:
             cached = DynamicCache()
             ids = torch.tensor([shared], dtype=torch.long)
             with torch.inference_mode():
-                self._forward(ids.to(self.device), torch.ones_like(ids).to(self.device),
-                              torch.arange(len(shared))[None, :].to(self.device), cached)
+                self._forward(
+                    ids.to(self.device),
+                    torch.ones_like(ids).to(self.device),
+                    torch.arange(len(shared))[None, :].to(self.device),
+                    cached,
+                )
             while len(self._prefix_caches) >= 8:
                 self._prefix_caches.pop(next(iter(self._prefix_caches)))
             self._prefix_caches[key] = cached
@@ -200,9 +209,7 @@ class Judge:
 
     # --- scoring ---------------------------------------------------------------------------------
 
-    def score(
-        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
-    ) -> list[TaskScore]:
+    def score(self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None) -> list[TaskScore]:
         """Score every dimension of every task (inputs by rubric input name), in order.
 
         ``adapter`` names an attached LoRA adapter; ``None`` scores with the base model. With
@@ -227,7 +234,10 @@ class Judge:
         return scores, [f for f in features if f is not None]
 
     def _score(
-        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None,
+        self,
+        rubric: Rubric,
+        tasks: Sequence[Mapping[str, str]],
+        adapter: str | None,
         features: list[TaskFeatures | None] | None,
     ) -> tuple[list[TaskScore], list[TaskFeatures | None]]:
         fitted = [fit_inputs(rubric, t, self.tokenizer, self.settings.max_input_tokens) for t in tasks]
@@ -283,8 +293,7 @@ class Judge:
             return self.settings.predict_max_batch_tokens
         if self._budget is None:
             self._budget = memory_token_budget(self.model, self.device)
-            log.info("batch token budget %d (PREDICT_MAX_BATCH_TOKENS=0: derived from available memory)",
-                     self._budget)
+            log.info("batch token budget %d (PREDICT_MAX_BATCH_TOKENS=0: derived from available memory)", self._budget)
         return self._budget
 
     def _adapter_context(self, adapter: str | None) -> Any:
@@ -306,12 +315,17 @@ class Judge:
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
         """One cached forward pass; only the last ``keep`` positions' logits are computed (0 = all)."""
         kwargs = {self._cache_arg: cache}
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                          logits_to_keep=keep, **kwargs)
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep, **kwargs
+        )
 
     def _score_batch(
-        self, rubric: Rubric, prompts: list[tuple[list[int], list[int]]], adapter: str | None = None,
-        capture: _FeatureCapture | None = None, sink: list[TaskFeatures | None] | None = None,
+        self,
+        rubric: Rubric,
+        prompts: list[tuple[list[int], list[int]]],
+        adapter: str | None = None,
+        capture: _FeatureCapture | None = None,
+        sink: list[TaskFeatures | None] | None = None,
     ) -> list[TaskScore]:
         """Score one batch. Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from
         the prefix cache when every row shares it; left padding of the task parts is masked out."""
@@ -341,8 +355,9 @@ class Judge:
 
         with torch.inference_mode():
             if capture is not None:  # where each row's task part starts in the padded batch
-                capture.start_batch([width - len(r) + (0 if cached else len(prompts[i][0]))
-                                     for i, r in enumerate(rows)])
+                capture.start_batch(
+                    [width - len(r) + (0 if cached else len(prompts[i][0])) for i, r in enumerate(rows)]
+                )
             # prompt + first prefix are fed together below; start with the prompt alone
             self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
             shared_rows = capture.pooled(ids) if capture is not None else []
@@ -373,17 +388,18 @@ class Judge:
                 for row in range(size):
                     chosen = int(choice[row])
                     pending[row] = tokens.labels[index][chosen]
-                    per_task[row][dim.name] = dimension_score(dim, probs[row].tolist(), chosen,
-                                                               float(scores[row, chosen]))
+                    per_task[row][dim.name] = dimension_score(
+                        dim, probs[row].tolist(), chosen, float(scores[row, chosen])
+                    )
         if capture is not None and sink is not None:
             for row in range(size):
-                sink[row] = TaskFeatures(shared=shared_rows[row], dimensions={
-                    dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)})
+                sink[row] = TaskFeatures(
+                    shared=shared_rows[row],
+                    dimensions={dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)},
+                )
         return [TaskScore(dimensions=d) for d in per_task]
 
-    def _candidate_scores(
-        self, candidates: list[list[int]], first: Any, mask: Any, next_pos: Any, cache: Any
-    ) -> Any:
+    def _candidate_scores(self, candidates: list[list[int]], first: Any, mask: Any, next_pos: Any, cache: Any) -> Any:
         """Log-probabilities (rows x candidates) of each candidate label sequence."""
         import torch
 
@@ -428,8 +444,9 @@ class _FeatureCapture:
         norm = getattr(parent, "norm", None) if parent is not None else None
         head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
         if layers is None or norm is None or head is None:
-            raise ModelLoadError("feature heads need a decoder model with a 'layers' list, a final 'norm' and an "
-                                 "output embedding")
+            raise ModelLoadError(
+                "feature heads need a decoder model with a 'layers' list, a final 'norm' and an output embedding"
+            )
         self.modules = {"mid": layers[len(layers) // 2], "last": norm}
         self.lm_head = head
         self.outputs: dict[str, Any] = {}
@@ -442,6 +459,7 @@ class _FeatureCapture:
         def hook(key: str) -> Any:
             def keep_output(module: Any, args: Any, output: Any) -> None:
                 self.outputs[key] = output[0] if isinstance(output, tuple) else output
+
             return keep_output
 
         self.handles = [m.register_forward_hook(hook(k)) for k, m in self.modules.items()]
@@ -475,8 +493,12 @@ class _FeatureCapture:
             scored = max(start, 1)  # a token's log-probability needs the state before it
             if scored < end:
                 logits = self.lm_head(last_states[row, scored - 1 : end - 1]).float()
-                token_logp = torch.log_softmax(logits, dim=-1).gather(
-                    1, ids[row, scored:end].to(logits.device)[:, None])[:, 0].cpu().numpy()
+                token_logp = (
+                    torch.log_softmax(logits, dim=-1)
+                    .gather(1, ids[row, scored:end].to(logits.device)[:, None])[:, 0]
+                    .cpu()
+                    .numpy()
+                )
                 stats = [token_logp.mean(), np.quantile(token_logp, 0.1), np.log(end - scored)]
             else:
                 stats = [0.0, 0.0, 0.0]
@@ -494,8 +516,10 @@ class _FeatureCapture:
         import numpy as np
 
         mid, last = states
-        return [np.concatenate([mid[row].numpy(), last[row].numpy(), probs[row].numpy()]).astype(np.float32)
-                for row in range(probs.shape[0])]
+        return [
+            np.concatenate([mid[row].numpy(), last[row].numpy(), probs[row].numpy()]).astype(np.float32)
+            for row in range(probs.shape[0])
+        ]
 
 
 def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> list[TaskScore]:
@@ -508,8 +532,10 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
     for dim in rubric.dimensions:
         fitted = head.dimensions.get(dim.name)
         if fitted is None or fitted.labels != list(dim.labels):
-            raise HeadError(f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
-                            f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}")
+            raise HeadError(
+                f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
+                f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}"
+            )
         selection = head.meta.get("features", "all")
         x = np.stack([f.vector(dim.name, selection) for f in features])
         per_dim[dim.name] = head.predict(dim.name, x)
@@ -521,7 +547,10 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
             p = [float(v) for v in probs[row]]
             chosen = int(np.argmax(p))
             rounded = {label: round(v, 6) for label, v in zip(dim.labels, p, strict=True)}
-            dims[dim.name] = DimensionScore(label=dim.labels[chosen], probs=rounded,
-                                            expected=None if expected is None else round(float(expected[row]), 6))
+            dims[dim.name] = DimensionScore(
+                label=dim.labels[chosen],
+                probs=rounded,
+                expected=None if expected is None else round(float(expected[row]), 6),
+            )
         out.append(TaskScore(dimensions=dims))
     return out

@@ -21,8 +21,10 @@ class LabelStudioError(RuntimeError):
 def label_studio_client(url: str, api_key: str) -> Any:
     """label-studio-sdk's ``LabelStudio`` client (legacy tokens and personal access tokens)."""
     if not api_key:
-        raise LabelStudioError("LABEL_STUDIO_API_KEY is not set: rubric-judge needs a Label Studio token "
-                          "to read projects (Account & Settings > Access Token)")
+        raise LabelStudioError(
+            "LABEL_STUDIO_API_KEY is not set: rubric-judge needs a Label Studio token "
+            "to read projects (Account & Settings > Access Token)"
+        )
     from label_studio_sdk import LabelStudio
 
     return LabelStudio(base_url=url, api_key=api_key, timeout=120)
@@ -50,8 +52,16 @@ def _plain(value: Any) -> Any:
 
 def _as_task(item: Any) -> dict[str, Any]:
     """An SDK task object (or a dict) as a plain dict with the fields pre-annotation reads."""
-    names = ("id", "data", "annotations", "predictions", "total_annotations", "cancelled_annotations",
-             "total_predictions", "is_labeled")
+    names = (
+        "id",
+        "data",
+        "annotations",
+        "predictions",
+        "total_annotations",
+        "cancelled_annotations",
+        "total_predictions",
+        "is_labeled",
+    )
     return {name: _plain(field(item, name)) for name in names}
 
 
@@ -76,8 +86,12 @@ def list_tasks(client: Any, project: int, page_size: int = PAGE_SIZE) -> Iterato
 
 
 def is_annotated(task: Mapping[str, Any]) -> bool:
-    return bool(task.get("annotations") or task.get("total_annotations") or task.get("cancelled_annotations")
-                or task.get("is_labeled"))
+    return bool(
+        task.get("annotations")
+        or task.get("total_annotations")
+        or task.get("cancelled_annotations")
+        or task.get("is_labeled")
+    )
 
 
 def task_predictions(client: Any, task: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -98,7 +112,10 @@ def prediction_versions(client: Any, task: Mapping[str, Any]) -> set[str]:
 
 def describe_error(exc: Exception, url: str, project: int) -> str:
     status = getattr(exc, "status_code", None)
-    hint = {401: "the token was rejected (LABEL_STUDIO_API_KEY)", 403: "the token's user may not write here",
-            404: f"project {project} does not exist at {url}"}.get(status or 0, "")
+    hint = {
+        401: "the token was rejected (LABEL_STUDIO_API_KEY)",
+        403: "the token's user may not write here",
+        404: f"project {project} does not exist at {url}",
+    }.get(status or 0, "")
     detail = f"HTTP {status}: {str(getattr(exc, 'body', ''))[:200]}" if status else f"{type(exc).__name__}: {exc}"
     return detail + (f"; {hint}" if hint else "")

@@ -54,7 +54,7 @@ def label_config(rubric: Rubric, rationale: bool = True) -> str:
     for title, dims in sections:
         lines.append('  <View style="margin-top:12px; padding:8px; border-top:1px solid #ddd">')
         if title:
-            lines.append(f"    <Header value={quoteattr(title)} size=\"4\"/>")
+            lines.append(f'    <Header value={quoteattr(title)} size="4"/>')
         for dim in dims:
             lines.extend("    " + line for line in _dimension_xml(dim, target, rubric.kind))
         lines.append("  </View>")
@@ -70,10 +70,13 @@ def label_config(rubric: Rubric, rationale: bool = True) -> str:
 
 def _dimension_xml(dim: Dimension, target: str, kind: str) -> list[str]:
     required = "true" if kind == "classification" else "false"
-    out = ["<View>", f"  <Header value={quoteattr(dim.title)} size=\"5\"/>",
-           f"  <Header value={quoteattr(dim.question)} size=\"6\"/>",
-           f"  <Choices name={quoteattr(dim.name)} toName={quoteattr(target)} choice=\"single-radio\" "
-           f"showInline=\"true\" required=\"{required}\">"]
+    out = [
+        "<View>",
+        f'  <Header value={quoteattr(dim.title)} size="5"/>',
+        f'  <Header value={quoteattr(dim.question)} size="6"/>',
+        f'  <Choices name={quoteattr(dim.name)} toName={quoteattr(target)} choice="single-radio" '
+        f'showInline="true" required="{required}">',
+    ]
     for label in dim.labels:
         hint = dim.anchors.get(label)
         hint_attr = f" hint={quoteattr(hint)}" if hint else ""
@@ -123,9 +126,7 @@ def parse_label_config(xml: str) -> ParsedConfig:
             objects[name] = value[1:] if value.startswith("$") else value
         elif name and element.get("toName") is not None:
             values = tuple(
-                c.get("alias") or c.get("value") or ""
-                for c in element.iter()
-                if c is not element and c.tag == "Choice"
+                c.get("alias") or c.get("value") or "" for c in element.iter() if c is not element and c.tag == "Choice"
             )
             controls[name] = Control(name=name, tag=element.tag, to_name=element.get("toName", ""), values=values)
     return ParsedConfig(objects=objects, controls=controls)
@@ -137,7 +138,7 @@ def config_problems(rubric: Rubric, parsed: ParsedConfig) -> list[str]:
     for dim in rubric.dimensions:
         control = parsed.controls.get(dim.name)
         if control is None:
-            problems.append(f"no <Choices name=\"{dim.name}\"> control for dimension {dim.name!r}")
+            problems.append(f'no <Choices name="{dim.name}"> control for dimension {dim.name!r}')
             continue
         if control.tag != "Choices":
             problems.append(f"control {dim.name!r} is a <{control.tag}>, expected <Choices>")
@@ -171,8 +172,10 @@ class Binding:
 
     @classmethod
     def default(cls, rubric: Rubric) -> Binding:
-        return cls(data_keys={i.name: i.name for i in rubric.inputs},
-                   to_names={d.name: rubric.target.name for d in rubric.dimensions})
+        return cls(
+            data_keys={i.name: i.name for i in rubric.inputs},
+            to_names={d.name: rubric.target.name for d in rubric.dimensions},
+        )
 
     @classmethod
     def for_config(cls, rubric: Rubric, parsed: ParsedConfig | None) -> Binding:

@@ -194,6 +194,7 @@ DIMENSION_COLUMNS: tuple[Column, ...] = (
     Column(("nearly_constant",), lambda v: bool(v.entry.get("nearly_constant")), kind="raw"),
 )
 
+
 def shown_columns() -> tuple[Column, ...]:
     """The columns the HTML table of dimensions shows (those with a title), in order."""
     return tuple(c for c in DIMENSION_COLUMNS if c.title)

@@ -24,8 +24,6 @@ class ModelLoadError(RuntimeError):
     """The base model or an adapter cannot be loaded; the message says how to fix it."""
 
 
-
-
 def short_model_name(base_model: str, quantization: str = "none") -> str:
     """A short, version-safe name for a base model: ``Qwen/Qwen3-1.7B`` + 4bit -> ``qwen3-1.7b-4bit``."""
     name = base_model.rstrip("/").split("/")[-1].lower()
@@ -101,7 +99,9 @@ def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
         compute = dtype
         if settings.quantization == "4bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=compute,
                 bnb_4bit_use_double_quant=True,
             )
         else:
@@ -122,9 +122,15 @@ def load_base_model(settings: Settings) -> tuple[Any, Any, str]:
     if settings.quantization == "none":
         model.to(device)
     model.eval()
-    log.info("loaded base model %s (%s, quantization=%s, device=%s, %s) in %.1f s", settings.base_model,
-             type(model).__name__, settings.quantization, device, "bf16" if bf16 else "fp32",
-             time.monotonic() - started)
+    log.info(
+        "loaded base model %s (%s, quantization=%s, device=%s, %s) in %.1f s",
+        settings.base_model,
+        type(model).__name__,
+        settings.quantization,
+        device,
+        "bf16" if bf16 else "fp32",
+        time.monotonic() - started,
+    )
     return model, tokenizer, short_model_name(settings.base_model, settings.quantization)
 
 

@@ -25,20 +25,27 @@ log = logging.getLogger(__name__)
 
 def rubric_fingerprint(rubric: Rubric) -> str:
     """A hash of everything in a rubric that shapes the prompt or the labels (not where its file lives)."""
-    text = repr((rubric.name, rubric.kind, rubric.inputs, rubric.dimensions, rubric.instruction,
-                 rubric.system_prompt))
+    text = repr((rubric.name, rubric.kind, rubric.inputs, rubric.dimensions, rubric.instruction, rubric.system_prompt))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def score_to_json(score: TaskScore) -> str:
-    return json.dumps({name: {"label": d.label, "probs": dict(d.probs), "expected": d.expected,
-                              "logprob": d.logprob} for name, d in score.dimensions.items()})
+    return json.dumps(
+        {
+            name: {"label": d.label, "probs": dict(d.probs), "expected": d.expected, "logprob": d.logprob}
+            for name, d in score.dimensions.items()
+        }
+    )
 
 
 def score_from_json(raw: str | bytes) -> TaskScore:
     data = json.loads(raw)
-    return TaskScore(dimensions={name: DimensionScore(label=d["label"], probs=d["probs"], expected=d["expected"],
-                                                      logprob=d["logprob"]) for name, d in data.items()})
+    return TaskScore(
+        dimensions={
+            name: DimensionScore(label=d["label"], probs=d["probs"], expected=d["expected"], logprob=d["logprob"])
+            for name, d in data.items()
+        }
+    )
 
 
 class PredictionCache:
@@ -53,14 +60,24 @@ class PredictionCache:
         self._warned = False
 
     def key(self, model_version: str, rubric: Rubric, inputs: Mapping[str, str]) -> str:
-        payload = json.dumps([model_version, rubric.name, rubric_fingerprint(rubric), self.max_input_tokens,
-                              self.precision, [inputs[name] for name in rubric.input_names]], ensure_ascii=False)
+        payload = json.dumps(
+            [
+                model_version,
+                rubric.name,
+                rubric_fingerprint(rubric),
+                self.max_input_tokens,
+                self.precision,
+                [inputs[name] for name in rubric.input_names],
+            ],
+            ensure_ascii=False,
+        )
         return self.prefix + hashlib.sha256(payload.encode()).hexdigest()
 
     def _failed(self, what: str, exc: Exception) -> None:
         if not self._warned:
-            log.warning("prediction cache unavailable (%s on %s: %s); scoring without it", type(exc).__name__,
-                        what, exc)
+            log.warning(
+                "prediction cache unavailable (%s on %s: %s); scoring without it", type(exc).__name__, what, exc
+            )
             self._warned = True
 
     def get_many(self, keys: Sequence[str]) -> list[TaskScore | None]:

@@ -61,8 +61,7 @@ def decide(
             out[name] = PrefillDecision(True, "PREFILL_MIN_ALPHA=off: every dimension is pre-filled")
             continue
         if entry is None:
-            what = "pre-filled (PREFILL_UNEVALUATED=true)" if unevaluated else \
-                "left empty (PREFILL_UNEVALUATED=false)"
+            what = "pre-filled (PREFILL_UNEVALUATED=true)" if unevaluated else "left empty (PREFILL_UNEVALUATED=false)"
             out[name] = PrefillDecision(unevaluated, f"no held-out evidence yet; {what}")
             continue
         alpha = dimension_alpha(entry)
@@ -71,19 +70,24 @@ def decide(
             continue
         if rule == "majority" and "alpha_majority" not in entry:  # evaluated before the reference was stored
             ok = alpha > 0
-            out[name] = PrefillDecision(ok, f"alpha {alpha:.3f} {'>' if ok else '<='} 0 on {n} held-out tasks "
-                                            "(no majority-label reference stored for this version)")
+            out[name] = PrefillDecision(
+                ok,
+                f"alpha {alpha:.3f} {'>' if ok else '<='} 0 on {n} held-out tasks "
+                "(no majority-label reference stored for this version)",
+            )
         elif rule == "majority":
             reference = finite(entry.get("alpha_majority"))
             if reference is None or alpha > reference:
                 ref = "undefined" if reference is None else f"{reference:.3f}"
                 out[name] = PrefillDecision(True, f"alpha {alpha:.3f} > majority label's {ref} on {n} held-out tasks")
             else:
-                out[name] = PrefillDecision(False, f"alpha {alpha:.3f} <= majority label's {reference:.3f} on {n} "
-                                                   "held-out tasks")
+                out[name] = PrefillDecision(
+                    False, f"alpha {alpha:.3f} <= majority label's {reference:.3f} on {n} held-out tasks"
+                )
         else:
             threshold = float(rule)
             ok = alpha >= threshold
-            out[name] = PrefillDecision(ok, f"alpha {alpha:.3f} {'>=' if ok else '<'} PREFILL_MIN_ALPHA={threshold:g} "
-                                            f"on {n} held-out tasks")
+            out[name] = PrefillDecision(
+                ok, f"alpha {alpha:.3f} {'>=' if ok else '<'} PREFILL_MIN_ALPHA={threshold:g} on {n} held-out tasks"
+            )
     return out

@@ -75,10 +75,11 @@ def user_message(rubric: Rubric, inputs: Mapping[str, str], variant: PromptVaria
     criteria = "\n".join(_describe_dimension(d, label_order.get(d.name)) for d in rubric.dimensions)
     order = variant.input_order or rubric.input_names
     by_name = {item.name: item for item in rubric.inputs}
-    blocks = [f"{by_name[name].label}:\n\"\"\"\n{inputs[name]}\n\"\"\"" for name in order]
+    blocks = [f'{by_name[name].label}:\n"""\n{inputs[name]}\n"""' for name in order]
     example = "\n".join(f"{d.name}: <{'score' if d.is_scale else 'label'}>" for d in rubric.dimensions)
     return (
-        f"{instruction}\n\nCriteria:\n{criteria}\n\n" + "\n\n".join(blocks)
+        f"{instruction}\n\nCriteria:\n{criteria}\n\n"
+        + "\n\n".join(blocks)
         + f"\n\nReply with exactly these lines, in this order:\n{example}"
     )
 
@@ -180,6 +181,9 @@ def fit_inputs(
         fitted[name] = (tokenizer.decode(ids[:keep]) if keep else "") + TRUNCATION_MARK
     excess = _token_count(tokenizer, render_prompt(rubric, fitted, tokenizer, variant)) - max_tokens
     if excess > 0:
-        log.warning("prompt is %d tokens over MAX_INPUT_TOKENS even with every input trimmed (the rubric text "
-                    "alone is too long)", excess)
+        log.warning(
+            "prompt is %d tokens over MAX_INPUT_TOKENS even with every input trimmed (the rubric text "
+            "alone is too long)",
+            excess,
+        )
     return fitted

@@ -24,5 +24,6 @@ def redis_client(settings: Settings) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
-                          retry=Retry(NoBackoff(), 0))
+    return Redis.from_url(
+        settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )

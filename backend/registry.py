@@ -42,8 +42,7 @@ def parse_project(raw: object) -> str:
     if isinstance(raw, bool) or raw is None:
         raise RegistryError("missing project id")
     if not isinstance(raw, int | str):
-        raise RegistryError(f"project id must be a number or a string like \"12.1712586036\", "
-                            f"got {type(raw).__name__}")
+        raise RegistryError(f'project id must be a number or a string like "12.1712586036", got {type(raw).__name__}')
     text = str(raw).split(".", 1)[0].strip()
     if not PROJECT_RE.fullmatch(text):
         raise RegistryError(f"project id {str(raw)[:40]!r} is not a number")
@@ -143,8 +142,12 @@ class Registry:
                 number = int(value)
                 if number == 0 or self.version_dir(project, number).is_dir():
                     return number
-                log.warning("project %s: Redis names v%d active but %s does not exist; using the disk pointer",
-                            project, number, self.version_dir(project, number))
+                log.warning(
+                    "project %s: Redis names v%d active but %s does not exist; using the disk pointer",
+                    project,
+                    number,
+                    self.version_dir(project, number),
+                )
         except (_RedisDown, ValueError):
             pass
         path = self.project_dir(project) / "ACTIVE"
@@ -211,8 +214,12 @@ class Registry:
                     shutil.rmtree(child, ignore_errors=True)
                     removed.append(child.name)
         if removed:
-            log.warning("project %s: removed %d half-written version folder(s) of an interrupted run: %s", project,
-                        len(removed), ", ".join(sorted(removed)))
+            log.warning(
+                "project %s: removed %d half-written version folder(s) of an interrupted run: %s",
+                project,
+                len(removed),
+                ", ".join(sorted(removed)),
+            )
         return removed
 
     def next_version(self, project: str) -> int:
@@ -232,8 +239,16 @@ class Registry:
         infos = [VersionInfo(project, 0, self.model_version(project, 0), None, base_metrics, active == 0)]
         for number in self.version_numbers(project):
             path = self.version_dir(project, number)
-            infos.append(VersionInfo(project, number, self.model_version(project, number), path,
-                                     self._metrics(path / "metrics.json"), active == number))
+            infos.append(
+                VersionInfo(
+                    project,
+                    number,
+                    self.model_version(project, number),
+                    path,
+                    self._metrics(path / "metrics.json"),
+                    active == number,
+                )
+            )
         return infos
 
     def evaluation_path(self, project: str, number: int) -> Path:

@@ -34,16 +34,19 @@ class ReportError(LookupError):
 # data
 
 
-def dimension_rows(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
-                   prefill_unevaluated: bool = True) -> list[dict[str, Any]]:
+def dimension_rows(
+    metrics: Mapping[str, Any], prefill_rule: str | float = "majority", prefill_unevaluated: bool = True
+) -> list[dict[str, Any]]:
     """One row per dimension (``backend.metrics.dimension_row``: judge vs consensus, the human ceiling, the
     base-model floor, the majority label's alpha on the same tasks...) and whether the version pre-fills it."""
     candidate = metrics.get("candidate") or {}
     base = (metrics.get("base") or {}).get("dimensions") or {}
     entries = candidate.get("dimensions") or {}
     decisions = decide(list(entries), candidate or None, prefill_rule, prefill_unevaluated)
-    return [dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
-            for name, entry in entries.items()]
+    return [
+        dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
+        for name, entry in entries.items()
+    ]
 
 
 def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
@@ -52,25 +55,34 @@ def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
     counts = metrics.get("counts") or {}
     heldout = counts.get("heldout_tasks", (metrics.get("candidate") or {}).get("n_tasks", 0))
     if heldout < SMALL_HELDOUT:
-        out.append(f"Only {heldout} held-out task(s): alpha is unstable below {SMALL_HELDOUT}; read the intervals, "
-                   "not the point estimates.")
+        out.append(
+            f"Only {heldout} held-out task(s): alpha is unstable below {SMALL_HELDOUT}; read the intervals, "
+            "not the point estimates."
+        )
     if not counts.get("multi_annotator_heldout_tasks") and not (metrics.get("candidate") or {}).get(
-            "n_multi_annotator_tasks"):
-        out.append("No held-out task has two or more annotators: the human ceiling (alpha among humans) "
-                   "cannot be measured. Ask for overlapping annotations on some tasks.")
+        "n_multi_annotator_tasks"
+    ):
+        out.append(
+            "No held-out task has two or more annotators: the human ceiling (alpha among humans) "
+            "cannot be measured. Ask for overlapping annotations on some tasks."
+        )
     for row in dimension_rows(metrics):
         distribution = _human_distribution(row)
         total = sum(distribution.values())
         if total and max(distribution.values()) / total >= LOW_VARIANCE_SHARE:
             label = max(distribution, key=distribution.get)  # type: ignore[arg-type]
-            out.append(f"Dimension {row['name']!r}: {max(distribution.values()) / total:.0%} of the consensus "
-                       f"labels are {label!r}; with almost no variance alpha says little.")
+            out.append(
+                f"Dimension {row['name']!r}: {max(distribution.values()) / total:.0%} of the consensus "
+                f"labels are {label!r}; with almost no variance alpha says little."
+            )
         predicted = row.get("predicted_distribution") or {}
         if row.get("nearly_constant") and predicted:
             label = max(predicted, key=predicted.get)  # type: ignore[arg-type]
-            out.append(f"Dimension {row['name']!r}: the judge predicts {label!r} for "
-                       f"{predicted[label] / max(1, sum(predicted.values())):.0%} of the held-out tasks; a "
-                       "(nearly) constant pre-annotation tells no task from another.")
+            out.append(
+                f"Dimension {row['name']!r}: the judge predicts {label!r} for "
+                f"{predicted[label] / max(1, sum(predicted.values())):.0%} of the held-out tasks; a "
+                "(nearly) constant pre-annotation tells no task from another."
+            )
     for problem in metrics.get("label_config_problems") or []:
         out.append(f"The project's labeling config no longer matches the rubric: {problem}")
     return out
@@ -85,40 +97,60 @@ def _human_distribution(row: Mapping[str, Any]) -> dict[str, int]:
 
 def version_summary(number: int, model_version: str, metrics: Mapping[str, Any], active: bool) -> dict[str, Any]:
     return {
-        "number": number, "version": model_version, "active": active,
-        "created": metrics.get("created"), "promoted": metrics.get("promoted"), "decision": metrics.get("decision"),
+        "number": number,
+        "version": model_version,
+        "active": active,
+        "created": metrics.get("created"),
+        "promoted": metrics.get("promoted"),
+        "decision": metrics.get("decision"),
         "method": metrics.get("method", "lora"),
         "alpha_dims": finite(metrics.get("alpha_dims")),
         "alpha_dims_base": finite((metrics.get("base") or {}).get("alpha_dims")),
-        "alpha_flat": finite(metrics.get("alpha_flat")), "alpha_flat_ci": metrics.get("alpha_flat_ci"),
+        "alpha_flat": finite(metrics.get("alpha_flat")),
+        "alpha_flat_ci": metrics.get("alpha_flat_ci"),
         "alpha_base_flat": finite((metrics.get("base") or {}).get("alpha_flat")),
         "alpha_humans_flat": finite(metrics.get("alpha_humans_flat")),
-        "counts": metrics.get("counts"), "training": metrics.get("training"),
-        "dimensions": {row["name"]: {"alpha": row["judge"]["alpha"], "ci": row["judge"]["ci"],
-                                     "floor": row["floor"]["alpha"], "ceiling": row["ceiling"]["alpha"]}
-                       for row in dimension_rows(metrics)},
+        "counts": metrics.get("counts"),
+        "training": metrics.get("training"),
+        "dimensions": {
+            row["name"]: {
+                "alpha": row["judge"]["alpha"],
+                "ci": row["judge"]["ci"],
+                "floor": row["floor"]["alpha"],
+                "ceiling": row["ceiling"]["alpha"],
+            }
+            for row in dimension_rows(metrics)
+        },
     }
 
 
-def run_details(metrics: Mapping[str, Any], prefill_rule: str | float = "majority",
-                prefill_unevaluated: bool = True) -> dict[str, Any]:
+def run_details(
+    metrics: Mapping[str, Any], prefill_rule: str | float = "majority", prefill_unevaluated: bool = True
+) -> dict[str, Any]:
     """The full picture of one run: the per-dimension headline, dimensions, the flattened figure (the paper's),
     loss history, counts, warnings."""
     candidate = metrics.get("candidate") or {}
     return {
-        "rubric": metrics.get("rubric"), "model_name": metrics.get("model_name"),
+        "rubric": metrics.get("rubric"),
+        "model_name": metrics.get("model_name"),
         "method": metrics.get("method", "lora"),
-        "headline": {"alpha_dims": finite(candidate.get("alpha_dims")),
-                     "delta_alpha_dims": finite(candidate.get("delta_alpha_dims")),
-                     "majority": finite(candidate.get("alpha_dims_majority")),
-                     "floor": finite((metrics.get("base") or {}).get("alpha_dims"))},
-        "flat": {"alpha": finite(candidate.get("alpha_flat")), "ci": candidate.get("alpha_flat_ci"),
-                 "alpha_ordinal": finite(candidate.get("alpha_flat_ordinal")),
-                 "ceiling": finite(candidate.get("alpha_humans_flat")),
-                 "floor": finite((metrics.get("base") or {}).get("alpha_flat")),
-                 "delta_alpha": finite(candidate.get("delta_alpha_flat")),
-                 "exact": finite(candidate.get("exact_flat")), "mae": finite(candidate.get("mae_flat")),
-                 "level": candidate.get("level_flat")},
+        "headline": {
+            "alpha_dims": finite(candidate.get("alpha_dims")),
+            "delta_alpha_dims": finite(candidate.get("delta_alpha_dims")),
+            "majority": finite(candidate.get("alpha_dims_majority")),
+            "floor": finite((metrics.get("base") or {}).get("alpha_dims")),
+        },
+        "flat": {
+            "alpha": finite(candidate.get("alpha_flat")),
+            "ci": candidate.get("alpha_flat_ci"),
+            "alpha_ordinal": finite(candidate.get("alpha_flat_ordinal")),
+            "ceiling": finite(candidate.get("alpha_humans_flat")),
+            "floor": finite((metrics.get("base") or {}).get("alpha_flat")),
+            "delta_alpha": finite(candidate.get("delta_alpha_flat")),
+            "exact": finite(candidate.get("exact_flat")),
+            "mae": finite(candidate.get("mae_flat")),
+            "level": candidate.get("level_flat"),
+        },
         "dimensions": dimension_rows(metrics, prefill_rule, prefill_unevaluated),
         "history": metrics.get("history") or [],
         "counts": metrics.get("counts") or {},
@@ -134,8 +166,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def actionable(run_dir: Path | None, metrics: Mapping[str, Any], project: str | None = None,
-               label_studio_url: str = "") -> dict[str, Any]:
+def actionable(
+    run_dir: Path | None, metrics: Mapping[str, Any], project: str | None = None, label_studio_url: str = ""
+) -> dict[str, Any]:
     """Who agrees with whom (pairwise α between annotators and the judge, per dimension and flattened: every
     annotated task of the run for human pairs, the held-out tasks for the judge) and where the judge is
     furthest from the humans on held-out tasks, from the run folder's data snapshot."""
@@ -147,12 +180,19 @@ def actionable(run_dir: Path | None, metrics: Mapping[str, Any], project: str | 
     if not rows or not dimensions:
         return {"agreement_matrix": None, "disagreements": None}
     level = candidate.get("level_flat") or "interval"
-    return {"agreement_matrix": agreement_matrix(rows, predictions, dimensions, level),
-            "disagreements": disagreements(held, predictions, dimensions, project, label_studio_url)}
+    return {
+        "agreement_matrix": agreement_matrix(rows, predictions, dimensions, level),
+        "disagreements": disagreements(held, predictions, dimensions, project, label_studio_url),
+    }
 
 
-def project_report(registry: Registry, project: str, prefill_rule: str | float = "majority",
-                   prefill_unevaluated: bool = True, label_studio_url: str = "") -> dict[str, Any]:
+def project_report(
+    registry: Registry,
+    project: str,
+    prefill_rule: str | float = "majority",
+    prefill_unevaluated: bool = True,
+    label_studio_url: str = "",
+) -> dict[str, Any]:
     """Report data of a project: every version, and the details of the active (else latest) run (with the
     pre-fill decisions under PREFILL_MIN_ALPHA = ``prefill_rule``, and links to ``label_studio_url``)."""
     infos = registry.versions(project)
@@ -178,9 +218,14 @@ def run_report(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ReportError(f"{run_dir}: no metrics.json (is this a `rubric-judge train --out` folder?)")
     metrics = json.loads(path.read_text(encoding="utf-8"))
-    report = {"project": None, "active_version": None, "shown_version": str(run_dir),
-              "versions": [version_summary(1, str(run_dir), metrics, True)], **run_details(metrics),
-              **actionable(run_dir, metrics)}
+    report = {
+        "project": None,
+        "active_version": None,
+        "shown_version": str(run_dir),
+        "versions": [version_summary(1, str(run_dir), metrics, True)],
+        **run_details(metrics),
+        **actionable(run_dir, metrics),
+    }
     return json_safe(report)
 
 
@@ -191,11 +236,17 @@ def projects_index(registry: Registry) -> dict[str, Any]:
         active = next((i for i in infos if i.active), infos[0])
         metrics = (active.metrics or {}) if active.number else {}
         latest = next((i for i in reversed(infos) if i.metrics and i.number), None)
-        out.append({"project": project, "active_version": active.model_version,
-                    "alpha_dims": finite(metrics.get("alpha_dims")), "alpha_flat": finite(metrics.get("alpha_flat")),
-                    "versions": len(infos) - 1,
-                    "latest_alpha_dims": finite((latest.metrics or {}).get("alpha_dims")) if latest else None,
-                    "latest_alpha_flat": finite((latest.metrics or {}).get("alpha_flat")) if latest else None})
+        out.append(
+            {
+                "project": project,
+                "active_version": active.model_version,
+                "alpha_dims": finite(metrics.get("alpha_dims")),
+                "alpha_flat": finite(metrics.get("alpha_flat")),
+                "versions": len(infos) - 1,
+                "latest_alpha_dims": finite((latest.metrics or {}).get("alpha_dims")) if latest else None,
+                "latest_alpha_flat": finite((latest.metrics or {}).get("alpha_flat")) if latest else None,
+            }
+        )
     return {"projects": out}
 
 
@@ -211,7 +262,7 @@ def _svg(fig: Any) -> str:
     plt.close(fig)
     text = buffer.getvalue()
     text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _figure(width: float, height: float) -> Any:
@@ -220,8 +271,7 @@ def _figure(width: float, height: float) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "axes.spines.top": False,
-                         "axes.spines.right": False})
+    plt.rcParams.update({"font.size": 9, "svg.fonttype": "none", "axes.spines.top": False, "axes.spines.right": False})
     return plt.subplots(figsize=(width, height))
 
 
@@ -234,15 +284,17 @@ def plot_alpha_by_dimension(rows: Sequence[Mapping[str, Any]], flat: Mapping[str
     cis = [r["judge"]["ci"] for r in rows] + [flat.get("ci")]
     xs = range(len(names))
     width = 0.26
-    for offset, values, label, color in ((-width, floor, "base model (floor)", "#b0b0b0"),
-                                          (0, judge, "judge vs humans", "#2f6db5"),
-                                          (width, ceiling, "humans vs humans (ceiling)", "#e39b2d")):
-        ax.bar([x + offset for x in xs], [v if v is not None else 0 for v in values], width, label=label,
-               color=color)
+    for offset, values, label, color in (
+        (-width, floor, "base model (floor)", "#b0b0b0"),
+        (0, judge, "judge vs humans", "#2f6db5"),
+        (width, ceiling, "humans vs humans (ceiling)", "#e39b2d"),
+    ):
+        ax.bar([x + offset for x in xs], [v if v is not None else 0 for v in values], width, label=label, color=color)
     for x, ci, value in zip(xs, cis, judge, strict=True):
         if ci and value is not None and ci[0] is not None and ci[1] is not None:
-            ax.errorbar([x], [value], yerr=[[value - ci[0]], [ci[1] - value]], fmt="none", ecolor="black",
-                        capsize=3, lw=1)
+            ax.errorbar(
+                [x], [value], yerr=[[value - ci[0]], [ci[1] - value]], fmt="none", ecolor="black", capsize=3, lw=1
+            )
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xticks(list(xs), names, rotation=15, ha="right")
     ax.set_ylabel("Krippendorff's alpha")
@@ -263,8 +315,9 @@ def plot_confusion(row: Mapping[str, Any]) -> str:
     peak = max((max(r) for r in matrix if r), default=0) or 1
     for i, line in enumerate(matrix):
         for j, value in enumerate(line):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > peak / 2 else "black")
+            ax.text(
+                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > peak / 2 else "black"
+            )
     ax.set_xticks(range(len(labels)), labels, rotation=45 if len(max(labels, key=len)) > 2 else 0)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("judge")
@@ -297,8 +350,7 @@ def plot_agreement_matrix(cell: Mapping[str, Any], title: str) -> str:
                 ax.text(j, i, f"n={n}", ha="center", va="center", fontsize=7, color="#666666")
             elif not reliable[i][j]:
                 ax.add_patch(_patch(j, i, "#d9d9d9"))
-                ax.text(j, i, f"n={n}\n< {cell['min_shared']}", ha="center", va="center", fontsize=7,
-                        color="#555555")
+                ax.text(j, i, f"n={n}\n< {cell['min_shared']}", ha="center", va="center", fontsize=7, color="#555555")
             else:
                 text = "–" if np.isnan(values[i, j]) else f"{values[i, j]:.2f}"
                 ax.text(j, i, f"{text}\nn={n}", ha="center", va="center", fontsize=7)
@@ -332,15 +384,21 @@ def plot_versions(versions: Sequence[Mapping[str, Any]]) -> str:
     fig, ax = _figure(6.5, 2.8)
     xs = [v["number"] for v in versions]
     ax.plot(xs, [v["alpha_flat"] for v in versions], marker="o", color="#2f6db5", label="judge (candidate)")
-    ax.plot(xs, [v["alpha_base_flat"] for v in versions], ls="--", marker="s", ms=3, color="#888888",
-            label="base model")
-    ax.plot(xs, [v["alpha_humans_flat"] for v in versions], ls=":", marker="^", ms=3, color="#e39b2d",
-            label="humans")
+    ax.plot(
+        xs, [v["alpha_base_flat"] for v in versions], ls="--", marker="s", ms=3, color="#888888", label="base model"
+    )
+    ax.plot(xs, [v["alpha_humans_flat"] for v in versions], ls=":", marker="^", ms=3, color="#e39b2d", label="humans")
     for v in versions:
         if v["alpha_flat"] is not None:
-            ax.annotate("promoted" if v["promoted"] else "kept previous", (v["number"], v["alpha_flat"]),
-                        textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7,
-                        color="#1e7b34" if v["promoted"] else "#a33")
+            ax.annotate(
+                "promoted" if v["promoted"] else "kept previous",
+                (v["number"], v["alpha_flat"]),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=7,
+                color="#1e7b34" if v["promoted"] else "#a33",
+            )
     ax.set_xticks(xs, [f"v{x}" for x in xs])
     ax.set_ylabel("flattened alpha")
     ax.legend(frameon=False, fontsize=8)
@@ -370,8 +428,11 @@ def _templates() -> Any:
     from jinja2 import ChainableUndefined, Environment, PackageLoader, select_autoescape
 
     # ChainableUndefined: a key absent from older metrics.json files renders as "–", never fails the page
-    env = Environment(loader=PackageLoader("backend", "templates"), autoescape=select_autoescape(["html"]),
-                      undefined=ChainableUndefined)
+    env = Environment(
+        loader=PackageLoader("backend", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=ChainableUndefined,
+    )
     env.filters.update(alpha=fmt_alpha, integer=fmt_int, at=at_path, cell=_cell)
     return env
 
@@ -380,13 +441,16 @@ def render_html(report: Mapping[str, Any]) -> str:
     """The report page: self-contained HTML (no script, no network) with inline SVG plots."""
     rows = report.get("dimensions") or []
     matrix = report.get("agreement_matrix") or {}
-    cells = ([("all dimensions (flattened)", matrix["flat"])] if matrix.get("flat") else []) + \
-        list((matrix.get("dimensions") or {}).items())
-    plots = {"alpha": plot_alpha_by_dimension(rows, report.get("flat") or {}),
-             "matrix": [plot_agreement_matrix(cell, name) for name, cell in cells],
-             "confusion": [plot_confusion(row) for row in rows],
-             "losses": plot_losses(report.get("history") or []),
-             "versions": plot_versions(report.get("versions") or [])}
+    cells = ([("all dimensions (flattened)", matrix["flat"])] if matrix.get("flat") else []) + list(
+        (matrix.get("dimensions") or {}).items()
+    )
+    plots = {
+        "alpha": plot_alpha_by_dimension(rows, report.get("flat") or {}),
+        "matrix": [plot_agreement_matrix(cell, name) for name, cell in cells],
+        "confusion": [plot_confusion(row) for row in rows],
+        "losses": plot_losses(report.get("history") or []),
+        "versions": plot_versions(report.get("versions") or []),
+    }
     return _templates().get_template("report.html").render(report=report, plots=plots, columns=shown_columns())
 
 

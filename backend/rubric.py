@@ -163,8 +163,9 @@ def load_rubric(name_or_path: str | Path, rubric_dir: Path | None = None) -> Rub
     rubric = parse_rubric(raw, source=str(path), path=path)
     by_name = path == rubric_dir / f"{name_or_path}.yaml"
     if by_name and rubric.name != path.stem:
-        raise RubricError(f"{path}: name: {rubric.name!r} differs from the file name {path.stem!r}; "
-                          "rename one so they match")
+        raise RubricError(
+            f"{path}: name: {rubric.name!r} differs from the file name {path.stem!r}; rename one so they match"
+        )
     return rubric
 
 
@@ -208,8 +209,11 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
     """Validate a rubric already parsed from YAML."""
     c = _Checker(source)
     data = c.mapping(raw, "(top level)")
-    c.unknown_keys(data, {"name", "description", "kind", "inputs", "scale", "groups", "dimensions", "prompt",
-                          "training"}, "(top level)")
+    c.unknown_keys(
+        data,
+        {"name", "description", "kind", "inputs", "scale", "groups", "dimensions", "prompt", "training"},
+        "(top level)",
+    )
     name = c.text(data.get("name"), "name")
     if not RUBRIC_NAME_RE.match(name):
         raise c.fail("name", f"{name!r}: use lowercase letters, digits, '-', '_' or '.'")
@@ -307,8 +311,10 @@ def _parse_groups(c: _Checker, raw: object) -> list[Group]:
         return []
     if not isinstance(raw, list):
         raise c.fail("groups", "expected a list of {name, title}")
-    return [Group(name=name, title=c.text(item.get("title", name.title()), f"{key}.title"))
-            for key, item, name in _named_entries(c, raw, "groups", {"name", "title"})]
+    return [
+        Group(name=name, title=c.text(item.get("title", name.title()), f"{key}.title"))
+        for key, item, name in _named_entries(c, raw, "groups", {"name", "title"})
+    ]
 
 
 def _parse_scale(c: _Checker, raw: object, key: str) -> tuple[int, ...]:
@@ -369,7 +375,7 @@ def _parse_dimension(
                 hint = c.text(entry.get("hint"), f"{entry_key}.hint", required=False)
                 entry = entry.get("value")
             if isinstance(entry, bool):
-                raise c.fail(entry_key, f"YAML read this label as the boolean {entry}; quote it, e.g. \"{entry}\"")
+                raise c.fail(entry_key, f'YAML read this label as the boolean {entry}; quote it, e.g. "{entry}"')
             label = c.text(entry if not isinstance(entry, int | float) else str(entry), f"{entry_key}")
             if "\n" in label or label != label.strip():
                 raise c.fail(entry_key, f"{label!r} must be one line without surrounding spaces")
@@ -380,8 +386,7 @@ def _parse_dimension(
                 anchors[label] = hint
         if "anchors" in item:
             raise c.fail(f"{key}.anchors", "use {value, hint} entries in labels for classification")
-        return Dimension(name=name, title=title, question=question, labels=tuple(labels), group=group,
-                         anchors=anchors)
+        return Dimension(name=name, title=title, question=question, labels=tuple(labels), group=group, anchors=anchors)
 
     if "labels" in item:
         raise c.fail(f"{key}.labels", "a scores rubric takes a scale, not labels (or use kind: classification)")
@@ -397,8 +402,15 @@ def _parse_dimension(
         if number not in values:
             raise c.fail(f"{key}.anchors.{level}", f"{number} is not on the scale {list(values)}")
         anchors[str(number)] = c.text(text, f"{key}.anchors.{level}")
-    return Dimension(name=name, title=title, question=question, labels=tuple(str(v) for v in values),
-                     values=values, group=group, anchors=anchors)
+    return Dimension(
+        name=name,
+        title=title,
+        question=question,
+        labels=tuple(str(v) for v in values),
+        values=values,
+        group=group,
+        anchors=anchors,
+    )
 
 
 def _integer_level(level: object) -> int | None:

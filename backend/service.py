@@ -42,8 +42,13 @@ log = logging.getLogger(__name__)
 _parse_config = functools.lru_cache(maxsize=64)(parse_label_config)
 
 VERSION_RE = re.compile(r"^[0-9]{1,6}$")
-TRIGGER_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED",
-                   "START_TRAINING"}
+TRIGGER_ACTIONS = {
+    "ANNOTATION_CREATED",
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_CREATED",
+    "ANNOTATIONS_DELETED",
+    "START_TRAINING",
+}
 
 
 class RequestError(ValueError):
@@ -68,9 +73,16 @@ class ProjectContext:
 class Service:
     """The backend's state for one process: judge, rubrics, registry."""
 
-    def __init__(self, settings: Settings, judge: Judge, registry: Registry,
-                 rubrics: Mapping[str, Rubric] | None = None, triggers: Any = None,
-                 prediction_cache: PredictionCache | None = None, serving_mark: ServingMark | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        judge: Judge,
+        registry: Registry,
+        rubrics: Mapping[str, Rubric] | None = None,
+        triggers: Any = None,
+        prediction_cache: PredictionCache | None = None,
+        serving_mark: ServingMark | None = None,
+    ) -> None:
         self.settings = settings
         #: raised while the judge scores, so that a training job on this machine pauses (``backend.serving``)
         self.serving_mark = serving_mark
@@ -79,14 +91,21 @@ class Service:
         #: what /predict scores with: the judge itself, or the micro-batcher in front of it (MICRO_BATCHING)
         self.scorer: Judge | Batcher = judge
         if settings.micro_batching:
-            self.scorer = Batcher(judge, max_tasks=settings.micro_batch_max_tasks,
-                                  wait_s=settings.micro_batch_wait_ms / 1000, max_queue=settings.micro_batch_max_queue)
+            self.scorer = Batcher(
+                judge,
+                max_tasks=settings.micro_batch_max_tasks,
+                wait_s=settings.micro_batch_wait_ms / 1000,
+                max_queue=settings.micro_batch_max_queue,
+            )
         self.prediction_cache = prediction_cache
         self.registry = registry
         self.rubrics = dict(rubrics) if rubrics is not None else load_all(settings.rubric_dir)
         if settings.rubric not in self.rubrics:
-            raise RequestError(f"default RUBRIC={settings.rubric!r} not found in {settings.rubric_dir} "
-                               f"(have: {', '.join(sorted(self.rubrics))})", 500)
+            raise RequestError(
+                f"default RUBRIC={settings.rubric!r} not found in {settings.rubric_dir} "
+                f"(have: {', '.join(sorted(self.rubrics))})",
+                500,
+            )
         self.started = time.time()
         #: (project, version, rubric) -> (evaluation file mtime, decisions); re-read when the file changes
         self._prefill: dict[tuple[str, int, str], tuple[float, dict[str, PrefillDecision]]] = {}
@@ -106,8 +125,9 @@ class Service:
                 raise RequestError(str(exc)) from None
         if requested not in (None, ""):
             if not isinstance(requested, str) or requested not in self.rubrics:
-                raise RequestError(f"extra_params.rubric={requested!r} is not a known rubric "
-                                   f"(have: {', '.join(sorted(self.rubrics))})")
+                raise RequestError(
+                    f"extra_params.rubric={requested!r} is not a known rubric (have: {', '.join(sorted(self.rubrics))})"
+                )
             rubric = self.rubrics[requested]
         else:
             rubric = None
@@ -120,8 +140,11 @@ class Service:
             problems = config_problems(rubric, parsed)
             if problems:
                 raise RequestError(
-                    f"the project's labeling config does not fit rubric {rubric.name!r}: " + "; ".join(problems)
-                    + f". Generate a fitting config with: rubric-judge label-config {rubric.name}", 422)
+                    f"the project's labeling config does not fit rubric {rubric.name!r}: "
+                    + "; ".join(problems)
+                    + f". Generate a fitting config with: rubric-judge label-config {rubric.name}",
+                    422,
+                )
         return rubric, Binding.for_config(rubric, parsed)
 
     def context(self, raw_project: object, label_config: object, requested: object = None) -> ProjectContext:
@@ -158,8 +181,12 @@ class Service:
         for index, task in enumerate(tasks):
             found, missing = task_inputs(ctx.rubric, task.get("data"), ctx.binding)
             if found is None:
-                log.warning("task %s (index %d): missing or non-text field(s) %s; no prediction",
-                            task.get("id"), index, ", ".join(missing))
+                log.warning(
+                    "task %s (index %d): missing or non-text field(s) %s; no prediction",
+                    task.get("id"),
+                    index,
+                    ", ".join(missing),
+                )
                 results.append({"result": [], "score": 0, "model_version": ctx.model_version})
                 continue
             valid.append(index)
@@ -169,8 +196,14 @@ class Service:
         scores = self.score_inputs(ctx, inputs)
         for index, score in zip(valid, scores, strict=True):
             results[index] = self.result_item(ctx, score)
-        log.info("project %s: scored %d of %d task(s) with %s in %.2f s", ctx.project, len(valid), len(tasks),
-                 ctx.model_version, time.monotonic() - started)
+        log.info(
+            "project %s: scored %d of %d task(s) with %s in %.2f s",
+            ctx.project,
+            len(valid),
+            len(tasks),
+            ctx.model_version,
+            time.monotonic() - started,
+        )
         return results
 
     def score_inputs(self, ctx: ProjectContext, inputs: Sequence[Mapping[str, str]]) -> list[TaskScore]:
@@ -195,8 +228,12 @@ class Service:
             if cache:
                 cache.put_many([(keys[i], fresh_score) for i, fresh_score in zip(missing, fresh, strict=True)])
         if cache and len(missing) < len(inputs):
-            log.info("project %s: %d of %d task(s) from the prediction cache", ctx.project,
-                     len(inputs) - len(missing), len(inputs))
+            log.info(
+                "project %s: %d of %d task(s) from the prediction cache",
+                ctx.project,
+                len(inputs) - len(missing),
+                len(inputs),
+            )
         return [score for score in found if score is not None]
 
     def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
@@ -223,8 +260,9 @@ class Service:
         cached = self._prefill.get(key)
         if cached is None or cached[0] != stamp:
             evaluation = self.registry.evaluation(project, version) if stamp >= 0 else None
-            decisions = decide(rubric.dimension_names, evaluation, self.settings.prefill_rule,
-                               self.settings.prefill_unevaluated)
+            decisions = decide(
+                rubric.dimension_names, evaluation, self.settings.prefill_rule, self.settings.prefill_unevaluated
+            )
             cached = (stamp, decisions)
             self._prefill[key] = cached
         return cached[1]
@@ -269,17 +307,25 @@ class Service:
                 metrics = info.metrics or {}
                 evaluation = metrics if info.number == 0 else metrics.get("candidate") or {}
                 # the rubric the version was trained on, else the project's, else the default
-                rubric = self.rubrics.get(metrics.get("rubric") or remembered or "") or \
-                    self.rubrics[self.settings.rubric]
+                rubric = (
+                    self.rubrics.get(metrics.get("rubric") or remembered or "") or self.rubrics[self.settings.rubric]
+                )
                 decisions = self.prefill_decisions(p, info.number, rubric)
-                details.append({
-                    "project": p, "model_version": info.model_version, "number": info.number,
-                    "active": info.active, "method": metrics.get("method", "lora" if info.number else "base"),
-                    "alpha": evaluation.get("alpha_dims"), "delta_alpha": evaluation.get("delta_alpha_dims"),
-                    "alpha_majority": evaluation.get("alpha_dims_majority"),
-                    "alpha_flat": evaluation.get("alpha_flat"), "rubric": rubric.name,
-                    "prefill": {name: d.as_dict() for name, d in decisions.items()},
-                })
+                details.append(
+                    {
+                        "project": p,
+                        "model_version": info.model_version,
+                        "number": info.number,
+                        "active": info.active,
+                        "method": metrics.get("method", "lora" if info.number else "base"),
+                        "alpha": evaluation.get("alpha_dims"),
+                        "delta_alpha": evaluation.get("delta_alpha_dims"),
+                        "alpha_majority": evaluation.get("alpha_dims_majority"),
+                        "alpha_flat": evaluation.get("alpha_flat"),
+                        "rubric": rubric.name,
+                        "prefill": {name: d.as_dict() for name, d in decisions.items()},
+                    }
+                )
         return {"versions": [d["model_version"] for d in details], "details": details}
 
     # --- training triggers -----------------------------------------------------------------------
@@ -312,8 +358,9 @@ class Service:
                 result = self.triggers.count_annotations(project, count, self.settings.train_min_new_annotations)
         except Exception as exc:  # Redis down or erroring: answer fast, say so
             log.error("webhook %s for project %s: queue unavailable (%s)", action, project, type(exc).__name__)
-            raise RequestError(f"training queue unavailable ({type(exc).__name__}); the event was not recorded",
-                               503) from None
+            raise RequestError(
+                f"training queue unavailable ({type(exc).__name__}); the event was not recorded", 503
+            ) from None
         answer: dict[str, Any] = {"status": result.status, "project": project, "action": action}
         if result.job_id:
             answer["job"] = result.job_id
@@ -380,8 +427,9 @@ class Service:
                 state = self.triggers.state(p)
             except Exception as exc:  # Redis down: say so (the queue state lives only there)
                 log.error("status of project %s: queue unavailable (%s)", p, type(exc).__name__)
-                raise RequestError(f"training queue unavailable ({type(exc).__name__}); /predict still works",
-                                   503) from None
+                raise RequestError(
+                    f"training queue unavailable ({type(exc).__name__}); /predict still works", 503
+                ) from None
             job_id = state.get("running") or state.get("queued")
             if job_id:
                 state["job"] = None
@@ -419,12 +467,18 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
         for task in tasks:
             task["predictions"] = task_predictions(client, task)
     except Exception as exc:  # the SDK raises ApiError, httpx errors, ...
-        raise RequestError(f"cannot read project {pid} from Label Studio at {url} "
-                           f"({describe_error(exc, url, int(pid))})", 502) from None
+        raise RequestError(
+            f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, int(pid))})", 502
+        ) from None
     queue = label_next(tasks, model_version, pid, url, limit)
     predicted = sum(1 for t in tasks if any(p["model_version"] == model_version for p in t["predictions"]))
-    return {"project": pid, "model_version": model_version, "unannotated": len(tasks),
-            "predicted_by_active_version": predicted, "queue": queue}
+    return {
+        "project": pid,
+        "model_version": model_version,
+        "unannotated": len(tasks),
+        "predicted_by_active_version": predicted,
+        "queue": queue,
+    }
 
 
 def build_service(settings: Settings, serving_mark: bool = True) -> Service:
@@ -439,8 +493,14 @@ def build_service(settings: Settings, serving_mark: bool = True) -> Service:
     registry = Registry(settings.model_dir, judge.base_name, redis)
     cache = None
     if settings.prediction_cache:
-        cache = PredictionCache(redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens,
-                                settings.model_precision)
-    return Service(settings, judge, registry, triggers=Triggers(redis, judge.base_name, settings.queue_name),
-                   prediction_cache=cache,
-                   serving_mark=ServingMark(redis, judge.base_name) if serving_mark else None)
+        cache = PredictionCache(
+            redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens, settings.model_precision
+        )
+    return Service(
+        settings,
+        judge,
+        registry,
+        triggers=Triggers(redis, judge.base_name, settings.queue_name),
+        prediction_cache=cache,
+        serving_mark=ServingMark(redis, judge.base_name) if serving_mark else None,
+    )

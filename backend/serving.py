@@ -49,8 +49,9 @@ def this_host() -> str:
 class ServingMark:
     """The backend's side: ``with mark.scoring():`` around every call that runs the model."""
 
-    def __init__(self, redis: Any, base_name: str, host: str | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, redis: Any, base_name: str, host: str | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.redis = redis
         self.key = serving_key(base_name)
         self.host = host or this_host()
@@ -95,8 +96,15 @@ class ServingMark:
 
     def _publish(self) -> None:
         now = self._clock()
-        self._call(lambda: self.redis.pipeline().zadd(self.key, {self.member: now + MARK_TTL_S})
-                   .zremrangebyscore(self.key, "-inf", now).expire(self.key, int(MARK_TTL_S * 4)).execute())
+        self._call(
+            lambda: (
+                self.redis.pipeline()
+                .zadd(self.key, {self.member: now + MARK_TTL_S})
+                .zremrangebyscore(self.key, "-inf", now)
+                .expire(self.key, int(MARK_TTL_S * 4))
+                .execute()
+            )
+        )
 
     def _withdraw(self) -> None:
         self._call(lambda: self.redis.zrem(self.key, self.member))
@@ -106,8 +114,11 @@ class ServingMark:
             action()
         except Exception as exc:  # no Redis: a training job beside us cannot see the mark, nothing else breaks
             if not self._failed:
-                log.warning("cannot publish the serving mark (%s): a training job on this machine will not pause "
-                            "for /predict until Redis answers", type(exc).__name__)
+                log.warning(
+                    "cannot publish the serving mark (%s): a training job on this machine will not pause "
+                    "for /predict until Redis answers",
+                    type(exc).__name__,
+                )
             self._failed = True
         else:
             self._failed = False
@@ -117,9 +128,17 @@ class ServingGate:
     """The training job's side: ``gate.wait()`` at every checkpoint returns at once unless a backend is scoring,
     then waits until it is done (``max_pause_s`` at most without a break)."""
 
-    def __init__(self, redis: Any, base_name: str, mode: str = "auto", host: str | None = None,
-                 max_pause_s: float = 300.0, poll_s: float = 0.25, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        base_name: str,
+        mode: str = "auto",
+        host: str | None = None,
+        max_pause_s: float = 300.0,
+        poll_s: float = 0.25,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if mode not in PAUSE_MODES:
             raise ValueError(f"pause mode {mode!r}: expected one of {', '.join(PAUSE_MODES)}")
         self.redis = redis
@@ -145,8 +164,12 @@ class ServingGate:
 
         if settings.worker_pause_for_serving == "never":
             return None
-        return cls(redis, short_model_name(settings.base_model, settings.quantization),
-                   settings.worker_pause_for_serving, max_pause_s=settings.worker_max_pause_s)
+        return cls(
+            redis,
+            short_model_name(settings.base_model, settings.quantization),
+            settings.worker_pause_for_serving,
+            max_pause_s=settings.worker_max_pause_s,
+        )
 
     def serving(self) -> bool:
         """Whether a backend that counts (same host under ``auto``) holds the mark now. One Redis read."""
@@ -157,8 +180,10 @@ class ServingGate:
             members = self.redis.zrangebyscore(self.key, now, "+inf")
         except Exception as exc:
             if not self._failed:
-                log.warning("cannot read the serving mark (%s): training does not pause for /predict until Redis "
-                            "answers", type(exc).__name__)
+                log.warning(
+                    "cannot read the serving mark (%s): training does not pause for /predict until Redis answers",
+                    type(exc).__name__,
+                )
             self._failed = True
             return False
         self._failed = False
@@ -186,8 +211,12 @@ class ServingGate:
             waited = self._clock() - started
             if waited >= self.max_pause_s:
                 self._grace_until = self._clock() + self.max_pause_s / 10
-                log.warning("the backend has been scoring for %.0f s without a break; training resumes for %.0f s "
-                            "(WORKER_MAX_PAUSE_S)", waited, self.max_pause_s / 10)
+                log.warning(
+                    "the backend has been scoring for %.0f s without a break; training resumes for %.0f s "
+                    "(WORKER_MAX_PAUSE_S)",
+                    waited,
+                    self.max_pause_s / 10,
+                )
                 break
             self._checked_at = float("-inf")
             if not self._serving_now():
@@ -213,6 +242,7 @@ def pause_hooks(model: Any, gate: ServingGate | None) -> Iterator[None]:
     if gate is None or gate.mode == "never":
         yield
         return
+
     def before_layer(module: Any, args: Any) -> None:
         gate.wait()
 

@@ -185,9 +185,17 @@ class Settings:
             raise SettingsError(f"QUANTIZATION={self.quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"DEVICE={self.device!r}: expected auto, cpu or cuda")
-        for name in ("max_input_tokens", "predict_batch_size", "workers", "threads", "max_request_bytes",
-                     "max_tasks_per_request", "micro_batch_max_tasks", "micro_batch_max_queue",
-                     "prediction_cache_ttl"):
+        for name in (
+            "max_input_tokens",
+            "predict_batch_size",
+            "workers",
+            "threads",
+            "max_request_bytes",
+            "max_tasks_per_request",
+            "micro_batch_max_tasks",
+            "micro_batch_max_queue",
+            "prediction_cache_ttl",
+        ):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
         if self.predict_max_batch_tokens < 0:
@@ -203,8 +211,9 @@ class Settings:
         try:
             _ = self.prefill_rule
         except ValueError:
-            raise SettingsError(f"PREFILL_MIN_ALPHA={self.prefill_min_alpha!r}: expected majority, off or a "
-                                "number between -1 and 1") from None
+            raise SettingsError(
+                f"PREFILL_MIN_ALPHA={self.prefill_min_alpha!r}: expected majority, off or a number between -1 and 1"
+            ) from None
         if self.train_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"TRAIN_PRECISION={self.train_precision!r}: expected auto, fp32 or bf16")
         if not 0 <= self.train_heldout_fraction < 1:
@@ -216,8 +225,9 @@ class Settings:
         if self.worker_threads < 0:
             raise SettingsError("WORKER_THREADS must be 0 (every core but one) or more")
         if self.worker_pause_for_serving not in ("auto", "always", "never"):
-            raise SettingsError(f"WORKER_PAUSE_FOR_SERVING={self.worker_pause_for_serving!r}: expected auto, always "
-                                "or never")
+            raise SettingsError(
+                f"WORKER_PAUSE_FOR_SERVING={self.worker_pause_for_serving!r}: expected auto, always or never"
+            )
         if self.worker_max_pause_s <= 0:
             raise SettingsError(f"WORKER_MAX_PAUSE_S={self.worker_max_pause_s}: must be more than 0")
         if self.train_retries < 0 or self.train_retry_backoff < 0:
@@ -239,8 +249,11 @@ class Settings:
         from backend.training_keys import ENV_KEYS
 
         defaults = Settings()
-        return {name: getattr(self, f"train_{name}") for name in ENV_KEYS
-                if getattr(self, f"train_{name}") != getattr(defaults, f"train_{name}")}
+        return {
+            name: getattr(self, f"train_{name}")
+            for name in ENV_KEYS
+            if getattr(self, f"train_{name}") != getattr(defaults, f"train_{name}")
+        }
 
     @property
     def prefill_rule(self) -> str | float:

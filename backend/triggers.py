@@ -125,12 +125,17 @@ class Triggers:
         return redis_key(self.base_name, what, project)
 
     def _keys(self, project: str) -> list[str]:
-        return [self.key("queued", project), self.key("running", project), self.key("dirty", project),
-                self.key("pending", project)]
+        return [
+            self.key("queued", project),
+            self.key("running", project),
+            self.key("dirty", project),
+            self.key("pending", project),
+        ]
 
     def _enqueue(self, project: str, job_id: str) -> None:
-        self._enqueue_job(TRAIN_JOB, (project, self.base_name), job_id, f"train project {project}",
-                          self.key("queued", project))
+        self._enqueue_job(
+            TRAIN_JOB, (project, self.base_name), job_id, f"train project {project}", self.key("queued", project)
+        )
 
     def _enqueue_job(self, func: str, args: tuple[Any, ...], job_id: str, description: str, mark: str) -> None:
         """Enqueue ``func`` (a dotted name: the backend never imports the worker) as ``job_id``; if that fails,
@@ -139,8 +144,14 @@ class Triggers:
 
         try:
             Queue(self.queue_name, connection=self.redis).enqueue(
-                func, *args, job_id=job_id, job_timeout=JOB_TIMEOUT_S, result_ttl=RESULT_TTL_S,
-                failure_ttl=RESULT_TTL_S, description=description)
+                func,
+                *args,
+                job_id=job_id,
+                job_timeout=JOB_TIMEOUT_S,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=RESULT_TTL_S,
+                description=description,
+            )
         except Exception:
             self.redis.delete(mark)
             raise
@@ -166,8 +177,9 @@ class Triggers:
             final = self.job_state(job_id) if attempt == 0 else None
             if final in FINAL_STATES:
                 self._clear_stale(keys=[self.key(which, project), self.key("dirty", project)], args=[job_id, which])
-                log.warning("project %s: the %s mark named job %s, which is %s; clearing it", project, which,
-                            job_id, final)
+                log.warning(
+                    "project %s: the %s mark named job %s, which is %s; clearing it", project, which, job_id, final
+                )
                 continue
             log.info("project %s: trigger absorbed (%s, job %s)", project, status, job_id)
             return TriggerResult(status, job_id)
@@ -217,8 +229,9 @@ class Triggers:
 
     def start(self, project: str, job_id: str) -> str | None:
         """Mark ``job_id`` running. Returns the id of another running job (then this one must not run)."""
-        other = self._start(keys=[self.key("queued", project), self.key("running", project)],
-                            args=[job_id, RUNNING_TTL_S])
+        other = self._start(
+            keys=[self.key("queued", project), self.key("running", project)], args=[job_id, RUNNING_TTL_S]
+        )
         return other.decode() if isinstance(other, bytes) else other
 
     @contextlib.contextmanager
@@ -257,8 +270,10 @@ class Triggers:
     def finish(self, project: str, job_id: str) -> str | None:
         """Clear the running mark; if triggers arrived meanwhile, enqueue exactly one follow-up (its id)."""
         follow = f"train-p{project}-{uuid.uuid4().hex[:12]}"
-        queued = self._finish(keys=[self.key("running", project), self.key("dirty", project),
-                                    self.key("queued", project)], args=[job_id, follow, QUEUED_TTL_S])
+        queued = self._finish(
+            keys=[self.key("running", project), self.key("dirty", project), self.key("queued", project)],
+            args=[job_id, follow, QUEUED_TTL_S],
+        )
         queued = queued.decode() if isinstance(queued, bytes) else queued
         if queued:
             self._enqueue(project, queued)
@@ -279,5 +294,10 @@ class Triggers:
     def state(self, project: str) -> dict[str, Any]:
         queued, running, dirty, pending, last = self.redis.mget(self._keys(project) + [self.key("last", project)])
         decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-        return {"queued": decode(queued), "running": decode(running), "follow_up": bool(dirty),
-                "pending_annotations": int(pending or 0), "last_run": json.loads(last) if last else None}
+        return {
+            "queued": decode(queued),
+            "running": decode(running),
+            "follow_up": bool(dirty),
+            "pending_annotations": int(pending or 0),
+            "last_run": json.loads(last) if last else None,
+        }

@@ -36,8 +36,9 @@ def parse_reply(rubric: Rubric, text: str) -> dict[str, str | None]:
     """Each dimension's label from ``name: value`` lines (first match wins; case-insensitive name)."""
     labels: dict[str, str | None] = {}
     for dim in rubric.dimensions:
-        match = re.search(rf"^[\s*\-]*{re.escape(dim.name)}\**\s*[:=]\s*\**\s*([^\s,;*]+)", text,
-                          flags=re.IGNORECASE | re.MULTILINE)
+        match = re.search(
+            rf"^[\s*\-]*{re.escape(dim.name)}\**\s*[:=]\s*\**\s*([^\s,;*]+)", text, flags=re.IGNORECASE | re.MULTILINE
+        )
         raw = match.group(1).rstrip(".") if match else None
         labels[dim.name] = dim.normalise(raw) if raw is not None else None
     return labels
@@ -72,11 +73,15 @@ def naive_score(
         prompt = render_prompt(rubric, fitted, tokenizer)
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
         with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
-                                 max_new_tokens=max_new_tokens_per_dimension * len(rubric.dimensions),
-                                 pad_token_id=pad)
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens_per_dimension * len(rubric.dimensions),
+                pad_token_id=pad,
+            )
         text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         labels = parse_reply(rubric, text)
-        results.append(NaiveResult(labels, any(v is None for v in labels.values()), text,
-                                   time.monotonic() - started))
+        results.append(NaiveResult(labels, any(v is None for v in labels.values()), text, time.monotonic() - started))
     return results

@@ -77,8 +77,9 @@ def load_dialsummeval(data_dir: Path, rubric: Rubric) -> dict[str, list[Record]]
     return out
 
 
-def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int,
-                    class_power: float | None = None) -> dict[str, list[Record]]:
+def load_goemotions(
+    data_dir: Path, rubric: Rubric, train_size: int, seed: int, class_power: float | None = None
+) -> dict[str, list[Record]]:
     """A seeded subsample of ``train`` (``train_size`` rows; 0 = all) and the whole ``dev`` split.
     ``class_power``: None draws rows uniformly (classes in their natural proportions); p gives class c a
     quota proportional to count_c ** p (1: natural, 0.5: square-root tempered, 0: balanced)."""
@@ -87,8 +88,11 @@ def load_goemotions(data_dir: Path, rubric: Rubric, train_size: int, seed: int,
     train = everything
     if train_size and train_size < len(everything):
         rng = random.Random(seed)
-        train = rng.sample(everything, train_size) if class_power is None else \
-            tempered_sample(rubric, everything, train_size, class_power, rng)
+        train = (
+            rng.sample(everything, train_size)
+            if class_power is None
+            else tempered_sample(rubric, everything, train_size, class_power, rng)
+        )
     return {"train": train, "train_all": everything, "dev": read_file(folder / "dev.jsonl", rubric)}
 
 
@@ -97,8 +101,9 @@ def _class_of(rubric: Rubric, record: Record) -> str:
     return record_consensus(rubric, record).get(rubric.dimensions[0].name, "")
 
 
-def tempered_sample(rubric: Rubric, records: Sequence[Record], size: int, power: float,
-                    rng: random.Random) -> list[Record]:
+def tempered_sample(
+    rubric: Rubric, records: Sequence[Record], size: int, power: float, rng: random.Random
+) -> list[Record]:
     """``size`` records whose classes get quotas proportional to count ** ``power`` (a class with fewer
     records than its quota gives all of them; the rest is shared among the others)."""
     by_class: dict[str, list[Record]] = {}
@@ -113,8 +118,9 @@ def tempered_sample(rubric: Rubric, records: Sequence[Record], size: int, power:
         if not full:
             shares = {c: left * w / total for c, w in weights.items()}
             quotas.update({c: int(s) for c, s in shares.items()})
-            for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)[: left - sum(
-                    int(s) for s in shares.values())]:
+            for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)[
+                : left - sum(int(s) for s in shares.values())
+            ]:
                 quotas[c] += 1  # largest remainders, so the quotas add up to ``size``
             break
         for c in full:
@@ -144,8 +150,9 @@ def _score(rubric: Rubric, labels: dict[str, str], expected: dict[str, float | N
     dims = {}
     for dim in rubric.dimensions:
         label = labels[dim.name]
-        dims[dim.name] = DimensionScore(label=label, probs={lab: float(lab == label) for lab in dim.labels},
-                                        expected=expected.get(dim.name))
+        dims[dim.name] = DimensionScore(
+            label=label, probs={lab: float(lab == label) for lab in dim.labels}, expected=expected.get(dim.name)
+        )
     return TaskScore(dims)
 
 
@@ -157,15 +164,27 @@ def _vectorizer() -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    return FeatureUnion([
-        ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=False)),
-        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True,
-                                  lowercase=False, max_features=50000)),
-    ])
+    return FeatureUnion(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=False)),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=(2, 5),
+                    min_df=2,
+                    sublinear_tf=True,
+                    lowercase=False,
+                    max_features=50000,
+                ),
+            ),
+        ]
+    )
 
 
-def ridge_predictions(rubric: Rubric, train: Sequence[Record], dev: Sequence[Record],
-                      test: Sequence[Record]) -> tuple[list[TaskScore], list[TaskScore], dict[str, float]]:
+def ridge_predictions(
+    rubric: Rubric, train: Sequence[Record], dev: Sequence[Record], test: Sequence[Record]
+) -> tuple[list[TaskScore], list[TaskScore], dict[str, float]]:
     """TF-IDF (word 1-2-grams and character 2-5-grams of the summary and of the dialogue) + ridge regression
     on the consensus mean per dimension; the ridge strength is chosen per dimension on ``dev`` by interval
     alpha. Labels are the prediction rounded into the scale; ``expected`` keeps the raw prediction."""
@@ -177,14 +196,16 @@ def ridge_predictions(rubric: Rubric, train: Sequence[Record], dev: Sequence[Rec
     target = rubric.target.name
     others = [n for n in rubric.input_names if n != target]
     vec_target, vec_other = _vectorizer(), _vectorizer()
-    x_train = _stack(vec_target.fit_transform([r.inputs[target] for r in train]),
-                     vec_other.fit_transform(["\n".join(r.inputs[n] for n in others) for r in train]) if others
-                     else None)
+    x_train = _stack(
+        vec_target.fit_transform([r.inputs[target] for r in train]),
+        vec_other.fit_transform(["\n".join(r.inputs[n] for n in others) for r in train]) if others else None,
+    )
 
     def features(records: Sequence[Record]) -> Any:
-        return _stack(vec_target.transform([r.inputs[target] for r in records]),
-                      vec_other.transform(["\n".join(r.inputs[n] for n in others) for r in records]) if others
-                      else None)
+        return _stack(
+            vec_target.transform([r.inputs[target] for r in records]),
+            vec_other.transform(["\n".join(r.inputs[n] for n in others) for r in records]) if others else None,
+        )
 
     x_dev, x_test = features(dev), features(test)
     raw_dev: dict[str, Any] = {}
@@ -227,8 +248,9 @@ def _stack(a: Any, b: Any) -> Any:
     return a.tocsr() if b is None else hstack([a, b]).tocsr()
 
 
-def logreg_predictions(rubric: Rubric, train: Sequence[Record], test: Sequence[Record]) -> tuple[
-        list[TaskScore], dict[str, Any]]:
+def logreg_predictions(
+    rubric: Rubric, train: Sequence[Record], test: Sequence[Record]
+) -> tuple[list[TaskScore], dict[str, Any]]:
     """TF-IDF + logistic regression (balanced class weights); C chosen by 3-fold cross-validated macro-F1 on
     the training split (the dev split is where results are reported, so it is not used for choosing)."""
     from sklearn.linear_model import LogisticRegression
@@ -237,8 +259,7 @@ def logreg_predictions(rubric: Rubric, train: Sequence[Record], test: Sequence[R
 
     dim = rubric.dimensions[0]
     labels = [record_consensus(rubric, r)[dim.name] for r in train]
-    pipe = Pipeline([("tfidf", _vectorizer()),
-                     ("clf", LogisticRegression(max_iter=2000, class_weight="balanced"))])
+    pipe = Pipeline([("tfidf", _vectorizer()), ("clf", LogisticRegression(max_iter=2000, class_weight="balanced"))])
     search = GridSearchCV(pipe, {"clf__C": [1.0, 3.0, 10.0]}, scoring="f1_macro", cv=3, n_jobs=1)
     search.fit([_text(rubric, r) for r in train], labels)
     predicted = search.predict([_text(rubric, r) for r in test])
@@ -251,11 +272,16 @@ def logreg_predictions(rubric: Rubric, train: Sequence[Record], test: Sequence[R
 
 def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
     """Per-dimension alpha (interval, ordinal), delta-alpha, expected-decoding alpha, plus the flat figures."""
-    row: dict[str, Any] = {"alpha_dims": metrics.get("alpha_dims"), "delta_alpha_dims": metrics.get("delta_alpha_dims"),
-                           "alpha_flat": metrics["alpha_flat"], "alpha_flat_ci": metrics["alpha_flat_ci"],
-                           "alpha_flat_ordinal": metrics["alpha_flat_ordinal"],
-                           "alpha_flat_expected": metrics.get("alpha_flat_expected"),
-                           "delta_alpha_flat": metrics["delta_alpha_flat"], "dimensions": {}}
+    row: dict[str, Any] = {
+        "alpha_dims": metrics.get("alpha_dims"),
+        "delta_alpha_dims": metrics.get("delta_alpha_dims"),
+        "alpha_flat": metrics["alpha_flat"],
+        "alpha_flat_ci": metrics["alpha_flat_ci"],
+        "alpha_flat_ordinal": metrics["alpha_flat_ordinal"],
+        "alpha_flat_expected": metrics.get("alpha_flat_expected"),
+        "delta_alpha_flat": metrics["delta_alpha_flat"],
+        "dimensions": {},
+    }
     for dim in rubric.dimensions:
         entry = metrics["dimensions"][dim.name]
         row["dimensions"][dim.name] = {
@@ -266,7 +292,8 @@ def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
             "alpha_expected": entry.get("alpha_expected"),
             "alpha_humans": entry["interval"]["alpha_humans"],
             "alpha_humans_ordinal": entry["ordinal"]["alpha_humans"],
-            "exact": entry["interval"]["exact"], "mae": entry["interval"]["mae"],
+            "exact": entry["interval"]["exact"],
+            "mae": entry["interval"]["mae"],
             "predicted": entry.get("predicted_distribution"),
             "distinct_labels": sum(1 for v in (entry.get("predicted_distribution") or {}).values() if v),
         }
@@ -275,9 +302,14 @@ def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
 
 def class_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
     entry = metrics["dimensions"][rubric.dimensions[0].name]["nominal"]
-    return {"accuracy": entry["exact"], "macro_f1": entry["macro_f1"], "alpha_nominal": entry["alpha_system"],
-            "alpha_nominal_ci": entry["alpha_system_ci"], "per_class_f1": entry["per_class_f1"],
-            "predicted": metrics["dimensions"][rubric.dimensions[0].name].get("predicted_distribution")}
+    return {
+        "accuracy": entry["exact"],
+        "macro_f1": entry["macro_f1"],
+        "alpha_nominal": entry["alpha_system"],
+        "alpha_nominal_ci": entry["alpha_system_ci"],
+        "per_class_f1": entry["per_class_f1"],
+        "predicted": metrics["dimensions"][rubric.dimensions[0].name].get("predicted_distribution"),
+    }
 
 
 class Phases:
@@ -309,9 +341,14 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem, 1),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,11 +356,20 @@ def machine() -> dict[str, Any]:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-              "max_length": args.max_length, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha,
-              "targets": args.targets, "precision": args.precision, "seed": args.seed,
-              "token_dropout_rate": args.token_dropout_rate, "micro_batch_size": args.micro_batch_size,
-              "method": args.method}
+    values = {
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+        "targets": args.targets,
+        "precision": args.precision,
+        "seed": args.seed,
+        "token_dropout_rate": args.token_dropout_rate,
+        "micro_batch_size": args.micro_batch_size,
+        "method": args.method,
+    }
     out = {k: v for k, v in values.items() if v is not None}
     if args.no_augment:
         out["augment"] = False
@@ -339,9 +385,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
-def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubric, train: Sequence[Record],
-                     dev: Sequence[Record], test: Sequence[Record], phases: Phases,
-                     evaluate: Any) -> dict[str, Any]:
+def _train_and_score(
+    args: argparse.Namespace,
+    settings: Settings,
+    rubric: Rubric,
+    train: Sequence[Record],
+    dev: Sequence[Record],
+    test: Sequence[Record],
+    phases: Phases,
+    evaluate: Any,
+) -> dict[str, Any]:
     """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
     from backend.head import is_head
     from backend.judge import apply_head
@@ -361,8 +414,17 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
         out["v0"]["dev"] = evaluate(phases.run("v0 on dev", evaluate_judge, judge, rubric, dev, None))
         return out
     work = Path(args.work_dir) / f"{args.dataset}-{args.tag}-{int(time.time())}"
-    result = phases.run("train", run_training, settings, rubric, train, work, overrides=_overrides(args),
-                        heldout=dev, extra={"benchmark": args.tag})
+    result = phases.run(
+        "train",
+        run_training,
+        settings,
+        rubric,
+        train,
+        work,
+        overrides=_overrides(args),
+        heldout=dev,
+        extra={"benchmark": args.tag},
+    )
     metrics = result.metrics
     out["v0"]["dev"] = evaluate(metrics["base"])  # run_training scored the base model on dev already
     judge.load_adapter("bench", work)
@@ -370,14 +432,24 @@ def _train_and_score(args: argparse.Namespace, settings: Settings, rubric: Rubri
         scores, features = phases.run("features of test", extract_features, judge, rubric, test, "test")
         if not args.reuse_v0:
             out["v0"]["test"] = evaluate(scored_metrics(rubric, test, scores, 0.0, "base model"))
-        test_metrics = scored_metrics(rubric, test, apply_head(rubric, judge.head("bench"), features), 0.0,
-                                      "feature head")
+        test_metrics = scored_metrics(
+            rubric, test, apply_head(rubric, judge.head("bench"), features), 0.0, "feature head"
+        )
     else:
         test_metrics = phases.run("adapter on test", evaluate_judge, judge, rubric, test, "bench")
-    out["adapter"] = {"dev": evaluate(metrics["candidate"]), "test": evaluate(test_metrics),
-                      "method": metrics["method"]}
-    out["training"] = {**metrics["training"], "config": metrics["config"], "counts": metrics["counts"],
-                       "history": metrics["history"], "adapter_dir": str(work), "method": metrics["method"]}
+    out["adapter"] = {
+        "dev": evaluate(metrics["candidate"]),
+        "test": evaluate(test_metrics),
+        "method": metrics["method"],
+    }
+    out["training"] = {
+        **metrics["training"],
+        "config": metrics["config"],
+        "counts": metrics["counts"],
+        "history": metrics["history"],
+        "adapter_dir": str(work),
+        "method": metrics["method"],
+    }
     return out
 
 
@@ -388,8 +460,12 @@ def reused_v0(args: argparse.Namespace, rubric: Rubric, n_test: int) -> dict[str
     if run is None:
         raise SystemExit(f"--reuse-v0: no run {key} in {RESULTS_JSON}")
     sizes = run.get("sizes", {})
-    same = (run.get("base_model") == args.base_model and run.get("rubric") == rubric.name
-            and sizes.get("test", sizes.get("dev")) == n_test and not args.rubric_dir)
+    same = (
+        run.get("base_model") == args.base_model
+        and run.get("rubric") == rubric.name
+        and sizes.get("test", sizes.get("dev")) == n_test
+        and not args.rubric_dir
+    )
     if not same or "v0" not in run.get("systems", {}):
         raise SystemExit(f"--reuse-v0: run {key} scored another base model, rubric or split; score v0 again")
     log.info("v0 test row copied from run %s (v0 is deterministic)", key)
@@ -413,22 +489,35 @@ def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
 
     systems: dict[str, Any] = {}
     humans_only = evaluate_predictions(rubric, test, None)
-    systems["majority"] = {s: evaluate(evaluate_predictions(rubric, recs, majority_scores(rubric, train,
-                                                                                               len(recs))))
-                           for s, recs in (("dev", dev), ("test", test))}
+    systems["majority"] = {
+        s: evaluate(evaluate_predictions(rubric, recs, majority_scores(rubric, train, len(recs))))
+        for s, recs in (("dev", dev), ("test", test))
+    }
     dev_ridge, test_ridge, chosen = phases.run("tfidf+ridge", ridge_predictions, rubric, train, dev, test)
-    systems["tfidf_ridge"] = {"dev": evaluate(evaluate_predictions(rubric, dev, dev_ridge)),
-                              "test": evaluate(evaluate_predictions(rubric, test, test_ridge)),
-                              "ridge_alpha": chosen}
+    systems["tfidf_ridge"] = {
+        "dev": evaluate(evaluate_predictions(rubric, dev, dev_ridge)),
+        "test": evaluate(evaluate_predictions(rubric, test, test_ridge)),
+        "ridge_alpha": chosen,
+    }
     systems.update(_train_and_score(args, settings, rubric, train, dev, test, phases, evaluate))
     training = systems.pop("training", None)
-    humans = {d.name: {"interval": humans_only["dimensions"][d.name]["interval"]["alpha_humans"],
-                       "ordinal": humans_only["dimensions"][d.name]["ordinal"]["alpha_humans"]}
-              for d in rubric.dimensions}
-    return {"dataset": "dialsummeval", "rubric": rubric.name,
-            "sizes": {"train": len(train), "dev": len(dev), "test": len(test)},
-            "humans_test": humans, "humans_test_flat": humans_only["alpha_humans_flat"],
-            "systems": systems, "training": training, "phases": phases.rows}
+    humans = {
+        d.name: {
+            "interval": humans_only["dimensions"][d.name]["interval"]["alpha_humans"],
+            "ordinal": humans_only["dimensions"][d.name]["ordinal"]["alpha_humans"],
+        }
+        for d in rubric.dimensions
+    }
+    return {
+        "dataset": "dialsummeval",
+        "rubric": rubric.name,
+        "sizes": {"train": len(train), "dev": len(dev), "test": len(test)},
+        "humans_test": humans,
+        "humans_test_flat": humans_only["alpha_humans_flat"],
+        "systems": systems,
+        "training": training,
+        "phases": phases.rows,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,8 +530,9 @@ def _feature_cache(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(args.work_dir) / f"features-{args.base_model}-{settings.model_precision}"
 
 
-def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[Record],
-                    judge_factory: Any) -> tuple[list[TaskScore], list[Any]]:
+def cached_features(
+    folder: Path, split: str, rubric: Rubric, records: Sequence[Record], judge_factory: Any
+) -> tuple[list[TaskScore], list[Any]]:
     """The base model's scores and features of ``records`` (``Judge.score_with_features``), read from
     ``folder/<split>.npz|json`` when an earlier run stored them for the same task ids, else computed and stored."""
     import numpy as np
@@ -457,11 +547,21 @@ def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[
         if meta["ids"] == ids:
             with np.load(arrays_path) as stored:  # read each array once (indexing the NpzFile re-reads it)
                 arrays = {key: stored[key] for key in stored.files}
-            features = [TaskFeatures(shared=arrays["shared"][i],
-                                     dimensions={d: arrays[f"dim.{d}"][i] for d in rubric.dimension_names})
-                        for i in range(len(ids))]
-            scores = [TaskScore({name: DimensionScore(label=v["label"], probs=v["probs"], expected=v["expected"])
-                                 for name, v in row.items()}) for row in meta["scores"]]
+            features = [
+                TaskFeatures(
+                    shared=arrays["shared"][i], dimensions={d: arrays[f"dim.{d}"][i] for d in rubric.dimension_names}
+                )
+                for i in range(len(ids))
+            ]
+            scores = [
+                TaskScore(
+                    {
+                        name: DimensionScore(label=v["label"], probs=v["probs"], expected=v["expected"])
+                        for name, v in row.items()
+                    }
+                )
+                for row in meta["scores"]
+            ]
             log.info("features of %s read from %s", split, arrays_path)
             return scores, features
     scores, features = extract_features(judge_factory(), rubric, records, split)
@@ -469,9 +569,21 @@ def cached_features(folder: Path, split: str, rubric: Rubric, records: Sequence[
     arrays = {"shared": np.stack([f.shared for f in features])}
     arrays.update({f"dim.{d}": np.stack([f.dimensions[d] for f in features]) for d in rubric.dimension_names})
     np.savez(arrays_path, **arrays)
-    meta_path.write_text(json.dumps({"ids": ids, "scores": [
-        {k: {"label": v.label, "probs": dict(v.probs), "expected": v.expected} for k, v in sc.dimensions.items()}
-        for sc in scores]}), encoding="utf-8")
+    meta_path.write_text(
+        json.dumps(
+            {
+                "ids": ids,
+                "scores": [
+                    {
+                        k: {"label": v.label, "probs": dict(v.probs), "expected": v.expected}
+                        for k, v in sc.dimensions.items()
+                    }
+                    for sc in scores
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
     return scores, features
 
 
@@ -485,8 +597,7 @@ def _cut(features: Any, shared: slice, dims: slice) -> Any:
     each dimension's part."""
     from backend.scores import TaskFeatures
 
-    return TaskFeatures(shared=features.shared[shared],
-                        dimensions={d: v[dims] for d, v in features.dimensions.items()})
+    return TaskFeatures(shared=features.shared[shared], dimensions={d: v[dims] for d, v in features.dimensions.items()})
 
 
 def _subsets(hidden: int) -> dict[str, Any]:
@@ -499,8 +610,10 @@ def _subsets(hidden: int) -> dict[str, Any]:
         "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None)),
         "target tokens pooled, middle + last layer": (both, slice(0, 0)),
         "LM statistics of the target (3 numbers)": (slice(2 * hidden, None), slice(0, 0)),
-        "target pooled + LM statistics (the feature head's default, head_features=target)": (slice(0, None),
-                                                                                               slice(0, 0)),
+        "target pooled + LM statistics (the feature head's default, head_features=target)": (
+            slice(0, None),
+            slice(0, 0),
+        ),
         "all (head_features=all)": (slice(0, None), slice(0, None)),
     }
 
@@ -520,8 +633,10 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     splits = phases.run("load data", load_dialsummeval, Path(args.data_dir), rubric)
     folder = _feature_cache(args, settings)
     factory = _lazy_judge(settings)
-    feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, splits[name], factory)[1]
-             for name in ("train", "dev", "test")}
+    feats = {
+        name: phases.run(f"features of {name}", cached_features, folder, name, rubric, splits[name], factory)[1]
+        for name in ("train", "dev", "test")
+    }
     hidden = (len(feats["train"][0].shared) - 3) // 2
     targets = head_targets(rubric, splits["train"])
     groups = [r.split_key for r in splits["train"]]
@@ -533,19 +648,30 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
         head = fit_head(rubric.dimensions, matrices, targets, groups)
         seconds = time.monotonic() - started
         size = int(matrices[rubric.dimension_names[0]].shape[1])
-        row: dict[str, Any] = {"fit_seconds": round(seconds, 2), "features": size,
-                               "oof_correlation": {d: h.cv.get("oof_correlation") for d, h in head.dimensions.items()}}
+        row: dict[str, Any] = {
+            "fit_seconds": round(seconds, 2),
+            "features": size,
+            "oof_correlation": {d: h.cv.get("oof_correlation") for d, h in head.dimensions.items()},
+        }
         for split in ("train", "dev", "test"):
             predictions = apply_head(rubric, head, [cut(f) for f in feats[split]])
             row[split] = scale_row(rubric, evaluate_predictions(rubric, splits[split], predictions, n_boot=1))
         rows[name] = row
         log.info("probe %s: dev alpha per dimension %s", name, _fmt(row["dev"]["alpha_dims"]))
     dev_ridge, test_ridge, _ = ridge_predictions(rubric, splits["train"], splits["dev"], splits["test"])
-    ridge = {"dev": scale_row(rubric, evaluate_predictions(rubric, splits["dev"], dev_ridge, n_boot=1)),
-             "test": scale_row(rubric, evaluate_predictions(rubric, splits["test"], test_ridge, n_boot=1))}
-    return {"dataset": "probe", "rubric": rubric.name, "hidden_size": hidden,
-            "sizes": {k: len(v) for k, v in splits.items()}, "probes": rows, "tfidf_ridge": ridge,
-            "phases": phases.rows}
+    ridge = {
+        "dev": scale_row(rubric, evaluate_predictions(rubric, splits["dev"], dev_ridge, n_boot=1)),
+        "test": scale_row(rubric, evaluate_predictions(rubric, splits["test"], test_ridge, n_boot=1)),
+    }
+    return {
+        "dataset": "probe",
+        "rubric": rubric.name,
+        "hidden_size": hidden,
+        "sizes": {k: len(v) for k, v in splits.items()},
+        "probes": rows,
+        "tfidf_ridge": ridge,
+        "phases": phases.rows,
+    }
 
 
 def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
@@ -560,8 +686,9 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     rubric = load_rubric("emotion-ekman", settings.rubric_dir)
     phases = Phases()
-    loaded = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0,
-                        args.class_power)
+    loaded = phases.run(
+        "load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0, args.class_power
+    )
     taken = {r.task_id for r in loaded["train"]}
     rest = [r for r in loaded["train_all"] if r.task_id not in taken]
     splits = {"train": loaded["train"], "select": random.Random(1).sample(rest, 1000), "dev": loaded["dev"]}
@@ -569,13 +696,17 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
         splits["dev"] = splits["dev"][: args.eval_limit]
     folder = _feature_cache(args, settings) / "goemotions"
     factory = _lazy_judge(settings)
-    feats = {name: phases.run(f"features of {name}", cached_features, folder, name, rubric, recs, factory)[1]
-             for name, recs in splits.items()}
+    feats = {
+        name: phases.run(f"features of {name}", cached_features, folder, name, rubric, recs, factory)[1]
+        for name, recs in splits.items()
+    }
     hidden = (len(feats["train"][0].shared) - 3) // 2
-    subsets = {"target pooled + LM statistics (head_features=target)": (slice(0, None), slice(0, 0)),
-               "label position, middle + last layer": (slice(0, 0), slice(0, 2 * hidden)),
-               "all (head_features=all)": (slice(0, None), slice(0, None)),
-               "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None))}
+    subsets = {
+        "target pooled + LM statistics (head_features=target)": (slice(0, None), slice(0, 0)),
+        "label position, middle + last layer": (slice(0, 0), slice(0, 2 * hidden)),
+        "all (head_features=all)": (slice(0, None), slice(0, None)),
+        "the judge's label distribution only (calibrating v0)": (slice(0, 0), slice(2 * hidden, None)),
+    }
     targets = head_targets(rubric, splits["train"])
     rows: dict[str, Any] = {}
     for name, (shared_part, dim_part) in subsets.items():
@@ -587,46 +718,72 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
             predictions = apply_head(rubric, head, [cut(f) for f in feats[split]])
             row[split] = class_row(rubric, evaluate_predictions(rubric, splits[split], predictions, n_boot=1))
         rows[name] = row
-        log.info("probe %s: select macro-F1 %s, dev macro-F1 %s", name, _fmt(row["select"]["macro_f1"]),
-                 _fmt(row["dev"]["macro_f1"]))
+        log.info(
+            "probe %s: select macro-F1 %s, dev macro-F1 %s",
+            name,
+            _fmt(row["select"]["macro_f1"]),
+            _fmt(row["dev"]["macro_f1"]),
+        )
     reference = {}
     for split in ("select", "dev"):
         predicted, _ = logreg_predictions(rubric, splits["train"], splits[split])
         reference[split] = class_row(rubric, evaluate_predictions(rubric, splits[split], predicted, n_boot=1))
-    return {"dataset": "probe-goemotions", "rubric": rubric.name, "hidden_size": hidden,
-            "sizes": {k: len(v) for k, v in splits.items()}, "probes": rows, "tfidf_logreg": reference,
-            "phases": phases.rows}
+    return {
+        "dataset": "probe-goemotions",
+        "rubric": rubric.name,
+        "hidden_size": hidden,
+        "sizes": {k: len(v) for k, v in splits.items()},
+        "probes": rows,
+        "tfidf_logreg": reference,
+        "phases": phases.rows,
+    }
 
 
 def _probe_goemotions_md(run: dict[str, Any]) -> list[str]:
-    lines = ["| features (base model) | size | select macro-F1 | dev accuracy | dev macro-F1 | dev α (nominal) |",
-             "|---|---|---|---|---|---|"]
-    for name, row in list(run["probes"].items()) + [("TF-IDF + logreg (reference)", {**run["tfidf_logreg"],
-                                                                                       "features": "–"})]:
-        lines.append(f"| {name} | {row['features']} | {_fmt(row['select']['macro_f1'])} | "
-                     f"{_fmt(row['dev']['accuracy'])} | {_fmt(row['dev']['macro_f1'])} | "
-                     f"{_fmt(row['dev']['alpha_nominal'])} |")
+    lines = [
+        "| features (base model) | size | select macro-F1 | dev accuracy | dev macro-F1 | dev α (nominal) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in list(run["probes"].items()) + [
+        ("TF-IDF + logreg (reference)", {**run["tfidf_logreg"], "features": "–"})
+    ]:
+        lines.append(
+            f"| {name} | {row['features']} | {_fmt(row['select']['macro_f1'])} | "
+            f"{_fmt(row['dev']['accuracy'])} | {_fmt(row['dev']['macro_f1'])} | "
+            f"{_fmt(row['dev']['alpha_nominal'])} |"
+        )
     return lines
 
 
 def _probe_md(run: dict[str, Any]) -> list[str]:
     dims = list(next(iter(run["probes"].values()))["dev"]["dimensions"])
-    lines = ["| features (base model) | size | dev α per dim | test α per dim | test flat α | "
-             + " | ".join(f"test {d} α (expected)" for d in dims) + " | train α per dim (in-sample) | "
-             "cross-validated r on train |", "|---|---|---|---|---|" + "---|" * len(dims) + "---|---|"]
+    lines = [
+        "| features (base model) | size | dev α per dim | test α per dim | test flat α | "
+        + " | ".join(f"test {d} α (expected)" for d in dims)
+        + " | train α per dim (in-sample) | "
+        "cross-validated r on train |",
+        "|---|---|---|---|---|" + "---|" * len(dims) + "---|---|",
+    ]
     for name, row in run["probes"].items():
         test = row["test"]
-        cells = [f"{_fmt(test['dimensions'][d]['alpha_interval'])} ({_fmt(test['dimensions'][d]['alpha_expected'])})"
-                 for d in dims]
+        cells = [
+            f"{_fmt(test['dimensions'][d]['alpha_interval'])} ({_fmt(test['dimensions'][d]['alpha_expected'])})"
+            for d in dims
+        ]
         cv = " / ".join(_fmt(row["oof_correlation"][d], 2) for d in dims)
-        lines.append(f"| {name} | {row['features']} | {_fmt(row['dev']['alpha_dims'])} | {_fmt(test['alpha_dims'])} | "
-                     f"{_fmt(test['alpha_flat'])} | " + " | ".join(cells)
-                     + f" | {_fmt(row['train']['alpha_dims'])} | {cv} |")
+        lines.append(
+            f"| {name} | {row['features']} | {_fmt(row['dev']['alpha_dims'])} | {_fmt(test['alpha_dims'])} | "
+            f"{_fmt(test['alpha_flat'])} | " + " | ".join(cells) + f" | {_fmt(row['train']['alpha_dims'])} | {cv} |"
+        )
     ridge = run["tfidf_ridge"]["test"]
-    cells = [f"{_fmt(ridge['dimensions'][d]['alpha_interval'])} ({_fmt(ridge['dimensions'][d]['alpha_expected'])})"
-             for d in dims]
-    lines.append(f"| TF-IDF + ridge (reference) | – | {_fmt(run['tfidf_ridge']['dev']['alpha_dims'])} | "
-                 f"{_fmt(ridge['alpha_dims'])} | {_fmt(ridge['alpha_flat'])} | " + " | ".join(cells) + " | – | – |")
+    cells = [
+        f"{_fmt(ridge['dimensions'][d]['alpha_interval'])} ({_fmt(ridge['dimensions'][d]['alpha_expected'])})"
+        for d in dims
+    ]
+    lines.append(
+        f"| TF-IDF + ridge (reference) | – | {_fmt(run['tfidf_ridge']['dev']['alpha_dims'])} | "
+        f"{_fmt(ridge['alpha_dims'])} | {_fmt(ridge['alpha_flat'])} | " + " | ".join(cells) + " | – | – |"
+    )
     return lines
 
 
@@ -634,8 +791,9 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     rubric = load_rubric("emotion-ekman", settings.rubric_dir)
     phases = Phases()
-    splits = phases.run("load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0,
-                        args.class_power)
+    splits = phases.run(
+        "load data", load_goemotions, Path(args.data_dir), rubric, args.train_size, args.seed or 0, args.class_power
+    )
     train, dev = splits["train"], splits["dev"]
     if args.eval_limit:
         dev = dev[: args.eval_limit]
@@ -645,25 +803,36 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
         return class_row(rubric, metrics)
 
     systems: dict[str, Any] = {
-        "majority": {"test": evaluate(evaluate_predictions(rubric, dev, majority_scores(rubric, train,
-                                                                                             len(dev))))}}
+        "majority": {"test": evaluate(evaluate_predictions(rubric, dev, majority_scores(rubric, train, len(dev))))}
+    }
     predicted, chosen = phases.run("tfidf+logreg", logreg_predictions, rubric, train, dev)
     systems["tfidf_logreg"] = {"test": evaluate(evaluate_predictions(rubric, dev, predicted)), **chosen}
     if args.all_train_reference:
-        predicted, chosen = phases.run("tfidf+logreg (all train)", logreg_predictions, rubric,
-                                       splits["train_all"], dev)
-        systems["tfidf_logreg_all_train"] = {"test": evaluate(evaluate_predictions(rubric, dev, predicted)),
-                                             **chosen, "train_size": len(splits["train_all"])}
+        predicted, chosen = phases.run("tfidf+logreg (all train)", logreg_predictions, rubric, splits["train_all"], dev)
+        systems["tfidf_logreg_all_train"] = {
+            "test": evaluate(evaluate_predictions(rubric, dev, predicted)),
+            **chosen,
+            "train_size": len(splits["train_all"]),
+        }
     # no separate selection split here: the adapter's held-out set during training is a slice of dev
     # (its first 300 rows) used only for the validation loss and the promotion figure; results are on all of dev
     scored = _train_and_score(args, settings, rubric, train, dev[:300], dev, phases, evaluate)
     for name in ("v0", "adapter"):
         if name in scored:
             systems[name] = {"test": scored[name]["test"]}
-    return {"dataset": "goemotions", "rubric": rubric.name,
-            "sizes": {"train": len(train), "train_available": len(splits["train_all"]), "dev": len(dev),
-                      "train_classes": dict(sorted(Counter(_class_of(rubric, r) for r in train).items()))},
-            "systems": systems, "training": scored.get("training"), "phases": phases.rows}
+    return {
+        "dataset": "goemotions",
+        "rubric": rubric.name,
+        "sizes": {
+            "train": len(train),
+            "train_available": len(splits["train_all"]),
+            "dev": len(dev),
+            "train_classes": dict(sorted(Counter(_class_of(rubric, r) for r in train).items())),
+        },
+        "systems": systems,
+        "training": scored.get("training"),
+        "phases": phases.rows,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -678,42 +847,80 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-SYSTEM_NAMES = {"majority": "majority label", "tfidf_ridge": "TF-IDF + ridge", "tfidf_logreg": "TF-IDF + logreg",
-                "tfidf_logreg_all_train": "TF-IDF + logreg (all 39,555 train rows)", "v0": "v0 (base, zero-shot)",
-                "adapter": "fine-tuned adapter"}
+SYSTEM_NAMES = {
+    "majority": "majority label",
+    "tfidf_ridge": "TF-IDF + ridge",
+    "tfidf_logreg": "TF-IDF + logreg",
+    "tfidf_logreg_all_train": "TF-IDF + logreg (all 39,555 train rows)",
+    "v0": "v0 (base, zero-shot)",
+    "adapter": "fine-tuned adapter",
+}
 
 
 def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
     dims = list(run["humans_test"])
-    lines = ["| system (test) | α per dimension (mean) | flat α (interval) | "
-             + " | ".join(f"{d} α int / ord / Δα" for d in dims) + " | distinct labels |",
-             "|---|---|---|" + "---|" * len(dims) + "---|"]
+    lines = [
+        "| system (test) | α per dimension (mean) | flat α (interval) | "
+        + " | ".join(f"{d} α int / ord / Δα" for d in dims)
+        + " | distinct labels |",
+        "|---|---|---|" + "---|" * len(dims) + "---|",
+    ]
     humans = [run["humans_test"][d]["interval"] for d in dims]
-    lines.append("| humans (3 annotators; coherence 2) | " + _fmt(sum(humans) / len(humans)) + " | "
-                 + _fmt(run["humans_test_flat"]) + " | " + " | ".join(
-        f"{_fmt(run['humans_test'][d]['interval'])} / {_fmt(run['humans_test'][d]['ordinal'])} / –" for d in dims)
-        + " | – |")
+    lines.append(
+        "| humans (3 annotators; coherence 2) | "
+        + _fmt(sum(humans) / len(humans))
+        + " | "
+        + _fmt(run["humans_test_flat"])
+        + " | "
+        + " | ".join(
+            f"{_fmt(run['humans_test'][d]['interval'])} / {_fmt(run['humans_test'][d]['ordinal'])} / –" for d in dims
+        )
+        + " | – |"
+    )
     for name, system in run["systems"].items():
         row = system["test"]
         if not row:
             continue
-        cells = [f"{_fmt(row['dimensions'][d]['alpha_interval'])} / {_fmt(row['dimensions'][d]['alpha_ordinal'])} / "
-                 f"{_fmt(row['dimensions'][d]['delta_alpha'])}" for d in dims]
+        cells = [
+            f"{_fmt(row['dimensions'][d]['alpha_interval'])} / {_fmt(row['dimensions'][d]['alpha_ordinal'])} / "
+            f"{_fmt(row['dimensions'][d]['delta_alpha'])}"
+            for d in dims
+        ]
         distinct = " / ".join(str(row["dimensions"][d].get("distinct_labels", "–")) for d in dims)
-        lines.append(f"| {_system_name(name, row, system)} | {_fmt(row.get('alpha_dims'))} | "
-                     f"{_fmt(row['alpha_flat'])} | " + " | ".join(cells) + f" | {distinct} |")
+        lines.append(
+            f"| {_system_name(name, row, system)} | {_fmt(row.get('alpha_dims'))} | "
+            f"{_fmt(row['alpha_flat'])} | " + " | ".join(cells) + f" | {distinct} |"
+        )
         if row.get("alpha_flat_expected") is not None and name != "majority":
-            label = "raw prediction" if name == "tfidf_ridge" else (
-                "calibrated mean (continuous, not served)" if system.get("method") == "head"
-                else "expected-score decoding")
+            label = (
+                "raw prediction"
+                if name == "tfidf_ridge"
+                else (
+                    "calibrated mean (continuous, not served)"
+                    if system.get("method") == "head"
+                    else "expected-score decoding"
+                )
+            )
             cells = [_fmt(row["dimensions"][d]["alpha_expected"]) for d in dims]
-            lines.append(f"| {_system_name(name, row, system)}, {label} | – | {_fmt(row['alpha_flat_expected'])} | "
-                         + " | ".join(f"{c} (interval)" for c in cells) + " | – |")
-    dev = ["", "Dev split (selection), α per dimension / flat interval α: " + "; ".join(
-        f"{_system_name(n, {}, s)} {_fmt(s['dev'].get('alpha_dims'))} / {_fmt(s['dev']['alpha_flat'])}"
-        + (f" (expected {_fmt(s['dev']['alpha_flat_expected'])})"
-           if s["dev"].get("alpha_flat_expected") is not None and n != "majority" else "")
-        for n, s in run["systems"].items() if "dev" in s)]
+            lines.append(
+                f"| {_system_name(name, row, system)}, {label} | – | {_fmt(row['alpha_flat_expected'])} | "
+                + " | ".join(f"{c} (interval)" for c in cells)
+                + " | – |"
+            )
+    dev = [
+        "",
+        "Dev split (selection), α per dimension / flat interval α: "
+        + "; ".join(
+            f"{_system_name(n, {}, s)} {_fmt(s['dev'].get('alpha_dims'))} / {_fmt(s['dev']['alpha_flat'])}"
+            + (
+                f" (expected {_fmt(s['dev']['alpha_flat_expected'])})"
+                if s["dev"].get("alpha_flat_expected") is not None and n != "majority"
+                else ""
+            )
+            for n, s in run["systems"].items()
+            if "dev" in s
+        ),
+    ]
     return lines + dev
 
 
@@ -726,13 +933,18 @@ def _system_name(name: str, row: dict[str, Any], system: dict[str, Any] | None =
 
 def _goemotions_md(run: dict[str, Any]) -> list[str]:
     classes = sorted(next(iter(run["systems"].values()))["test"].get("per_class_f1", {}))
-    lines = ["| system (dev) | accuracy | macro-F1 | α (nominal) | " + " | ".join(f"F1 {c}" for c in classes) + " |",
-             "|---|---|---|---|" + "---|" * len(classes)]
+    lines = [
+        "| system (dev) | accuracy | macro-F1 | α (nominal) | " + " | ".join(f"F1 {c}" for c in classes) + " |",
+        "|---|---|---|---|" + "---|" * len(classes),
+    ]
     for name, system in run["systems"].items():
         row = system["test"]
-        lines.append(f"| {_system_name(name, row)} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
-                     f"{_fmt(row['alpha_nominal'])} | "
-                     + " | ".join(_fmt(row.get("per_class_f1", {}).get(c), 2) for c in classes) + " |")
+        lines.append(
+            f"| {_system_name(name, row)} | {_fmt(row['accuracy'])} | {_fmt(row['macro_f1'])} | "
+            f"{_fmt(row['alpha_nominal'])} | "
+            + " | ".join(_fmt(row.get("per_class_f1", {}).get(c), 2) for c in classes)
+            + " |"
+        )
     if run["sizes"].get("train_classes"):
         lines += ["", f"Training rows per class: {run['sizes']['train_classes']}."]
     return lines
@@ -743,45 +955,61 @@ def _phases_md(run: dict[str, Any]) -> list[str]:
     out = ["", "Wall time (peak RSS so far): " + "; ".join(cells) + "."]
     training = run.get("training")
     if training and training.get("method") == "head":
-        cv = {name: c.get("oof_correlation", c.get("oof_accuracy")) for name, c in
-              training.get("cross_validation", {}).items()}
-        out.append(f"Training (feature head): {training['counts']}, {training['seconds']:.0f} s (features "
-                   f"{training['feature_seconds']:.0f} s, fit {training['fit_seconds']:.1f} s), "
-                   f"{training['feature_size']} features per dimension; cross-validated correlation (or accuracy) "
-                   f"on the training tasks: {cv}.")
+        cv = {
+            name: c.get("oof_correlation", c.get("oof_accuracy"))
+            for name, c in training.get("cross_validation", {}).items()
+        }
+        out.append(
+            f"Training (feature head): {training['counts']}, {training['seconds']:.0f} s (features "
+            f"{training['feature_seconds']:.0f} s, fit {training['fit_seconds']:.1f} s), "
+            f"{training['feature_size']} features per dimension; cross-validated correlation (or accuracy) "
+            f"on the training tasks: {cv}."
+        )
     elif training:
         cfg = training["config"]
-        out.append(f"Training: {training['counts']}, {training['steps']} steps, {training['seconds']:.0f} s, "
-                   f"{training['tokens_per_s']} tokens/s, padding {training['padding_share']:.1%}, "
-                   f"precision {training.get('precision', 'fp32')}; config: epochs {cfg['epochs']}, lr "
-                   f"{cfg['learning_rate']}, batch {cfg['batch_size']}, r {cfg['lora_r']}/α {cfg['lora_alpha']}, "
-                   f"targets {cfg['targets']}, augment {cfg['augment']}, max_length {cfg['max_length']}, "
-                   f"micro-batch {cfg.get('micro_batch_size', 2)}, shared prefix {cfg.get('share_prefix', False)}.")
+        out.append(
+            f"Training: {training['counts']}, {training['steps']} steps, {training['seconds']:.0f} s, "
+            f"{training['tokens_per_s']} tokens/s, padding {training['padding_share']:.1%}, "
+            f"precision {training.get('precision', 'fp32')}; config: epochs {cfg['epochs']}, lr "
+            f"{cfg['learning_rate']}, batch {cfg['batch_size']}, r {cfg['lora_r']}/α {cfg['lora_alpha']}, "
+            f"targets {cfg['targets']}, augment {cfg['augment']}, max_length {cfg['max_length']}, "
+            f"micro-batch {cfg.get('micro_batch_size', 2)}, shared prefix {cfg.get('share_prefix', False)}."
+        )
     return out
 
 
 def write_markdown(runs: dict[str, Any]) -> None:
-    lines = ["# Quality benchmark results", "",
-             "Produced by `benchmarks/quality.py` (see `benchmarks/README.md`); every run below lists its exact "
-             "command, date and machine. Data: `../shared/data` (DialSummEval, GoEmotions-Ekman), never copied "
-             "into the repository. α is Krippendorff's alpha of a system against the per-task human consensus "
-             "(mean of the annotators for interval α); Δα is α(humans + system) − α(humans).", ""]
+    lines = [
+        "# Quality benchmark results",
+        "",
+        "Produced by `benchmarks/quality.py` (see `benchmarks/README.md`); every run below lists its exact "
+        "command, date and machine. Data: `../shared/data` (DialSummEval, GoEmotions-Ekman), never copied "
+        "into the repository. α is Krippendorff's alpha of a system against the per-task human consensus "
+        "(mean of the annotators for interval α); Δα is α(humans + system) − α(humans).",
+        "",
+    ]
     order = sorted(runs.values(), key=lambda r: (r["dataset"], r.get("order", 0), r["tag"]))
     for run in order:
-        title = {"dialsummeval": "DialSummEval (summary-quality), test split",
-                 "probe": "DialSummEval probe: linear probes on the base model's features",
-                 "probe-goemotions": "GoEmotions-Ekman probe: the feature head on the base model's features",
-                 }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
+        title = {
+            "dialsummeval": "DialSummEval (summary-quality), test split",
+            "probe": "DialSummEval probe: linear probes on the base model's features",
+            "probe-goemotions": "GoEmotions-Ekman probe: the feature head on the base model's features",
+        }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
         lines += [f"## {title} — run `{run['tag']}`", ""]
         if run.get("note"):
             lines += [run["note"], ""]
-        lines += [f"- command: `{run['command']}`", f"- date: {run['date']}",
-                  f"- machine: {run['machine']['cpu']}, {run['machine']['cores']} cores, "
-                  f"{run['machine']['memory_gb']} GB, GPU {run['machine']['gpu'] or 'none'}, "
-                  f"torch {run['machine']['torch']}; base model {run['base_model']}",
-                  f"- sizes: {run['sizes']}", ""]
-        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md,
-                  "probe-goemotions": _probe_goemotions_md}.get(run["dataset"], _goemotions_md)(run)
+        lines += [
+            f"- command: `{run['command']}`",
+            f"- date: {run['date']}",
+            f"- machine: {run['machine']['cpu']}, {run['machine']['cores']} cores, "
+            f"{run['machine']['memory_gb']} GB, GPU {run['machine']['gpu'] or 'none'}, "
+            f"torch {run['machine']['torch']}; base model {run['base_model']}",
+            f"- sizes: {run['sizes']}",
+            "",
+        ]
+        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md, "probe-goemotions": _probe_goemotions_md}.get(
+            run["dataset"], _goemotions_md
+        )(run)
         lines += _phases_md(run) + [""]
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -807,9 +1035,12 @@ def record_run(run: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=["dialsummeval", "goemotions", "probe", "probe-goemotions", "report"],
-                        help="probe: linear probes on the base model's features (DialSummEval); probe-goemotions: "
-                             "the feature head on GoEmotions-Ekman, chosen on 1,000 other training rows")
+    parser.add_argument(
+        "dataset",
+        choices=["dialsummeval", "goemotions", "probe", "probe-goemotions", "report"],
+        help="probe: linear probes on the base model's features (DialSummEval); probe-goemotions: "
+        "the feature head on GoEmotions-Ekman, chosen on 1,000 other training rows",
+    )
     parser.add_argument("--features-cache", help="probe: folder of cached features (default: under --work-dir)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder (../shared/data)")
     parser.add_argument("--tag", default="default", help="name of this run in RESULTS.json/RESULTS.md")
@@ -820,22 +1051,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-train", action="store_true", help="references and v0 only")
     parser.add_argument("--train-limit", type=int, help="DialSummEval: first N training summaries only")
     parser.add_argument("--train-size", type=int, default=1200, help="GoEmotions: training subsample size")
-    parser.add_argument("--class-power", type=float,
-                        help="GoEmotions: class quotas proportional to count ** P (1 natural, 0.5 square root, "
-                             "0 balanced); default: a uniform sample")
-    parser.add_argument("--reuse-v0", metavar="TAG",
-                        help="copy the v0 rows of an earlier run of the same dataset, base model, rubric and "
-                             "split sizes instead of scoring v0 again (v0 is deterministic)")
-    parser.add_argument("--all-train-reference", action="store_true",
-                        help="GoEmotions: also fit TF-IDF + logreg on all 39,555 training rows (minutes)")
+    parser.add_argument(
+        "--class-power",
+        type=float,
+        help="GoEmotions: class quotas proportional to count ** P (1 natural, 0.5 square root, "
+        "0 balanced); default: a uniform sample",
+    )
+    parser.add_argument(
+        "--reuse-v0",
+        metavar="TAG",
+        help="copy the v0 rows of an earlier run of the same dataset, base model, rubric and "
+        "split sizes instead of scoring v0 again (v0 is deterministic)",
+    )
+    parser.add_argument(
+        "--all-train-reference",
+        action="store_true",
+        help="GoEmotions: also fit TF-IDF + logreg on all 39,555 training rows (minutes)",
+    )
     parser.add_argument("--eval-limit", type=int, help="first N rows of each evaluation split only (quick checks)")
-    for flag, kind in (("--epochs", int), ("--learning-rate", float), ("--batch-size", int), ("--max-length", int),
-                       ("--lora-r", int), ("--lora-alpha", int), ("--seed", int), ("--token-dropout-rate", float),
-                       ("--micro-batch-size", int)):
+    for flag, kind in (
+        ("--epochs", int),
+        ("--learning-rate", float),
+        ("--batch-size", int),
+        ("--max-length", int),
+        ("--lora-r", int),
+        ("--lora-alpha", int),
+        ("--seed", int),
+        ("--token-dropout-rate", float),
+        ("--micro-batch-size", int),
+    ):
         parser.add_argument(flag, type=kind)
     parser.add_argument("--targets", choices=TARGET_MODES)
-    parser.add_argument("--method", choices=["auto", "head", "lora"],
-                        help="what training builds (default: TrainConfig's, auto: head for rating rubrics)")
+    parser.add_argument(
+        "--method",
+        choices=["auto", "head", "lora"],
+        help="what training builds (default: TrainConfig's, auto: head for rating rubrics)",
+    )
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--no-augment", action="store_true")
     parser.add_argument("--no-share-prefix", action="store_true", help="train without the shared-prefix KV reuse")
@@ -849,16 +1100,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_markdown(load_runs())
         return 0
     if not Path(args.data_dir).is_dir():
-        log.warning("no shared data at %s: the quality benchmark needs ../shared/data (DialSummEval, "
-                    "GoEmotions-Ekman); nothing was run", args.data_dir)
+        log.warning(
+            "no shared data at %s: the quality benchmark needs ../shared/data (DialSummEval, "
+            "GoEmotions-Ekman); nothing was run",
+            args.data_dir,
+        )
         return 0
     started = time.monotonic()
-    run = {"dialsummeval": run_dialsummeval, "probe": run_probe, "probe-goemotions": run_probe_goemotions,
-           "goemotions": run_goemotions}[args.dataset](args)
-    run.update({"tag": args.tag, "note": args.note, "base_model": args.base_model,
-                "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-                "wall_seconds": round(time.monotonic() - started, 1)})
+    run = {
+        "dialsummeval": run_dialsummeval,
+        "probe": run_probe,
+        "probe-goemotions": run_probe_goemotions,
+        "goemotions": run_goemotions,
+    }[args.dataset](args)
+    run.update(
+        {
+            "tag": args.tag,
+            "note": args.note,
+            "base_model": args.base_model,
+            "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+    )
     record_run(run)
     log.info("recorded %s/%s in %s (%.0f s)", run["dataset"], args.tag, RESULTS_MD, run["wall_seconds"])
     return 0

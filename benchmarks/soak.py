@@ -44,12 +44,20 @@ def build_app(model_dir: Path, work: Path) -> Any:
     from backend.service import Service
     from backend.settings import Settings
 
-    settings = Settings.from_env({}, base_model=str(model_dir), model_dir=work / "models",
-                                 rubric_dir=REPO / "rubric_configs", redis_url="redis://127.0.0.1:1/0",
-                                 predict_batch_size=8, max_input_tokens=1024, log_level="WARNING")
+    settings = Settings.from_env(
+        {},
+        base_model=str(model_dir),
+        model_dir=work / "models",
+        rubric_dir=REPO / "rubric_configs",
+        redis_url="redis://127.0.0.1:1/0",
+        predict_batch_size=8,
+        max_input_tokens=1024,
+        log_level="WARNING",
+    )
     judge = Judge.from_settings(settings)
-    service = Service(settings, judge, Registry(settings.model_dir, judge.base_name, None),
-                      load_all(settings.rubric_dir))
+    service = Service(
+        settings, judge, Registry(settings.model_dir, judge.base_name, None), load_all(settings.rubric_dir)
+    )
     return create_app(settings, service)
 
 
@@ -80,13 +88,16 @@ def run_soak(requests_total: int, model_dir: Path, threads: int = 4, warmup: int
         def one(i: int) -> None:
             session = getattr(local, "session", None) or requests.Session()
             local.session = session
-            tasks = [ls_task(i * 4 + k, {**QA_DATA[(i + k) % 3], "answer": f"{QA_DATA[(i + k) % 3]['answer']} #{i}"})
-                     for k in range(1 + i % 4)]
+            tasks = [
+                ls_task(i * 4 + k, {**QA_DATA[(i + k) % 3], "answer": f"{QA_DATA[(i + k) % 3]['answer']} #{i}"})
+                for k in range(1 + i % 4)
+            ]
             response = session.post(url, json=predict_body(tasks, xml), timeout=60)
             ok = response.status_code == 200 and len(response.json()["results"]) == len(tasks)
             with lock:
-                statuses[response.status_code if ok else -response.status_code] = statuses.get(
-                    response.status_code if ok else -response.status_code, 0) + 1
+                statuses[response.status_code if ok else -response.status_code] = (
+                    statuses.get(response.status_code if ok else -response.status_code, 0) + 1
+                )
 
         try:
             with ThreadPoolExecutor(threads) as pool:
@@ -103,14 +114,24 @@ def run_soak(requests_total: int, model_dir: Path, threads: int = 4, warmup: int
         finally:
             server.shutdown()
             thread.join(timeout=5)
-    return {"requests": requests_total, "warmup_requests": warmup, "threads": threads,
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "seconds": round(seconds, 1),
-            "requests_per_s": round(requests_total / seconds, 1), "rss_before_mib": round(before, 1),
-            "rss_after_mib": round(after, 1), "rss_growth_mib": round(after - before, 1),
-            "peak_rss_before_mib": round(peak_before, 1), "peak_rss_mib": round(peak, 1),
-            "growth_bound_mib": GROWTH_BOUND_MIB, "within_bound": after - before <= GROWTH_BOUND_MIB,
-            "model": "tests/tiny_model.py (random tiny Qwen3, 2 layers)", "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine()}
+    return {
+        "requests": requests_total,
+        "warmup_requests": warmup,
+        "threads": threads,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(seconds, 1),
+        "requests_per_s": round(requests_total / seconds, 1),
+        "rss_before_mib": round(before, 1),
+        "rss_after_mib": round(after, 1),
+        "rss_growth_mib": round(after - before, 1),
+        "peak_rss_before_mib": round(peak_before, 1),
+        "peak_rss_mib": round(peak, 1),
+        "growth_bound_mib": GROWTH_BOUND_MIB,
+        "within_bound": after - before <= GROWTH_BOUND_MIB,
+        "model": "tests/tiny_model.py (random tiny Qwen3, 2 layers)",
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+    }
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
@@ -123,7 +144,9 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         f"server in the measuring process, {result['threads']} client threads, 1-4 tasks per request. RSS from "
         "/proc/self/status (VmRSS, VmHWM = peak); *before* is taken after "
         f"{result['warmup_requests']} warm-up requests. Bound: growth <= {GROWTH_BOUND_MIB:.0f} MiB.\n\n"
-        "| measure | value |\n|---|---|\n" + rows + "\n", encoding="utf-8")
+        "| measure | value |\n|---|---|\n" + rows + "\n",
+        encoding="utf-8",
+    )
 
 
 def main() -> int:

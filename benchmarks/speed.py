@@ -60,8 +60,12 @@ log = logging.getLogger("benchmarks.speed")
 SPEED_JSON = REPO / "benchmarks" / "SPEED.json"
 SPEED_MD = REPO / "benchmarks" / "SPEED.md"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-QUESTIONS = ("What happened in this conversation?", "What did the people in the chat agree on?",
-             "Summarise the dialogue in one or two sentences.", "What is the main point of the conversation?")
+QUESTIONS = (
+    "What happened in this conversation?",
+    "What did the people in the chat agree on?",
+    "Summarise the dialogue in one or two sentences.",
+    "What is the main point of the conversation?",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,8 +80,10 @@ def qa_tasks(data_dir: Path, n: int, offset: int = 0) -> list[dict[str, str]]:
     picked = rows[offset::7][:n]
     if len(picked) < n:
         raise ValueError(f"{path} has too few rows for {n} tasks")
-    return [{"context": r["data"]["dialogue"], "question": QUESTIONS[i % len(QUESTIONS)],
-             "answer": r["data"]["summary"]} for i, r in enumerate(picked)]
+    return [
+        {"context": r["data"]["dialogue"], "question": QUESTIONS[i % len(QUESTIONS)], "answer": r["data"]["summary"]}
+        for i, r in enumerate(picked)
+    ]
 
 
 def peak_rss_mb() -> float:
@@ -113,8 +119,13 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     tasks = qa_tasks(Path(args.data_dir), n)
     model, tokenizer, name = load_base_model(settings)
     lengths = [len(Judge(model, tokenizer, name, settings).prompt_ids(rubric, t)) for t in tasks]
-    log.info("%d qa-quality tasks, prompt tokens mean %.0f, min %d, max %d", n, statistics.mean(lengths),
-             min(lengths), max(lengths))
+    log.info(
+        "%d qa-quality tasks, prompt tokens mean %.0f, min %d, max %d",
+        n,
+        statistics.mean(lengths),
+        min(lengths),
+        max(lengths),
+    )
 
     configs = ablation_configs(settings)
     results: dict[str, Any] = {}
@@ -128,21 +139,38 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         if not reference:  # the first configuration (all fast paths) is the reference
             reference.extend(labels)
         same = sum(1 for a, b in zip(labels, reference, strict=True) if a == b)
-        results[label] = {"seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3),
-                          "same_labels_as_fast": f"{same}/{n}", "overrides": overrides}
-        log.info("judge %-32s %.2f s  %.3f tasks/s  labels equal to the full fast path: %d/%d", label, seconds,
-                 n / seconds, same, n)
+        results[label] = {
+            "seconds": round(seconds, 2),
+            "tasks_per_s": round(n / seconds, 3),
+            "same_labels_as_fast": f"{same}/{n}",
+            "overrides": overrides,
+        }
+        log.info(
+            "judge %-32s %.2f s  %.3f tasks/s  labels equal to the full fast path: %d/%d",
+            label,
+            seconds,
+            n / seconds,
+            same,
+            n,
+        )
 
     for label, overrides in configs:
-        measure(label, Judge(model, tokenizer, name, Settings.from_env(**{**settings_overrides(args), **overrides})),
-                overrides)
+        measure(
+            label,
+            Judge(model, tokenizer, name, Settings.from_env(**{**settings_overrides(args), **overrides})),
+            overrides,
+        )
 
     naive_n = 8 if args.quick else min(n, args.naive_tasks)
     naive = run_naive(model, tokenizer, rubric, tasks[:naive_n], "fp32")
     fast = results[configs[0][0]]
-    out = {"tasks": n, "prompt_tokens": {"mean": round(statistics.mean(lengths)), "min": min(lengths),
-                                         "max": max(lengths)},
-           "judge": results, "naive": naive, "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1)}
+    out = {
+        "tasks": n,
+        "prompt_tokens": {"mean": round(statistics.mean(lengths)), "min": min(lengths), "max": max(lengths)},
+        "judge": results,
+        "naive": naive,
+        "ratio_vs_naive": round(fast["tasks_per_s"] / naive["tasks_per_s"], 1),
+    }
     if settings.model_precision != "bf16":  # the same two measurements with bf16 weights (MODEL_PRECISION=bf16)
         del model
         bf16_settings = Settings.from_env(**{**settings_overrides(args), "model_precision": "bf16"})
@@ -156,32 +184,49 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def run_naive(model: Any, tokenizer: Any, rubric: Any, tasks: Sequence[Mapping[str, str]], precision: str
-              ) -> dict[str, Any]:
+def run_naive(
+    model: Any, tokenizer: Any, rubric: Any, tasks: Sequence[Mapping[str, str]], precision: str
+) -> dict[str, Any]:
     """The naive baseline (``benchmarks/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
     max_new = 8 * len(rubric.dimensions)
-    naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks,
-                                                        max_new_tokens_per_dimension=8))
+    naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks, max_new_tokens_per_dimension=8))
     failed = sum(1 for r in naive_results if r.parse_failed)
     n = len(tasks)
-    log.info("naive generate+regex (%s): %.2f s for %d tasks, %.3f tasks/s, %d/%d failed to parse", precision,
-             seconds, n, n / seconds, failed, n)
-    return {"tasks": n, "seconds": round(seconds, 2), "tasks_per_s": round(n / seconds, 3), "precision": precision,
-            "parse_failures": failed, "parse_failure_share": round(failed / n, 3), "max_new_tokens": max_new,
-            "example_outputs": [r.text for r in naive_results][:3]}
+    log.info(
+        "naive generate+regex (%s): %.2f s for %d tasks, %.3f tasks/s, %d/%d failed to parse",
+        precision,
+        seconds,
+        n,
+        n / seconds,
+        failed,
+        n,
+    )
+    return {
+        "tasks": n,
+        "seconds": round(seconds, 2),
+        "tasks_per_s": round(n / seconds, 3),
+        "precision": precision,
+        "parse_failures": failed,
+        "parse_failure_share": round(failed / n, 3),
+        "max_new_tokens": max_new,
+        "example_outputs": [r.text for r in naive_results][:3],
+    }
 
 
 def ablation_configs(settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     """The full fast path first, then each fast path switched off alone, then all of them off."""
-    switches = [(name, key) for name, key in (("prefix KV cache", "prefix_cache"),
-                                               ("length batching", "length_batching"))
-                if hasattr(settings, key)]
+    switches = [
+        (name, key)
+        for name, key in (("prefix KV cache", "prefix_cache"), ("length batching", "length_batching"))
+        if hasattr(settings, key)
+    ]
     batch = settings.predict_batch_size
     configs: list[tuple[str, dict[str, Any]]] = [("all fast paths", {})]
     configs += [(f"without {name}", {key: False}) for name, key in switches]
     configs.append(("without batching (1 task per pass)", {"predict_batch_size": 1}))
-    configs.append(("plain (all off, 1 task per pass)",
-                    {**{key: False for _, key in switches}, "predict_batch_size": 1}))
+    configs.append(
+        ("plain (all off, 1 task per pass)", {**{key: False for _, key in switches}, "predict_batch_size": 1})
+    )
     log.info("ablation: %s (batch size %d)", ", ".join(c[0] for c in configs), batch)
     return configs
 
@@ -197,10 +242,22 @@ def free_port() -> int:
 
 
 def start_server(args: argparse.Namespace, port: int, env_extra: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "BASE_MODEL": args.base_model,
-           "QUANTIZATION": args.quantization, "LOG_LEVEL": "WARNING", **env_extra}
-    proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "rubric-judge"), "serve", "--threads", "4"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "BASE_MODEL": args.base_model,
+        "QUANTIZATION": args.quantization,
+        "LOG_LEVEL": "WARNING",
+        **env_extra,
+    }
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "rubric-judge"), "serve", "--threads", "4"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     import requests
 
     deadline = time.monotonic() + 300
@@ -259,9 +316,16 @@ def latency(url: str, make_request: Callable[[int], tuple[str, Any]], clients: i
     wall = time.perf_counter() - started
     times.sort()
     pick = lambda q: times[min(len(times) - 1, int(round(q * (len(times) - 1))))]  # noqa: E731
-    return {"requests": len(times), "clients": clients, "p50_ms": round(pick(0.5), 1), "p99_ms": round(pick(0.99), 1),
-            "max_ms": round(times[-1], 1), "requests_per_s": round(len(times) / wall, 1), "errors": len(errors),
-            "first_errors": errors[:3]}
+    return {
+        "requests": len(times),
+        "clients": clients,
+        "p50_ms": round(pick(0.5), 1),
+        "p99_ms": round(pick(0.99), 1),
+        "max_ms": round(times[-1], 1),
+        "requests_per_s": round(len(times) / wall, 1),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
 
 
 def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -286,9 +350,14 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             "/health": ("/health", lambda i: ("GET", None), small),
             "/setup": ("/setup", lambda i: ("POST", setup_body), small),
             "/webhook": ("/webhook", lambda i: ("POST", webhook_body), small),
-            "/predict (1 task)": ("/predict", lambda i: ("POST", {
-                "tasks": [{"id": i, "data": tasks[i % len(tasks)]}], "label_config": config, "project": "9001"}),
-                0),
+            "/predict (1 task)": (
+                "/predict",
+                lambda i: (
+                    "POST",
+                    {"tasks": [{"id": i, "data": tasks[i % len(tasks)]}], "label_config": config, "project": "9001"},
+                ),
+                0,
+            ),
         }
         for name, (path, make, count) in routes.items():
             for clients in (1, 50):
@@ -297,22 +366,38 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     total = 4 if clients == 1 else 20
                 result = latency(base + path, make, clients, total)
                 out[f"{name} x{clients}"] = result
-                log.info("%-18s %2d client(s): p50 %.1f ms, p99 %.1f ms, %d requests, %d errors", name, clients,
-                         result["p50_ms"], result["p99_ms"], result["requests"], result["errors"])
+                log.info(
+                    "%-18s %2d client(s): p50 %.1f ms, p99 %.1f ms, %d requests, %d errors",
+                    name,
+                    clients,
+                    result["p50_ms"],
+                    result["p99_ms"],
+                    result["requests"],
+                    result["errors"],
+                )
         big = 20 if args.quick else 100
-        body = {"tasks": [{"id": 10_000 + i, "data": t} for i, t in enumerate(qa_tasks(Path(args.data_dir), big,
-                                                                                         offset=5))],
-                "label_config": config, "project": "9001"}
+        body = {
+            "tasks": [
+                {"id": 10_000 + i, "data": t} for i, t in enumerate(qa_tasks(Path(args.data_dir), big, offset=5))
+            ],
+            "label_config": config,
+            "project": "9001",
+        }
         import requests
 
         started = time.perf_counter()
         response = requests.post(base + "/predict", json=body, timeout=600)
         seconds = time.perf_counter() - started
         results = response.json().get("results", [])
-        out[f"/predict {big} tasks"] = {"seconds": round(seconds, 1), "status": response.status_code,
-                                        "results": len(results), "under_100_s": seconds < 100}
-        log.info("/predict with %d tasks: %.1f s (status %d, %d results)", big, seconds, response.status_code,
-                 len(results))
+        out[f"/predict {big} tasks"] = {
+            "seconds": round(seconds, 1),
+            "status": response.status_code,
+            "results": len(results),
+            "under_100_s": seconds < 100,
+        }
+        log.info(
+            "/predict with %d tasks: %.1f s (status %d, %d results)", big, seconds, response.status_code, len(results)
+        )
         out["server"]["rss_mb_after"] = round(current_rss_mb(proc.pid))
     # the light routes again with two gunicorn processes (one torch thread each): Python serves one request
     # at a time per process, so on 2 cores a second process is what raises the request rate
@@ -321,8 +406,7 @@ def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             path, make, count = routes[name]
             result = latency(base + path, make, 50, count)
             out[f"{name} [WORKERS=2] x50"] = result
-            log.info("%-18s 50 clients, 2 workers: p50 %.1f ms, p99 %.1f ms", name, result["p50_ms"],
-                     result["p99_ms"])
+            log.info("%-18s 50 clients, 2 workers: p50 %.1f ms, p99 %.1f ms", name, result["p50_ms"], result["p99_ms"])
     return out
 
 
@@ -367,29 +451,71 @@ def train_once(args: argparse.Namespace) -> dict[str, Any]:
     before = current_rss_mb()
     model, tokenizer, _ = load_base_model(settings)
     loaded = current_rss_mb()
-    config = TrainConfig.build(rubric, {"epochs": 1, "batch_size": 8, "precision": args.precision,
-                                        "augment": False, "share_prefix": not args.no_share_prefix})
+    config = TrainConfig.build(
+        rubric,
+        {
+            "epochs": 1,
+            "batch_size": 8,
+            "precision": args.precision,
+            "augment": False,
+            "share_prefix": not args.no_share_prefix,
+        },
+    )
     result = train_lora(model, tokenizer, rubric, targets, [], config, quantized=args.quantization != "none")
-    return {"quantization": args.quantization, "precision": result.precision, "examples": len(targets),
-            "model_precision": args.model_precision,
-            "share_prefix": config.share_prefix, "micro_batch_size": config.micro_batch_size,
-            "steps": result.steps, "seconds": round(result.seconds, 1), "tokens": result.tokens,
-            "computed_tokens": result.computed_tokens,
-            "tokens_per_s": round(result.tokens / result.seconds, 1), "padding_share": result.padding_share,
-            "rss_mb_before_load": round(before), "rss_mb_loaded": round(loaded), "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "quantization": args.quantization,
+        "precision": result.precision,
+        "examples": len(targets),
+        "model_precision": args.model_precision,
+        "share_prefix": config.share_prefix,
+        "micro_batch_size": config.micro_batch_size,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "tokens": result.tokens,
+        "computed_tokens": result.computed_tokens,
+        "tokens_per_s": round(result.tokens / result.seconds, 1),
+        "padding_share": result.padding_share,
+        "rss_mb_before_load": round(before),
+        "rss_mb_loaded": round(loaded),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def train_part(args: argparse.Namespace) -> dict[str, Any]:
     out = {}
     examples = 16 if args.quick else args.train_examples
-    runs = [("none", "fp32", True, "auto"), ("none", "bf16", True, "auto"), ("none", "bf16", False, "auto"),
-            ("none", "bf16", True, "bf16"), ("4bit", "fp32", True, "auto"), ("4bit", "bf16", True, "auto")]
+    runs = [
+        ("none", "fp32", True, "auto"),
+        ("none", "bf16", True, "auto"),
+        ("none", "bf16", False, "auto"),
+        ("none", "bf16", True, "bf16"),
+        ("4bit", "fp32", True, "auto"),
+        ("4bit", "bf16", True, "auto"),
+    ]
     for quant, precision, shared, weights in runs:
-        key = f"{quant}/{precision}" + ("" if shared else "/no-shared-prefix") + \
-            ("/bf16-weights" if weights == "bf16" else "")
-        command = [sys.executable, __file__, "--only", "_train", "--quantization", quant, "--precision", precision,
-                   "--train-examples", str(examples), "--base-model", args.base_model, "--data-dir", args.data_dir,
-                   "--model-precision", weights]
+        key = (
+            f"{quant}/{precision}"
+            + ("" if shared else "/no-shared-prefix")
+            + ("/bf16-weights" if weights == "bf16" else "")
+        )
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            "_train",
+            "--quantization",
+            quant,
+            "--precision",
+            precision,
+            "--train-examples",
+            str(examples),
+            "--base-model",
+            args.base_model,
+            "--data-dir",
+            args.data_dir,
+            "--model-precision",
+            weights,
+        ]
         command += [] if shared else ["--no-share-prefix"]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
@@ -398,8 +524,13 @@ def train_part(args: argparse.Namespace) -> dict[str, Any]:
             continue
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         out[key] = result
-        log.info("training %s: %.1f tokens/s, padding %.1f%%, peak RSS %d MB", key, result["tokens_per_s"],
-                 100 * result["padding_share"], result["peak_rss_mb"])
+        log.info(
+            "training %s: %.1f tokens/s, padding %.1f%%, peak RSS %d MB",
+            key,
+            result["tokens_per_s"],
+            100 * result["padding_share"],
+            result["peak_rss_mb"],
+        )
     return out
 
 
@@ -418,9 +549,13 @@ def trainer_once(args: argparse.Namespace) -> None:
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
 
-    settings = Settings.from_env(**settings_overrides(args), worker_nice=args.worker_nice,
-                                 worker_threads=max(0, args.worker_threads), redis_url=args.redis_url,
-                                 worker_pause_for_serving=args.worker_pause)
+    settings = Settings.from_env(
+        **settings_overrides(args),
+        worker_nice=args.worker_nice,
+        worker_threads=max(0, args.worker_threads),
+        redis_url=args.redis_url,
+        worker_pause_for_serving=args.worker_pause,
+    )
     lower_priority(settings)
     if args.worker_threads >= 0:  # -1: torch's own default (every core), the behaviour before WORKER_THREADS
         settings = settings.for_worker()
@@ -448,15 +583,23 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
     requests_per_case = 2 if args.quick else 5
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cases = [("no training", None),
-             ("training, defaults: WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=auto", (10, 0, "auto")),
-             ("training, WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=never (before the pause)", (10, 0, "never")),
-             ("training, nice 0, no pause (before WORKER_NICE)", (0, -1, "never"))][: 2 if args.quick else 4]
+    cases = [
+        ("no training", None),
+        ("training, defaults: WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=auto", (10, 0, "auto")),
+        ("training, WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=never (before the pause)", (10, 0, "never")),
+        ("training, nice 0, no pause (before WORKER_NICE)", (0, -1, "never")),
+    ][: 2 if args.quick else 4]
     out: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     with serving(args, port, {"REDIS_URL": args.redis_url, "PREDICTION_CACHE": "false"}):
-        post = lambda tasks, first: requests.post(base + "/predict", timeout=900, json={  # noqa: E731
-            "tasks": [{"id": first + i, "data": t} for i, t in enumerate(tasks)], "label_config": config,
-            "project": "9001"})
+
+        def post(tasks: list[dict[str, str]], first: int) -> Any:
+            body = {
+                "tasks": [{"id": first + i, "data": t} for i, t in enumerate(tasks)],
+                "label_config": config,
+                "project": "9001",
+            }
+            return requests.post(base + "/predict", timeout=900, json=body)
+
         post(qa_tasks(Path(args.data_dir), 2, offset=6), 0)  # warm-up
         for index, (name, worker) in enumerate(cases):
             trainer = None
@@ -464,10 +607,29 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
             if worker is not None:
                 with trainer_log.open("w") as err:
                     trainer = subprocess.Popen(
-                        [sys.executable, __file__, "--only", "_trainer", "--worker-nice", str(worker[0]),
-                         "--worker-threads", str(worker[1]), "--worker-pause", worker[2], "--base-model",
-                         args.base_model, "--data-dir", args.data_dir, "--redis-url", args.redis_url],
-                        stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+                        [
+                            sys.executable,
+                            __file__,
+                            "--only",
+                            "_trainer",
+                            "--worker-nice",
+                            str(worker[0]),
+                            "--worker-threads",
+                            str(worker[1]),
+                            "--worker-pause",
+                            worker[2],
+                            "--base-model",
+                            args.base_model,
+                            "--data-dir",
+                            args.data_dir,
+                            "--redis-url",
+                            args.redis_url,
+                        ],
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                        start_new_session=True,
+                    )
                 assert trainer.stdout is not None
                 trainer.stdout.readline()  # "started": the model is loaded
                 time.sleep(10)  # the training loop is running
@@ -489,13 +651,21 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
             text = trainer_log.read_text()
             trainer_log.unlink()
             seconds = sum(times) + retrieve
-            out[name] = {"predict_10_tasks_p50_s": round(statistics.median(times), 2),
-                         "predict_10_tasks_s": [round(t, 2) for t in times], "predict_30_tasks_s": round(retrieve, 1),
-                         "case_seconds": round(seconds, 1),
-                         "training_steps": text.count("train step") - steps_before if worker else None,
-                         "training_pauses": text.count("pausing training") if worker else None}
-            log.info("%s: 10-task /predict p50 %.2f s, 30 tasks %.1f s, %s training steps meanwhile", name,
-                     statistics.median(times), retrieve, out[name]["training_steps"])
+            out[name] = {
+                "predict_10_tasks_p50_s": round(statistics.median(times), 2),
+                "predict_10_tasks_s": [round(t, 2) for t in times],
+                "predict_30_tasks_s": round(retrieve, 1),
+                "case_seconds": round(seconds, 1),
+                "training_steps": text.count("train step") - steps_before if worker else None,
+                "training_pauses": text.count("pausing training") if worker else None,
+            }
+            log.info(
+                "%s: 10-task /predict p50 %.2f s, 30 tasks %.1f s, %s training steps meanwhile",
+                name,
+                statistics.median(times),
+                retrieve,
+                out[name]["training_steps"],
+            )
     return out
 
 
@@ -509,106 +679,157 @@ def machine() -> dict[str, Any]:
     info = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
     flags = set(next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []))
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
 
 
 def write_markdown(record: dict[str, Any]) -> None:
-    lines = ["# Speed benchmark", "",
-             "Produced by " + " and ".join(f"`{c}`" for c in record.get("commands", [record["command"]]))
-             + f" (last run {record['date']}); machine: {record['machine']['cpu']}, "
-             f"{record['machine']['cores']} cores, {record['machine']['memory_gb']} GB, GPU "
-             f"{record['machine']['gpu'] or 'none'}, torch {record['machine']['torch']}; base model "
-             f"{record['base_model']} (quantization {record['quantization']}). Figures from one run; "
-             "ratios compare configurations measured side by side in that run.", ""]
+    lines = [
+        "# Speed benchmark",
+        "",
+        "Produced by "
+        + " and ".join(f"`{c}`" for c in record.get("commands", [record["command"]]))
+        + f" (last run {record['date']}); machine: {record['machine']['cpu']}, "
+        f"{record['machine']['cores']} cores, {record['machine']['memory_gb']} GB, GPU "
+        f"{record['machine']['gpu'] or 'none'}, torch {record['machine']['torch']}; base model "
+        f"{record['base_model']} (quantization {record['quantization']}). Figures from one run; "
+        "ratios compare configurations measured side by side in that run.",
+        "",
+    ]
     judge = record.get("judge")
     if judge:
         tokens = judge["prompt_tokens"]
-        lines += [f"## Judge throughput ({judge['tasks']} qa-quality tasks, prompt {tokens['mean']} tokens on "
-                  f"average, {tokens['min']}–{tokens['max']})", "",
-                  "| configuration | seconds | tasks/s | labels equal to the full fast path |", "|---|---|---|---|"]
+        lines += [
+            f"## Judge throughput ({judge['tasks']} qa-quality tasks, prompt {tokens['mean']} tokens on "
+            f"average, {tokens['min']}–{tokens['max']})",
+            "",
+            "| configuration | seconds | tasks/s | labels equal to the full fast path |",
+            "|---|---|---|---|",
+        ]
         for name, row in judge["judge"].items():
             lines.append(f"| {name} | {row['seconds']} | {row['tasks_per_s']} | {row['same_labels_as_fast']} |")
         naive = judge["naive"]
         for key in ("naive", "naive_bf16"):
             row = judge.get(key)
             if row:
-                lines.append(f"| naive `generate` + regex, {row.get('precision', 'fp32')} ({row['tasks']} tasks, ≤ "
-                             f"{row['max_new_tokens']} new tokens) | {row['seconds']} | {row['tasks_per_s']} | – |")
-        lines += ["", f"**The judge (fp32) scores {judge['ratio_vs_naive']}× as many tasks per second as the naive "
-                  "baseline (fp32)**"
-                  + (f"; with bf16 weights {judge['ratio_bf16_vs_naive_fp32']}× the fp32 baseline and "
-                     f"{judge['ratio_bf16_vs_naive_bf16']}× a bf16 baseline" if "naive_bf16" in judge else "")
-                  + f". {naive['parse_failures']} of {naive['tasks']} naive outputs "
-                  f"({naive['parse_failure_share']:.0%}) failed to parse into valid scores for all dimensions, "
-                  "so the naive baseline's rate of usable pre-annotations is lower still. "
-                  "First naive output: `" + (naive["example_outputs"][0][:160].replace("\n", " ⏎ ")
-                                             if naive["example_outputs"] else "") + "`", ""]
+                lines.append(
+                    f"| naive `generate` + regex, {row.get('precision', 'fp32')} ({row['tasks']} tasks, ≤ "
+                    f"{row['max_new_tokens']} new tokens) | {row['seconds']} | {row['tasks_per_s']} | – |"
+                )
+        lines += [
+            "",
+            f"**The judge (fp32) scores {judge['ratio_vs_naive']}× as many tasks per second as the naive "
+            "baseline (fp32)**"
+            + (
+                f"; with bf16 weights {judge['ratio_bf16_vs_naive_fp32']}× the fp32 baseline and "
+                f"{judge['ratio_bf16_vs_naive_bf16']}× a bf16 baseline"
+                if "naive_bf16" in judge
+                else ""
+            )
+            + f". {naive['parse_failures']} of {naive['tasks']} naive outputs "
+            f"({naive['parse_failure_share']:.0%}) failed to parse into valid scores for all dimensions, "
+            "so the naive baseline's rate of usable pre-annotations is lower still. "
+            "First naive output: `"
+            + (naive["example_outputs"][0][:160].replace("\n", " ⏎ ") if naive["example_outputs"] else "")
+            + "`",
+            "",
+        ]
     http = record.get("http")
     if http:
         threads = http.get("server", {}).get("threads", 4)
-        lines += ["## HTTP latency (loopback, model loaded)", "",
-                  f"`rubric-judge serve` with the defaults (`WORKERS=1`, `THREADS={threads}`), except the rows marked "
-                  "`[WORKERS=2]` (two gunicorn processes, `TORCH_THREADS=1`). The clients are threads of the "
-                  "benchmark process, each on its own keep-alive connection, sending back to back; they share the "
-                  "2 cores with the server.", "",
-                  "| route | clients | requests | p50 ms | p99 ms | max ms | req/s | errors |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## HTTP latency (loopback, model loaded)",
+            "",
+            f"`rubric-judge serve` with the defaults (`WORKERS=1`, `THREADS={threads}`), except the rows marked "
+            "`[WORKERS=2]` (two gunicorn processes, `TORCH_THREADS=1`). The clients are threads of the "
+            "benchmark process, each on its own keep-alive connection, sending back to back; they share the "
+            "2 cores with the server.",
+            "",
+            "| route | clients | requests | p50 ms | p99 ms | max ms | req/s | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for name, row in http.items():
             if "clients" in row:
                 route = name.rsplit(" x", 1)[0]
-                lines.append(f"| {route} | {row['clients']} | {row['requests']} | {row['p50_ms']} | {row['p99_ms']} "
-                             f"| {row['max_ms']} | {row['requests_per_s']} | {row['errors']} |")
+                lines.append(
+                    f"| {route} | {row['clients']} | {row['requests']} | {row['p50_ms']} | {row['p99_ms']} "
+                    f"| {row['max_ms']} | {row['requests_per_s']} | {row['errors']} |"
+                )
         for name, row in http.items():
             if name.startswith("/predict") and "seconds" in row:
-                lines += ["", f"One `{name}` call: **{row['seconds']} s** (status {row['status']}, "
-                          f"{row['results']} results; Label Studio's limit is 100 s)."]
+                lines += [
+                    "",
+                    f"One `{name}` call: **{row['seconds']} s** (status {row['status']}, "
+                    f"{row['results']} results; Label Studio's limit is 100 s).",
+                ]
         server = http.get("server", {})
-        lines += [f"Server RSS: {server.get('rss_mb_loaded')} MB after start, {server.get('rss_mb_after')} MB "
-                  "at the end.", ""]
+        lines += [
+            f"Server RSS: {server.get('rss_mb_loaded')} MB after start, {server.get('rss_mb_after')} MB at the end.",
+            "",
+        ]
     train = record.get("train")
     if train:
         micro = next((row.get("micro_batch_size") for row in train.values() if "micro_batch_size" in row), "?")
-        lines += [f"## Training throughput (one LoRA epoch of summary-quality examples, r=16 on all projections, "
-                  f"batch 8, micro-batch {micro})", "",
-                  "Tokens/s counts every example's whole prompt; with the shared prefix the rubric's common "
-                  "prompt part is computed once per micro-batch (the computed tokens column).", "",
-                  "| base | precision | shared prefix | examples | tokens/s | computed tokens / tokens | padding "
-                  "| seconds | peak RSS MB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Training throughput (one LoRA epoch of summary-quality examples, r=16 on all projections, "
+            f"batch 8, micro-batch {micro})",
+            "",
+            "Tokens/s counts every example's whole prompt; with the shared prefix the rubric's common "
+            "prompt part is computed once per micro-batch (the computed tokens column).",
+            "",
+            "| base | precision | shared prefix | examples | tokens/s | computed tokens / tokens | padding "
+            "| seconds | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, row in train.items():
             if "error" in row:
                 lines.append(f"| {name} | failed: {row['error'].splitlines()[-1][:120]} | | | | | | | |")
                 continue
             ratio = f"{row['computed_tokens']:,} / {row['tokens']:,}" if "computed_tokens" in row else "–"
             weights = " (bf16 weights)" if row.get("model_precision") == "bf16" else ""
-            lines.append(f"| {row['quantization']} | {row['precision']}{weights} "
-                         f"| {'yes' if row.get('share_prefix') else 'no'} "
-                         f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
-                         f"| {row['seconds']} | {row['peak_rss_mb']:,} |")
+            lines.append(
+                f"| {row['quantization']} | {row['precision']}{weights} "
+                f"| {'yes' if row.get('share_prefix') else 'no'} "
+                f"| {row['examples']} | {row['tokens_per_s']} | {ratio} | {row['padding_share']:.1%} "
+                f"| {row['seconds']} | {row['peak_rss_mb']:,} |"
+            )
         lines.append("")
     contention = dict(record.get("contention") or {})
     if contention:
         where = contention.pop("machine", record["machine"])
         when = contention.pop("date", record["date"])
-        lines += ["## Serving while a training job runs on the same machine", "",
-                  "The backend (default settings, prediction cache off) answers qa-quality `/predict` requests "
-                  "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
-                  "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
-                  f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores; the backend serves in fp32, "
-                  "the training job runs under TRAIN_PRECISION=auto (bf16 autocast where the CPU has AVX512-BF16 "
-                  f"or AMX; this CPU: AVX512-BF16 {_yes(where.get('avx512_bf16'))}, AMX "
-                  f"{_yes(where.get('amx_bf16'))}). The training steps column counts the job's optimizer steps "
-                  "while the requests ran: the price of serving first.", "",
-                  "| case | 10-task /predict p50 (s) | 30-task /predict (s) | training steps during the requests "
-                  "(seconds) | pauses |", "|---|---|---|---|---|"]
+        lines += [
+            "## Serving while a training job runs on the same machine",
+            "",
+            "The backend (default settings, prediction cache off) answers qa-quality `/predict` requests "
+            "while a LoRA training job of summary-quality runs beside it as the RQ worker would run it. "
+            "A 30-task request is Label Studio's *Retrieve Predictions* on a small project (its limit: "
+            f"100 s). Measured {when} on {where['cpu']}, {where['cores']} cores; the backend serves in fp32, "
+            "the training job runs under TRAIN_PRECISION=auto (bf16 autocast where the CPU has AVX512-BF16 "
+            f"or AMX; this CPU: AVX512-BF16 {_yes(where.get('avx512_bf16'))}, AMX "
+            f"{_yes(where.get('amx_bf16'))}). The training steps column counts the job's optimizer steps "
+            "while the requests ran: the price of serving first.",
+            "",
+            "| case | 10-task /predict p50 (s) | 30-task /predict (s) | training steps during the requests "
+            "(seconds) | pauses |",
+            "|---|---|---|---|---|",
+        ]
         for name, row in contention.items():
             steps = row.get("training_steps")
-            lines.append(f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} | "
-                         + (f"{steps} ({row['case_seconds']} s)" if steps is not None else "–") + " | "
-                         + (str(row["training_pauses"]) if row.get("training_pauses") is not None else "–") + " |")
+            lines.append(
+                f"| {name} | {row['predict_10_tasks_p50_s']} | {row['predict_30_tasks_s']} | "
+                + (f"{steps} ({row['case_seconds']} s)" if steps is not None else "–")
+                + " | "
+                + (str(row["training_pauses"]) if row.get("training_pauses") is not None else "–")
+                + " |"
+            )
         lines.append("")
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -618,8 +839,7 @@ def _yes(flag: Any) -> str:
 
 
 def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"base_model": args.base_model, "quantization": args.quantization,
-            "model_precision": args.model_precision}
+    return {"base_model": args.base_model, "quantization": args.quantization, "model_precision": args.model_precision}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -627,16 +847,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", choices=["judge", "http", "train", "contention", "_train", "_trainer"])
     parser.add_argument("--worker-nice", type=int, default=10, help="_trainer: WORKER_NICE")
     parser.add_argument("--worker-threads", type=int, default=0, help="_trainer: WORKER_THREADS (-1: torch's default)")
-    parser.add_argument("--worker-pause", default="auto", choices=["auto", "always", "never"],
-                        help="_trainer: WORKER_PAUSE_FOR_SERVING")
+    parser.add_argument(
+        "--worker-pause", default="auto", choices=["auto", "always", "never"], help="_trainer: WORKER_PAUSE_FOR_SERVING"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run with small counts (not for the record)")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--base-model", default="smollm2-135m")
     parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="training autocast (TRAIN_PRECISION)")
-    parser.add_argument("--model-precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="MODEL_PRECISION: the weights' dtype (auto: fp32 on CPU)")
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="training autocast (TRAIN_PRECISION)"
+    )
+    parser.add_argument(
+        "--model-precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="MODEL_PRECISION: the weights' dtype (auto: fp32 on CPU)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--naive-tasks", type=int, default=16, help="tasks for the naive baseline (slow)")
     parser.add_argument("--train-examples", type=int, default=48)
@@ -655,14 +881,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer_once(args)
         return 0
     if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no shared data at %s: the speed benchmark builds realistic tasks from ../shared/data "
-                    "(DialSummEval); nothing was run", args.data_dir)
+        log.warning(
+            "no shared data at %s: the speed benchmark builds realistic tasks from ../shared/data "
+            "(DialSummEval); nothing was run",
+            args.data_dir,
+        )
         return 0
     settings = Settings.from_env(**settings_overrides(args))
-    record: dict[str, Any] = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                   else argv),
-                              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-                              "base_model": args.base_model, "quantization": args.quantization}
+    record: dict[str, Any] = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "base_model": args.base_model,
+        "quantization": args.quantization,
+    }
     if args.only in (None, "judge"):
         record["judge"] = judge_part(args, settings)
     if args.only in (None, "http"):

@@ -31,8 +31,9 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, rubric=args.rubric, port=args.port, host=args.host, workers=args.workers,
-                         threads=args.threads)
+    settings = _settings(
+        args, rubric=args.rubric, port=args.port, host=args.host, workers=args.workers, threads=args.threads
+    )
     from gunicorn.app.base import BaseApplication
 
     from backend.app import create_app
@@ -50,8 +51,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return create_app(settings)
 
-    log.info("serving rubric-judge on http://%s:%d (rubric %s, base model %s)", settings.host, settings.port,
-             settings.rubric, settings.base_model)
+    log.info(
+        "serving rubric-judge on http://%s:%d (rubric %s, base model %s)",
+        settings.host,
+        settings.port,
+        settings.rubric,
+        settings.base_model,
+    )
     _Server().run()
     return 0
 
@@ -107,8 +113,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.run:
         data = run_report(Path(args.run))
     else:
-        data = project_report(_registry(settings), args.project, settings.prefill_rule, settings.prefill_unevaluated,
-                              settings.label_studio_url)
+        data = project_report(
+            _registry(settings),
+            args.project,
+            settings.prefill_rule,
+            settings.prefill_unevaluated,
+            settings.label_studio_url,
+        )
     if args.html:
         Path(args.html).write_text(render_html(data), encoding="utf-8")
         log.info("wrote %s", args.html)
@@ -125,8 +136,9 @@ def _registry(settings: Settings) -> Any:
     from backend.redis_conn import redis_client
     from backend.registry import Registry
 
-    return Registry(settings.model_dir, short_model_name(settings.base_model, settings.quantization),
-                    redis_client(settings))
+    return Registry(
+        settings.model_dir, short_model_name(settings.base_model, settings.quantization), redis_client(settings)
+    )
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -141,13 +153,17 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(data, indent=1) + "\n")
         return 0
-    lines = [f"project {data['project']}: {data['unannotated']} unannotated task(s), "
-             f"{data['predicted_by_active_version']} predicted by {data['model_version']}; least certain first"]
+    lines = [
+        f"project {data['project']}: {data['unannotated']} unannotated task(s), "
+        f"{data['predicted_by_active_version']} predicted by {data['model_version']}; least certain first"
+    ]
     for entry in data["queue"]:
         lines.append(f"{entry['score']:.3f}  task {entry['task_id']}  {entry['link'] or ''}")
     if not data["queue"]:
-        lines.append("no unannotated task has a prediction by the active version: run `rubric-judge prelabel` "
-                     "or Retrieve Predictions first")
+        lines.append(
+            "no unannotated task has a prediction by the active version: run `rubric-judge prelabel` "
+            "or Retrieve Predictions first"
+        )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -169,13 +185,22 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-r", type=int, help="LoRA rank (16)")
     parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
     parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
-    parser.add_argument("--targets", choices=["each", "consensus", "distribution"],
-                        help="one example per annotator, per task, or per task against the label distribution")
-    parser.add_argument("--method", choices=["auto", "head", "lora"],
-                        help="head: a feature head fitted in seconds; lora: a LoRA adapter; auto (default): head "
-                             "for rating rubrics, lora for classification")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                        help="training precision (auto: bf16 autocast where the hardware makes it fast)")
+    parser.add_argument(
+        "--targets",
+        choices=["each", "consensus", "distribution"],
+        help="one example per annotator, per task, or per task against the label distribution",
+    )
+    parser.add_argument(
+        "--method",
+        choices=["auto", "head", "lora"],
+        help="head: a feature head fitted in seconds; lora: a LoRA adapter; auto (default): head "
+        "for rating rubrics, lora for classification",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="training precision (auto: bf16 autocast where the hardware makes it fast)",
+    )
     parser.add_argument("--seed", type=int, help="random seed (3407)")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     parser.add_argument("--limit", type=int, help="use only the first N tasks of --data")
@@ -213,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", help="write the JSON data here")
     report.set_defaults(func=cmd_report)
 
-    queue = sub.add_parser("queue", help="what to label next: the unannotated tasks whose stored prediction is "
-                                         "least certain (reads Label Studio's API; scores nothing)")
+    queue = sub.add_parser(
+        "queue",
+        help="what to label next: the unannotated tasks whose stored prediction is "
+        "least certain (reads Label Studio's API; scores nothing)",
+    )
     queue.add_argument("--project", required=True, help="Label Studio project id")
     queue.add_argument("--limit", type=int, default=20, help="how many tasks (20)")
     queue.add_argument("--json", action="store_true", help="print the JSON instead of a list")
@@ -225,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="worker name (default: RQ's)")
     worker.set_defaults(func=_worker_command(worker_cli.run_worker))
 
-    prelabel = sub.add_parser("prelabel", help="pre-annotate a Label Studio project's tasks (writes predictions "
-                                                "through the API; no 100 s limit)")
+    prelabel = sub.add_parser(
+        "prelabel",
+        help="pre-annotate a Label Studio project's tasks (writes predictions through the API; no 100 s limit)",
+    )
     prelabel.add_argument("--project", required=True, help="Label Studio project id")
     prelabel.add_argument("--all", action="store_true", help="also tasks that already have annotations")
     prelabel.add_argument("--batch-size", type=int, default=32, help="tasks scored and written per round (32)")

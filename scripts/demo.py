@@ -62,26 +62,46 @@ def main() -> int:
         if not port_free(port):
             raise SystemExit(f"[demo] port {port} is busy; pass --ls-port/--backend-port")
     LOGS.mkdir(parents=True, exist_ok=True)
-    ls_venv = subprocess.run([str(REPO / "scripts" / "install-label-studio.sh")], check=True, text=True,
-                             stdout=subprocess.PIPE).stdout.strip().splitlines()[-1]
+    ls_venv = (
+        subprocess.run(
+            [str(REPO / "scripts" / "install-label-studio.sh")], check=True, text=True, stdout=subprocess.PIPE
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     subprocess.run([str(REPO / "scripts" / "ensure-redis.sh")], check=True)
     data = REPO / ".cache" / "demo"
     ls_url, backend_url = f"http://127.0.0.1:{args.ls_port}", f"http://127.0.0.1:{args.backend_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO")}
-    ls_env = {**env, "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-              "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false",
-              "COLLECT_ANALYTICS": "false", "SENTRY_DSN": "", "LABEL_STUDIO_BASE_DATA_DIR": str(data / "ls"),
-              "LABEL_STUDIO_USERNAME": ADMIN, "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN}
-    judge_env = {**env, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "RUBRIC": "qa-quality",
-                 "MODEL_DIR": str(data / "models"),
-                 "TRAIN_MIN_NEW_ANNOTATIONS": env.get("TRAIN_MIN_NEW_ANNOTATIONS", "10")}
+    ls_env = {
+        **env,
+        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data / "ls"),
+        "LABEL_STUDIO_USERNAME": ADMIN,
+        "LABEL_STUDIO_PASSWORD": PASSWORD,
+        "LABEL_STUDIO_USER_TOKEN": TOKEN,
+    }
+    judge_env = {
+        **env,
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "RUBRIC": "qa-quality",
+        "MODEL_DIR": str(data / "models"),
+        "TRAIN_MIN_NEW_ANNOTATIONS": env.get("TRAIN_MIN_NEW_ANNOTATIONS", "10"),
+    }
     bin_dir = REPO / ".venv" / "bin"
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, argv: list[str], proc_env: dict[str, str]) -> None:
         log = (LOGS / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen(argv, env=proc_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                      start_new_session=True))
+        procs.append(
+            subprocess.Popen(argv, env=proc_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        )
 
     def stop(*_: object) -> None:
         say("stopping everything the demo started")
@@ -98,11 +118,27 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     say(f"starting Label Studio 1.23.2 on {ls_url} (first start migrates its database: about a minute)")
-    start("label-studio", [f"{ls_venv}/bin/label-studio", "start", "--no-browser", "--internal-host", "127.0.0.1",
-                           "-p", str(args.ls_port), "--data-dir", str(data / "ls")], ls_env)
+    start(
+        "label-studio",
+        [
+            f"{ls_venv}/bin/label-studio",
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "-p",
+            str(args.ls_port),
+            "--data-dir",
+            str(data / "ls"),
+        ],
+        ls_env,
+    )
     say(f"starting the backend on {backend_url} and the worker")
-    start("backend", [str(bin_dir / "rubric-judge"), "serve", "--host", "127.0.0.1", "--port",
-                      str(args.backend_port)], judge_env)
+    start(
+        "backend",
+        [str(bin_dir / "rubric-judge"), "serve", "--host", "127.0.0.1", "--port", str(args.backend_port)],
+        judge_env,
+    )
     start("worker", [str(bin_dir / "rubric-judge"), "worker"], judge_env)
     wait(f"{ls_url}/health", "Label Studio", 600, procs)
     wait(f"{backend_url}/health", "the backend", 600, procs)
@@ -113,28 +149,46 @@ def main() -> int:
     projects = projects.get("results", projects) if isinstance(projects, dict) else projects
     project = next((p for p in projects if p["title"] == "rubric-judge demo"), None)
     if project is None:
-        xml = subprocess.run([str(bin_dir / "rubric-judge"), "label-config", "qa-quality"], check=True,
-                             capture_output=True, text=True).stdout
-        project = ls.post(f"{ls_url}/api/projects/", json={"title": "rubric-judge demo", "label_config": xml},
-                          timeout=30).json()
+        xml = subprocess.run(
+            [str(bin_dir / "rubric-judge"), "label-config", "qa-quality"], check=True, capture_output=True, text=True
+        ).stdout
+        project = ls.post(
+            f"{ls_url}/api/projects/", json={"title": "rubric-judge demo", "label_config": xml}, timeout=30
+        ).json()
         tasks = [{"data": t["data"]} for t in json.loads(SAMPLE_TASKS.read_text())]
         ls.post(f"{ls_url}/api/projects/{project['id']}/import", json=tasks, timeout=60).raise_for_status()
-        ml = ls.post(f"{ls_url}/api/ml", json={"url": backend_url, "project": project["id"], "title": "rubric-judge",
-                                               "is_interactive": False, "auth_method": "NONE"}, timeout=60)
+        ml = ls.post(
+            f"{ls_url}/api/ml",
+            json={
+                "url": backend_url,
+                "project": project["id"],
+                "title": "rubric-judge",
+                "is_interactive": False,
+                "auth_method": "NONE",
+            },
+            timeout=60,
+        )
         ml.raise_for_status()
         say("retrieving pre-annotations for the sample tasks (about 30 s on a 2-core CPU)")
-        setup = requests.post(f"{backend_url}/setup", json={"project": f"{project['id']}.0", "schema": xml},
-                              timeout=10).json()
-        ids = sorted(t["id"] for t in ls.get(f"{ls_url}/api/tasks/", params={"project": project["id"],
-                                                                             "page_size": 100}, timeout=30)
-                     .json()["tasks"])
+        setup = requests.post(
+            f"{backend_url}/setup", json={"project": f"{project['id']}.0", "schema": xml}, timeout=10
+        ).json()
+        ids = sorted(
+            t["id"]
+            for t in ls.get(
+                f"{ls_url}/api/tasks/", params={"project": project["id"], "page_size": 100}, timeout=30
+            ).json()["tasks"]
+        )
         for start in range(0, len(ids), 6):  # small batches stay far below Label Studio's 100 s timeout
-            ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions",
-                                                        "project": project["id"]},
-                    json={"selectedItems": {"all": False, "included": ids[start : start + 6]}},
-                    timeout=120).raise_for_status()
-        ls.patch(f"{ls_url}/api/projects/{project['id']}/", json={"model_version": setup["model_version"]},
-                 timeout=30).raise_for_status()
+            ls.post(
+                f"{ls_url}/api/dm/actions",
+                params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+                json={"selectedItems": {"all": False, "included": ids[start : start + 6]}},
+                timeout=120,
+            ).raise_for_status()
+        ls.patch(
+            f"{ls_url}/api/projects/{project['id']}/", json={"model_version": setup["model_version"]}, timeout=30
+        ).raise_for_status()
     pid = project["id"]
     sys.stdout.write(f"""
 rubric-judge demo is running (logs in {LOGS})
@@ -145,7 +199,7 @@ rubric-judge demo is running (logs in {LOGS})
 
 What to click:
   1. Open a task: the judge's scores for the six dimensions are pre-filled. Correct them and Submit.
-  2. After {judge_env['TRAIN_MIN_NEW_ANNOTATIONS']} submissions the worker retrains
+  2. After {judge_env["TRAIN_MIN_NEW_ANNOTATIONS"]} submissions the worker retrains
      (or: Settings > Model > the backend's menu > Start Training).
   3. Watch {backend_url}/status?project={pid}; when it is done, open the report and
      Retrieve Predictions again: new predictions carry the new version.

@@ -20,17 +20,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
-    return Settings.from_env({}, base_model=str(tiny_model_dir), model_dir=tmp_path / "models",
-                             rubric_dir=REPO / "rubric_configs", redis_url=REDIS_URL, predict_batch_size=4,
-                             max_input_tokens=4096)
+    return Settings.from_env(
+        {},
+        base_model=str(tiny_model_dir),
+        model_dir=tmp_path / "models",
+        rubric_dir=REPO / "rubric_configs",
+        redis_url=REDIS_URL,
+        predict_batch_size=4,
+        max_input_tokens=4096,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_judge(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from backend.judge import Judge
 
-    s = Settings.from_env({}, base_model=str(tiny_model_dir), model_dir=tmp_path_factory.mktemp("models"),
-                          predict_batch_size=4, max_input_tokens=4096)
+    s = Settings.from_env(
+        {},
+        base_model=str(tiny_model_dir),
+        model_dir=tmp_path_factory.mktemp("models"),
+        predict_batch_size=4,
+        max_input_tokens=4096,
+    )
     return Judge.from_settings(s)
 
 

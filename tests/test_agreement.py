@@ -100,9 +100,7 @@ def test_reference_reproduces_published_figures():
 def test_alpha_textbook_example_matches_reference(level):
     expected = ref_alpha(K2011, level, order=[1, 2, 3, 4, 5])
     assert krippendorff_alpha(K2011, level) == pytest.approx(expected, abs=1e-12)
-    assert krippendorff_alpha(K2011, level, value_domain=[1, 2, 3, 4, 5]) == pytest.approx(
-        expected, abs=1e-12
-    )
+    assert krippendorff_alpha(K2011, level, value_domain=[1, 2, 3, 4, 5]) == pytest.approx(expected, abs=1e-12)
 
 
 def test_alpha_string_labels():
@@ -113,9 +111,7 @@ def test_alpha_string_labels():
     # Nominal strings need no domain; any domain order gives the same nominal alpha.
     nominal = ref_alpha(K2011, "nominal")
     assert krippendorff_alpha(labelled, "nominal") == pytest.approx(nominal, abs=1e-12)
-    assert krippendorff_alpha(labelled, "nominal", value_domain=SCALE[::-1]) == pytest.approx(
-        nominal, abs=1e-12
-    )
+    assert krippendorff_alpha(labelled, "nominal", value_domain=SCALE[::-1]) == pytest.approx(nominal, abs=1e-12)
     # On an interval scale, labels become their (equally spaced) position in the domain.
     assert krippendorff_alpha(labelled, "interval", value_domain=SCALE) == pytest.approx(
         ref_alpha(K2011, "interval"), abs=1e-12
@@ -393,9 +389,7 @@ def test_dimension_report_nominal_json():
     assert report["alpha_system"] == pytest.approx(ref_alpha([gold, system], "nominal"))
     low, high = report["alpha_system_ci"]
     assert low <= report["alpha_system"] <= high
-    assert report["delta_alpha"] == pytest.approx(
-        ref_alpha([*human, system], "nominal") - ref_alpha(human, "nominal")
-    )
+    assert report["delta_alpha"] == pytest.approx(ref_alpha([*human, system], "nominal") - ref_alpha(human, "nominal"))
     assert report["confusion"] == {"labels": ["x", "y", "z"], "matrix": [[2, 0, 0], [0, 2, 0], [1, 0, 0]]}
     assert report["per_class_f1"]["z"] == 0.0
     assert report["macro_f1"] == pytest.approx((0.8 + 1.0 + 0.0) / 3)
@@ -414,9 +408,7 @@ def test_dimension_report_interval_and_undefined_values():
     json.dumps(single, allow_nan=False)
     assert single["alpha_humans"] is None
     assert single["delta_alpha"] is None
-    assert single["alpha_system"] == pytest.approx(
-        ref_alpha([[1, 2, 3], [1, 2, 2]], "ordinal", order=[1, 2, 3])
-    )
+    assert single["alpha_system"] == pytest.approx(ref_alpha([[1, 2, 3], [1, 2, 2]], "ordinal", order=[1, 2, 3]))
     assert single["mae"] == pytest.approx(1 / 3)
     assert single["confusion"]["matrix"] == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
 

@@ -98,8 +98,12 @@ def test_predict_n_tasks_in_order_and_versions_agree(client, tiny_judge):
 
 
 def test_predict_task_missing_a_field_gets_empty_result(client):
-    tasks = [ls_task(1, QA_DATA[0]), ls_task(2, {"context": "c", "question": "q"}),
-             ls_task(3, {**QA_DATA[1], "answer": None}), ls_task(4, QA_DATA[2])]
+    tasks = [
+        ls_task(1, QA_DATA[0]),
+        ls_task(2, {"context": "c", "question": "q"}),
+        ls_task(3, {**QA_DATA[1], "answer": None}),
+        ls_task(4, QA_DATA[2]),
+    ]
     results = client.post("/predict", json=predict_body(tasks, QA_XML)).get_json()["results"]
     assert len(results) == 4
     assert results[1]["result"] == [] and results[1]["score"] == 0
@@ -177,32 +181,54 @@ def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-ROUTES = [("get", "/"), ("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/versions"),
-          ("post", "/versions/activate"), ("post", "/webhook"), ("get", "/status"), ("get", "/reports"),
-          ("get", "/reports/12"), ("get", "/reports/12.json"), ("get", "/metrics"), ("post", "/prelabel"),
-          ("get", "/jobs/12"), ("get", "/reports/12/queue")]
+ROUTES = [
+    ("get", "/"),
+    ("get", "/health"),
+    ("post", "/setup"),
+    ("post", "/predict"),
+    ("get", "/versions"),
+    ("post", "/versions/activate"),
+    ("post", "/webhook"),
+    ("get", "/status"),
+    ("get", "/reports"),
+    ("get", "/reports/12"),
+    ("get", "/reports/12.json"),
+    ("get", "/metrics"),
+    ("post", "/prelabel"),
+    ("get", "/jobs/12"),
+    ("get", "/reports/12/queue"),
+]
 
 
 def test_the_auth_test_covers_every_route(client):
-    rules = {rule.rule.replace("<name>", "12").replace("<job_id>", "12")
-             for rule in client.application.url_map.iter_rules()
-             if rule.endpoint != "static"}
+    rules = {
+        rule.rule.replace("<name>", "12").replace("<job_id>", "12")
+        for rule in client.application.url_map.iter_rules()
+        if rule.endpoint != "static"
+    }
     assert rules <= {path for _, path in ROUTES}, "a route was added: add it to ROUTES"
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 def test_basic_auth_on_every_route(settings, tiny_judge, route, caplog):
-    client, _ = make_client(settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret",
-                            webhook_secret="hook-secret-42")
+    client, _ = make_client(
+        settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret", webhook_secret="hook-secret-42"
+    )
     method, path = route
     caplog.set_level("DEBUG")
     missing = getattr(client, method)(path)
     assert missing.status_code == 401
     assert missing.headers["WWW-Authenticate"].startswith("Basic")
-    for headers in (_basic("ls", "wrong"), _basic("wrong", "s3cret"), _basic("", ""),
-                    {"Authorization": "Bearer s3cret"}, {"Authorization": "Basic !!notbase64"},
-                    {"Authorization": "Basic " + base64.b64encode(b"ls").decode()},
-                    {"X-Webhook-Secret": "hook-secret-4"}, {"X-Webhook-Secret": "hook-secret-42x"}):
+    for headers in (
+        _basic("ls", "wrong"),
+        _basic("wrong", "s3cret"),
+        _basic("", ""),
+        {"Authorization": "Bearer s3cret"},
+        {"Authorization": "Basic !!notbase64"},
+        {"Authorization": "Basic " + base64.b64encode(b"ls").decode()},
+        {"X-Webhook-Secret": "hook-secret-4"},
+        {"X-Webhook-Secret": "hook-secret-42x"},
+    ):
         wrong = getattr(client, method)(path, headers=headers)
         assert wrong.status_code == 401, headers
         assert "s3cret" not in wrong.get_data(as_text=True) and "hook-secret" not in wrong.get_data(as_text=True)
@@ -235,8 +261,9 @@ def test_credentials_are_compared_in_constant_time(monkeypatch, settings, tiny_j
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    client, _ = make_client(settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret",
-                            webhook_secret="hook-secret-42")
+    client, _ = make_client(
+        settings, tiny_judge, basic_auth_user="ls", basic_auth_pass="s3cret", webhook_secret="hook-secret-42"
+    )
     assert client.get("/versions", headers=_basic("nobody", "s3cret")).status_code == 401
     assert [b for _, b in calls] == [b"ls", b"s3cret"]
     calls.clear()
@@ -248,8 +275,9 @@ def test_versions_and_active_adapter_version(settings, tiny_judge, redis_client,
     client, registry = make_client(settings, tiny_judge, redis_client)
     registry.base_name = unique_name
     (registry.version_dir("12", 1)).mkdir(parents=True)
-    (registry.version_dir("12", 1) / "metrics.json").write_text(json.dumps(
-        {"alpha_flat": 0.5, "candidate": {"alpha_dims": 0.25, "alpha_flat": 0.5}}))
+    (registry.version_dir("12", 1) / "metrics.json").write_text(
+        json.dumps({"alpha_flat": 0.5, "candidate": {"alpha_dims": 0.25, "alpha_flat": 0.5}})
+    )
     versions = client.get("/versions").get_json()
     assert versions["versions"] == [f"{unique_name}.p12.v0", f"{unique_name}.p12.v1"]
     assert versions["details"][1]["alpha"] == 0.25 and versions["details"][1]["alpha_flat"] == 0.5

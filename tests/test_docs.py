@@ -36,8 +36,9 @@ def test_every_setting_is_documented_and_every_documented_setting_exists():
     assert set(table) - variables - ALIASES == set(), "docs/configuration.md lists settings that do not exist"
 
 
-@pytest.mark.parametrize("field", [f for f in fields(Settings) if f.name not in ("model_dir", "rubric_dir")],
-                         ids=lambda f: f.name.upper())
+@pytest.mark.parametrize(
+    "field", [f for f in fields(Settings) if f.name not in ("model_dir", "rubric_dir")], ids=lambda f: f.name.upper()
+)
 def test_documented_defaults_are_the_defaults(field):
     default = getattr(Settings(), field.name)
     text = documented()[field.name.upper()]
@@ -54,8 +55,13 @@ def test_constants_quoted_in_the_architecture_page():
 
     page = (DOCS / "architecture.md").read_text()
     assert f"TTL {triggers.RUNNING_TTL_S} s" in page and f"every {triggers.HEARTBEAT_S} s" in page
-    scripts = [name for name in vars(triggers) if re.fullmatch(r"_[A-Z_]+", name)
-               and isinstance(getattr(triggers, name), str) and "redis.call" in getattr(triggers, name)]
+    scripts = [
+        name
+        for name in vars(triggers)
+        if re.fullmatch(r"_[A-Z_]+", name)
+        and isinstance(getattr(triggers, name), str)
+        and "redis.call" in getattr(triggers, name)
+    ]
     words = {4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
     assert f"{words[len(scripts)]} Lua scripts" in page, scripts
     assert f"lapses {serving.MARK_TTL_S:g} s" in page and f"renewed every {serving.REFRESH_S:g} s" in page
@@ -63,8 +69,12 @@ def test_constants_quoted_in_the_architecture_page():
 
 def test_the_module_map_names_every_module():
     page = (DOCS / "architecture.md").read_text()
-    modules = sorted(str(p.relative_to(REPO)) for package in ("backend", "worker", "rubric_judge")
-                     for p in (REPO / package).glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    modules = sorted(
+        str(p.relative_to(REPO))
+        for package in ("backend", "worker", "rubric_judge")
+        for p in (REPO / package).glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    )
     missing = [m for m in modules if f"`{m}`" not in page]
     assert missing == [], f"docs/architecture.md does not describe {missing}"
     named = set(re.findall(r"`((?:backend|worker|rubric_judge)/[a-z_]+\.py)`", page))

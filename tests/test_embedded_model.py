@@ -35,8 +35,9 @@ def test_embedded_model_serves_valid_predictions(smol_judge):
     assert smol_judge.base_name == "smollm2-135m"
     assert (REPO / ".cache" / "test-models" / "base" / "smollm2-135m" / "config.json").is_file()
     settings = smol_judge.settings
-    service = Service(settings, smol_judge, Registry(settings.model_dir, smol_judge.base_name, None),
-                      load_all(settings.rubric_dir))
+    service = Service(
+        settings, smol_judge, Registry(settings.model_dir, smol_judge.base_name, None), load_all(settings.rubric_dir)
+    )
     client = create_app(settings, service).test_client()
     xml = label_config(load_rubric("qa-quality"))
     version = client.post("/setup", json=setup_body(xml)).get_json()["model_version"]

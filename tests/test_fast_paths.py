@@ -121,8 +121,9 @@ def test_concurrent_requests_are_merged_and_get_their_own_results(tiny_judge, pl
         first.start()
         wait_until(lambda: batcher.in_flight == 1)
         threads = [threading.Thread(target=call, args=(n,)) for n in range(1, len(requests))]
-        threads.append(threading.Thread(target=lambda: emotion_answer.extend(
-            batcher.score(emotion, [{"text": "I love it!"}]))))
+        threads.append(
+            threading.Thread(target=lambda: emotion_answer.extend(batcher.score(emotion, [{"text": "I love it!"}])))
+        )
         for t in threads:
             t.start()
         wait_until(lambda: batcher.queued == len(threads))
@@ -161,8 +162,9 @@ def test_busy_backend_answers_503_with_retry_after(settings, tiny_judge):
     from backend.app import create_app
 
     settings = settings.with_overrides(micro_batch_max_queue=1, micro_batch_wait_ms=0)
-    service = Service(settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name),
-                      load_all(settings.rubric_dir))
+    service = Service(
+        settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name), load_all(settings.rubric_dir)
+    )
     client = create_app(settings, service).test_client()
     rubric = service.rubrics["qa-quality"]
     batcher = service.scorer
@@ -183,8 +185,12 @@ def test_busy_backend_answers_503_with_retry_after(settings, tiny_judge):
 
 
 def test_micro_batching_off_scores_with_the_judge(settings, tiny_judge):
-    service = Service(settings.with_overrides(micro_batching=False), tiny_judge,
-                      Registry(settings.model_dir, tiny_judge.base_name), load_all(settings.rubric_dir))
+    service = Service(
+        settings.with_overrides(micro_batching=False),
+        tiny_judge,
+        Registry(settings.model_dir, tiny_judge.base_name),
+        load_all(settings.rubric_dir),
+    )
     assert service.scorer is tiny_judge
 
 
@@ -211,8 +217,13 @@ class CountingJudge:
 def cached_service(settings, tiny_judge, redis, base: str) -> tuple[Service, CountingJudge]:
     counting = CountingJudge(tiny_judge)
     cache = PredictionCache(redis, base, settings.prediction_cache_ttl, settings.max_input_tokens)
-    service = Service(settings, counting, Registry(settings.model_dir, tiny_judge.base_name),  # type: ignore[arg-type]
-                      load_all(settings.rubric_dir), prediction_cache=cache)
+    service = Service(
+        settings,
+        counting,
+        Registry(settings.model_dir, tiny_judge.base_name),  # type: ignore[arg-type]
+        load_all(settings.rubric_dir),
+        prediction_cache=cache,
+    )
     return service, counting
 
 
@@ -251,7 +262,8 @@ def test_cache_key_names_version_rubric_and_inputs(redis_client, unique_name):
     assert key != PredictionCache(redis_client, unique_name, 60, 2048, "bf16").key("m.p1.v0", qa, inputs)
     summary_inputs = {name: "x" for name in summary.input_names}
     assert cache.key("m.p1.v0", summary, summary_inputs) != cache.key(
-        "m.p1.v0", qa, {name: "x" for name in qa.input_names})
+        "m.p1.v0", qa, {name: "x" for name in qa.input_names}
+    )
 
 
 def test_redis_down_still_predicts(settings, tiny_judge, caplog):
@@ -272,14 +284,27 @@ def test_redis_down_still_predicts(settings, tiny_judge, caplog):
 def test_fast_path_switches_come_from_the_environment():
     from backend.settings import Settings, SettingsError
 
-    env = {"PREFIX_CACHE": "false", "LENGTH_BATCHING": "off", "MICRO_BATCHING": "no", "PREDICTION_CACHE": "0",
-           "PREDICT_MAX_BATCH_TOKENS": "4096", "MICRO_BATCH_WAIT_MS": "2.5", "MICRO_BATCH_MAX_TASKS": "16",
-           "MICRO_BATCH_MAX_QUEUE": "4", "PREDICTION_CACHE_TTL": "60"}
+    env = {
+        "PREFIX_CACHE": "false",
+        "LENGTH_BATCHING": "off",
+        "MICRO_BATCHING": "no",
+        "PREDICTION_CACHE": "0",
+        "PREDICT_MAX_BATCH_TOKENS": "4096",
+        "MICRO_BATCH_WAIT_MS": "2.5",
+        "MICRO_BATCH_MAX_TASKS": "16",
+        "MICRO_BATCH_MAX_QUEUE": "4",
+        "PREDICTION_CACHE_TTL": "60",
+    }
     s = Settings.from_env(env)
     assert (s.prefix_cache, s.length_batching, s.micro_batching, s.prediction_cache) == (False,) * 4
     assert (s.predict_max_batch_tokens, s.micro_batch_wait_ms, s.micro_batch_max_tasks) == (4096, 2.5, 16)
     assert (s.micro_batch_max_queue, s.prediction_cache_ttl) == (4, 60)
-    for var, value in (("PREDICT_MAX_BATCH_TOKENS", "-1"), ("MICRO_BATCH_WAIT_MS", "-1"),
-                       ("MICRO_BATCH_MAX_QUEUE", "0"), ("PREDICTION_CACHE_TTL", "0"), ("LENGTH_BATCHING", "maybe")):
+    for var, value in (
+        ("PREDICT_MAX_BATCH_TOKENS", "-1"),
+        ("MICRO_BATCH_WAIT_MS", "-1"),
+        ("MICRO_BATCH_MAX_QUEUE", "0"),
+        ("PREDICTION_CACHE_TTL", "0"),
+        ("LENGTH_BATCHING", "maybe"),
+    ):
         with pytest.raises(SettingsError, match=var):
             Settings.from_env({var: value})

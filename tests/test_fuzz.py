@@ -27,49 +27,111 @@ from tests.fixtures.ls_bodies import QA_DATA
 QA_XML = label_config(load_rubric("qa-quality"))
 EMOTION_XML = label_config(load_rubric("emotion-ekman"))
 
-BILLION_LAUGHS = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-                  + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">'
-                            for i in range(1, 10))
-                  + ']><View><Text name="t" value="&lol9;"/></View>')
-EXTERNAL_ENTITY = ('<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                   '<View><Text name="t" value="&x;"/></View>')
-QUADRATIC_BLOWUP = ('<?xml version="1.0"?><!DOCTYPE v [<!ENTITY a "' + "A" * 50_000 + '">]><View>'
-                    + "&a;" * 2000 + "</View>")
+BILLION_LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+    + "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10 if i > 1 else "&lol;" * 10}">' for i in range(1, 10))
+    + ']><View><Text name="t" value="&lol9;"/></View>'
+)
+EXTERNAL_ENTITY = (
+    '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    '<View><Text name="t" value="&x;"/></View>'
+)
+QUADRATIC_BLOWUP = (
+    '<?xml version="1.0"?><!DOCTYPE v [<!ENTITY a "' + "A" * 50_000 + '">]><View>' + "&a;" * 2000 + "</View>"
+)
 NASTY_XML = [
-    BILLION_LAUGHS, EXTERNAL_ENTITY, QUADRATIC_BLOWUP, "<View><Text name='x'", "<View></Other>", "", "   ",
-    "not xml at all", "<" * 10_000, "<View>" * 5_000 + "</View>" * 5_000, "\x00<View/>", "<View/>" + "x" * 1_000_001,
-    '<View><Choices name="conciseness" toName="answer"/></View>', QA_XML.replace("answer", "ánswer\u202e"),
-    QA_XML[: len(QA_XML) // 2], QA_XML, EMOTION_XML,
+    BILLION_LAUGHS,
+    EXTERNAL_ENTITY,
+    QUADRATIC_BLOWUP,
+    "<View><Text name='x'",
+    "<View></Other>",
+    "",
+    "   ",
+    "not xml at all",
+    "<" * 10_000,
+    "<View>" * 5_000 + "</View>" * 5_000,
+    "\x00<View/>",
+    "<View/>" + "x" * 1_000_001,
+    '<View><Choices name="conciseness" toName="answer"/></View>',
+    QA_XML.replace("answer", "ánswer\u202e"),
+    QA_XML[: len(QA_XML) // 2],
+    QA_XML,
+    EMOTION_XML,
 ]
 
-json_leaf = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
-             | st.sampled_from(["12", "12.1712586036", "../../etc", "/etc/passwd", "١٢", "１２", "-1", "1e3",
-                                "12\n", "", "\u0000", "v1", "x.p12.v1", "9" * 40]))
-json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=4)
-                          | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=16)
+json_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        [
+            "12",
+            "12.1712586036",
+            "../../etc",
+            "/etc/passwd",
+            "١٢",
+            "１２",
+            "-1",
+            "1e3",
+            "12\n",
+            "",
+            "\u0000",
+            "v1",
+            "x.p12.v1",
+            "9" * 40,
+        ]
+    )
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=16,
+)
 xml_value = st.sampled_from(NASTY_XML) | st.text(max_size=200) | json_value
-data_value = st.fixed_dictionaries({}, optional={
-    "context": json_leaf | st.sampled_from([d["context"] for d in QA_DATA]),
-    "question": json_leaf | st.sampled_from([d["question"] for d in QA_DATA]),
-    "answer": json_leaf | st.sampled_from(["x" * 200_000, "é" * 1000, "\U0001f600" * 500]),
-    "text": json_leaf,
-}) | json_value
+data_value = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "context": json_leaf | st.sampled_from([d["context"] for d in QA_DATA]),
+            "question": json_leaf | st.sampled_from([d["question"] for d in QA_DATA]),
+            "answer": json_leaf | st.sampled_from(["x" * 200_000, "é" * 1000, "\U0001f600" * 500]),
+            "text": json_leaf,
+        },
+    )
+    | json_value
+)
 task = st.fixed_dictionaries({}, optional={"id": json_leaf, "data": data_value, "meta": json_value})
 tasks = st.lists(task, max_size=6) | json_value
 project = json_leaf | json_value
 
 BODIES = {
-    "/predict": st.fixed_dictionaries({}, optional={"tasks": tasks, "project": project, "label_config": xml_value,
-                                                     "params": json_value}),
-    "/setup": st.fixed_dictionaries({}, optional={"project": project, "schema": xml_value, "hostname": json_leaf,
-                                                   "access_token": json_leaf, "extra_params": json_value
-                                                   | st.fixed_dictionaries({"rubric": json_leaf})}),
-    "/webhook": st.fixed_dictionaries({}, optional={
-        "action": json_leaf | st.sampled_from(["START_TRAINING", "ANNOTATION_CREATED", "ANNOTATIONS_CREATED",
-                                               "ANNOTATIONS_DELETED", "TASKS_CREATED"]),
-        "project": project | st.fixed_dictionaries({"id": project}),
-        "annotation": json_value | st.fixed_dictionaries({"project": project}),
-        "annotations": json_value}),
+    "/predict": st.fixed_dictionaries(
+        {}, optional={"tasks": tasks, "project": project, "label_config": xml_value, "params": json_value}
+    ),
+    "/setup": st.fixed_dictionaries(
+        {},
+        optional={
+            "project": project,
+            "schema": xml_value,
+            "hostname": json_leaf,
+            "access_token": json_leaf,
+            "extra_params": json_value | st.fixed_dictionaries({"rubric": json_leaf}),
+        },
+    ),
+    "/webhook": st.fixed_dictionaries(
+        {},
+        optional={
+            "action": json_leaf
+            | st.sampled_from(
+                ["START_TRAINING", "ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED", "TASKS_CREATED"]
+            ),
+            "project": project | st.fixed_dictionaries({"id": project}),
+            "annotation": json_value | st.fixed_dictionaries({"project": project}),
+            "annotations": json_value,
+        },
+    ),
     "/versions/activate": st.fixed_dictionaries({}, optional={"project": project, "version": json_leaf}),
 }
 
@@ -83,10 +145,17 @@ def fuzz_app(tiny_model_dir, tmp_path_factory):
     from backend.settings import Settings
     from tests.conftest import REDIS_URL, REPO
 
-    s = Settings.from_env({}, base_model=str(tiny_model_dir), model_dir=tmp_path_factory.mktemp("fuzz-models"),
-                          rubric_dir=REPO / "rubric_configs", redis_url=REDIS_URL, predict_batch_size=8,
-                          max_input_tokens=256, train_min_new_annotations=1_000_000,
-                          queue_name=f"rj-fuzz-{uuid.uuid4().hex[:8]}")
+    s = Settings.from_env(
+        {},
+        base_model=str(tiny_model_dir),
+        model_dir=tmp_path_factory.mktemp("fuzz-models"),
+        rubric_dir=REPO / "rubric_configs",
+        redis_url=REDIS_URL,
+        predict_batch_size=8,
+        max_input_tokens=256,
+        train_min_new_annotations=1_000_000,
+        queue_name=f"rj-fuzz-{uuid.uuid4().hex[:8]}",
+    )
     redis = Redis.from_url(REDIS_URL)
     base = f"fuzz-{uuid.uuid4().hex[:8]}"
     judge = Judge.from_settings(s)
@@ -116,9 +185,17 @@ def check(response: Any, route: str) -> None:
         assert "internal error" not in body["error"]
 
 
-FUZZ = settings(max_examples=150, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large, HealthCheck.large_base_example])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 
 
 @pytest.mark.parametrize("route", sorted(BODIES))
@@ -134,16 +211,23 @@ def test_fuzz_json_bodies(fuzz_app, route, data):
 
 @pytest.mark.parametrize("route", ["/predict", "/setup", "/webhook", "/versions/activate"])
 @settings(FUZZ, max_examples=60)
-@given(raw=st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
-       | st.sampled_from([b"[" * 100_000, b'{"a":' * 50_000, b"\xff\xfe", b"null", b"1e99999", b'"x"', b"{}"]),
-       content_type=st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded"]))
+@given(
+    raw=st.binary(max_size=300)
+    | st.text(max_size=300).map(str.encode)
+    | st.sampled_from([b"[" * 100_000, b'{"a":' * 50_000, b"\xff\xfe", b"null", b"1e99999", b'"x"', b"{}"]),
+    content_type=st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded"]),
+)
 def test_fuzz_raw_bodies(fuzz_app, route, raw, content_type):
     check(fuzz_app.post(route, data=raw, content_type=content_type), route + " (raw)")
 
 
 @settings(FUZZ, max_examples=150)
-@given(name=st.text(min_size=1, max_size=60) | st.sampled_from(
-    ["..", "../../etc/passwd", "%2e%2e%2f", "12.json", "١٢.json", "/etc/passwd", "12\x00", "9" * 50, ".json"]))
+@given(
+    name=st.text(min_size=1, max_size=60)
+    | st.sampled_from(
+        ["..", "../../etc/passwd", "%2e%2e%2f", "12.json", "١٢.json", "/etc/passwd", "12\x00", "9" * 50, ".json"]
+    )
+)
 def test_fuzz_reports(fuzz_app, name):
     from urllib.parse import quote
 
@@ -153,8 +237,10 @@ def test_fuzz_reports(fuzz_app, name):
 
 
 @settings(FUZZ, max_examples=150)
-@given(project=st.text(max_size=40) | st.sampled_from(["12", "../12", "١٢", "12.5", "9" * 40]),
-       route=st.sampled_from(["/versions", "/status"]))
+@given(
+    project=st.text(max_size=40) | st.sampled_from(["12", "../12", "١٢", "12.5", "9" * 40]),
+    route=st.sampled_from(["/versions", "/status"]),
+)
 def test_fuzz_query_strings(fuzz_app, project, route):
     response = fuzz_app.get(route, query_string={"project": project})
     check(response, route)
@@ -162,8 +248,9 @@ def test_fuzz_query_strings(fuzz_app, project, route):
         assert all(v.split(".p", 1)[1].split(".")[0].isascii() for v in response.get_json()["versions"])
 
 
-@pytest.mark.parametrize("xml", [BILLION_LAUGHS, EXTERNAL_ENTITY, QUADRATIC_BLOWUP], ids=["billion-laughs",
-                                                                                          "external", "quadratic"])
+@pytest.mark.parametrize(
+    "xml", [BILLION_LAUGHS, EXTERNAL_ENTITY, QUADRATIC_BLOWUP], ids=["billion-laughs", "external", "quadratic"]
+)
 @pytest.mark.parametrize("route", ["/setup", "/predict"])
 def test_entity_bombs_are_refused_not_expanded(fuzz_app, xml, route):
     key = "schema" if route == "/setup" else "label_config"

@@ -71,8 +71,10 @@ def test_discretized_normal_follows_the_order_of_the_values():
 
 
 def test_features_come_from_the_same_pass_and_do_not_change_the_scores(tiny_judge):
-    tasks = [{"dialogue": f"A: we meet at {h}pm.\nB: fine, see you at {h}.", "summary": f"They meet at {h}pm."}
-             for h in range(1, 8)]
+    tasks = [
+        {"dialogue": f"A: we meet at {h}pm.\nB: fine, see you at {h}.", "summary": f"They meet at {h}pm."}
+        for h in range(1, 8)
+    ]
     plain = tiny_judge.score(SUMMARY, tasks)
     scores, features = tiny_judge.score_with_features(SUMMARY, tasks)
     assert scores == plain
@@ -80,8 +82,9 @@ def test_features_come_from_the_same_pass_and_do_not_change_the_scores(tiny_judg
     assert features[0].shared.shape == (2 * hidden + 3,)
     assert features[0].dimensions["coherence"].shape == (2 * hidden + 5,)
     alone = tiny_judge.score_with_features(SUMMARY, tasks[3:4])[1][0]
-    assert np.allclose(alone.vector("fluency"), features[3].vector("fluency"), atol=1e-4), \
+    assert np.allclose(alone.vector("fluency"), features[3].vector("fluency"), atol=1e-4), (
         "a task's features do not depend on its batch neighbours"
+    )
     assert not np.allclose(features[0].shared, features[1].shared)
 
 
@@ -94,11 +97,23 @@ def _records(n: int, seed: int = 0) -> list[Record]:
         word = "excellent" if good else "garbled"
         base = 5 if good else 1
         annotations = tuple(
-            Annotation(f"a{k}", {d.name: str(max(1, min(5, base + rng.choice([-1, 0, 0, 1]) * (1 if good else -1))))
-                                 for d in SUMMARY.dimensions}) for k in range(2))
-        out.append(Record(task_id=str(100 + i), inputs={"dialogue": f"A: the museum opens at {i % 12}am.",
-                                                        "summary": f"{word} {word} museum {word}"},
-                          annotations=annotations, group=f"d{i // 3}"))
+            Annotation(
+                f"a{k}",
+                {
+                    d.name: str(max(1, min(5, base + rng.choice([-1, 0, 0, 1]) * (1 if good else -1))))
+                    for d in SUMMARY.dimensions
+                },
+            )
+            for k in range(2)
+        )
+        out.append(
+            Record(
+                task_id=str(100 + i),
+                inputs={"dialogue": f"A: the museum opens at {i % 12}am.", "summary": f"{word} {word} museum {word}"},
+                annotations=annotations,
+                group=f"d{i // 3}",
+            )
+        )
     return out
 
 
@@ -111,8 +126,10 @@ def test_training_a_feature_head_writes_a_version_that_serves(settings, tmp_path
     metrics = result.metrics
     assert metrics["method"] == "head" and is_head(out) and not (out / "adapter_config.json").exists()
     assert metrics["training"]["feature_size"] > 0 and metrics["history"] == []
-    assert metrics["alpha_dims"] > metrics["alpha_dims_majority"], (metrics["alpha_dims"],
-                                                                    metrics["alpha_dims_majority"])
+    assert metrics["alpha_dims"] > metrics["alpha_dims_majority"], (
+        metrics["alpha_dims"],
+        metrics["alpha_dims_majority"],
+    )
     assert metrics["candidate"]["dimensions"]["fluency"]["alpha_majority"] is not None
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["alpha_dims"] == metrics["alpha_dims"] and saved["promoted"] is True
@@ -146,26 +163,37 @@ def _noisy_truth(record: Record, i: int):
     for dim in SUMMARY.dimensions:
         values = [int(a.labels[dim.name]) for a in record.annotations]
         label = str(round(sum(values) / len(values)) if i % 5 else 3)
-        dims[dim.name] = DimensionScore(label=label, probs={x: float(x == label) for x in dim.labels},
-                                        expected=float(label))
+        dims[dim.name] = DimensionScore(
+            label=label, probs={x: float(x == label) for x in dim.labels}, expected=float(label)
+        )
     return TaskScore(dims)
 
 
-@pytest.mark.parametrize("rule, expected", [("majority", {"coherence": True, "fluency": False}),
-                                            (0.5, {"coherence": True, "fluency": False}),
-                                            ("off", {"coherence": True, "fluency": True})])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("majority", {"coherence": True, "fluency": False}),
+        (0.5, {"coherence": True, "fluency": False}),
+        ("off", {"coherence": True, "fluency": True}),
+    ],
+)
 def test_prefill_decisions(rule, expected):
     from backend.prefill import decide
 
-    evaluation = {"n_tasks": 40, "dimensions": {
-        "coherence": {"interval": {"alpha_system": 0.6}, "alpha_majority": -0.1},
-        "fluency": {"interval": {"alpha_system": -0.2}, "alpha_majority": -0.1}}}
+    evaluation = {
+        "n_tasks": 40,
+        "dimensions": {
+            "coherence": {"interval": {"alpha_system": 0.6}, "alpha_majority": -0.1},
+            "fluency": {"interval": {"alpha_system": -0.2}, "alpha_majority": -0.1},
+        },
+    }
     decisions = decide(["coherence", "fluency"], evaluation, rule, True)
     assert {k: v.prefilled for k, v in decisions.items()} == expected
     assert all(v.reason for v in decisions.values())
     unevaluated = decide(["coherence"], None, "majority", False)
-    assert unevaluated["coherence"].prefilled is False and "PREFILL_UNEVALUATED=false" in unevaluated[
-        "coherence"].reason
+    assert (
+        unevaluated["coherence"].prefilled is False and "PREFILL_UNEVALUATED=false" in unevaluated["coherence"].reason
+    )
 
 
 def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(settings, tiny_judge, tmp_path):
@@ -189,8 +217,10 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
     assert alphas[ranked[0]] < threshold < alphas[ranked[-1]], alphas
     kept = {n for n, a in alphas.items() if a >= threshold}
 
-    tasks = [ls_task(i, {"dialogue": "A: the museum opens at 9am.", "summary": s})
-             for i, s in enumerate(["excellent excellent museum", "garbled garbled museum"])]
+    tasks = [
+        ls_task(i, {"dialogue": "A: the museum opens at 9am.", "summary": s})
+        for i, s in enumerate(["excellent excellent museum", "garbled garbled museum"])
+    ]
     interface = LabelInterface(xml)
     for rule, expected in ((f"{threshold:.6f}", kept), ("off", set(SUMMARY.dimension_names)), ("1", set())):
         client, _ = make_client(settings, tiny_judge, prefill_min_alpha=rule)
@@ -250,13 +280,22 @@ def test_dimensions_with_different_label_counts_and_a_mismatched_rubric():
     three = load_rubric("qa-quality", REPO / "rubric_configs").dimensions[0]  # -2..2 (5 labels)
     dims = [three, EMOTION.dimensions[0]]  # 5 and 7 labels: feature vectors of different sizes
     rng = np.random.default_rng(2)
-    features = [TaskFeatures(shared=rng.normal(size=6), dimensions={three.name: rng.normal(size=5),
-                                                                    dims[1].name: rng.normal(size=7)})
-                for _ in range(40)]
-    targets = {three.name: [float(i % 5 - 2) for i in range(40)], dims[1].name: [dims[1].labels[i % 7]
-                                                                                  for i in range(40)]}
-    head = fit_head(dims, {d.name: np.stack([f.vector(d.name) for f in features]) for d in dims}, targets,
-                    [str(i) for i in range(40)])
+    features = [
+        TaskFeatures(
+            shared=rng.normal(size=6), dimensions={three.name: rng.normal(size=5), dims[1].name: rng.normal(size=7)}
+        )
+        for _ in range(40)
+    ]
+    targets = {
+        three.name: [float(i % 5 - 2) for i in range(40)],
+        dims[1].name: [dims[1].labels[i % 7] for i in range(40)],
+    }
+    head = fit_head(
+        dims,
+        {d.name: np.stack([f.vector(d.name) for f in features]) for d in dims},
+        targets,
+        [str(i) for i in range(40)],
+    )
     for dim in dims:
         probs, _ = head.predict(dim.name, np.stack([f.vector(dim.name) for f in features]))
         assert probs.shape == (40, len(dim.labels))

@@ -10,8 +10,10 @@ import pytest
 from backend.insights import JUDGE, agreement_matrix, disagreements, label_next, pairwise_alpha, task_link
 from tests.test_agreement import ref_alpha
 
-DIMS = {"clarity": {"level": "interval", "ordinal": {"confusion": {"labels": [1, 2, 3, 4, 5]}}},
-        "topic": {"level": "nominal"}}
+DIMS = {
+    "clarity": {"level": "interval", "ordinal": {"confusion": {"labels": [1, 2, 3, 4, 5]}}},
+    "topic": {"level": "nominal"},
+}
 
 
 def rows_and_predictions(n: int = 30, seed: int = 4):
@@ -22,17 +24,23 @@ def rows_and_predictions(n: int = 30, seed: int = 4):
     for i in range(n):
         truth = rng.randint(1, 5)
         topic = rng.choice(["x", "y"])
-        annotations = [{"annotator": "a", "scores": {"clarity": str(truth), "topic": topic}},
-                       {"annotator": "b", "scores": {"clarity": str(min(5, truth + rng.choice([0, 0, 1]))),
-                                                     "topic": topic}}]
+        annotations = [
+            {"annotator": "a", "scores": {"clarity": str(truth), "topic": topic}},
+            {"annotator": "b", "scores": {"clarity": str(min(5, truth + rng.choice([0, 0, 1]))), "topic": topic}},
+        ]
         if i < 8:
-            annotations.append({"annotator": "c", "scores": {"clarity": str(rng.randint(1, 5)),
-                                                             "topic": rng.choice(["x", "y"])}})
+            annotations.append(
+                {"annotator": "c", "scores": {"clarity": str(rng.randint(1, 5)), "topic": rng.choice(["x", "y"])}}
+            )
         rows.append({"id": 100 + i, "data": {"text": f"task {i} " + "word " * 60}, "annotations": annotations})
         if i >= 15:
-            predictions.append({"task_id": 100 + i, "labels": {"clarity": str(max(1, truth - rng.choice([0, 1]))),
-                                                                "topic": topic if i % 4 else "x"},
-                                "confidence": round(rng.random(), 3)})
+            predictions.append(
+                {
+                    "task_id": 100 + i,
+                    "labels": {"clarity": str(max(1, truth - rng.choice([0, 1]))), "topic": topic if i % 4 else "x"},
+                    "confidence": round(rng.random(), 3),
+                }
+            )
     return rows, predictions
 
 
@@ -94,13 +102,15 @@ def test_an_annotator_who_disagrees_with_everyone_stands_out():
     rows, predictions = rows_and_predictions(n=60, seed=9)
     for r in rows:  # c now rated everything, at random
         if not any(a["annotator"] == "c" for a in r["annotations"]):
-            r["annotations"].append({"annotator": "c", "scores": {"clarity": str(random.Random(r["id"]).randint(1, 5)),
-                                                                  "topic": "x"}})
+            r["annotations"].append(
+                {"annotator": "c", "scores": {"clarity": str(random.Random(r["id"]).randint(1, 5)), "topic": "x"}}
+            )
     cell = agreement_matrix(rows, predictions, DIMS, "interval")["dimensions"]["clarity"]
     index = {name: k for k, name in enumerate(cell["raters"])}
     others = [index["a"], index["b"], index[JUDGE]]
     assert max(cell["alpha"][index["c"]][k] for k in others) < min(
-        cell["alpha"][index["a"]][index["b"]], cell["alpha"][index["a"]][index[JUDGE]])
+        cell["alpha"][index["a"]][index["b"]], cell["alpha"][index["a"]][index[JUDGE]]
+    )
 
 
 def test_disagreements_are_ordered_worst_first_with_distances_as_defined():
@@ -132,8 +142,12 @@ def test_label_next_puts_the_least_certain_unannotated_tasks_first():
         {"id": 1, "data": {"t": "a"}, "predictions": [{"model_version": "m.v1", "score": 0.9}]},
         {"id": 2, "data": {"t": "b"}, "predictions": [{"model_version": "m.v1", "score": 0.2}]},
         {"id": 3, "data": {"t": "c"}, "predictions": [{"model_version": "m.v0", "score": 0.01}]},  # other version
-        {"id": 4, "data": {"t": "d"}, "annotations": [{"id": 9}], "predictions": [{"model_version": "m.v1",
-                                                                                  "score": 0.0}]},  # annotated
+        {
+            "id": 4,
+            "data": {"t": "d"},
+            "annotations": [{"id": 9}],
+            "predictions": [{"model_version": "m.v1", "score": 0.0}],
+        },  # annotated
         {"id": 5, "data": {"t": "e"}, "predictions": [{"model_version": "m.v1", "score": 0.5}]},
         {"id": 6, "data": {"t": "f"}, "predictions": []},
     ]

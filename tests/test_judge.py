@@ -11,8 +11,11 @@ from backend.model_loader import EMBEDDED_MODELS, ModelLoadError, embedded_model
 from backend.rubric import load_rubric
 
 QA_TASKS = [
-    {"context": "The museum opens at 9am and closes at 6pm. " * n, "question": f"When does it open? ({n})",
-     "answer": "At 9am." + " Really." * n}
+    {
+        "context": "The museum opens at 9am and closes at 6pm. " * n,
+        "question": f"When does it open? ({n})",
+        "answer": "At 9am." + " Really." * n,
+    }
     for n in range(1, 11)
 ]
 
@@ -159,8 +162,9 @@ def test_model_precision_bf16_loads_bf16_weights_scores_and_trains(tiny_model_di
     assert [s.labels for s in first] == [s.labels for s in judge.score(rubric, tasks)]
     for score in first:
         assert all(d.label in rubric.dimension(d_name).labels for d_name, d in score.dimensions.items())
-    records = [Record(str(i), t, (Annotation("a", s.labels),)) for i, (t, s) in enumerate(zip(tasks, first,
-                                                                                              strict=True))]
+    records = [
+        Record(str(i), t, (Annotation("a", s.labels),)) for i, (t, s) in enumerate(zip(tasks, first, strict=True))
+    ]
     config = TrainConfig(epochs=1, batch_size=3, lora_r=2, lora_alpha=4, precision="fp32")
     result = train_lora(model, tokenizer, rubric, targets_for(rubric, records, "consensus"), [], config)
     lora = [p for n, p in result.model.named_parameters() if "lora_" in n]

@@ -60,8 +60,6 @@ EXTERNAL_ENTITY = """<?xml version="1.0"?>
 <View><Header value="&xxe;"/><Text name="text" value="$text"/></View>"""
 
 
-
-
 def _choices(root: ET.Element, name: str) -> ET.Element:
     found = [e for e in root.iter("Choices") if e.get("name") == name]
     assert len(found) == 1, f"expected one <Choices name={name!r}>, found {len(found)}"
@@ -106,8 +104,14 @@ def test_prediction_with_rationale_validates(rubrics: dict[str, Rubric], name: s
     interface = LabelInterface(label_config(rubric))
     labels = {d.name: d.labels[-1] for d in rubric.dimensions}
     result = prediction_result(rubric, labels, Binding.default(rubric))
-    result.append({"from_name": RATIONALE, "to_name": rubric.target.name, "type": "textarea",
-                   "value": {"text": ["short and to the point"]}})
+    result.append(
+        {
+            "from_name": RATIONALE,
+            "to_name": rubric.target.name,
+            "type": "textarea",
+            "value": {"text": ["short and to the point"]},
+        }
+    )
     assert interface.validate_prediction({"result": result, "score": 0.9}, return_errors=True) == []
 
 
@@ -158,8 +162,7 @@ def test_groups_head_their_own_dimensions(qa: Rubric) -> None:
     """Each group title heads a View holding exactly that group's dimensions."""
     root = ET.fromstring(label_config(qa))
     for group in qa.groups:
-        views = [v for v in root.iter("View")
-                 if any(h.get("value") == group.title for h in v.findall("Header"))]
+        views = [v for v in root.iter("View") if any(h.get("value") == group.title for h in v.findall("Header"))]
         assert len(views) == 1
         inside = [c.get("name") for c in views[0].iter("Choices")]
         assert inside == [d.name for d in qa.dimensions if d.group == group.name]
@@ -354,7 +357,8 @@ RESPONSE_CONFIG = """<View>
 def _response_config(qa: Rubric) -> str:
     controls = "\n".join(
         f'<Choices name="{d.name}" toName="answer">'
-        + "".join(f'<Choice value="{label}"/>' for label in d.labels) + "</Choices>"
+        + "".join(f'<Choice value="{label}"/>' for label in d.labels)
+        + "</Choices>"
         for d in qa.dimensions
     )
     return RESPONSE_CONFIG.format(controls=controls)
@@ -366,8 +370,12 @@ def test_binding_follows_the_text_value(qa: Rubric) -> None:
     binding = Binding.for_config(qa, parsed)
     assert dict(binding.data_keys) == {"context": "context", "question": "question", "answer": "response"}
     assert set(binding.to_names.values()) == {"answer"}
-    data = {"context": "Paris is in France.", "question": "Where is Paris?", "response": "In France.",
-            "answer": "WRONG FIELD"}
+    data = {
+        "context": "Paris is in France.",
+        "question": "Where is Paris?",
+        "response": "In France.",
+        "answer": "WRONG FIELD",
+    }
     inputs, missing = task_inputs(qa, data, binding)
     assert missing == []
     assert inputs == {"context": "Paris is in France.", "question": "Where is Paris?", "answer": "In France."}
@@ -425,8 +433,15 @@ def test_task_inputs_accepts_numbers_as_strings(qa: Rubric) -> None:
 
 
 def _item(from_name: str, choices: list[object], to_name: str = "answer", **extra: object) -> dict[str, object]:
-    return {"id": f"Xy{len(from_name)}_k9", "from_name": from_name, "to_name": to_name, "type": "choices",
-            "origin": "manual", "value": {"choices": choices}, **extra}
+    return {
+        "id": f"Xy{len(from_name)}_k9",
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "choices",
+        "origin": "manual",
+        "value": {"choices": choices},
+        **extra,
+    }
 
 
 def test_parse_annotation_result_realistic(qa: Rubric) -> None:
@@ -434,8 +449,14 @@ def test_parse_annotation_result_realistic(qa: Rubric) -> None:
         _item("conciseness", ["-1"]),
         _item("accuracy", ["2"]),
         _item("clarity", ["0"]),
-        {"id": "R4t_01", "from_name": RATIONALE, "to_name": "answer", "type": "textarea", "origin": "manual",
-         "value": {"text": ["Accurate but a bit long."]}},
+        {
+            "id": "R4t_01",
+            "from_name": RATIONALE,
+            "to_name": "answer",
+            "type": "textarea",
+            "origin": "manual",
+            "value": {"text": ["Accurate but a bit long."]},
+        },
     ]
     labels = parse_annotation_result(qa, result)
     assert labels == {"conciseness": "-1", "accuracy": "2", "clarity": "0"}
@@ -445,11 +466,11 @@ def test_parse_annotation_result_realistic(qa: Rubric) -> None:
 
 def test_parse_annotation_result_drops_bad_values(qa: Rubric, caplog: pytest.LogCaptureFixture) -> None:
     result = [
-        _item("conciseness", ["3"]),           # off the scale
-        _item("accuracy", ["excellent"]),      # not a number
-        _item("clarity", ["1", "2"]),          # two choices for a single-choice dimension
-        _item("relevance", []),                # nothing chosen
-        _item("faithfulness", ["1"]),          # not a dimension of this rubric
+        _item("conciseness", ["3"]),  # off the scale
+        _item("accuracy", ["excellent"]),  # not a number
+        _item("clarity", ["1", "2"]),  # two choices for a single-choice dimension
+        _item("relevance", []),  # nothing chosen
+        _item("faithfulness", ["1"]),  # not a dimension of this rubric
         {"from_name": "completeness", "value": "2"},  # malformed value
         "garbage",
         _item("interpretability", ["-2"]),

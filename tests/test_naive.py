@@ -9,11 +9,19 @@ from tests.fixtures.ls_bodies import QA_DATA
 
 def test_parse_reply_reads_lines_and_flags_invalid_values():
     qa = load_rubric("qa-quality")
-    text = ("conciseness: 2\n**Interpretability**: 1\n- completeness: -1.\nclarity = 0\naccuracy: 7\n"
-            "Some chatter about relevance without a score")
+    text = (
+        "conciseness: 2\n**Interpretability**: 1\n- completeness: -1.\nclarity = 0\naccuracy: 7\n"
+        "Some chatter about relevance without a score"
+    )
     labels = parse_reply(qa, text)
-    assert labels == {"conciseness": "2", "interpretability": "1", "completeness": "-1", "clarity": "0",
-                      "accuracy": None, "relevance": None}
+    assert labels == {
+        "conciseness": "2",
+        "interpretability": "1",
+        "completeness": "-1",
+        "clarity": "0",
+        "accuracy": None,
+        "relevance": None,
+    }
     emotion = load_rubric("emotion-ekman")
     assert parse_reply(emotion, "emotion: Joy") == {"emotion": "joy"}
     assert parse_reply(emotion, "emotion: happiness") == {"emotion": None}

@@ -29,8 +29,10 @@ TOKEN = "test-token-123"
 
 def project_tasks(version: str) -> list[dict]:
     """Ten tasks: 0-2 annotated, 3-4 predicted by ``version``, 5 by an older version, 6 lacks the answer."""
-    tasks = [ls_task(500 + i, {**QA_DATA[i % 3], "question": f"{QA_DATA[i % 3]['question']} ({i})"}, PROJECT)
-             for i in range(10)]
+    tasks = [
+        ls_task(500 + i, {**QA_DATA[i % 3], "question": f"{QA_DATA[i % 3]['question']} ({i})"}, PROJECT)
+        for i in range(10)
+    ]
     for task in tasks[:3]:
         task.update(total_annotations=1, is_labeled=True, annotations=[{"id": 1, "result": [], "completed_by": 1}])
     for task, model_version in ((tasks[3], version), (tasks[4], version), (tasks[5], "old-model.p5.v9")):
@@ -48,8 +50,9 @@ def service(settings, tiny_judge):
 @pytest.fixture
 def replay(service):
     version = service.registry.model_version(str(PROJECT), 0)
-    state = ReplayState(token=TOKEN, projects={
-        PROJECT: {"label_config": QA_XML, "export": [], "tasks": project_tasks(version)}})
+    state = ReplayState(
+        token=TOKEN, projects={PROJECT: {"label_config": QA_XML, "export": [], "tasks": project_tasks(version)}}
+    )
     with replay_server(state) as url:
         yield state, url, version
 
@@ -71,16 +74,18 @@ def test_prelabel_writes_only_what_is_missing_and_is_idempotent(settings, servic
     state, url, version = replay
     settings = settings.with_overrides(label_studio_url=url, label_studio_api_key=TOKEN)
     steps: list[tuple[int, int, int]] = []
-    report = prelabel_project(settings, PROJECT, batch_size=2, service=service,
-                              progress=lambda *step: steps.append(step))
+    report = prelabel_project(
+        settings, PROJECT, batch_size=2, service=service, progress=lambda *step: steps.append(step)
+    )
     assert report.model_version == version and report.rubric == "qa-quality"
     assert (report.listed, report.skipped_annotated, report.skipped_predicted) == (10, 3, 2)
     assert report.skipped_missing_inputs == 1 and report.written == 4
     new = written(state)
     assert [task_id for task_id, preds in new.items() if preds] == [505, 507, 508, 509]
     tasks = {t["id"]: t for t in project_tasks(version)}
-    expected = service.predict(predict_body([tasks[i] for i in (505, 507, 508, 509)], QA_XML,
-                                            project=str(PROJECT)))["results"]
+    expected = service.predict(predict_body([tasks[i] for i in (505, 507, 508, 509)], QA_XML, project=str(PROJECT)))[
+        "results"
+    ]
     for task_id, item in zip((505, 507, 508, 509), expected, strict=True):
         [prediction] = new[task_id]
         assert prediction["model_version"] == version
@@ -103,13 +108,16 @@ def test_prelabel_errors_say_what_is_wrong(settings, service, replay):
     with pytest.raises(PrelabelError, match="project 99 does not exist"):
         prelabel_project(good, 99, service=service)
     with pytest.raises(PrelabelError, match="LABEL_STUDIO_API_KEY"):
-        prelabel_project(settings.with_overrides(label_studio_url=url, label_studio_api_key=""), PROJECT,
-                         service=service)
+        prelabel_project(
+            settings.with_overrides(label_studio_url=url, label_studio_api_key=""), PROJECT, service=service
+        )
     with pytest.raises(PrelabelError, match="token was rejected"):
-        prelabel_project(settings.with_overrides(label_studio_url=url, label_studio_api_key="wrong-token"),
-                         PROJECT, service=service)
+        prelabel_project(
+            settings.with_overrides(label_studio_url=url, label_studio_api_key="wrong-token"), PROJECT, service=service
+        )
     state.projects[PROJECT]["label_config"] = label_config(load_rubric("emotion-ekman")).replace(
-        'name="emotion"', 'name="feeling"')
+        'name="emotion"', 'name="feeling"'
+    )
     with pytest.raises(PrelabelError, match="does not fit rubric"):
         prelabel_project(good, PROJECT, service=service)
 
@@ -119,19 +127,33 @@ def queued_stack(tiny_model_dir, tmp_path, monkeypatch, redis_client, tiny_judge
     """The app with a real queue, configured through the environment like the worker sees it."""
     queue_name = f"rj-test-{uuid.uuid4().hex[:8]}"
     base = short_model_name(str(tiny_model_dir))
-    state = ReplayState(token=TOKEN, projects={PROJECT: {"label_config": QA_XML, "export": [],
-                                                         "tasks": project_tasks(f"{base}.p{PROJECT}.v0")}})
+    state = ReplayState(
+        token=TOKEN,
+        projects={PROJECT: {"label_config": QA_XML, "export": [], "tasks": project_tasks(f"{base}.p{PROJECT}.v0")}},
+    )
     with replay_server(state) as url:
-        env = {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(tmp_path / "models"), "REDIS_URL": REDIS_URL,
-               "QUEUE_NAME": queue_name, "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": TOKEN,
-               "MAX_INPUT_TOKENS": "4096", "RUBRIC": "qa-quality"}
+        env = {
+            "BASE_MODEL": str(tiny_model_dir),
+            "MODEL_DIR": str(tmp_path / "models"),
+            "REDIS_URL": REDIS_URL,
+            "QUEUE_NAME": queue_name,
+            "LABEL_STUDIO_URL": url,
+            "LABEL_STUDIO_API_KEY": TOKEN,
+            "MAX_INPUT_TOKENS": "4096",
+            "RUBRIC": "qa-quality",
+        }
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         from backend.settings import Settings
 
         settings = Settings.from_env()
-        service = Service(settings, tiny_judge, Registry(settings.model_dir, base, redis_client),
-                          load_all(settings.rubric_dir), triggers=Triggers(redis_client, base, queue_name))
+        service = Service(
+            settings,
+            tiny_judge,
+            Registry(settings.model_dir, base, redis_client),
+            load_all(settings.rubric_dir),
+            triggers=Triggers(redis_client, base, queue_name),
+        )
         yield create_app(settings, service).test_client(), Queue(queue_name, connection=redis_client), state
     for key in redis_client.scan_iter(f"rubric-judge:{base}:*"):
         redis_client.delete(key)
@@ -144,8 +166,11 @@ def test_prelabel_route_enqueues_one_job_that_writes_predictions(queued_stack):
     job_id = first.get_json()["job"]
     assert first.get_json()["status"] == "enqueued" and job_id.startswith(f"prelabel-p{PROJECT}-")
     second = client.post("/prelabel", json={"project": PROJECT})
-    assert second.status_code == 200 and second.get_json() == {"status": "absorbed", "project": str(PROJECT),
-                                                                "job": job_id}
+    assert second.status_code == 200 and second.get_json() == {
+        "status": "absorbed",
+        "project": str(PROJECT),
+        "job": job_id,
+    }
     assert len(queue) == 1
     assert client.post("/prelabel", json={"project": "x"}).status_code == 400
     assert client.post("/prelabel", json={"project": PROJECT, "all": "yes"}).status_code == 400
@@ -168,9 +193,15 @@ def test_prelabel_command_line(settings, tiny_model_dir, tmp_path, monkeypatch, 
     from rubric_judge.cli import main
 
     state, url, _ = replay
-    for key, value in {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(settings.model_dir),
-                       "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": TOKEN, "MAX_INPUT_TOKENS": "4096",
-                       "REDIS_URL": REDIS_URL, "PREDICTION_CACHE": "false"}.items():
+    for key, value in {
+        "BASE_MODEL": str(tiny_model_dir),
+        "MODEL_DIR": str(settings.model_dir),
+        "LABEL_STUDIO_URL": url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "MAX_INPUT_TOKENS": "4096",
+        "REDIS_URL": REDIS_URL,
+        "PREDICTION_CACHE": "false",
+    }.items():
         monkeypatch.setenv(key, value)
     assert main(["prelabel", "--project", str(PROJECT), "--batch-size", "3"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

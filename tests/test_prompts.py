@@ -48,10 +48,21 @@ class FakeTokenizer:
     def decode(self, ids: list[int]) -> str:
         return " ".join(self.words[i] for i in ids)
 
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False,
-                            add_generation_prompt: bool = True, enable_thinking: bool = False) -> str:
-        self.calls.append({"messages": messages, "tokenize": tokenize, "add_generation_prompt": add_generation_prompt,
-                           "enable_thinking": enable_thinking})
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, str]],
+        tokenize: bool = False,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool = False,
+    ) -> str:
+        self.calls.append(
+            {
+                "messages": messages,
+                "tokenize": tokenize,
+                "add_generation_prompt": add_generation_prompt,
+                "enable_thinking": enable_thinking,
+            }
+        )
         text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
         if add_generation_prompt:
             text += "<|im_start|>assistant\n"
@@ -63,15 +74,19 @@ class FakeTokenizer:
         return len(self(text)["input_ids"])
 
 
-
-
 QA_INPUTS = {
     "context": "The Eiffel Tower is in Paris. It was finished in 1889.",
     "question": "When was the Eiffel Tower finished?",
     "answer": "It was finished in 1889.",
 }
-QA_LABELS = {"conciseness": "2", "interpretability": "1", "completeness": "0", "clarity": "-1", "accuracy": "-2",
-             "relevance": "2"}
+QA_LABELS = {
+    "conciseness": "2",
+    "interpretability": "1",
+    "completeness": "0",
+    "clarity": "-1",
+    "accuracy": "-2",
+    "relevance": "2",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,8 +130,9 @@ def test_segments_concatenate_to_target(rubrics: dict[str, Rubric], name: str) -
     rubric = rubrics[name]
     for offset in range(2):
         labels = {d.name: d.labels[(i + offset) % len(d.labels)] for i, d in enumerate(rubric.dimensions)}
-        joined = "".join(dimension_prefix(rubric, i) + label_text(labels[d.name])
-                         for i, d in enumerate(rubric.dimensions))
+        joined = "".join(
+            dimension_prefix(rubric, i) + label_text(labels[d.name]) for i, d in enumerate(rubric.dimensions)
+        )
         assert joined == target_text(rubric, labels)
         assert len(joined.splitlines()) == len(rubric.dimensions)
 

@@ -13,13 +13,15 @@ from worker.source import read_file
 
 
 def test_qlora_trains_and_serves(tiny_model_dir, tmp_path):
-    settings = Settings.from_env({}, base_model=str(tiny_model_dir), model_dir=tmp_path / "m", quantization="4bit",
-                                 max_input_tokens=4096)
+    settings = Settings.from_env(
+        {}, base_model=str(tiny_model_dir), model_dir=tmp_path / "m", quantization="4bit", max_input_tokens=4096
+    )
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in jsonl_rows(synthetic_items(16))))
     rubric = load_rubric("emotion-ekman")
-    result = run_training(settings, rubric, read_file(data, rubric), tmp_path / "run",
-                          overrides={"epochs": 1, "batch_size": 8})
+    result = run_training(
+        settings, rubric, read_file(data, rubric), tmp_path / "run", overrides={"epochs": 1, "batch_size": 8}
+    )
     assert (tmp_path / "run" / "adapter_config.json").is_file()
     assert result.metrics["quantization"] == "4bit"
     assert result.metrics["training"]["steps"] >= 1

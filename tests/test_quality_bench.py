@@ -14,8 +14,11 @@ from worker.source import Annotation, Record
 
 
 def _records(counts: dict[str, int]) -> list[Record]:
-    return [Record(f"{label}-{i}", {"text": f"{label} comment {i}"}, (Annotation("a", {"emotion": label}),))
-            for label, n in counts.items() for i in range(n)]
+    return [
+        Record(f"{label}-{i}", {"text": f"{label} comment {i}"}, (Annotation("a", {"emotion": label}),))
+        for label, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def _classes(records: list[Record]) -> Counter:
@@ -38,8 +41,15 @@ def test_tempered_sample_quotas_follow_the_power_and_cap_small_classes():
 
 def test_reuse_v0_refuses_a_run_of_another_split(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "RESULTS_JSON", tmp_path / "RESULTS.json")
-    run = {"dataset": "goemotions", "tag": "old", "rubric": "emotion-ekman", "base_model": "smollm2-135m",
-           "sizes": {"dev": 50}, "systems": {"v0": {"test": {"accuracy": 0.1}}}, "phases": {}}
+    run = {
+        "dataset": "goemotions",
+        "tag": "old",
+        "rubric": "emotion-ekman",
+        "base_model": "smollm2-135m",
+        "sizes": {"dev": 50},
+        "systems": {"v0": {"test": {"accuracy": 0.1}}},
+        "phases": {},
+    }
     quality.RESULTS_JSON.write_text(__import__("json").dumps({"goemotions/old": run}), encoding="utf-8")
     args = argparse.Namespace(dataset="goemotions", reuse_v0="old", base_model="smollm2-135m", rubric_dir=None)
     rubric = load_rubric("emotion-ekman")

@@ -16,9 +16,38 @@ def test_parse_project(raw, expected):
     assert parse_project(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [None, "", "abc", "../1", "/etc/passwd", "1/../../x", "١٢", True, "-1", "1e3",
-                                 "１２", "²", "1\x00", "12/..", "..", ".", "1 2", "12\n3", "\u202e12", "1" * 13,
-                                 "~", "C:\\x", "12\\..\\..", b"12", 1.5, [12], {"id": 12}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        "abc",
+        "../1",
+        "/etc/passwd",
+        "1/../../x",
+        "١٢",
+        True,
+        "-1",
+        "1e3",
+        "１２",
+        "²",
+        "1\x00",
+        "12/..",
+        "..",
+        ".",
+        "1 2",
+        "12\n3",
+        "\u202e12",
+        "1" * 13,
+        "~",
+        "C:\\x",
+        "12\\..\\..",
+        b"12",
+        1.5,
+        [12],
+        {"id": 12},
+    ],
+)
 def test_parse_project_rejects(raw):
     with pytest.raises(RegistryError):
         parse_project(raw)

@@ -43,8 +43,9 @@ def predictions(records: list[Record], noise: float, seed: int) -> list[TaskScor
             value = round(mean(int(a.labels[d.name]) for a in record.annotations))
             if rng.random() < noise:
                 value = rng.randint(1, 5)
-            dims[d.name] = DimensionScore(str(value), {str(v): 1.0 if v == value else 0.0 for v in d.values},
-                                          expected=float(value))
+            dims[d.name] = DimensionScore(
+                str(value), {str(v): 1.0 if v == value else 0.0 for v in d.values}, expected=float(value)
+            )
         out.append(TaskScore(dims))
     return out
 
@@ -53,13 +54,27 @@ def store_run(folder, records, noise, seed, promoted, created="2026-11-24T10:00:
     candidate = evaluate_predictions(RUBRIC, records, predictions(records, noise, seed), n_boot=100)
     base = evaluate_predictions(RUBRIC, records, predictions(records, 0.9, seed + 1), n_boot=100)
     metrics = {
-        "rubric": RUBRIC.name, "model_name": "tiny", "created": created, "alpha_flat": candidate["alpha_flat"],
-        "alpha_flat_ci": candidate["alpha_flat_ci"], "alpha_humans_flat": candidate["alpha_humans_flat"],
-        "candidate": candidate, "base": base, "incumbent": None, "promoted": promoted,
-        "decision": "promoted" if promoted else "worse", "config": {"epochs": 2},
-        "counts": {"tasks": len(records) * 4, "train_tasks": len(records) * 3, "heldout_tasks": len(records),
-                   "annotations": 1234, "annotators": 2, "train_examples": 99,
-                   "multi_annotator_heldout_tasks": sum(len(r.annotations) > 1 for r in records)},
+        "rubric": RUBRIC.name,
+        "model_name": "tiny",
+        "created": created,
+        "alpha_flat": candidate["alpha_flat"],
+        "alpha_flat_ci": candidate["alpha_flat_ci"],
+        "alpha_humans_flat": candidate["alpha_humans_flat"],
+        "candidate": candidate,
+        "base": base,
+        "incumbent": None,
+        "promoted": promoted,
+        "decision": "promoted" if promoted else "worse",
+        "config": {"epochs": 2},
+        "counts": {
+            "tasks": len(records) * 4,
+            "train_tasks": len(records) * 3,
+            "heldout_tasks": len(records),
+            "annotations": 1234,
+            "annotators": 2,
+            "train_examples": 99,
+            "multi_annotator_heldout_tasks": sum(len(r.annotations) > 1 for r in records),
+        },
         "history": [{"step": s, "epoch": s / 4, "train_loss": 2.0 / s} for s in range(1, 9)]
         + [{"step": 4, "epoch": 1, "val_loss": 0.9}, {"step": 8, "epoch": 2, "val_loss": 0.7}],
         "training": {"steps": 8, "seconds": 12.5},
@@ -89,15 +104,18 @@ def test_json_values_match_an_independent_alpha(registry):
     preds = predictions(records, 0.2, 1)
     flat_consensus, flat_system = [], []
     for row, dim in zip(report["dimensions"], RUBRIC.dimensions, strict=True):
-        humans = [[int(next(a for a in r.annotations if a.annotator == who).labels[dim.name]) for r in records]
-                  for who in ("a0", "a1")]
+        humans = [
+            [int(next(a for a in r.annotations if a.annotator == who).labels[dim.name]) for r in records]
+            for who in ("a0", "a1")
+        ]
         consensus = [mean(values) for values in zip(*humans, strict=True)]
         system = [int(p.dimensions[dim.name].label) for p in preds]
         assert row["name"] == dim.name
         assert row["judge"]["alpha"] == pytest.approx(ref_alpha([consensus, system], "interval"), abs=1e-9)
         assert row["ceiling"]["alpha"] == pytest.approx(ref_alpha(humans, "interval"), abs=1e-9)
         assert row["delta_alpha"] == pytest.approx(
-            ref_alpha([*humans, system], "interval") - ref_alpha(humans, "interval"), abs=1e-9)
+            ref_alpha([*humans, system], "interval") - ref_alpha(humans, "interval"), abs=1e-9
+        )
         low, high = row["judge"]["ci"]
         assert low <= row["judge"]["alpha"] <= high
         flat_consensus += consensus
@@ -182,11 +200,19 @@ def test_report_has_the_agreement_matrix_and_the_worst_tasks(tmp_path):
     folder = registry.version_dir("4", 1)
     metrics = store_run(folder, records, 0.3, 5, True)
     preds = predictions(records, 0.3, 5)
-    metrics["candidate"]["predictions"] = [{"task_id": r.task_id, "labels": p.labels, "confidence": p.confidence}
-                                           for r, p in zip(records, preds, strict=True)]
+    metrics["candidate"]["predictions"] = [
+        {"task_id": r.task_id, "labels": p.labels, "confidence": p.confidence}
+        for r, p in zip(records, preds, strict=True)
+    ]
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    rows = [{"id": r.task_id, "data": dict(r.inputs), "annotations": [
-        {"annotator": a.annotator, "scores": dict(a.labels)} for a in r.annotations]} for r in records]
+    rows = [
+        {
+            "id": r.task_id,
+            "data": dict(r.inputs),
+            "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in r.annotations],
+        }
+        for r in records
+    ]
     (folder / "heldout.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (folder / "train.jsonl").write_text("")
     registry.set_active("4", 1)

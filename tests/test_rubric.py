@@ -56,8 +56,12 @@ def test_qa_quality_matches_the_paper() -> None:
     assert all(g.title for g in r.groups)
     groups = {d.name: d.group for d in r.dimensions}
     assert groups == {
-        "conciseness": "form", "interpretability": "form", "clarity": "form",
-        "completeness": "content", "accuracy": "content", "relevance": "content",
+        "conciseness": "form",
+        "interpretability": "form",
+        "clarity": "form",
+        "completeness": "content",
+        "accuracy": "content",
+        "relevance": "content",
     }
     for dim in r.dimensions:
         assert dim.labels == ("-2", "-1", "0", "1", "2")
@@ -132,8 +136,13 @@ def _classification() -> dict[str, Any]:
         "name": "custom-cls",
         "kind": "classification",
         "inputs": [{"name": "text", "target": True}],
-        "dimensions": [{"name": "emotion", "question": "Which emotion?",
-                        "labels": ["joy", {"value": "anger", "hint": "cross"}, "fear"]}],
+        "dimensions": [
+            {
+                "name": "emotion",
+                "question": "Which emotion?",
+                "labels": ["joy", {"value": "anger", "hint": "cross"}, "fear"],
+            }
+        ],
         "prompt": {"instruction": "Classify the text."},
     }
 
@@ -181,31 +190,66 @@ INVALID = [
     ("invalid-yaml", "name: [unclosed\nkind: scores\n", None, ["not valid YAML"]),
     ("not-a-mapping", "- name: custom\n- kind: scores\n", "(top level)", ["expected a mapping", "list"]),
     ("unknown-top-level-key", _edit(_scores, _set("colour", "red")), "(top level)", ["unknown key", "colour"]),
-    ("missing-instruction", _edit(_scores, _delete("prompt/instruction")), "prompt.instruction",
-     ["non-empty string"]),
-    ("blank-instruction", _edit(_scores, _set("prompt/instruction", "   ")), "prompt.instruction",
-     ["non-empty string"]),
+    ("missing-instruction", _edit(_scores, _delete("prompt/instruction")), "prompt.instruction", ["non-empty string"]),
+    (
+        "blank-instruction",
+        _edit(_scores, _set("prompt/instruction", "   ")),
+        "prompt.instruction",
+        ["non-empty string"],
+    ),
     ("missing-prompt", _edit(_scores, _delete("prompt")), "prompt", ["expected a mapping"]),
     ("bad-kind", _edit(_scores, _set("kind", "ranking")), "kind", ["'ranking'", "scores, classification"]),
     ("empty-dimensions", _edit(_scores, _set("dimensions", [])), "dimensions", ["non-empty list"]),
     ("missing-dimensions", _edit(_scores, _delete("dimensions")), "dimensions", ["non-empty list"]),
-    ("duplicate-dimension", _edit(_scores, _set("dimensions/1/name", "clarity")), "dimensions[1].name",
-     ["'clarity'", "already used", "another dimension"]),
-    ("dimension-named-like-input", _edit(_scores, _set("dimensions/1/name", "answer")), "dimensions[1].name",
-     ["'answer'", "already used", "an input"]),
+    (
+        "duplicate-dimension",
+        _edit(_scores, _set("dimensions/1/name", "clarity")),
+        "dimensions[1].name",
+        ["'clarity'", "already used", "another dimension"],
+    ),
+    (
+        "dimension-named-like-input",
+        _edit(_scores, _set("dimensions/1/name", "answer")),
+        "dimensions[1].name",
+        ["'answer'", "already used", "an input"],
+    ),
     ("reserved-rationale", _edit(_scores, _set("dimensions/1/name", "rationale")), "dimensions", ["reserved"]),
-    ("bad-dimension-name", _edit(_scores, _set("dimensions/0/name", "Clarity Score")), "dimensions[0].name",
-     ["lowercase"]),
-    ("missing-question", _edit(_scores, _delete("dimensions/1/question")), "dimensions[1].question",
-     ["non-empty string"]),
-    ("unknown-dimension-key", _edit(_scores, _set("dimensions/0/weight", 2)), "dimensions[0]",
-     ["unknown key", "weight"]),
-    ("anchor-off-scale", _edit(_scores, _set("dimensions/1/anchors", {7: "superb"})), "dimensions[1].anchors.7",
-     ["not on the scale"]),
-    ("anchor-not-integer", _edit(_scores, _set("dimensions/1/anchors", {"high": "superb"})),
-     "dimensions[1].anchors", ["'high'", "not an integer"]),
-    ("anchor-not-text", _edit(_scores, _set("dimensions/1/anchors", {1: ["a", "b"]})), "dimensions[1].anchors.1",
-     ["non-empty string"]),
+    (
+        "bad-dimension-name",
+        _edit(_scores, _set("dimensions/0/name", "Clarity Score")),
+        "dimensions[0].name",
+        ["lowercase"],
+    ),
+    (
+        "missing-question",
+        _edit(_scores, _delete("dimensions/1/question")),
+        "dimensions[1].question",
+        ["non-empty string"],
+    ),
+    (
+        "unknown-dimension-key",
+        _edit(_scores, _set("dimensions/0/weight", 2)),
+        "dimensions[0]",
+        ["unknown key", "weight"],
+    ),
+    (
+        "anchor-off-scale",
+        _edit(_scores, _set("dimensions/1/anchors", {7: "superb"})),
+        "dimensions[1].anchors.7",
+        ["not on the scale"],
+    ),
+    (
+        "anchor-not-integer",
+        _edit(_scores, _set("dimensions/1/anchors", {"high": "superb"})),
+        "dimensions[1].anchors",
+        ["'high'", "not an integer"],
+    ),
+    (
+        "anchor-not-text",
+        _edit(_scores, _set("dimensions/1/anchors", {1: ["a", "b"]})),
+        "dimensions[1].anchors.1",
+        ["non-empty string"],
+    ),
     ("scale-non-integer", _edit(_scores, _set("scale", [1, 2.5, 3])), "scale", ["2.5", "not an integer"]),
     ("scale-string-level", _edit(_scores, _set("scale", [1, "two", 3])), "scale", ["'two'", "not an integer"]),
     ("scale-unsorted", _edit(_scores, _set("scale", [3, 1, 2])), "scale", ["increasing order"]),
@@ -213,34 +257,82 @@ INVALID = [
     ("scale-single-level", _edit(_scores, _set("scale", [1])), "scale", ["at least two levels"]),
     ("scale-min-not-below-max", _edit(_scores, _set("scale", {"min": 5, "max": 5})), "scale", ["min < max"]),
     ("scale-min-max-not-integers", _edit(_scores, _set("scale", {"min": 0.5, "max": 5})), "scale", ["integers"]),
-    ("scale-unknown-key", _edit(_scores, _set("scale", {"min": 1, "max": 5, "step": 1})), "scale",
-     ["unknown key", "step"]),
+    (
+        "scale-unknown-key",
+        _edit(_scores, _set("scale", {"min": 1, "max": 5, "step": 1})),
+        "scale",
+        ["unknown key", "step"],
+    ),
     ("scale-not-a-list", _edit(_scores, _set("scale", "1-5")), "scale", ["list of integers"]),
-    ("dimension-scale-non-integer", _edit(_scores, _set("dimensions/0/scale", [0, 0.5, 1])), "dimensions[0].scale",
-     ["0.5", "not an integer"]),
+    (
+        "dimension-scale-non-integer",
+        _edit(_scores, _set("dimensions/0/scale", [0, 0.5, 1])),
+        "dimensions[0].scale",
+        ["0.5", "not an integer"],
+    ),
     ("no-scale-at-all", _edit(_scores, _delete("scale")), "dimensions[0].scale", ["no scale"]),
-    ("scores-with-labels", _edit(_scores, _set("dimensions/0/labels", ["good", "bad"])), "dimensions[0].labels",
-     ["scale, not labels"]),
-    ("classification-with-scale", _edit(_classification, _set("scale", [1, 2, 3])), "scale",
-     ["classification", "not a scale"]),
-    ("classification-dimension-with-scale", _edit(_classification, _set("dimensions/0/scale", [1, 2])),
-     "dimensions[0].scale", ["classification", "not a scale"]),
-    ("classification-one-label", _edit(_classification, _set("dimensions/0/labels", ["joy"])),
-     "dimensions[0].labels", ["at least two labels"]),
-    ("classification-no-labels", _edit(_classification, _delete("dimensions/0/labels")), "dimensions[0].labels",
-     ["at least two labels"]),
-    ("classification-duplicate-label", _edit(_classification, _set("dimensions/0/labels", ["joy", "fear", "joy"])),
-     "dimensions[0].labels[2]", ["'joy'", "appears twice"]),
-    ("classification-label-two-lines", _edit(_classification, _set("dimensions/0/labels", ["joy", "fe\nar"])),
-     "dimensions[0].labels[1]", ["one line without surrounding spaces"]),
-    ("classification-anchors", _edit(_classification, _set("dimensions/0/anchors", {"joy": "happy"})),
-     "dimensions[0].anchors", ["hint"]),
-    ("group-not-declared", _edit(_scores, _set("dimensions/1/group", "style")), "dimensions[1].group",
-     ["'style'", "not one of the groups", "content, form"]),
+    (
+        "scores-with-labels",
+        _edit(_scores, _set("dimensions/0/labels", ["good", "bad"])),
+        "dimensions[0].labels",
+        ["scale, not labels"],
+    ),
+    (
+        "classification-with-scale",
+        _edit(_classification, _set("scale", [1, 2, 3])),
+        "scale",
+        ["classification", "not a scale"],
+    ),
+    (
+        "classification-dimension-with-scale",
+        _edit(_classification, _set("dimensions/0/scale", [1, 2])),
+        "dimensions[0].scale",
+        ["classification", "not a scale"],
+    ),
+    (
+        "classification-one-label",
+        _edit(_classification, _set("dimensions/0/labels", ["joy"])),
+        "dimensions[0].labels",
+        ["at least two labels"],
+    ),
+    (
+        "classification-no-labels",
+        _edit(_classification, _delete("dimensions/0/labels")),
+        "dimensions[0].labels",
+        ["at least two labels"],
+    ),
+    (
+        "classification-duplicate-label",
+        _edit(_classification, _set("dimensions/0/labels", ["joy", "fear", "joy"])),
+        "dimensions[0].labels[2]",
+        ["'joy'", "appears twice"],
+    ),
+    (
+        "classification-label-two-lines",
+        _edit(_classification, _set("dimensions/0/labels", ["joy", "fe\nar"])),
+        "dimensions[0].labels[1]",
+        ["one line without surrounding spaces"],
+    ),
+    (
+        "classification-anchors",
+        _edit(_classification, _set("dimensions/0/anchors", {"joy": "happy"})),
+        "dimensions[0].anchors",
+        ["hint"],
+    ),
+    (
+        "group-not-declared",
+        _edit(_scores, _set("dimensions/1/group", "style")),
+        "dimensions[1].group",
+        ["'style'", "not one of the groups", "content, form"],
+    ),
     ("duplicate-group", _edit(_scores, _set("groups/1/name", "form")), "groups[1].name", ["appears twice"]),
     ("training-unknown-key", _edit(_scores, _set("training/lora_rank", 8)), "training", ["unknown key", "lora_rank"]),
-    ("training-non-number", _edit(_scores, _set("training/epochs", "three")), "training.epochs",
-     ["expected a number", "'three'"]),
+    (
+        "training-non-number",
+        _edit(_scores, _set("training/epochs", "three")),
+        "training.epochs",
+        ["expected a number", "'three'"],
+    ),
     ("training-bool", _edit(_scores, _set("training/epochs", True)), "training.epochs", ["expected a number"]),
     ("training-not-mapping", _edit(_scores, _set("training", [1, 2])), "training", ["expected a mapping"]),
     ("two-targets", _edit(_scores, _set("inputs/0/target", True)), "inputs", ["only one input", "target"]),
@@ -248,10 +340,18 @@ INVALID = [
     ("duplicate-input", _edit(_scores, _set("inputs/0/name", "answer")), "inputs[1].name", ["appears twice"]),
     ("target-not-bool", _edit(_scores, _set("inputs/1/target", "yes")), "inputs[1].target", ["true or false"]),
     ("bad-rubric-name", _edit(_scores, _set("name", "My Rubric")), "name", ["lowercase"]),
-    ("paraphrases-not-list", _edit(_scores, _set("prompt/paraphrases", "say it")), "prompt.paraphrases",
-     ["list of strings"]),
-    ("empty-paraphrase", _edit(_scores, _set("prompt/paraphrases", ["fine", ""])), "prompt.paraphrases[1]",
-     ["non-empty string"]),
+    (
+        "paraphrases-not-list",
+        _edit(_scores, _set("prompt/paraphrases", "say it")),
+        "prompt.paraphrases",
+        ["list of strings"],
+    ),
+    (
+        "empty-paraphrase",
+        _edit(_scores, _set("prompt/paraphrases", ["fine", ""])),
+        "prompt.paraphrases[1]",
+        ["non-empty string"],
+    ),
 ]
 
 
@@ -323,8 +423,9 @@ def test_non_integer_anchor_level_is_rejected(tmp_path: Path, level: object) -> 
 
 
 def test_yaml_boolean_labels_are_not_silently_renamed(tmp_path: Path) -> None:
-    text = yaml.safe_dump(_classification(), sort_keys=False).replace(
-        "- joy\n", "- yes\n").replace("- fear\n", "- no\n")
+    text = (
+        yaml.safe_dump(_classification(), sort_keys=False).replace("- joy\n", "- yes\n").replace("- fear\n", "- no\n")
+    )
     path = _write(tmp_path, text)
     try:
         labels = load_rubric(path).dimensions[0].labels
@@ -339,8 +440,14 @@ def test_yaml_boolean_labels_are_not_silently_renamed(tmp_path: Path) -> None:
 
 def _custom(tmp_path: Path) -> Any:
     data = _scores()
-    data["dimensions"].append({"name": "detail", "question": "How detailed?", "scale": {"min": 0, "max": 10},
-                               "anchors": {0: "none", 10: "exhaustive"}})
+    data["dimensions"].append(
+        {
+            "name": "detail",
+            "question": "How detailed?",
+            "scale": {"min": 0, "max": 10},
+            "anchors": {0: "none", 10: "exhaustive"},
+        }
+    )
     return load_rubric(_write(tmp_path, data))
 
 
@@ -414,10 +521,21 @@ def test_scale_normalise_rejects(raw: object) -> None:
     assert dim.normalise(raw) is None
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("joy", "joy"), ("Joy", "joy"), ("JOY", "joy"), (" Sadness ", "sadness"), ("neutral", "neutral"),
-    ("love", None), ("", None), (None, None), (True, None), (1, None),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("joy", "joy"),
+        ("Joy", "joy"),
+        ("JOY", "joy"),
+        (" Sadness ", "sadness"),
+        ("neutral", "neutral"),
+        ("love", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (1, None),
+    ],
+)
 def test_classification_normalise_is_case_insensitive(raw: object, expected: str | None) -> None:
     dim = load_rubric("emotion-ekman", RUBRIC_DIR).dimensions[0]
     assert dim.normalise(raw) == expected
@@ -453,7 +571,10 @@ def test_training_keys_have_one_source():
     settings_fields = {f.name for f in fields(Settings)}
     assert {f"train_{name}" for name in ENV_KEYS} <= settings_fields
     assert {f for f in settings_fields if f.startswith("train_")} - {f"train_{n}" for n in ENV_KEYS} == {
-        "train_min_new_annotations", "train_retries", "train_retry_backoff"}
+        "train_min_new_annotations",
+        "train_retries",
+        "train_retry_backoff",
+    }
     train = build_parser().parse_args(["train", "--rubric", "qa-quality", "--data", "x", "--out", "y"])
     assert set(FLAG_KEYS) <= set(vars(train))
     assert Settings(train_epochs=2, train_method="lora").training_overrides() == {"epochs": 2, "method": "lora"}

@@ -95,8 +95,9 @@ def test_a_backend_that_never_idles_cannot_stop_training(redis_client, base):
         clock[0] += seconds
 
     redis_client.zadd(serving_key(base), {"host-a|1": time.time() + 60})
-    gate = ServingGate(redis_client, base, "always", host="host-b", max_pause_s=10, poll_s=1, clock=lambda: clock[0],
-                       sleep=sleep)
+    gate = ServingGate(
+        redis_client, base, "always", host="host-b", max_pause_s=10, poll_s=1, clock=lambda: clock[0], sleep=sleep
+    )
     waited = gate.wait()
     assert 10 <= waited <= 11
     assert gate.wait() == 0.0  # the grace period: a tenth of the pause, unpaused

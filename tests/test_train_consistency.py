@@ -14,8 +14,10 @@ from worker.train import _batch_loss, _collate
 
 def test_training_loss_matches_judge_probabilities(tiny_judge):
     rubric = load_rubric("qa-quality")
-    tasks = [{"context": "The museum opens at 9am.", "question": "When?", "answer": "At 9am."},
-             {"context": "Water boils at 100 degrees.", "question": "Boiling point?", "answer": "Hot, " * 20}]
+    tasks = [
+        {"context": "The museum opens at 9am.", "question": "When?", "answer": "At 9am."},
+        {"context": "Water boils at 100 degrees.", "question": "Boiling point?", "answer": "Hot, " * 20},
+    ]
     scores = tiny_judge.score(rubric, tasks)
     examples = []
     for inputs, score in zip(tasks, scores, strict=True):
@@ -32,8 +34,11 @@ def test_training_loss_matches_judge_probabilities(tiny_judge):
         loss_sum, count = _batch_loss(tiny_judge.model, batch, tiny_judge.device)
     # exact: the summed training NLL equals minus the judge's log-probabilities of the same label tokens
     judge_logprob = sum(d.logprob for s in scores for d in s.dimensions.values())
-    assert count == sum(len(tiny_judge.tokenizer(" " + d.label, add_special_tokens=False)["input_ids"])
-                        for s in scores for d in s.dimensions.values())
+    assert count == sum(
+        len(tiny_judge.tokenizer(" " + d.label, add_special_tokens=False)["input_ids"])
+        for s in scores
+        for d in s.dimensions.values()
+    )
     assert float(loss_sum) == pytest.approx(-judge_logprob, rel=1e-4, abs=1e-3)
 
 
@@ -56,14 +61,26 @@ def test_shared_prefix_training_gives_the_same_loss_and_gradients(tiny_model_dir
             torch.nn.init.normal_(param, std=0.05)
     rng = random.Random(5)
     variant = sample_variant(rubric, rng, AugmentConfig())
-    tasks = [({"context": f"Fact {i}: " + "the ferry leaves at noon. " * (i + 1), "question": "When?",
-               "answer": "At noon." * (i + 1)}, {"accuracy": str(i - 1), "completeness": "2"}) for i in range(3)]
+    tasks = [
+        (
+            {
+                "context": f"Fact {i}: " + "the ferry leaves at noon. " * (i + 1),
+                "question": "When?",
+                "answer": "At noon." * (i + 1),
+            },
+            {"accuracy": str(i - 1), "completeness": "2"},
+        )
+        for i in range(3)
+    ]
     examples = []
     for inputs, labels in tasks:
         full = {d.name: labels.get(d.name, d.labels[0]) for d in rubric.dimensions}
         record = Record(str(len(examples)), inputs, (Annotation("a", full),))
-        examples.append(encode_example(rubric, Target(record, full, frozenset(full)), tokenizer, 4096,
-                                       rng, AugmentConfig(), variant=variant))
+        examples.append(
+            encode_example(
+                rubric, Target(record, full, frozenset(full)), tokenizer, 4096, rng, AugmentConfig(), variant=variant
+            )
+        )
     assert all(e.shared_len > 20 for e in examples)
     device = next(model.parameters()).device
 
@@ -95,8 +112,13 @@ def test_rows_with_different_prompts_are_not_shared(tiny_judge):
     from backend.prompts import PromptVariant
 
     a = encode_example(rubric, Target(record, labels, frozenset(labels)), tiny_judge.tokenizer, 4096)
-    b = encode_example(rubric, Target(record, labels, frozenset(labels)), tiny_judge.tokenizer, 4096,
-                       variant=PromptVariant(instruction=rubric.paraphrases[0]))
+    b = encode_example(
+        rubric,
+        Target(record, labels, frozenset(labels)),
+        tiny_judge.tokenizer,
+        4096,
+        variant=PromptVariant(instruction=rubric.paraphrases[0]),
+    )
     batch = _collate([a, b], tiny_judge.pad_id, share_prefix=True)
     assert "prefix_ids" not in batch  # a paraphrased instruction: the rows' prompts differ, nothing is shared
     assert batch["computed"] == batch["tokens"]
@@ -111,9 +133,15 @@ def test_distribution_targets_one_per_task_with_annotator_shares():
     from worker.dataset import targets_for
 
     rubric = load_rubric("summary-quality")
-    record = _rated_record("1", "Ann and Bob meet at noon.", [
-        {"coherence": "4", "consistency": "5"}, {"coherence": "2", "consistency": "5"},
-        {"coherence": "4", "fluency": "3"}])
+    record = _rated_record(
+        "1",
+        "Ann and Bob meet at noon.",
+        [
+            {"coherence": "4", "consistency": "5"},
+            {"coherence": "2", "consistency": "5"},
+            {"coherence": "4", "fluency": "3"},
+        ],
+    )
     (target,) = targets_for(rubric, [record], "distribution")
     assert target.distribution["coherence"] == pytest.approx({"4": 2 / 3, "2": 1 / 3})
     assert target.distribution["consistency"] == {"5": 1.0}
@@ -135,8 +163,10 @@ def test_distinguishing_token_needs_labels_told_apart_by_one_token(tiny_judge):
         assert tokenizer(" " + label, add_special_tokens=False)["input_ids"][offset] == token
     assert len(set(ids.values())) == 5
     # qa-quality's labels -2..2: " -2" and " 0" differ in length with this tokenizer, so no single token
-    lengths = {len(tokenizer(" " + lab, add_special_tokens=False)["input_ids"])
-               for lab in load_rubric("qa-quality").dimensions[0].labels}
+    lengths = {
+        len(tokenizer(" " + lab, add_special_tokens=False)["input_ids"])
+        for lab in load_rubric("qa-quality").dimensions[0].labels
+    }
     assert len(lengths) > 1
     assert distinguishing_token(tokenizer, load_rubric("qa-quality").dimensions[0]) is None
 
@@ -149,12 +179,23 @@ def test_distribution_loss_is_the_expected_loss_over_the_annotators_labels(tiny_
     rubric = load_rubric("summary-quality")
     tokenizer, model = tiny_judge.tokenizer, tiny_judge.model
     records = [
-        _rated_record("1", "Ann and Bob meet at noon at the station.", [
-            {"coherence": "5", "consistency": "4", "fluency": "5", "relevance": "4"},
-            {"coherence": "3", "consistency": "4", "fluency": "5", "relevance": "2"},
-            {"coherence": "4", "consistency": "4", "fluency": "5", "relevance": "4"}]),
-        _rated_record("2", "Bob.", [{"coherence": "1", "consistency": "2", "fluency": "1", "relevance": "1"},
-                                    {"coherence": "2", "consistency": "2", "fluency": "1", "relevance": "1"}]),
+        _rated_record(
+            "1",
+            "Ann and Bob meet at noon at the station.",
+            [
+                {"coherence": "5", "consistency": "4", "fluency": "5", "relevance": "4"},
+                {"coherence": "3", "consistency": "4", "fluency": "5", "relevance": "2"},
+                {"coherence": "4", "consistency": "4", "fluency": "5", "relevance": "4"},
+            ],
+        ),
+        _rated_record(
+            "2",
+            "Bob.",
+            [
+                {"coherence": "1", "consistency": "2", "fluency": "1", "relevance": "1"},
+                {"coherence": "2", "consistency": "2", "fluency": "1", "relevance": "1"},
+            ],
+        ),
     ]
     soft_targets = targets_for(rubric, records, "distribution")
     hard_targets = targets_for(rubric, records, "consensus")

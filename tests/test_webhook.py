@@ -135,9 +135,12 @@ def test_five_projects_get_one_job_each(env):
 
 @pytest.mark.parametrize(
     ("body", "fragment"),
-    [({"project": {"id": 1}}, "missing 'action'"), ({"action": "START_TRAINING"}, "missing project.id"),
-     ({"action": "START_TRAINING", "project": {"id": "x/../1"}}, "not a number"),
-     ({"action": "ANNOTATION_CREATED", "project": "7"}, "missing project.id")],
+    [
+        ({"project": {"id": 1}}, "missing 'action'"),
+        ({"action": "START_TRAINING"}, "missing project.id"),
+        ({"action": "START_TRAINING", "project": {"id": "x/../1"}}, "not a number"),
+        ({"action": "ANNOTATION_CREATED", "project": "7"}, "missing project.id"),
+    ],
 )
 def test_bad_webhook_payloads(env, body, fragment):
     make, _, _ = env
@@ -164,8 +167,9 @@ def test_webhook_secret_header(env):
     other = client.post("/predict", json={"tasks": []}, headers={"X-Webhook-Secret": "hook-secret"})
     assert other.status_code == 401
     basic = base64.b64encode(b"ls:pw").decode()
-    start = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}},
-                        headers={"Authorization": f"Basic {basic}"})
+    start = client.post(
+        "/webhook", json={"action": "START_TRAINING", "project": {"id": 3}}, headers={"Authorization": f"Basic {basic}"}
+    )
     assert start.status_code == 200 and "job" in start.get_json()
 
 
@@ -173,8 +177,9 @@ def test_redis_down_answers_503_quickly(settings, tiny_judge):
     settings = settings.with_overrides(redis_url="redis://127.0.0.1:1/0")
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, "down", redis)
-    service = Service(settings, tiny_judge, registry, load_all(settings.rubric_dir),
-                      triggers=Triggers(redis, "down", "q"))
+    service = Service(
+        settings, tiny_judge, registry, load_all(settings.rubric_dir), triggers=Triggers(redis, "down", "q")
+    )
     client = create_app(settings, service).test_client()
     started = time.monotonic()
     response = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 3}})
@@ -201,8 +206,10 @@ def flood(url: str, bodies: list[dict], workers: int = 50) -> list[tuple[int, di
 
 def test_flood_of_1000_events_makes_one_job_and_at_most_one_follow_up(env):
     make, triggers, queue = env
-    bodies = [{"action": "START_TRAINING", "project": {"id": 3}} if i % 3 == 0 else event("ANNOTATION_CREATED")
-              for i in range(1000)]
+    bodies = [
+        {"action": "START_TRAINING", "project": {"id": 3}} if i % 3 == 0 else event("ANNOTATION_CREATED")
+        for i in range(1000)
+    ]
     with loopback(make()) as url:
         answers = flood(url, bodies)
         assert [s for s, _ in answers] == [200] * 1000
@@ -239,8 +246,10 @@ def test_a_stale_mark_of_a_failed_job_does_not_block_training(env, redis_client)
     first = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}).get_json()["job"]
     assert triggers.start("4", first) is None
     job = queue.fetch_job(first)
-    assert client.post("/webhook", json={"action": "START_TRAINING",
-                                         "project": {"id": 4}}).get_json()["status"] == "follow-up"
+    assert (
+        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}).get_json()["status"]
+        == "follow-up"
+    )
     job.set_status("failed")  # what RQ does when the work-horse dies
     again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}).get_json()
     assert again["status"] == "enqueued" and again["job"] != first
@@ -268,8 +277,22 @@ def private_redis(tmp_path):
 
         def start(self) -> None:
             self.process = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp_path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             from redis import Redis
 
             client = Redis.from_url(self.url)
@@ -301,8 +324,9 @@ def write_adapter(model_dir, path) -> None:
 
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft.save_pretrained(path)
 
 
@@ -315,8 +339,13 @@ def test_redis_outage(settings, tiny_judge, tiny_model_dir, private_redis, caplo
     settings = settings.with_overrides(redis_url=private_redis.url, queue_name="rj-outage")
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, "outage", redis)
-    service = Service(settings, tiny_judge, registry, load_all(settings.rubric_dir),
-                      triggers=Triggers(redis, "outage", settings.queue_name))
+    service = Service(
+        settings,
+        tiny_judge,
+        registry,
+        load_all(settings.rubric_dir),
+        triggers=Triggers(redis, "outage", settings.queue_name),
+    )
     client = create_app(settings, service).test_client()
     write_adapter(tiny_model_dir, registry.version_dir("12", 1))
     registry.set_active("12", 1)

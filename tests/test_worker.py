@@ -41,13 +41,24 @@ PROJECT = 7
 def stack(tiny_model_dir, tmp_path, monkeypatch, redis_client, tiny_judge):
     """Backend app + replayed Label Studio + queue, all configured through the environment like production."""
     queue_name = f"rj-test-{uuid.uuid4().hex[:8]}"
-    state = ReplayState(token="test-token-123", projects={
-        PROJECT: {"label_config": EMOTION_XML, "export": ls_export(synthetic_items(48))}})
+    state = ReplayState(
+        token="test-token-123",
+        projects={PROJECT: {"label_config": EMOTION_XML, "export": ls_export(synthetic_items(48))}},
+    )
     with replay_server(state) as url:
-        env = {"BASE_MODEL": str(tiny_model_dir), "MODEL_DIR": str(tmp_path / "models"), "REDIS_URL": REDIS_URL,
-               "QUEUE_NAME": queue_name, "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": "test-token-123",
-               "MAX_INPUT_TOKENS": "4096", "TRAIN_EPOCHS": "12", "TRAIN_LEARNING_RATE": "0.003",
-               "TRAIN_BATCH_SIZE": "8", "RUBRIC": "emotion-ekman"}
+        env = {
+            "BASE_MODEL": str(tiny_model_dir),
+            "MODEL_DIR": str(tmp_path / "models"),
+            "REDIS_URL": REDIS_URL,
+            "QUEUE_NAME": queue_name,
+            "LABEL_STUDIO_URL": url,
+            "LABEL_STUDIO_API_KEY": "test-token-123",
+            "MAX_INPUT_TOKENS": "4096",
+            "TRAIN_EPOCHS": "12",
+            "TRAIN_LEARNING_RATE": "0.003",
+            "TRAIN_BATCH_SIZE": "8",
+            "RUBRIC": "emotion-ekman",
+        }
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         from backend.settings import Settings
@@ -100,8 +111,9 @@ def test_training_job_promotes_a_better_adapter_and_serves_it(stack):
     assert registry.active_version(str(PROJECT)) == 1
     setup = client.post("/setup", json=setup_body(EMOTION_XML, project=f"{PROJECT}.1712586036")).get_json()
     assert setup["model_version"].endswith(f".p{PROJECT}.v1")
-    tasks = [ls_task(i, {"text": f"{w} {w}: the museum opens at 9am, I am {w}"}) for i, w in
-             enumerate(KEYWORDS.values())]
+    tasks = [
+        ls_task(i, {"text": f"{w} {w}: the museum opens at 9am, I am {w}"}) for i, w in enumerate(KEYWORDS.values())
+    ]
     results = client.post("/predict", json=predict_body(tasks, EMOTION_XML, f"{PROJECT}.1")).get_json()["results"]
     assert all(r["model_version"] == setup["model_version"] for r in results)
     predicted = [r["result"][0]["value"]["choices"][0] for r in results]
@@ -121,8 +133,9 @@ def test_training_job_promotes_a_better_adapter_and_serves_it(stack):
 
     os.environ["TRAIN_LEARNING_RATE"] = "0.0000001"
     os.environ["TRAIN_EPOCHS"] = "1"
-    again = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT},
-                                          "force": True}).get_json()
+    again = client.post(
+        "/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}, "force": True}
+    ).get_json()
     run_worker(queue)
     assert queue.fetch_job(again["job"]).return_value()["promoted"] is False
     assert registry.version_numbers(str(PROJECT)) == [1, 2]
@@ -154,16 +167,21 @@ def test_label_studio_rejecting_the_token_fails_the_job_clearly(stack):
     assert registry.version_numbers(str(PROJECT)) == []
     assert registry.active_version(str(PROJECT)) == 0
     # the running mark is cleared: the next trigger enqueues a fresh job
-    assert client.post("/webhook", json={"action": "START_TRAINING",
-                                         "project": {"id": PROJECT}}).get_json()["status"] == "enqueued"
+    assert (
+        client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": PROJECT}}).get_json()["status"]
+        == "enqueued"
+    )
 
 
 def test_activate_a_version_by_hand(stack):
     client, registry, _, _ = stack
     for number in (1, 2):
         registry.version_dir(str(PROJECT), number).mkdir(parents=True)
-    assert client.post("/versions/activate", json={"project": PROJECT, "version": 2}).get_json()[
-        "model_version"].endswith(f".p{PROJECT}.v2")
+    assert (
+        client.post("/versions/activate", json={"project": PROJECT, "version": 2})
+        .get_json()["model_version"]
+        .endswith(f".p{PROJECT}.v2")
+    )
     assert registry.active_version(str(PROJECT)) == 2
     by_name = client.post("/versions/activate", json={"project": PROJECT, "version": f"x.p{PROJECT}.v1"})
     assert by_name.status_code == 200 and registry.active_version(str(PROJECT)) == 1
@@ -181,8 +199,11 @@ def test_activate_a_version_by_hand(stack):
 
 def snapshot(path: Path) -> dict[str, str]:
     """sha256 of every file under ``path`` (a version folder)."""
-    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -264,11 +285,22 @@ def test_a_retry_waits_with_backoff_and_absorbs_new_triggers(stack, monkeypatch)
 
 def _worker_process(tmp_path: Path, pause_at: str) -> subprocess.Popen:
     """``rubric-judge worker`` as its own process group, pausing at ``pause_at`` (FAULT_PAUSE_AT)."""
-    env = {**os.environ, "FAULT_PAUSE_AT": pause_at, "FAULT_PAUSE_SECONDS": "600", "TRAIN_EPOCHS": "1",
-           "LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        "FAULT_PAUSE_AT": pause_at,
+        "FAULT_PAUSE_SECONDS": "600",
+        "TRAIN_EPOCHS": "1",
+        "LOG_LEVEL": "INFO",
+    }
     log = (tmp_path / f"worker-{pause_at}.log").open("w")
-    return subprocess.Popen([sys.executable, "-m", "rubric_judge", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rubric_judge", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -282,8 +314,9 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("pause_at", "kill"), [("training", "horse"), ("adapter-written", "horse"),
-                                                 ("adapter-written", "worker")])
+@pytest.mark.parametrize(
+    ("pause_at", "kill"), [("training", "horse"), ("adapter-written", "horse"), ("adapter-written", "worker")]
+)
 def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypatch, tmp_path, pause_at, kill):
     """SIGKILL the training process (the work-horse: what the OOM killer hits) or the whole worker while it
     trains or while the new adapter is being written: the active version is untouched, no half-written version
@@ -313,8 +346,11 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
             worker.wait(timeout=30)
         assert_v1_intact(registry, with_active_v1)
         assert [v["number"] for v in client.get("/versions").get_json()["details"]] == [0, 1]
-        assert client.post("/setup", json=setup_body(EMOTION_XML, project=f"{PROJECT}.1")).get_json()[
-            "model_version"].endswith(f".p{PROJECT}.v1")
+        assert (
+            client.post("/setup", json=setup_body(EMOTION_XML, project=f"{PROJECT}.1"))
+            .get_json()["model_version"]
+            .endswith(f".p{PROJECT}.v1")
+        )
     finally:  # never leave a worker (or its paused work-horse, in its own session) behind
         if worker.poll() is None:
             # an idle worker stops at once on SIGTERM and leaves its blocking pop on the queue cleanly (a
@@ -350,9 +386,11 @@ def test_the_worker_yields_the_cpu_to_serving():
     its jobs' torch thread budget."""
     from backend.settings import Settings, SettingsError
 
-    code = ("import os; from backend.settings import Settings; from worker.cli import lower_priority; "
-            "before = os.nice(0); lower_priority(Settings.from_env({'WORKER_NICE': '7'})); "
-            "print(os.nice(0) - before)")
+    code = (
+        "import os; from backend.settings import Settings; from worker.cli import lower_priority; "
+        "before = os.nice(0); lower_priority(Settings.from_env({'WORKER_NICE': '7'})); "
+        "print(os.nice(0) - before)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "7"

@@ -28,8 +28,11 @@ def lower_priority(settings: Settings) -> None:
     except OSError as exc:
         log.warning("cannot lower the worker's priority (WORKER_NICE=%d): %s", settings.worker_nice, exc)
         return
-    log.info("training at niceness %d and %d torch thread(s) (WORKER_NICE, WORKER_THREADS): the backend keeps "
-             "the CPU", now, settings.for_worker().torch_threads)
+    log.info(
+        "training at niceness %d and %d torch thread(s) (WORKER_NICE, WORKER_THREADS): the backend keeps the CPU",
+        now,
+        settings.for_worker().torch_threads,
+    )
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -48,8 +51,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         log.warning("LABEL_STUDIO_API_KEY is not set: training jobs will fail until it is")
     queue = Queue(settings.queue_name, connection=redis)
     worker = Worker([queue], connection=redis, name=args.name)
-    log.info("worker listening on queue %r at %s (Label Studio %s)", settings.queue_name, settings.redis_url,
-             settings.label_studio_url)
+    log.info(
+        "worker listening on queue %r at %s (Label Studio %s)",
+        settings.queue_name,
+        settings.redis_url,
+        settings.label_studio_url,
+    )
     worker.work(burst=args.burst, with_scheduler=True)
     return 0
 
@@ -78,15 +85,29 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     if heldout is not None and args.heldout_limit:
         heldout = heldout[: args.heldout_limit]
     started = time.monotonic()
-    result = run_training(settings, rubric, records, Path(args.out), overrides=_overrides(args, settings),
-                          heldout=heldout, extra={"data": str(args.data)})
+    result = run_training(
+        settings,
+        rubric,
+        records,
+        Path(args.out),
+        overrides=_overrides(args, settings),
+        heldout=heldout,
+        extra={"data": str(args.data)},
+    )
     metrics = result.metrics
     summary = {
-        "out": str(result.path), "wall_seconds": round(time.monotonic() - started, 1),
-        "counts": metrics["counts"], "method": metrics["method"], "alpha_dims": metrics["alpha_dims"],
-        "alpha_dims_base": metrics["base"]["alpha_dims"], "alpha_dims_majority": metrics["alpha_dims_majority"],
-        "promoted": metrics["promoted"], "decision": metrics["decision"], "alpha_flat": metrics["alpha_flat"],
-        "alpha_flat_base": metrics["base"]["alpha_flat"], "alpha_humans_flat": metrics["alpha_humans_flat"],
+        "out": str(result.path),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "counts": metrics["counts"],
+        "method": metrics["method"],
+        "alpha_dims": metrics["alpha_dims"],
+        "alpha_dims_base": metrics["base"]["alpha_dims"],
+        "alpha_dims_majority": metrics["alpha_dims_majority"],
+        "promoted": metrics["promoted"],
+        "decision": metrics["decision"],
+        "alpha_flat": metrics["alpha_flat"],
+        "alpha_flat_base": metrics["base"]["alpha_flat"],
+        "alpha_humans_flat": metrics["alpha_humans_flat"],
         "per_dimension": {
             name: {"candidate": _dim_alpha(metrics["candidate"], name), "base": _dim_alpha(metrics["base"], name)}
             for name in rubric.dimension_names
@@ -118,19 +139,25 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.model not in ("v0", "base"):
         path = Path(args.model)
         if not (path / "adapter_config.json").is_file() and not is_head(path):
-            raise ValueError(f"--model {args.model}: expected 'v0', 'base', an adapter folder or a feature-head "
-                             "folder (head.json)")
+            raise ValueError(
+                f"--model {args.model}: expected 'v0', 'base', an adapter folder or a feature-head folder (head.json)"
+            )
         judge.load_adapter("evaluated", path)
         adapter = "evaluated"
     metrics = evaluate_judge(judge, rubric, records, adapter)
     if args.output:
         Path(args.output).write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     metrics.pop("predictions", None)
-    summary = {"model": args.model, "n_tasks": metrics["n_tasks"], "alpha_dims": metrics["alpha_dims"],
-               "alpha_flat": metrics["alpha_flat"],
-               "alpha_flat_ci": metrics["alpha_flat_ci"], "alpha_humans_flat": metrics["alpha_humans_flat"],
-               "per_dimension": {n: _dim_alpha(metrics, n) for n in rubric.dimension_names},
-               "scoring_seconds": metrics["scoring_seconds"]}
+    summary = {
+        "model": args.model,
+        "n_tasks": metrics["n_tasks"],
+        "alpha_dims": metrics["alpha_dims"],
+        "alpha_flat": metrics["alpha_flat"],
+        "alpha_flat_ci": metrics["alpha_flat_ci"],
+        "alpha_humans_flat": metrics["alpha_humans_flat"],
+        "per_dimension": {n: _dim_alpha(metrics, n) for n in rubric.dimension_names},
+        "scoring_seconds": metrics["scoring_seconds"],
+    }
     sys.stdout.write(json.dumps(summary, indent=1) + "\n")
     return 0
 
@@ -156,8 +183,9 @@ def run_prelabel(args: argparse.Namespace, settings: Settings) -> int:
             log.info("prelabel: %d/%d task(s) scored, %d prediction(s) written", done, total, written)
 
     try:
-        report = prelabel_project(settings, args.project, include_annotated=args.all, batch_size=args.batch_size,
-                                  progress=progress)
+        report = prelabel_project(
+            settings, args.project, include_annotated=args.all, batch_size=args.batch_size, progress=progress
+        )
     finally:
         if bar:
             bar.close()

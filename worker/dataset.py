@@ -51,8 +51,7 @@ def split_records(
     """
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"held-out fraction {heldout_fraction} must be in [0, 1)")
-    keys = sorted({r.split_key for r in records},
-                  key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    keys = sorted({r.split_key for r in records}, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
     n_heldout = round(len(keys) * heldout_fraction)
     if heldout_fraction > 0 and len(keys) >= 2:
         n_heldout = min(max(n_heldout, 1), len(keys) - 1)
@@ -207,27 +206,39 @@ def encode_example(
             split = distinguishing_token(tokenizer, dim)
             if split is not None:
                 offset, ids = split
-                soft.append(SoftLabel(len(completion) + len(prefix) + offset,
-                                      tuple(ids[label] for label in shares), tuple(shares.values())))
+                soft.append(
+                    SoftLabel(
+                        len(completion) + len(prefix) + offset,
+                        tuple(ids[label] for label in shares),
+                        tuple(shares.values()),
+                    )
+                )
         completion += list(prefix) + list(label)
         mask += [IGNORE] * len(prefix) + (list(label) if supervised else [IGNORE] * len(label))
     budget = max(16, max_length - len(completion))
     inputs = fit_inputs(rubric, target.record.inputs, tokenizer, budget, variant)
     shared, task = encode_prompt(rubric, inputs, tokenizer, variant)
-    if rng is not None and augment is not None and augment.token_dropout_rate > 0 and \
-            rng.random() < augment.token_dropout_prob:
+    if (
+        rng is not None
+        and augment is not None
+        and augment.token_dropout_rate > 0
+        and rng.random() < augment.token_dropout_prob
+    ):
         task = _dropout(task, rng, augment.token_dropout_rate, replacement_token(tokenizer))
     prompt = shared + task
-    return Example(input_ids=prompt + completion, labels=[IGNORE] * len(prompt) + mask, shared_len=len(shared),
-                   soft=tuple(SoftLabel(len(prompt) + s.position, s.token_ids, s.weights) for s in soft))
+    return Example(
+        input_ids=prompt + completion,
+        labels=[IGNORE] * len(prompt) + mask,
+        shared_len=len(shared),
+        soft=tuple(SoftLabel(len(prompt) + s.position, s.token_ids, s.weights) for s in soft),
+    )
 
 
 def distinguishing_token(tokenizer: Any, dim: Dimension) -> tuple[int, dict[str, int]] | None:
     """Where ``dim``'s labels differ when tokenized (after a common prefix of equal length, one final
     token each, all distinct): that token's offset in the label and each label's token id. None when the
     labels are not told apart by a single token; such a dimension is trained on its consensus label."""
-    encoded = {label: list(tokenizer(label_text(label), add_special_tokens=False)["input_ids"])
-               for label in dim.labels}
+    encoded = {label: list(tokenizer(label_text(label), add_special_tokens=False)["input_ids"]) for label in dim.labels}
     lengths = {len(ids) for ids in encoded.values()}
     if len(lengths) != 1 or 0 in lengths:
         return None

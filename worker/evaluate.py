@@ -81,16 +81,19 @@ def evaluate_predictions(
         if system is not None:
             flat_system.extend(system)
     level = "interval" if rubric.kind == "scores" else "nominal"
-    flat = dimension_report(flatten_dimensions(flat_humans), flat_system if predictions is not None else None,
-                            level, None, n_boot=n_boot)
+    flat = dimension_report(
+        flatten_dimensions(flat_humans), flat_system if predictions is not None else None, level, None, n_boot=n_boot
+    )
     flat_ordinal = None
     if rubric.kind == "scores":
-        flat_ordinal = dimension_report(flatten_dimensions(flat_humans), flat_system or None, "ordinal", None,
-                                        n_boot=n_boot)
+        flat_ordinal = dimension_report(
+            flatten_dimensions(flat_humans), flat_system or None, "ordinal", None, n_boot=n_boot
+        )
     alpha_flat_expected = None
     if flat_expected:
-        alpha_flat_expected = dimension_report(flatten_dimensions(flat_humans), flat_expected, "interval", None,
-                                               n_boot=1)["alpha_system"]
+        alpha_flat_expected = dimension_report(
+            flatten_dimensions(flat_humans), flat_expected, "interval", None, n_boot=1
+        )["alpha_system"]
     alphas = [dimension_alpha(e) for e in dims.values()]
     deltas = [finite(main_report(e).get("delta_alpha")) for e in dims.values()]
     return {
@@ -119,8 +122,11 @@ def majority_scores(rubric: Rubric, train: Sequence[Record], n: int) -> list[Tas
     for dim in rubric.dimensions:
         counts = Counter(a.labels[dim.name] for r in train for a in r.annotations if dim.name in a.labels)
         label = counts.most_common(1)[0][0] if counts else dim.labels[0]
-        dims[dim.name] = DimensionScore(label=label, probs={x: float(x == label) for x in dim.labels},
-                                        expected=float(dim.value_of(label)) if dim.is_scale else None)
+        dims[dim.name] = DimensionScore(
+            label=label,
+            probs={x: float(x == label) for x in dim.labels},
+            expected=float(dim.value_of(label)) if dim.is_scale else None,
+        )
     score = TaskScore(dimensions=dims)
     return [score] * n
 
@@ -135,8 +141,14 @@ def add_majority_reference(metrics: dict[str, Any] | None, majority: Mapping[str
     metrics["alpha_dims_majority"] = majority.get("alpha_dims")
 
 
-def scored_metrics(rubric: Rubric, records: Sequence[Record], predictions: Sequence[TaskScore], seconds: float,
-                   label: str, n_boot: int = 500) -> dict[str, Any]:
+def scored_metrics(
+    rubric: Rubric,
+    records: Sequence[Record],
+    predictions: Sequence[TaskScore],
+    seconds: float,
+    label: str,
+    n_boot: int = 500,
+) -> dict[str, Any]:
     """``evaluate_predictions`` plus the per-task predictions and the scoring time."""
     metrics = evaluate_predictions(rubric, records, predictions, n_boot=n_boot)
     metrics["scoring_seconds"] = round(seconds, 2)
@@ -144,8 +156,14 @@ def scored_metrics(rubric: Rubric, records: Sequence[Record], predictions: Seque
         {"task_id": r.task_id, "labels": p.labels, "confidence": round(p.confidence, 4)}
         for r, p in zip(records, predictions, strict=True)
     ]
-    log.info("evaluated %s on %d held-out task(s): alpha per dimension %s, flattened %s (%.1f s)", label,
-             len(records), _fmt(metrics["alpha_dims"]), _fmt(metrics["alpha_flat"]), seconds)
+    log.info(
+        "evaluated %s on %d held-out task(s): alpha per dimension %s, flattened %s (%.1f s)",
+        label,
+        len(records),
+        _fmt(metrics["alpha_dims"]),
+        _fmt(metrics["alpha_flat"]),
+        seconds,
+    )
     return metrics
 
 
@@ -155,8 +173,9 @@ def evaluate_judge(
     """Score ``records`` with ``adapter`` (None = base model) and compute the metrics."""
     started = time.monotonic()
     predictions = judge.score(rubric, [r.inputs for r in records], adapter) if records else []
-    return scored_metrics(rubric, records, predictions, time.monotonic() - started, adapter or "base model",
-                          n_boot=n_boot)
+    return scored_metrics(
+        rubric, records, predictions, time.monotonic() - started, adapter or "base model", n_boot=n_boot
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -24,8 +24,6 @@ from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_tr
 log = logging.getLogger(__name__)
 
 
-
-
 def _job_progress(project: str, job: Any, triggers: Any, settings: Settings) -> Callable[[dict[str, Any]], None]:
     steps = 0
 
@@ -89,12 +87,14 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
         done = (job.number_of_retries or 0) if job is not None else 0
         if not exc.transient or job is None or done >= settings.train_retries:
             if exc.transient and settings.train_retries:
-                raise SourceError(f"{exc} (gave up after {done} retr{'y' if done == 1 else 'ies'})",
-                                  transient=True) from None
+                raise SourceError(
+                    f"{exc} (gave up after {done} retr{'y' if done == 1 else 'ies'})", transient=True
+                ) from None
             raise
         intervals = settings.retry_intervals()
-        log.warning("project %s: %s; retry %d of %d in %d s", project, exc, done + 1, settings.train_retries,
-                    intervals[done])
+        log.warning(
+            "project %s: %s; retry %d of %d in %d s", project, exc, done + 1, settings.train_retries, intervals[done]
+        )
         _stage(job, "waiting to retry", None, project, error=str(exc)[:500], retry=done + 1)
         retrying = True
         triggers.requeue(project, job_id)
@@ -122,8 +122,10 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     name = registry.project_rubric(project)
     rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
     if rubric is None:
-        raise TrainingError(f"project {project}: no rubric fits its labeling config; connect the backend "
-                            "with extra_params {\"rubric\": NAME} or use `rubric-judge label-config`")
+        raise TrainingError(
+            f"project {project}: no rubric fits its labeling config; connect the backend "
+            'with extra_params {"rubric": NAME} or use `rubric-judge label-config`'
+        )
     records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
     log.info("project %s: %s", project, stats.as_dict())
     registry.remove_partial(project)  # this job holds the running mark: leftovers are from a killed run
@@ -134,39 +136,62 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         previous = json.loads(last.read_text(encoding="utf-8")).get("data_fingerprint") if last.is_file() else None
         if previous == data_fingerprint(records):
             message = f"nothing new since v{numbers[-1]}"
-            log.info("project %s: %s (no annotation created, updated or deleted); not retraining. Start Training "
-                     "with force retrains", project, message)
+            log.info(
+                "project %s: %s (no annotation created, updated or deleted); not retraining. Start Training "
+                "with force retrains",
+                project,
+                message,
+            )
             _stage(job, "done", triggers, project, skipped=message)
-            outcome = {"status": "skipped", "reason": message, "job": job.id if job is not None else None,
-                       "version": registry.model_version(project, numbers[-1])}
+            outcome = {
+                "status": "skipped",
+                "reason": message,
+                "job": job.id if job is not None else None,
+                "version": registry.model_version(project, numbers[-1]),
+            }
             triggers.record_outcome(project, outcome)
             return outcome
     number = registry.next_version(project)
     active = registry.active_version(project)
     incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
     _stage(job, "training", triggers, project, version=f"v{number}")
-    result = run_training(settings, rubric, records, registry.version_dir(project, number),
-                          incumbent=incumbent, snapshot=export, overrides=settings.training_overrides(),
-                          progress=_job_progress(project, job, triggers, settings),
-                          gate=ServingGate.for_worker(settings, redis),
-                          extra={"project": project, "version": registry.model_version(project, number),
-                                 "source": stats.as_dict(),
-                                 "label_config_problems": config_problems(rubric, parsed) if parsed else []})
+    result = run_training(
+        settings,
+        rubric,
+        records,
+        registry.version_dir(project, number),
+        incumbent=incumbent,
+        snapshot=export,
+        overrides=settings.training_overrides(),
+        progress=_job_progress(project, job, triggers, settings),
+        gate=ServingGate.for_worker(settings, redis),
+        extra={
+            "project": project,
+            "version": registry.model_version(project, number),
+            "source": stats.as_dict(),
+            "label_config_problems": config_problems(rubric, parsed) if parsed else [],
+        },
+    )
     base_path = registry.project_dir(project) / "v0.json"
     base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
     if result.promoted:
         registry.set_active(project, number)
     _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
-    outcome = {"status": "done", "version": registry.model_version(project, number), "promoted": result.promoted,
-               "method": result.metrics["method"], "alpha_dims": result.metrics["alpha_dims"],
-               "alpha_flat": result.metrics["alpha_flat"], "decision": result.metrics["decision"],
-               "job": job.id if job is not None else None}
+    outcome = {
+        "status": "done",
+        "version": registry.model_version(project, number),
+        "promoted": result.promoted,
+        "method": result.metrics["method"],
+        "alpha_dims": result.metrics["alpha_dims"],
+        "alpha_flat": result.metrics["alpha_flat"],
+        "decision": result.metrics["decision"],
+        "job": job.id if job is not None else None,
+    }
     triggers.record_outcome(project, outcome)
     return outcome
 
 
-def prelabel_project(project_id: str, include_annotated: bool = False,
-                     batch_size: int | None = None) -> dict[str, Any]:
+def prelabel_project(project_id: str, include_annotated: bool = False, batch_size: int | None = None) -> dict[str, Any]:
     """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``).
 
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
@@ -188,8 +213,14 @@ def prelabel_project(project_id: str, include_annotated: bool = False,
 
     service = build_service(settings, serving_mark=False)  # its own scoring must not pause itself
     with pause_hooks(service.judge.model, ServingGate.for_worker(settings, redis_client(settings))):
-        result = run_prelabel(settings, project_id, include_annotated=include_annotated,
-                              batch_size=batch_size or DEFAULT_BATCH_SIZE, progress=report, service=service)
+        result = run_prelabel(
+            settings,
+            project_id,
+            include_annotated=include_annotated,
+            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            progress=report,
+            service=service,
+        )
     if job is not None:
         job.meta.update({"stage": "done"})
         job.save_meta()

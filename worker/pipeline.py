@@ -58,8 +58,12 @@ def data_fingerprint(records: Sequence[Record]) -> str:
 
 
 def _record_row(record: Record) -> dict[str, Any]:
-    return {"id": record.task_id, "group": record.group, "data": dict(record.inputs),
-            "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in record.annotations]}
+    return {
+        "id": record.task_id,
+        "group": record.group,
+        "data": dict(record.inputs),
+        "annotations": [{"annotator": a.annotator, "scores": dict(a.labels)} for a in record.annotations],
+    }
 
 
 def _alpha(metrics: Mapping[str, Any] | None) -> float | None:
@@ -142,8 +146,16 @@ def run_training(
             history: list[dict[str, Any]] = []
             training = fitted.training
         else:
-            result = train_lora(model, tokenizer, rubric, train_targets, val_targets, config,
-                                quantized=settings.quantization != "none", progress=progress)
+            result = train_lora(
+                model,
+                tokenizer,
+                rubric,
+                train_targets,
+                val_targets,
+                config,
+                quantized=settings.quantization != "none",
+                progress=progress,
+            )
             result.model.save_pretrained(tmp)  # adapter_config.json + adapter weights
             fault_point(settings, "adapter-written", progress)
             judge = Judge(result.model, tokenizer, base_name, settings)
@@ -155,11 +167,17 @@ def run_training(
                 progress({"stage": "evaluating base model"})
             base = evaluate_judge(judge, rubric, held, None)
             history = result.history
-            training = {"method": "lora", "steps": result.steps, "seconds": round(result.seconds, 1),
-                        "tokens": result.tokens, "computed_tokens": result.computed_tokens,
-                        "share_prefix": config.share_prefix, "padding_share": result.padding_share,
-                        "precision": result.precision,
-                        "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None}
+            training = {
+                "method": "lora",
+                "steps": result.steps,
+                "seconds": round(result.seconds, 1),
+                "tokens": result.tokens,
+                "computed_tokens": result.computed_tokens,
+                "share_prefix": config.share_prefix,
+                "padding_share": result.padding_share,
+                "precision": result.precision,
+                "tokens_per_s": round(result.tokens / result.seconds, 1) if result.seconds else None,
+            }
         active_metrics = None
         if incumbent is not None:
             if progress:
@@ -171,17 +189,27 @@ def run_training(
             add_majority_reference(evaluated, majority)
         promote, reason = should_promote(candidate, active_metrics if incumbent else base)
         metrics = {
-            "rubric": rubric.name, "base_model": settings.base_model, "model_name": base_name,
-            "quantization": settings.quantization, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": config.as_dict(), "method": method, "counts": counts,
+            "rubric": rubric.name,
+            "base_model": settings.base_model,
+            "model_name": base_name,
+            "quantization": settings.quantization,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": config.as_dict(),
+            "method": method,
+            "counts": counts,
             "data_fingerprint": data_fingerprint(list(train) + list(held)),
-            "alpha_dims": candidate["alpha_dims"], "delta_alpha_dims": candidate["delta_alpha_dims"],
+            "alpha_dims": candidate["alpha_dims"],
+            "delta_alpha_dims": candidate["delta_alpha_dims"],
             "alpha_dims_majority": majority["alpha_dims"],
-            "alpha_flat": candidate["alpha_flat"], "alpha_flat_ci": candidate["alpha_flat_ci"],
+            "alpha_flat": candidate["alpha_flat"],
+            "alpha_flat_ci": candidate["alpha_flat_ci"],
             "alpha_humans_flat": candidate["alpha_humans_flat"],
-            "candidate": candidate, "base": base, "incumbent": active_metrics,
+            "candidate": candidate,
+            "base": base,
+            "incumbent": active_metrics,
             "incumbent_version": incumbent[0] if incumbent else "v0",
-            "promoted": promote, "decision": reason,
+            "promoted": promote,
+            "decision": reason,
             "history": history,
             "training": training | ({"serving_pauses": gate.summary()} if gate is not None else {}),
             **(extra or {}),
@@ -193,8 +221,7 @@ def run_training(
         raise
     finally:
         hooks.close()
-    log.info("wrote %s: alpha per dimension %s (base %s); %s", destination, _alpha(candidate), _alpha(base),
-             reason)
+    log.info("wrote %s: alpha per dimension %s (base %s); %s", destination, _alpha(candidate), _alpha(base), reason)
     return RunResult(destination, metrics, promote)
 
 
@@ -209,8 +236,13 @@ class FittedHead:
 FEATURE_CHUNK = 32  # tasks per feature-extraction call (progress and heartbeat between calls)
 
 
-def extract_features(judge: Any, rubric: Rubric, records: Sequence[Record], what: str,
-                     progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[Any], list[Any]]:
+def extract_features(
+    judge: Any,
+    rubric: Rubric,
+    records: Sequence[Record],
+    what: str,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[Any], list[Any]]:
     """The base model's scores and features (``Judge.score_with_features``) of ``records``, in chunks."""
     scores: list[Any] = []
     features: list[Any] = []
@@ -241,8 +273,14 @@ def head_targets(rubric: Rubric, records: Sequence[Record]) -> dict[str, list[An
     return out
 
 
-def fit_feature_head(judge: Any, rubric: Rubric, train: Sequence[Record], held: Sequence[Record],
-                     config: TrainConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> FittedHead:
+def fit_feature_head(
+    judge: Any,
+    rubric: Rubric,
+    train: Sequence[Record],
+    held: Sequence[Record],
+    config: TrainConfig,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FittedHead:
     """One scoring pass of the base model over the training tasks gives the features; the head is fitted on
     them (cross-validated, calibrated: ``backend.head``); one pass over the held-out tasks gives both the base
     model's and the head's held-out metrics."""
@@ -260,23 +298,38 @@ def fit_feature_head(judge: Any, rubric: Rubric, train: Sequence[Record], held: 
     fit_started = time.monotonic()
     selection = config.head_features_for(rubric)
     matrices = {d.name: np.stack([f.vector(d.name, selection) for f in train_features]) for d in rubric.dimensions}
-    head = fit_head(rubric.dimensions, matrices, head_targets(rubric, train), [r.split_key for r in train],
-                    folds=config.head_folds, meta={"base_model": judge.base_name, "rubric": rubric.name,
-                                                   "features": selection,
-                                                   "precision": str(next(judge.model.parameters()).dtype)})
+    head = fit_head(
+        rubric.dimensions,
+        matrices,
+        head_targets(rubric, train),
+        [r.split_key for r in train],
+        folds=config.head_folds,
+        meta={
+            "base_model": judge.base_name,
+            "rubric": rubric.name,
+            "features": selection,
+            "precision": str(next(judge.model.parameters()).dtype),
+        },
+    )
     fit_seconds = time.monotonic() - fit_started
     if progress:
         progress({"stage": "evaluating candidate and base model"})
     eval_started = time.monotonic()
     base_scores, held_features = extract_features(judge, rubric, held, "held-out", progress)
     seconds = time.monotonic() - eval_started
-    candidate = scored_metrics(rubric, held, apply_head(rubric, head, held_features) if held else [], seconds,
-                               "feature head")
+    candidate = scored_metrics(
+        rubric, held, apply_head(rubric, head, held_features) if held else [], seconds, "feature head"
+    )
     base = scored_metrics(rubric, held, base_scores, seconds, "base model")
-    training = {"method": "head", "seconds": round(time.monotonic() - started, 1),
-                "feature_seconds": round(extracted, 1), "fit_seconds": round(fit_seconds, 2),
-                "tasks": len(train), "feature_size": head.feature_size,
-                "cross_validation": {name: dim.cv for name, dim in head.dimensions.items()}}
+    training = {
+        "method": "head",
+        "seconds": round(time.monotonic() - started, 1),
+        "feature_seconds": round(extracted, 1),
+        "fit_seconds": round(fit_seconds, 2),
+        "tasks": len(train),
+        "feature_size": head.feature_size,
+        "cross_validation": {name: dim.cv for name, dim in head.dimensions.items()},
+    }
     log.info("feature head fitted on %d tasks: features %.0f s, fit %.1f s", len(train), extracted, fit_seconds)
     return FittedHead(head, candidate, base, training)
 

@@ -93,8 +93,9 @@ def prelabel_project(
         details = client.projects.get(id=pid)
         tasks = list(list_tasks(client, pid))
     except Exception as exc:
-        raise PrelabelError(f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
-                            ) from None
+        raise PrelabelError(
+            f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
+        ) from None
     if service is None:
         from backend.service import build_service
 
@@ -112,8 +113,15 @@ def prelabel_project(
             report.skipped_predicted += 1
         else:
             todo.append(task)
-    log.info("project %s: %d task(s), %d to score with %s (%d annotated, %d already predicted by it)", pid,
-             len(tasks), len(todo), ctx.model_version, report.skipped_annotated, report.skipped_predicted)
+    log.info(
+        "project %s: %d task(s), %d to score with %s (%d annotated, %d already predicted by it)",
+        pid,
+        len(tasks),
+        len(todo),
+        ctx.model_version,
+        report.skipped_annotated,
+        report.skipped_predicted,
+    )
     if progress:
         progress(0, len(todo), 0)
     for start in range(0, len(todo), batch_size):
@@ -125,12 +133,18 @@ def prelabel_project(
                 continue
             report.scored += 1
             try:
-                client.predictions.create(task=int(task["id"]), result=item["result"], score=item["score"],
-                                          model_version=item["model_version"])
+                client.predictions.create(
+                    task=int(task["id"]),
+                    result=item["result"],
+                    score=item["score"],
+                    model_version=item["model_version"],
+                )
             except Exception as exc:
-                raise PrelabelError(f"writing the prediction of task {task['id']} to {url} failed "
-                                    f"({describe_error(exc, url, pid)}); {report.written} written so far, a new "
-                                    "run continues where this one stopped") from None
+                raise PrelabelError(
+                    f"writing the prediction of task {task['id']} to {url} failed "
+                    f"({describe_error(exc, url, pid)}); {report.written} written so far, a new "
+                    "run continues where this one stopped"
+                ) from None
             report.written += 1
         if progress:
             progress(start + len(batch), len(todo), report.written)

@@ -58,8 +58,14 @@ class SourceStats:
     annotators: set[str] = field(default_factory=set)
 
     def as_dict(self) -> dict[str, int]:
-        return {"tasks": self.tasks, "annotations": self.annotations, "cancelled": self.cancelled,
-                "empty": self.empty, "missing_inputs": self.missing_inputs, "annotators": len(self.annotators)}
+        return {
+            "tasks": self.tasks,
+            "annotations": self.annotations,
+            "cancelled": self.cancelled,
+            "empty": self.empty,
+            "missing_inputs": self.missing_inputs,
+            "annotators": len(self.annotators),
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,16 +125,21 @@ def fetch_project(url: str, api_key: str, project: str) -> tuple[str, list[dict[
         raw = b"".join(chunks)
     except Exception as exc:  # the SDK raises ApiError, httpx errors, ...
         status = getattr(exc, "status_code", None)
-        hint = {401: "the token was rejected (legacy tokens need LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the "
-                     "server; or use a personal access token)",
-                403: "the token's user may not read this project",
-                404: f"project {project} does not exist at {url}"}.get(status or 0, "")
+        hint = {
+            401: "the token was rejected (legacy tokens need LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true on the "
+            "server; or use a personal access token)",
+            403: "the token's user may not read this project",
+            404: f"project {project} does not exist at {url}",
+        }.get(status or 0, "")
         detail = f"HTTP {status}: {str(getattr(exc, 'body', ''))[:200]}" if status else f"{type(exc).__name__}: {exc}"
         import httpx
 
         transient = isinstance(exc, httpx.TransportError) if status is None else (status >= 500 or status == 429)
-        raise SourceError(f"cannot read project {project} from Label Studio at {url} ({detail[:300]})"
-                          + (f"; {hint}" if hint else ""), transient=transient) from None
+        raise SourceError(
+            f"cannot read project {project} from Label Studio at {url} ({detail[:300]})"
+            + (f"; {hint}" if hint else ""),
+            transient=transient,
+        ) from None
     try:
         export = json.loads(raw)
     except ValueError as exc:
@@ -148,8 +159,9 @@ def _record_from_row(row: Mapping[str, Any], index: int, rubric: Rubric, path: P
         raise SourceError(f"{path}: line {index + 1}: expected an object with 'data'")
     missing = [name for name in rubric.input_names if not isinstance(data.get(name), str)]
     if missing:
-        raise SourceError(f"{path}: line {index + 1}: data lacks input field(s) {', '.join(missing)} "
-                          f"of rubric {rubric.name!r}")
+        raise SourceError(
+            f"{path}: line {index + 1}: data lacks input field(s) {', '.join(missing)} of rubric {rubric.name!r}"
+        )
     inputs = {name: data[name] for name in rubric.input_names}
     annotations: list[Annotation] = []
     if "annotations" in row:
@@ -168,8 +180,13 @@ def _record_from_row(row: Mapping[str, Any], index: int, rubric: Rubric, path: P
         raise SourceError(f"{path}: line {index + 1}: expected 'annotations' or 'label'")
     task_id = str(row.get("id", index))
     group = str(row.get("group", ""))
-    return Record(task_id, inputs, tuple(annotations), group=group,
-                  meta={k: v for k, v in row.items() if k not in ("data", "annotations", "label")})
+    return Record(
+        task_id,
+        inputs,
+        tuple(annotations),
+        group=group,
+        meta={k: v for k, v in row.items() if k not in ("data", "annotations", "label")},
+    )
 
 
 def _labels_from_mapping(rubric: Rubric, scores: Mapping[str, Any]) -> dict[str, str]:

@@ -87,8 +87,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         checks = [
-            (self.lora_r >= 1, "lora_r must be >= 1"), (self.lora_alpha > 0, "lora_alpha must be > 0"),
-            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"), (self.epochs >= 1, "epochs must be >= 1"),
+            (self.lora_r >= 1, "lora_r must be >= 1"),
+            (self.lora_alpha > 0, "lora_alpha must be > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (self.epochs >= 1, "epochs must be >= 1"),
             (0 < self.learning_rate < 1, "learning_rate must be in (0, 1)"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.micro_batch_size >= 1, "micro_batch_size must be >= 1"),
@@ -139,8 +141,14 @@ def attach_lora(model: Any, config: TrainConfig, quantized: bool) -> Any:
         raise ValueError(f"the base model has none of the LoRA target modules {LORA_TARGETS}")
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -194,9 +202,16 @@ def _collate(batch: Sequence[Example], pad_id: int, share_prefix: bool = False) 
     # logits are needed only from the first supervised position on (minus one for the shift)
     supervised = (labels != IGNORE).any(dim=0).nonzero()
     keep = width - int(supervised[0]) + 1 if len(supervised) else 1
-    out = {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": positions,
-           "keep": min(keep, width), "tokens": sum(len(e.input_ids) for e in batch),
-           "computed": shared + int(mask.sum()), "slots": shared + int(mask.numel())}
+    out = {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "keep": min(keep, width),
+        "tokens": sum(len(e.input_ids) for e in batch),
+        "computed": shared + int(mask.sum()),
+        "slots": shared + int(mask.numel()),
+    }
     soft = [(row, width - len(e.input_ids) + s.position, s) for row, e in enumerate(batch) for s in e.soft]
     if soft:  # (row, column in the padded batch) of each distribution target, its token ids and weights
         k = max(len(s.token_ids) for _, _, s in soft)
@@ -231,8 +246,13 @@ def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = Non
             model(input_ids=batch["prefix_ids"].to(device), use_cache=True, logits_to_keep=1, **{name: cache})
             cache.batch_repeat_interleave(batch["input_ids"].shape[0])
             extra = {name: cache, "use_cache": True}
-        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    position_ids=batch["position_ids"].to(device), logits_to_keep=keep, **extra)
+        out = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            position_ids=batch["position_ids"].to(device),
+            logits_to_keep=keep,
+            **extra,
+        )
     logits = out.logits[:, :-1, :].float()
     targets = batch["labels"][:, -keep + 1 :].to(device) if keep > 1 else batch["labels"][:, :0].to(device)
     losses = torch.nn.functional.cross_entropy(
@@ -294,8 +314,11 @@ def train_lora(
     if any(t.distribution for t in train_targets):
         hard = [d.name for d in rubric.dimensions if distinguishing_token(tokenizer, d) is None]
         if hard:
-            log.warning("distribution targets: the labels of %s differ in more than one token with this tokenizer; "
-                        "those dimensions are trained on their consensus label", ", ".join(hard))
+            log.warning(
+                "distribution targets: the labels of %s differ in more than one token with this tokenizer; "
+                "those dimensions are trained on their consensus label",
+                ", ".join(hard),
+            )
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -321,14 +344,19 @@ def train_lora(
             # one prompt variant per batch (token dropout stays per example): the batch shares its prompt
             # prefix, which is then computed once per micro-batch
             variant = sample_variant(rubric, rng, augment) if augment else None
-            batch_examples = [encode_example(rubric, t, tokenizer, config.max_length, rng if augment else None,
-                                             augment, variant=variant)
-                              for t in order[start : start + config.batch_size]]
+            batch_examples = [
+                encode_example(
+                    rubric, t, tokenizer, config.max_length, rng if augment else None, augment, variant=variant
+                )
+                for t in order[start : start + config.batch_size]
+            ]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             optimizer.zero_grad(set_to_none=True)
-            micro = [_collate(m, pad_id, config.share_prefix)
-                     for m in _micro_batches(batch_examples, config.micro_batch_size)]
+            micro = [
+                _collate(m, pad_id, config.share_prefix)
+                for m in _micro_batches(batch_examples, config.micro_batch_size)
+            ]
             supervised = 0
             for part in micro:
                 supervised += int((part["labels"] != IGNORE).sum())
@@ -346,27 +374,47 @@ def train_lora(
             step += 1
             elapsed = time.monotonic() - started
             eta = elapsed / step * (total - step)
-            entry = {"step": step, "epoch": epoch + (start + len(batch_examples)) / len(order),
-                     "train_loss": round(loss, 5), "lr": lr_at(step - 1)}
+            entry = {
+                "step": step,
+                "epoch": epoch + (start + len(batch_examples)) / len(order),
+                "train_loss": round(loss, 5),
+                "lr": lr_at(step - 1),
+            }
             history.append(entry)
-            log.info("train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"],
-                     entry["train_loss"], eta)
+            log.info(
+                "train step %d/%d epoch %.2f loss %.4f eta %.0fs", step, total, entry["epoch"], entry["train_loss"], eta
+            )
             if progress:
-                progress({"step": step, "total_steps": total, "loss": entry["train_loss"], "eta_s": round(eta, 1),
-                          "epoch": round(entry["epoch"], 3)})
+                progress(
+                    {
+                        "step": step,
+                        "total_steps": total,
+                        "loss": entry["train_loss"],
+                        "eta_s": round(eta, 1),
+                        "epoch": round(entry["epoch"], 3),
+                    }
+                )
         if val_examples:
             val = evaluate_loss(model, val_examples, pad_id, config.micro_batch_size, dtype, config.share_prefix)
             history.append({"step": step, "epoch": epoch + 1, "val_loss": round(val, 5)})
             log.info("epoch %d validation loss %.4f", epoch + 1, val)
     model.eval()
-    return TrainResult(model=model, history=history, steps=step, seconds=time.monotonic() - started,
-                       train_examples=len(train_targets), tokens=tokens, computed_tokens=computed,
-                       padding_share=round(1 - computed / padded, 4) if padded else 0.0,
-                       precision="bf16" if dtype is not None else "fp32")
+    return TrainResult(
+        model=model,
+        history=history,
+        steps=step,
+        seconds=time.monotonic() - started,
+        train_examples=len(train_targets),
+        tokens=tokens,
+        computed_tokens=computed,
+        padding_share=round(1 - computed / padded, 4) if padded else 0.0,
+        precision="bf16" if dtype is not None else "fp32",
+    )
 
 
-def evaluate_loss(model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, dtype: Any = None,
-                  share_prefix: bool = True) -> float:
+def evaluate_loss(
+    model: Any, examples: Sequence[Example], pad_id: int, batch_size: int, dtype: Any = None, share_prefix: bool = True
+) -> float:
     """Mean loss per supervised token over ``examples``."""
     import torch
 

@@ -17,9 +17,18 @@ import requests
 
 from tests.e2e.harness import free_port
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--hide-scrollbars",
-         "--remote-allow-origins=*"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--hide-scrollbars",
+    "--remote-allow-origins=*",
+]
 
 
 def chromium() -> str | None:
@@ -38,9 +47,18 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="rj-chromium-")
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--remote-debugging-port={self.port}", f"--user-data-dir={self.profile}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                binary,
+                *FLAGS,
+                f"--remote-debugging-port={self.port}",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.ids = itertools.count(1)
         deadline = time.monotonic() + 30
         while True:
@@ -58,8 +76,7 @@ class Browser:
         self.ws = websocket.create_connection(target["webSocketDebuggerUrl"], timeout=60)
         self.call("Page.enable")
         self.call("Network.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         message_id = next(self.ids)
@@ -97,8 +114,10 @@ class Browser:
         if full_page:
             metrics = self.call("Page.getLayoutMetrics")
             size = metrics.get("cssContentSize") or metrics["contentSize"]
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+            )
         data = self.call("Page.captureScreenshot", **params)["data"]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(data))
@@ -106,11 +125,17 @@ class Browser:
 
     def screenshot_of(self, selector: str, out: Path) -> Path:
         """A screenshot of the element ``selector`` matches (the whole element, scrolled or not)."""
-        box = self.evaluate(f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); "
-                            "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; })()")
+        box = self.evaluate(
+            f"(() => {{ const r = document.querySelector({selector!r}).getBoundingClientRect(); "
+            "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]; })()"
+        )
         x, y, width, height = box
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": x, "y": y, "width": width, "height": height, "scale": 1})["data"]
+        data = self.call(
+            "Page.captureScreenshot",
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": x, "y": y, "width": width, "height": height, "scale": 1},
+        )["data"]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(base64.b64decode(data))
         return out

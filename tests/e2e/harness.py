@@ -33,8 +33,9 @@ class Proc:
 
     def start(self) -> Proc:
         handle = self.log.open("wb")
-        self.popen = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT, env=dict(self.env),
-                                      cwd=self.cwd, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.args, stdout=handle, stderr=subprocess.STDOUT, env=dict(self.env), cwd=self.cwd, start_new_session=True
+        )
         return self
 
     def tail(self, lines: int = 40) -> str:
@@ -68,8 +69,9 @@ class Stack:
         return proc
 
     def logs(self) -> str:
-        return "\n\n".join(f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}"
-                           for p in self.procs)
+        return "\n\n".join(
+            f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}" for p in self.procs
+        )
 
     def fail(self, message: str) -> AssertionError:
         return AssertionError(f"{message}\n\n{self.logs()}")
@@ -81,8 +83,10 @@ class Stack:
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if not proc.alive():
-                    raise self.fail(f"{proc.name} exited (code {proc.popen.returncode if proc.popen else '?'}) "
-                                    f"while waiting for {what}")
+                    raise self.fail(
+                        f"{proc.name} exited (code {proc.popen.returncode if proc.popen else '?'}) "
+                        f"while waiting for {what}"
+                    )
             try:
                 value = check()
                 if value:

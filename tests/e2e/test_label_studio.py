@@ -43,12 +43,16 @@ RUN_BUDGET_S = 1500
 
 def human_result(kind: str, rng: random.Random) -> list[dict]:
     values = [min(2, max(-2, v + rng.choice([0, 0, 0, 0, -1, 1]))) for v in SCORES[kind]]
-    return [{"from_name": d, "to_name": "answer", "type": "choices", "value": {"choices": [str(v)]}}
-            for d, v in zip(DIMENSIONS, values, strict=True)]
+    return [
+        {"from_name": d, "to_name": "answer", "type": "choices", "value": {"choices": [str(v)]}}
+        for d, v in zip(DIMENSIONS, values, strict=True)
+    ]
 
 
-CHECKED_JS = ("Array.from(document.querySelectorAll('.ant-radio-wrapper-checked'))"
-              ".map(e => e.innerText.split('[')[0].trim()).filter(Boolean)")
+CHECKED_JS = (
+    "Array.from(document.querySelectorAll('.ant-radio-wrapper-checked'))"
+    ".map(e => e.innerText.split('[')[0].trim()).filter(Boolean)"
+)
 
 
 def on_screen(prediction: dict) -> list[str]:
@@ -61,9 +65,12 @@ def on_screen(prediction: dict) -> list[str]:
 def login_cookies(ls_url: str) -> dict[str, str]:
     session = requests.Session()
     assert session.get(f"{ls_url}/user/login/", timeout=30).ok
-    session.post(f"{ls_url}/user/login/", data={"email": ADMIN, "password": PASSWORD,
-                                               "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
-                 headers={"Referer": f"{ls_url}/user/login/"}, timeout=30)
+    session.post(
+        f"{ls_url}/user/login/",
+        data={"email": ADMIN, "password": PASSWORD, "csrfmiddlewaretoken": session.cookies.get("csrftoken", "")},
+        headers={"Referer": f"{ls_url}/user/login/"},
+        timeout=30,
+    )
     assert "sessionid" in session.cookies, "logging in to Label Studio failed"
     return {c.name: c.value for c in session.cookies}
 
@@ -74,8 +81,11 @@ def shoot_task(ls_url: str, pid: int, task_id: int, out: Path, prefilled: int = 
     if chromium() is None:
         pytest.fail("chromium is needed for the screenshots: apt-get install chromium")
     browser = Browser(1280, 1500)
-    ready = f"({CHECKED_JS}).length >= {prefilled}" if prefilled else \
-        f"document.querySelectorAll('.ant-radio-wrapper').length >= {5 * len(ON_SCREEN)}"
+    ready = (
+        f"({CHECKED_JS}).length >= {prefilled}"
+        if prefilled
+        else f"document.querySelectorAll('.ant-radio-wrapper').length >= {5 * len(ON_SCREEN)}"
+    )
     try:
         browser.set_cookies(ls_url, login_cookies(ls_url))
         browser.open(f"{ls_url}/projects/{pid}/data?task={task_id}", ready, timeout=90)
@@ -88,8 +98,9 @@ def shoot_task(ls_url: str, pid: int, task_id: int, out: Path, prefilled: int = 
 
 @pytest.fixture(scope="module")
 def ls_venv() -> Path:
-    result = subprocess.run([str(REPO / "scripts" / "install-label-studio.sh")], capture_output=True, text=True,
-                            timeout=1200)
+    result = subprocess.run(
+        [str(REPO / "scripts" / "install-label-studio.sh")], capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, f"installing Label Studio failed:\n{result.stderr[-3000:]}"
     return Path(result.stdout.strip().splitlines()[-1])
 
@@ -105,19 +116,37 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "models"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
     ls_env = {
-        **base_env, "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
-        "SENTRY_DSN": "", "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls-data"),
-        "LABEL_STUDIO_USERNAME": ADMIN, "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        **base_env,
+        "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        "LATEST_VERSION_CHECK": "false",
+        "COLLECT_ANALYTICS": "false",
+        "SENTRY_DSN": "",
+        "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls-data"),
+        "LABEL_STUDIO_USERNAME": ADMIN,
+        "LABEL_STUDIO_PASSWORD": PASSWORD,
+        "LABEL_STUDIO_USER_TOKEN": TOKEN,
         "fflag_feat_utc_210_prediction_validation_15082025": "true",
     }
     judge_env = {
-        **base_env, "MODEL_DIR": str(model_dir), "REDIS_URL": "redis://127.0.0.1:6379/14", "QUEUE_NAME": queue,
-        "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": TOKEN, "BASIC_AUTH_USER": BASIC[0],
-        "BASIC_AUTH_PASS": BASIC[1], "WEBHOOK_SECRET": WEBHOOK_SECRET, "TRAIN_MIN_NEW_ANNOTATIONS": "30",
-        "TRAIN_EPOCHS": "3", "TRAIN_LEARNING_RATE": "0.001",
-        "TRAIN_HELDOUT_FRACTION": "0.3", "TRAIN_MAX_LENGTH": "1024", "PREDICT_BATCH_SIZE": "8",
-        "RUBRIC": "qa-quality", "LOG_LEVEL": "INFO",
+        **base_env,
+        "MODEL_DIR": str(model_dir),
+        "REDIS_URL": "redis://127.0.0.1:6379/14",
+        "QUEUE_NAME": queue,
+        "LABEL_STUDIO_URL": ls_url,
+        "LABEL_STUDIO_API_KEY": TOKEN,
+        "BASIC_AUTH_USER": BASIC[0],
+        "BASIC_AUTH_PASS": BASIC[1],
+        "WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "TRAIN_MIN_NEW_ANNOTATIONS": "30",
+        "TRAIN_EPOCHS": "3",
+        "TRAIN_LEARNING_RATE": "0.001",
+        "TRAIN_HELDOUT_FRACTION": "0.3",
+        "TRAIN_MAX_LENGTH": "1024",
+        "PREDICT_BATCH_SIZE": "8",
+        "RUBRIC": "qa-quality",
+        "LOG_LEVEL": "INFO",
     }
     # reuse the converted embedded model between runs (conversion takes ~20 s)
     cache = REPO / ".cache" / "test-models" / "base"
@@ -129,54 +158,110 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
     redis.Redis.from_url(judge_env["REDIS_URL"]).flushdb()  # database 14 belongs to this test
     stack = Stack()
     try:
-        stack.add(Proc("label-studio", [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser",
-                                        "--internal-host", "127.0.0.1", "-p", str(ls_port), "--data-dir",
-                                        str(tmp_path / "ls-data")], ARTIFACTS / "label-studio.log", ls_env, tmp_path))
-        stack.add(Proc("backend", [str(bin_dir / "rubric-judge"), "serve", "--host", "127.0.0.1", "--port",
-                                   str(backend_port), "--threads", "8"], ARTIFACTS / "backend.log", judge_env, REPO))
+        stack.add(
+            Proc(
+                "label-studio",
+                [
+                    str(ls_venv / "bin" / "label-studio"),
+                    "start",
+                    "--no-browser",
+                    "--internal-host",
+                    "127.0.0.1",
+                    "-p",
+                    str(ls_port),
+                    "--data-dir",
+                    str(tmp_path / "ls-data"),
+                ],
+                ARTIFACTS / "label-studio.log",
+                ls_env,
+                tmp_path,
+            )
+        )
+        stack.add(
+            Proc(
+                "backend",
+                [
+                    str(bin_dir / "rubric-judge"),
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(backend_port),
+                    "--threads",
+                    "8",
+                ],
+                ARTIFACTS / "backend.log",
+                judge_env,
+                REPO,
+            )
+        )
         stack.wait_for("Label Studio /health", lambda: requests.get(f"{ls_url}/health", timeout=2).ok, 420, 2)
-        stack.wait_for("backend /health", lambda: requests.get(f"{backend_url}/health", auth=BASIC, timeout=2).ok,
-                       300, 1)
+        stack.wait_for(
+            "backend /health", lambda: requests.get(f"{backend_url}/health", auth=BASIC, timeout=2).ok, 300, 1
+        )
         ls = requests.Session()
         ls.headers["Authorization"] = f"Token {TOKEN}"
 
         # 1. project from our labeling config, ~30 tasks
-        xml = subprocess.run([str(bin_dir / "rubric-judge"), "label-config", "qa-quality"], capture_output=True,
-                             text=True, check=True, env=judge_env).stdout
-        project = ls.post(f"{ls_url}/api/projects/", json={"title": "rubric-judge e2e", "label_config": xml},
-                          timeout=30)
+        xml = subprocess.run(
+            [str(bin_dir / "rubric-judge"), "label-config", "qa-quality"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=judge_env,
+        ).stdout
+        project = ls.post(
+            f"{ls_url}/api/projects/", json={"title": "rubric-judge e2e", "label_config": xml}, timeout=30
+        )
         assert project.status_code == 201, project.text
         pid = project.json()["id"]
         fixture = json.loads((Path(__file__).parent / "qa_tasks.json").read_text())
-        imported = ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": t["data"]} for t in fixture],
-                           timeout=60)
+        imported = ls.post(
+            f"{ls_url}/api/projects/{pid}/import", json=[{"data": t["data"]} for t in fixture], timeout=60
+        )
         assert imported.status_code == 201, imported.text
         tasks = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100}, timeout=30).json()
         tasks = sorted(tasks["tasks"] if isinstance(tasks, dict) else tasks, key=lambda t: t["id"])
         assert len(tasks) == len(fixture)
 
         # 2. connect the backend; Label Studio creates the /webhook row; we add the secret header to it
-        ml = ls.post(f"{ls_url}/api/ml", json={
-            "url": backend_url, "project": pid, "title": "rubric-judge", "is_interactive": False,
-            "auth_method": "BASIC_AUTH", "basic_auth_user": BASIC[0], "basic_auth_pass": BASIC[1], "timeout": 100},
-            timeout=60)
+        ml = ls.post(
+            f"{ls_url}/api/ml",
+            json={
+                "url": backend_url,
+                "project": pid,
+                "title": "rubric-judge",
+                "is_interactive": False,
+                "auth_method": "BASIC_AUTH",
+                "basic_auth_user": BASIC[0],
+                "basic_auth_pass": BASIC[1],
+                "timeout": 100,
+            },
+            timeout=60,
+        )
         assert ml.status_code == 201, ml.text
         ml_id = ml.json()["id"]
         hooks = ls.get(f"{ls_url}/api/webhooks/", params={"project": pid}, timeout=30).json()
         hook = next((h for h in hooks if h["url"].rstrip("/") == f"{backend_url}/webhook"), None)
         assert hook is not None, f"Label Studio created no /webhook row: {hooks}"
-        patched = ls.patch(f"{ls_url}/api/webhooks/{hook['id']}/",
-                           json={"headers": {"X-Webhook-Secret": WEBHOOK_SECRET}}, timeout=30)
+        patched = ls.patch(
+            f"{ls_url}/api/webhooks/{hook['id']}/", json={"headers": {"X-Webhook-Secret": WEBHOOK_SECRET}}, timeout=30
+        )
         assert patched.ok, patched.text
 
         # 3. Retrieve Predictions: every task gets one valid choice per dimension and our model_version
-        setup = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
-                              json={"project": f"{pid}.0", "schema": xml}).json()
+        setup = requests.post(
+            f"{backend_url}/setup", auth=BASIC, timeout=10, json={"project": f"{pid}.0", "schema": xml}
+        ).json()
         v0 = setup["model_version"]
         assert v0 == f"smollm2-135m.p{pid}.v0"
         t0 = time.monotonic()
-        action = ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                         json={"selectedItems": {"all": True, "excluded": []}}, timeout=120)
+        action = ls.post(
+            f"{ls_url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": True, "excluded": []}},
+            timeout=120,
+        )
         assert action.ok, action.text
         predict_seconds = time.monotonic() - t0
         interface = LabelInterface(xml)
@@ -190,12 +275,19 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v0}, timeout=30)
         first = ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]}, timeout=30).json()[0]
         shown = shoot_task(ls_url, pid, tasks[0]["id"], ARTIFACTS / "label-studio-task-v0.png")
-        assert shown == on_screen(first), (
-            f"the labeling page shows {shown}, the judge predicted {first['result']}")
+        assert shown == on_screen(first), f"the labeling page shows {shown}, the judge predicted {first['result']}"
 
         # 4. human annotations from two users until the threshold fires; then Start Training
-        second = ls.post(f"{ls_url}/api/users/", json={"email": "second@example.com", "username": "second",
-                                                       "first_name": "Second", "last_name": "Annotator"}, timeout=30)
+        second = ls.post(
+            f"{ls_url}/api/users/",
+            json={
+                "email": "second@example.com",
+                "username": "second",
+                "first_name": "Second",
+                "last_name": "Annotator",
+            },
+            timeout=30,
+        )
         assert second.status_code == 201, second.text
         second_id = second.json()["id"]
         rng = random.Random(11)
@@ -209,9 +301,15 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
                 answers.append(ls.post(f"{ls_url}/api/tasks/{task['id']}/annotations/", json=body, timeout=30))
         assert all(a.status_code == 201 for a in answers), [a.text for a in answers if a.status_code != 201][:2]
         assert len(answers) == 42
-        status = stack.wait_for("the 30th annotation to enqueue a training job", lambda: requests.get(
-            f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()["projects"][str(pid)]
-            .get("queued"), 60)
+        status = stack.wait_for(
+            "the 30th annotation to enqueue a training job",
+            lambda: (
+                requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5)
+                .json()["projects"][str(pid)]
+                .get("queued")
+            ),
+            60,
+        )
         train = ls.post(f"{ls_url}/api/ml/{ml_id}/train", json={}, timeout=120)
         assert train.ok, train.text
         state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()
@@ -219,8 +317,11 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
 
         # 5. the worker trains (with a personal access token: a JWT refresh token the SDK exchanges itself);
         #    the new version is served and reported
-        enabled = ls.post(f"{ls_url}/api/jwt/settings", timeout=30,
-                          json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True})
+        enabled = ls.post(
+            f"{ls_url}/api/jwt/settings",
+            timeout=30,
+            json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": True},
+        )
         assert enabled.ok, enabled.text
         created = ls.post(f"{ls_url}/api/token/", timeout=30)
         assert created.status_code == 201, created.text
@@ -228,8 +329,11 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         refreshed = requests.post(f"{ls_url}/api/token/refresh/", json={"refresh": pat}, timeout=30)
         assert refreshed.ok and refreshed.json().get("access"), refreshed.text
         pat_env = {**judge_env, "LABEL_STUDIO_API_KEY": pat}
-        stack.add(Proc("worker", [str(bin_dir / "rubric-judge"), "worker", "--burst"], ARTIFACTS / "worker.log",
-                       pat_env, REPO))
+        stack.add(
+            Proc(
+                "worker", [str(bin_dir / "rubric-judge"), "worker", "--burst"], ARTIFACTS / "worker.log", pat_env, REPO
+            )
+        )
         t0 = time.monotonic()
         deadline = time.monotonic() + RUN_BUDGET_S
         while stack.procs[-1].alive() and time.monotonic() < deadline:
@@ -251,20 +355,27 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         worst = report["disagreements"]["summed"]
         assert worst and worst[0]["link"] == f"{ls_url}/projects/{pid}/data?task={worst[0]['task_id']}"
         v1 = f"smollm2-135m.p{pid}.v1"
-        served = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
-                               json={"project": f"{pid}.0", "schema": xml}).json()["model_version"]
+        served = requests.post(
+            f"{backend_url}/setup", auth=BASIC, timeout=10, json={"project": f"{pid}.0", "schema": xml}
+        ).json()["model_version"]
         # the promotion gate decides; its decision must be what /setup serves
         assert served == (v1 if run["promoted"] else v0), (served, run["decision"])
         if not run["promoted"]:
             # an admin overrides the gate (or rolls back) by hand; the backend serves it without a restart
-            activated = requests.post(f"{backend_url}/versions/activate", auth=BASIC, timeout=10,
-                                      json={"project": pid, "version": 1})
+            activated = requests.post(
+                f"{backend_url}/versions/activate", auth=BASIC, timeout=10, json={"project": pid, "version": 1}
+            )
             assert activated.ok and activated.json()["model_version"] == v1, activated.text
-        setup = requests.post(f"{backend_url}/setup", auth=BASIC, timeout=10,
-                              json={"project": f"{pid}.0", "schema": xml}).json()
+        setup = requests.post(
+            f"{backend_url}/setup", auth=BASIC, timeout=10, json={"project": f"{pid}.0", "schema": xml}
+        ).json()
         assert setup["model_version"] == v1
-        action = ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                         json={"selectedItems": {"all": True, "excluded": []}}, timeout=120)
+        action = ls.post(
+            f"{ls_url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": True, "excluded": []}},
+            timeout=120,
+        )
         assert action.ok, action.text
         fresh = ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[-1]["id"]}, timeout=30).json()
         assert v1 in {p["model_version"] for p in fresh}, fresh
@@ -272,15 +383,24 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
 
         # 6. a task imported now gets a v1 pre-annotation, shown pre-filled; and the report page
         ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": fixture[1]["data"]}], timeout=60)
-        new_task = max(t["id"] for t in ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100},
-                                               timeout=30).json()["tasks"])
-        ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                json={"selectedItems": {"all": False, "included": [new_task]}}, timeout=120).raise_for_status()
+        new_task = max(
+            t["id"]
+            for t in ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100}, timeout=30).json()[
+                "tasks"
+            ]
+        )
+        ls.post(
+            f"{ls_url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": False, "included": [new_task]}},
+            timeout=120,
+        ).raise_for_status()
         latest = ls.get(f"{ls_url}/api/predictions/", params={"task": new_task}, timeout=30).json()
         assert [p["model_version"] for p in latest] == [v1], latest
         # v1 pre-fills exactly the dimensions on which it beat the majority label on held-out tasks
-        details = requests.get(f"{backend_url}/versions", params={"project": pid}, auth=BASIC,
-                               timeout=10).json()["details"]
+        details = requests.get(f"{backend_url}/versions", params={"project": pid}, auth=BASIC, timeout=10).json()[
+            "details"
+        ]
         gate = next(d for d in details if d["number"] == 1)["prefill"]
         prefilled = {name for name, decision in gate.items() if decision["prefilled"]}
         assert {r["from_name"] for r in latest[0]["result"]} == prefilled, (gate, latest[0]["result"])
@@ -301,18 +421,23 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
 
         # 7. asynchronous pre-annotation through the API: three new tasks get one v1 prediction each; the
         #    annotated tasks and the task already predicted by v1 are skipped; a second run writes nothing
-        ls.post(f"{ls_url}/api/projects/{pid}/import", json=[{"data": fixture[i]["data"]} for i in (2, 3, 4)],
-                timeout=60).raise_for_status()
+        ls.post(
+            f"{ls_url}/api/projects/{pid}/import", json=[{"data": fixture[i]["data"]} for i in (2, 3, 4)], timeout=60
+        ).raise_for_status()
         listed = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 100}, timeout=30).json()["tasks"]
         fresh_ids = sorted(t["id"] for t in listed if t["id"] > new_task)
         assert len(fresh_ids) == 3, listed
-        annotated_before = len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]},
-                                      timeout=30).json())
+        annotated_before = len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]}, timeout=30).json())
         t0 = time.monotonic()
         runs = []
         for _ in range(2):
-            proc = subprocess.run([str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid),
-                                   "--batch-size", "2"], capture_output=True, text=True, env=pat_env, timeout=600)
+            proc = subprocess.run(
+                [str(bin_dir / "rubric-judge"), "prelabel", "--project", str(pid), "--batch-size", "2"],
+                capture_output=True,
+                text=True,
+                env=pat_env,
+                timeout=600,
+            )
             assert proc.returncode == 0, stack.fail(f"prelabel failed:\n{proc.stderr[-3000:]}")
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         prelabel_seconds = time.monotonic() - t0
@@ -323,8 +448,10 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             stored = ls.get(f"{ls_url}/api/predictions/", params={"task": task_id}, timeout=30).json()
             assert [p["model_version"] for p in stored] == [v1], stored
             assert interface.validate_prediction({"result": stored[0]["result"]}, return_errors=True) == []
-        assert len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]},
-                          timeout=30).json()) == annotated_before
+        assert (
+            len(ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[0]["id"]}, timeout=30).json())
+            == annotated_before
+        )
         # what to label next: the unannotated tasks by their stored v1 prediction's score, lowest first (the
         # stored predictions carry the scores the Data Manager's prediction-score column sorts by)
         unlabeled = [new_task, *fresh_ids]
@@ -334,8 +461,13 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             score = next(p["score"] for p in stored if p["model_version"] == v1)
             assert isinstance(score, float) and 0 < score <= 1, stored
             stored_scores[task_id] = score
-        proc = subprocess.run([str(bin_dir / "rubric-judge"), "queue", "--project", str(pid), "--json"],
-                              capture_output=True, text=True, env=pat_env, timeout=300)
+        proc = subprocess.run(
+            [str(bin_dir / "rubric-judge"), "queue", "--project", str(pid), "--json"],
+            capture_output=True,
+            text=True,
+            env=pat_env,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         queue = json.loads(proc.stdout)
         expected_order = sorted(unlabeled, key=lambda t: (stored_scores[t], str(t)))
@@ -347,27 +479,45 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
 
         # 8. serving first: while a LoRA training job runs on this machine, 18 tasks imported then get v1
         #    pre-annotations from Retrieve Predictions within Label Studio's 100 s (the job pauses meanwhile)
-        forced = requests.post(f"{backend_url}/webhook", headers={"X-Webhook-Secret": WEBHOOK_SECRET}, timeout=10,
-                               json={"action": "START_TRAINING", "project": {"id": pid}, "force": True})
+        forced = requests.post(
+            f"{backend_url}/webhook",
+            headers={"X-Webhook-Secret": WEBHOOK_SECRET},
+            timeout=10,
+            json={"action": "START_TRAINING", "project": {"id": pid}, "force": True},
+        )
         assert forced.ok, forced.text
-        lora = stack.add(Proc("worker-lora", [str(bin_dir / "rubric-judge"), "worker", "--burst"],
-                              ARTIFACTS / "worker-lora.log", {**pat_env, "TRAIN_METHOD": "lora"}, REPO))
+        lora = stack.add(
+            Proc(
+                "worker-lora",
+                [str(bin_dir / "rubric-judge"), "worker", "--burst"],
+                ARTIFACTS / "worker-lora.log",
+                {**pat_env, "TRAIN_METHOD": "lora"},
+                REPO,
+            )
+        )
 
         def training_step() -> int:
-            state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC,
-                                 timeout=5).json()["projects"][str(pid)]
+            state = requests.get(f"{backend_url}/status", params={"project": pid}, auth=BASIC, timeout=5).json()[
+                "projects"
+            ][str(pid)]
             return int(((state.get("job") or {}).get("meta") or {}).get("step") or 0) if state.get("running") else 0
 
         stack.wait_for("the forced LoRA job's first optimizer step", training_step, 600, 2)
-        late = [{"data": {**fixture[i]["data"], "answer": fixture[i]["data"]["answer"] + f" (Note {i}.)"}}
-                for i in range(5, 23)]  # unseen inputs: nothing comes from the prediction cache
+        late = [
+            {"data": {**fixture[i]["data"], "answer": fixture[i]["data"]["answer"] + f" (Note {i}.)"}}
+            for i in range(5, 23)
+        ]  # unseen inputs: nothing comes from the prediction cache
         ls.post(f"{ls_url}/api/projects/{pid}/import", json=late, timeout=60).raise_for_status()
         listed = ls.get(f"{ls_url}/api/tasks/", params={"project": pid, "page_size": 200}, timeout=30).json()["tasks"]
         late_ids = sorted(t["id"] for t in listed if t["id"] > max(fresh_ids))
         assert len(late_ids) == 18, listed
         t0 = time.monotonic()
-        ls.post(f"{ls_url}/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                json={"selectedItems": {"all": False, "included": late_ids}}, timeout=120).raise_for_status()
+        ls.post(
+            f"{ls_url}/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": False, "included": late_ids}},
+            timeout=120,
+        ).raise_for_status()
         beside_training_seconds = time.monotonic() - t0
         still_training = training_step()
         for task_id in late_ids:
@@ -378,16 +528,25 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         assert "pausing training" in lora.log.read_text(errors="replace"), lora.tail()
         lora.stop()
 
-        summary = {"seconds_total": round(time.monotonic() - started, 1),
-                   "retrieve_18_tasks_beside_lora_training_s": round(beside_training_seconds, 1),
-                   "label_next": [(e["task_id"], e["score"]) for e in queue["queue"]],
-                   "prelabel_two_runs_s": round(prelabel_seconds, 1),
-                   "predict_30_tasks_s": round(predict_seconds, 1),
-                   "train_job_s": round(train_seconds, 1), "alpha_flat": run["alpha_flat"],
-                   "alpha_base_flat": run["alpha_base_flat"], "ceiling": report["flat"]["ceiling"],
-                   "promoted": run["promoted"], "decision": run["decision"], "v0": v0, "v1": v1,
-                   "method_v1": run.get("method"), "alpha_dims_v1": run.get("alpha_dims"),
-                   "prefill_v1": gate, "prefilled_v1": shown}
+        summary = {
+            "seconds_total": round(time.monotonic() - started, 1),
+            "retrieve_18_tasks_beside_lora_training_s": round(beside_training_seconds, 1),
+            "label_next": [(e["task_id"], e["score"]) for e in queue["queue"]],
+            "prelabel_two_runs_s": round(prelabel_seconds, 1),
+            "predict_30_tasks_s": round(predict_seconds, 1),
+            "train_job_s": round(train_seconds, 1),
+            "alpha_flat": run["alpha_flat"],
+            "alpha_base_flat": run["alpha_base_flat"],
+            "ceiling": report["flat"]["ceiling"],
+            "promoted": run["promoted"],
+            "decision": run["decision"],
+            "v0": v0,
+            "v1": v1,
+            "method_v1": run.get("method"),
+            "alpha_dims_v1": run.get("alpha_dims"),
+            "prefill_v1": gate,
+            "prefilled_v1": shown,
+        }
         (ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=1))
     finally:
         stack.stop()
