@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 64
 
 
+def _wants_html() -> bool:
+    """The client prefers an HTML page to JSON (a browser)."""
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
 def _error(status: int, message: str) -> Response:
     response = jsonify({"status": status, "error": message})
     response.status_code = status
@@ -212,7 +217,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         from backend.reports import projects_index, render_index
 
         index = projects_index(service.registry)
-        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        if _wants_html():
             return Response(render_index(index), mimetype="text/html")
         return jsonify(index)
 
@@ -244,7 +249,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         if not raw.isdigit():
             return _error(400, f"limit={raw!r}: expected a positive integer")
         data = service.label_queue(name, int(raw))
-        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        if _wants_html():
             return Response(render_queue(data), mimetype="text/html")
         return jsonify(data)
 

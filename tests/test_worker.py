@@ -292,15 +292,15 @@ def _worker_process(tmp_path: Path, pause_at: str) -> subprocess.Popen:
         "TRAIN_EPOCHS": "1",
         "LOG_LEVEL": "INFO",
     }
-    log = (tmp_path / f"worker-{pause_at}.log").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "rubric_judge", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with (tmp_path / f"worker-{pause_at}.log").open("w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "rubric_judge", "worker", "--name", f"crash-{uuid.uuid4().hex[:6]}"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_for(predicate, timeout: float, what: str):

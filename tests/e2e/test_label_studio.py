@@ -62,6 +62,19 @@ def on_screen(prediction: dict) -> list[str]:
     return [chosen[name] for name in ON_SCREEN if name in chosen]
 
 
+def retrieve(ls: requests.Session, ls_url: str, pid: int, task_ids: list[int] | None) -> None:
+    """The Data Manager's *Retrieve Predictions* on every task (None) or on ``task_ids``; Label Studio calls
+    /predict synchronously and cuts it off after the backend's 100 s timeout."""
+    selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
+    action = ls.post(
+        f"{ls_url}/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": pid},
+        json={"selectedItems": selected},
+        timeout=120,
+    )
+    assert action.ok, action.text
+
+
 def login_cookies(ls_url: str) -> dict[str, str]:
     session = requests.Session()
     assert session.get(f"{ls_url}/user/login/", timeout=30).ok
@@ -256,13 +269,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         v0 = setup["model_version"]
         assert v0 == f"smollm2-135m.p{pid}.v0"
         t0 = time.monotonic()
-        action = ls.post(
-            f"{ls_url}/api/dm/actions",
-            params={"id": "retrieve_tasks_predictions", "project": pid},
-            json={"selectedItems": {"all": True, "excluded": []}},
-            timeout=120,
-        )
-        assert action.ok, action.text
+        retrieve(ls, ls_url, pid, None)
         predict_seconds = time.monotonic() - t0
         interface = LabelInterface(xml)
         for task in tasks:
@@ -370,13 +377,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
             f"{backend_url}/setup", auth=BASIC, timeout=10, json={"project": f"{pid}.0", "schema": xml}
         ).json()
         assert setup["model_version"] == v1
-        action = ls.post(
-            f"{ls_url}/api/dm/actions",
-            params={"id": "retrieve_tasks_predictions", "project": pid},
-            json={"selectedItems": {"all": True, "excluded": []}},
-            timeout=120,
-        )
-        assert action.ok, action.text
+        retrieve(ls, ls_url, pid, None)
         fresh = ls.get(f"{ls_url}/api/predictions/", params={"task": tasks[-1]["id"]}, timeout=30).json()
         assert v1 in {p["model_version"] for p in fresh}, fresh
         ls.patch(f"{ls_url}/api/projects/{pid}/", json={"model_version": v1}, timeout=30)
@@ -389,12 +390,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
                 "tasks"
             ]
         )
-        ls.post(
-            f"{ls_url}/api/dm/actions",
-            params={"id": "retrieve_tasks_predictions", "project": pid},
-            json={"selectedItems": {"all": False, "included": [new_task]}},
-            timeout=120,
-        ).raise_for_status()
+        retrieve(ls, ls_url, pid, [new_task])
         latest = ls.get(f"{ls_url}/api/predictions/", params={"task": new_task}, timeout=30).json()
         assert [p["model_version"] for p in latest] == [v1], latest
         # v1 pre-fills exactly the dimensions on which it beat the majority label on held-out tasks
@@ -512,12 +508,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         late_ids = sorted(t["id"] for t in listed if t["id"] > max(fresh_ids))
         assert len(late_ids) == 18, listed
         t0 = time.monotonic()
-        ls.post(
-            f"{ls_url}/api/dm/actions",
-            params={"id": "retrieve_tasks_predictions", "project": pid},
-            json={"selectedItems": {"all": False, "included": late_ids}},
-            timeout=120,
-        ).raise_for_status()
+        retrieve(ls, ls_url, pid, late_ids)
         beside_training_seconds = time.monotonic() - t0
         still_training = training_step()
         for task_id in late_ids:
