@@ -162,3 +162,15 @@ def test_pairwise_alpha_is_undefined_with_one_shared_task_and_links_need_a_url()
     cell = pairwise_alpha({"a": [1.0, None], "b": [2.0, 3.0]}, "interval")
     assert cell["shared"][0][1] == 1 and cell["alpha"][0][1] is None and cell["reliable"] == [[False] * 2] * 2
     assert task_link("", "3", 1) is None and task_link("http://x", None, 1) is None
+
+
+def test_the_heatmap_greys_cells_with_few_shared_tasks_and_says_so():
+    from backend.reports import plot_agreement_matrix
+
+    rows, predictions = rows_and_predictions()
+    cell = agreement_matrix(rows, predictions, DIMS, "interval")["dimensions"]["clarity"]
+    svg = plot_agreement_matrix(cell, "clarity")
+    assert svg.startswith("<svg") and svg.count("<svg") == 1
+    assert "&lt; 10" in svg or "< 10" in svg  # the a-c, b-c and c-judge cells share fewer than 10 tasks
+    assert "#d9d9d9" in svg  # drawn grey
+    assert "n=30" in svg and "judge" in svg

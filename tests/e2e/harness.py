@@ -62,15 +62,22 @@ class Proc:
 
 @dataclass
 class Stack:
-    procs: list[Proc] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)  # must stay alive: wait_for fails when one exits
+    done: list[Proc] = field(default_factory=list)  # finished as they should (a burst worker); logs still shown
 
     def add(self, proc: Proc) -> Proc:
         self.procs.append(proc.start())
         return proc
 
+    def retire(self, proc: Proc) -> None:
+        """``proc`` has finished its work: stop watching it (it is still stopped and logged at the end)."""
+        self.procs.remove(proc)
+        self.done.append(proc)
+
     def logs(self) -> str:
         return "\n\n".join(
-            f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}" for p in self.procs
+            f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}"
+            for p in [*self.procs, *self.done]
         )
 
     def fail(self, message: str) -> AssertionError:
@@ -97,5 +104,5 @@ class Stack:
         raise self.fail(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error!r})")
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
+        for proc in reversed([*self.done, *self.procs]):
             proc.stop()

@@ -336,18 +336,20 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         refreshed = requests.post(f"{ls_url}/api/token/refresh/", json={"refresh": pat}, timeout=30)
         assert refreshed.ok and refreshed.json().get("access"), refreshed.text
         pat_env = {**judge_env, "LABEL_STUDIO_API_KEY": pat}
-        stack.add(
+        worker = stack.add(
             Proc(
                 "worker", [str(bin_dir / "rubric-judge"), "worker", "--burst"], ARTIFACTS / "worker.log", pat_env, REPO
             )
         )
         t0 = time.monotonic()
         deadline = time.monotonic() + RUN_BUDGET_S
-        while stack.procs[-1].alive() and time.monotonic() < deadline:
+        while worker.alive() and time.monotonic() < deadline:
             time.sleep(3)
         train_seconds = time.monotonic() - t0
-        if stack.procs[-1].alive():
+        if worker.alive():
             raise stack.fail(f"the worker did not finish training within {RUN_BUDGET_S} s")
+        assert worker.popen is not None and worker.popen.returncode == 0, stack.fail("the worker failed")
+        stack.retire(worker)  # a burst worker ends when the queue is empty
         report = requests.get(f"{backend_url}/reports/{pid}.json", auth=BASIC, timeout=30)
         assert report.ok, stack.fail(f"no report: {report.text}")
         report = report.json()
