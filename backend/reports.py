@@ -329,7 +329,7 @@ def plot_confusion(row: Mapping[str, Any]) -> str:
 def plot_agreement_matrix(cell: Mapping[str, Any], title: str) -> str:
     """A heatmap of pairwise α (annotators and the judge); a cell with fewer than ``min_shared`` shared tasks
     is grey and says so, every cell names its number of shared tasks."""
-    raters = [str(r) for r in cell.get("raters") or []]
+    raters = [rater_name(r) for r in cell.get("raters") or []]
     size = max(1, len(raters))
     fig, ax = _figure(1.6 + 0.75 * size, 1.3 + 0.6 * size)
     if not raters:
@@ -376,7 +376,18 @@ def plot_losses(history: Sequence[Mapping[str, Any]]) -> str:
         ax.plot(*zip(*val, strict=True), label="validation loss (held-out)", color="#c0392b", marker="o", lw=1.5)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss per label token")
-    ax.legend(frameon=False)
+    if train or val:
+        ax.legend(frameon=False)
+    else:  # a feature head has no optimizer steps
+        ax.text(
+            0.5,
+            0.5,
+            "no training loss: this version is a feature head",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="#666666",
+        )
     return _svg(fig)
 
 
@@ -419,6 +430,12 @@ def fmt_int(value: Any) -> str:
     return "–" if number is None else f"{int(number):,}"
 
 
+def rater_name(name: Any) -> str:
+    """An annotator id as shown: Label Studio exports user ids, which read as labels on their own."""
+    text = str(name)
+    return f"annotator {text}" if text.isdigit() else text
+
+
 def _cell(value: Any, kind: str) -> str:
     return fmt_int(value) if kind == "int" else fmt_alpha(value)
 
@@ -433,7 +450,7 @@ def _templates() -> Any:
         autoescape=select_autoescape(["html"]),
         undefined=ChainableUndefined,
     )
-    env.filters.update(alpha=fmt_alpha, integer=fmt_int, at=at_path, cell=_cell)
+    env.filters.update(alpha=fmt_alpha, integer=fmt_int, at=at_path, cell=_cell, rater=rater_name)
     return env
 
 
