@@ -246,7 +246,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         from backend.reports import render_queue
 
         raw = request.args.get("limit", "20")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             return _error(400, f"limit={raw!r}: expected a positive integer")
         data = service.label_queue(name, int(raw))
         if _wants_html():

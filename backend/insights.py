@@ -9,6 +9,7 @@ Inputs are the version folder's ``train.jsonl``/``heldout.jsonl`` rows (``{id, d
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from backend.metrics import finite, json_safe
 JUDGE = "judge"
 #: pairwise cells with fewer shared tasks than this are greyed: α on so few tasks says little
 MIN_SHARED = 10
+MAX_RATERS = 30  # annotators in the matrix at most, those with the most annotations
 TOP_DISAGREEMENTS = 20
 EXCERPT_CHARS = 160
 
@@ -45,21 +47,29 @@ def rater_table(
     that rater did not rate the task). The judge rates the tasks it has predictions for."""
     tasks = [str(r["id"]) for r in rows]
     index = {task: i for i, task in enumerate(tasks)}
-    annotators = sorted({str(a["annotator"]) for r in rows for a in r.get("annotations") or []})
+    counts = Counter(_annotator(a) for r in rows for a in r.get("annotations") or [])
+    # the MAX_RATERS annotators with the most annotations (a heatmap of hundreds of raters helps nobody)
+    annotators = sorted(who for who, _ in counts.most_common(MAX_RATERS))
     table: dict[str, dict[str, list[Any]]] = {}
     for name, level in levels.items():
         per: dict[str, list[Any]] = {who: [None] * len(tasks) for who in [*annotators, JUDGE]}
         for row in rows:
             for annotation in row.get("annotations") or []:
-                per[str(annotation["annotator"])][index[str(row["id"])]] = _value(
-                    (annotation.get("scores") or {}).get(name), level
-                )
+                who = _annotator(annotation)
+                if who in per:
+                    per[who][index[str(row["id"])]] = _value((annotation.get("scores") or {}).get(name), level)
         for prediction in predictions:
             at = index.get(str(prediction.get("task_id")))
             if at is not None:
                 per[JUDGE][at] = _value((prediction.get("labels") or {}).get(name), level)
         table[name] = per
     return tasks, table
+
+
+def _annotator(annotation: Mapping[str, Any]) -> str:
+    """An annotator's name as a rater; one literally called like the judge is told apart."""
+    name = str(annotation["annotator"])
+    return f"{name} (annotator)" if name == JUDGE else name
 
 
 def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str, min_shared: int = MIN_SHARED) -> dict[str, Any]:
@@ -69,25 +79,22 @@ def pairwise_alpha(ratings: Mapping[str, Sequence[Any]], level: str, min_shared:
     on the diagonal and where it is undefined (fewer than two shared tasks, no variance); ``reliable`` is
     False where fewer than ``min_shared`` tasks are shared (the report greys those cells)."""
     raters = list(ratings)
-    alpha: list[list[float | None]] = []
-    shared: list[list[int]] = []
-    for a in raters:
-        alpha_row: list[float | None] = []
-        shared_row: list[int] = []
-        for b in raters:
+    size = len(raters)
+    alpha: list[list[float | None]] = [[None] * size for _ in range(size)]
+    shared: list[list[int]] = [[0] * size for _ in range(size)]
+    for i, a in enumerate(raters):
+        shared[i][i] = sum(1 for v in ratings[a] if v is not None)
+        for j in range(i + 1, size):  # symmetric: each pair once
+            b = raters[j]
             both = [
                 u
                 for u, (x, y) in enumerate(zip(ratings[a], ratings[b], strict=True))
                 if x is not None and y is not None
             ]
-            shared_row.append(len(both))
-            if a == b or len(both) < 2:
-                alpha_row.append(None)
-                continue
-            pair = [[ratings[a][u] for u in both], [ratings[b][u] for u in both]]
-            alpha_row.append(finite(krippendorff_alpha(pair, level)))
-        alpha.append(alpha_row)
-        shared.append(shared_row)
+            shared[i][j] = shared[j][i] = len(both)
+            if len(both) >= 2:
+                pair = [[ratings[a][u] for u in both], [ratings[b][u] for u in both]]
+                alpha[i][j] = alpha[j][i] = finite(krippendorff_alpha(pair, level))
     reliable = [[n >= min_shared for n in row] for row in shared]
     return json_safe(
         {
@@ -192,7 +199,7 @@ def disagreements(
         )
 
     def worst(key: Any) -> list[dict[str, Any]]:
-        ranked = [e for e in entries if key(e) is not None]
+        ranked = [e for e in entries if key(e)]  # where the judge agrees with the humans it is not wrong
         ranked.sort(key=lambda e: (-key(e), str(e["task_id"])))
         return ranked[:top]
 
@@ -234,10 +241,10 @@ def label_next(
     for task in tasks:
         if task.get("annotations") or task.get("total_annotations") or task.get("is_labeled"):
             continue
-        scores = [
+        scores = [  # a prediction that pre-fills nothing (score 0) is not uncertain, it is empty
             finite(p.get("score"))
             for p in task.get("predictions") or []
-            if isinstance(p, Mapping) and p.get("model_version") == model_version
+            if isinstance(p, Mapping) and p.get("model_version") == model_version and not p.get("empty")
         ]
         scores = [s for s in scores if s is not None]
         if not scores:

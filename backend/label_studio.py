@@ -95,14 +95,21 @@ def is_annotated(task: Mapping[str, Any]) -> bool:
 
 
 def task_predictions(client: Any, task: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The task's stored predictions as ``{"model_version", "score"}`` (asked separately when the task list
-    left them out)."""
+    """The task's stored predictions as ``{"model_version", "score", "empty"}`` (asked separately when the task
+    list left them out); ``empty``: no result and no score (a version that pre-fills no dimension)."""
     predictions = task.get("predictions")
     if not isinstance(predictions, list) or (not predictions and task.get("total_predictions")):
         if not task.get("total_predictions"):
             return []
         predictions = list(client.predictions.list(task=int(task["id"])))
-    return [{"model_version": field(p, "model_version"), "score": field(p, "score")} for p in predictions]
+    return [
+        {
+            "model_version": field(p, "model_version"),
+            "score": field(p, "score"),
+            "empty": field(p, "result") == [] and not field(p, "score"),
+        }
+        for p in predictions
+    ]
 
 
 def prediction_versions(client: Any, task: Mapping[str, Any]) -> set[str]:

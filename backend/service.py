@@ -460,8 +460,8 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
     url = settings.label_studio_url
     try:
         client = label_studio_client(url, settings.label_studio_api_key)
-    except LabelStudioError as exc:
-        raise RequestError(str(exc), 503) from None
+    except LabelStudioError as exc:  # the server's configuration, not the request: no Retry-After
+        raise RequestError(str(exc), 500) from None
     try:
         tasks = [t for t in list_tasks(client, int(pid)) if not is_annotated(t)]
         for task in tasks:

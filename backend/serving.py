@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MARK_TTL_S = 5.0
 REFRESH_S = 1.0
+RETRY_S = 5.0  # after a Redis error, neither side tries Redis again for this long
 PAUSE_MODES = ("auto", "always", "never")
 
 
@@ -47,7 +48,10 @@ def this_host() -> str:
 
 
 class ServingMark:
-    """The backend's side: ``with mark.scoring():`` around every call that runs the model."""
+    """The backend's side: ``with mark.scoring():`` around every call that runs the model.
+
+    Redis is called outside the lock, and after a failure not again for ``RETRY_S``, so a hung Redis costs a
+    request at most one 0.5 s timeout and never holds up another request."""
 
     def __init__(
         self, redis: Any, base_name: str, host: str | None = None, clock: Callable[[], float] = time.time
@@ -61,6 +65,7 @@ class ServingMark:
         self._renewer: threading.Thread | None = None
         self._wake = threading.Event()
         self._failed = False
+        self._retry_at = float("-inf")  # time.monotonic() before which Redis is not tried again
 
     @property
     def member(self) -> str:
@@ -70,18 +75,20 @@ class ServingMark:
     def scoring(self) -> Iterator[None]:
         with self._lock:
             self._active += 1
-            if self._active == 1:
-                self._publish()
+            first = self._active == 1
             if self._renewer is None or not self._renewer.is_alive():
                 self._renewer = threading.Thread(target=self._renew, name="serving-mark", daemon=True)
                 self._renewer.start()
+        if first:
+            self._publish()
         try:
             yield
         finally:
             with self._lock:
                 self._active -= 1
-                if self._active == 0:
-                    self._withdraw()
+                last = self._active == 0
+            if last:
+                self._withdraw()
 
     @property
     def active(self) -> int:
@@ -90,9 +97,10 @@ class ServingMark:
     def _renew(self) -> None:
         while True:
             self._wake.wait(REFRESH_S)
-            with self._lock:
-                if self._active:
-                    self._publish()
+            if self._active:
+                self._publish()
+                if not self._active:  # the last call ended while this renewal ran: take the mark down again
+                    self._withdraw()
 
     def _publish(self) -> None:
         now = self._clock()
@@ -110,6 +118,8 @@ class ServingMark:
         self._call(lambda: self.redis.zrem(self.key, self.member))
 
     def _call(self, action: Callable[[], Any]) -> None:
+        if time.monotonic() < self._retry_at:
+            return
         try:
             action()
         except Exception as exc:  # no Redis: a training job beside us cannot see the mark, nothing else breaks
@@ -120,6 +130,7 @@ class ServingMark:
                     type(exc).__name__,
                 )
             self._failed = True
+            self._retry_at = time.monotonic() + RETRY_S
         else:
             self._failed = False
 
@@ -138,6 +149,7 @@ class ServingGate:
         poll_s: float = 0.25,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if mode not in PAUSE_MODES:
             raise ValueError(f"pause mode {mode!r}: expected one of {', '.join(PAUSE_MODES)}")
@@ -147,9 +159,11 @@ class ServingGate:
         self.host = host or this_host()
         self.max_pause_s = max_pause_s
         self.poll_s = poll_s
-        self._clock = clock
+        self._clock = clock  # wall time: the mark's scores
+        self._timer = timer  # durations: pauses, polling, retries
         self._sleep = sleep
         self._checked_at = float("-inf")
+        self._retry_at = float("-inf")
         self._busy = False
         self._grace_until = float("-inf")
         self._failed = False
@@ -158,33 +172,35 @@ class ServingGate:
         self.paused_s = 0.0
 
     @classmethod
-    def for_worker(cls, settings: Settings, redis: Any) -> ServingGate | None:
-        """The gate of a job run with ``settings`` (WORKER_PAUSE_FOR_SERVING, WORKER_MAX_PAUSE_S); None for never."""
+    def for_worker(cls, settings: Settings, redis: Any, base_name: str | None = None) -> ServingGate | None:
+        """The gate of a job run with ``settings`` (WORKER_PAUSE_FOR_SERVING, WORKER_MAX_PAUSE_S) for the backends of
+        ``base_name`` (default: the settings' base model); None for ``never``."""
         from backend.model_loader import short_model_name
 
         if settings.worker_pause_for_serving == "never":
             return None
         return cls(
             redis,
-            short_model_name(settings.base_model, settings.quantization),
+            base_name or short_model_name(settings.base_model, settings.quantization),
             settings.worker_pause_for_serving,
             max_pause_s=settings.worker_max_pause_s,
         )
 
     def serving(self) -> bool:
         """Whether a backend that counts (same host under ``auto``) holds the mark now. One Redis read."""
-        if self.mode == "never":
+        if self.mode == "never" or self._timer() < self._retry_at:
             return False
         now = self._clock()
         try:
             members = self.redis.zrangebyscore(self.key, now, "+inf")
-        except Exception as exc:
+        except Exception as exc:  # not again for RETRY_S: a hung Redis must not cost every layer a timeout
             if not self._failed:
                 log.warning(
                     "cannot read the serving mark (%s): training does not pause for /predict until Redis answers",
                     type(exc).__name__,
                 )
             self._failed = True
+            self._retry_at = self._timer() + RETRY_S
             return False
         self._failed = False
         names = {m.decode() if isinstance(m, bytes) else str(m) for m in members} - {f"{self.host}|{os.getpid()}"}
@@ -193,24 +209,23 @@ class ServingGate:
         return self.host in {name.rsplit("|", 1)[0] for name in names}
 
     def _serving_now(self) -> bool:
-        now = self._clock()
-        if now - self._checked_at >= self.poll_s:
-            self._checked_at = now
+        if self._timer() - self._checked_at >= self.poll_s:
             self._busy = self.serving()
+            self._checked_at = self._timer()  # after the read: a slow answer does not make the next layer ask
         return self._busy
 
     def wait(self) -> float:
         """Block while a backend is scoring; the seconds paused (0.0 almost always, cheaply)."""
-        if self.mode == "never" or self._clock() < self._grace_until or not self._serving_now():
+        if self.mode == "never" or self._timer() < self._grace_until or not self._serving_now():
             return 0.0
-        started = self._clock()
+        started = self._timer()
         self.pauses += 1
         log.info("pausing training: the backend on %s is scoring", self.host if self.mode == "auto" else "Redis")
         while True:
             self._sleep(self.poll_s)
-            waited = self._clock() - started
+            waited = self._timer() - started
             if waited >= self.max_pause_s:
-                self._grace_until = self._clock() + self.max_pause_s / 10
+                self._grace_until = self._timer() + self.max_pause_s / 10
                 log.warning(
                     "the backend has been scoring for %.0f s without a break; training resumes for %.0f s "
                     "(WORKER_MAX_PAUSE_S)",
@@ -221,7 +236,7 @@ class ServingGate:
             self._checked_at = float("-inf")
             if not self._serving_now():
                 break
-        waited = self._clock() - started
+        waited = self._timer() - started
         self.paused_s += waited
         log.info("training resumes after pausing %.1f s for /predict", waited)
         return waited

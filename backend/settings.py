@@ -228,8 +228,8 @@ class Settings:
             raise SettingsError(
                 f"WORKER_PAUSE_FOR_SERVING={self.worker_pause_for_serving!r}: expected auto, always or never"
             )
-        if self.worker_max_pause_s <= 0:
-            raise SettingsError(f"WORKER_MAX_PAUSE_S={self.worker_max_pause_s}: must be more than 0")
+        if self.worker_max_pause_s < 1:
+            raise SettingsError(f"WORKER_MAX_PAUSE_S={self.worker_max_pause_s}: must be at least 1 (seconds)")
         if self.train_retries < 0 or self.train_retry_backoff < 0:
             raise SettingsError("TRAIN_RETRIES and TRAIN_RETRY_BACKOFF must be 0 or more")
         if self.fault_pause_at not in ("", "training", "adapter-written"):

@@ -117,7 +117,8 @@ def test_disagreements_are_ordered_worst_first_with_distances_as_defined():
     rows, predictions = rows_and_predictions()
     result = disagreements(rows, predictions, DIMS, project="7", label_studio_url="http://ls:8080/")
     summed = result["summed"]
-    assert result["tasks"] == 15 and len(summed) == 15
+    assert result["tasks"] == 15 and 0 < len(summed) < 15  # tasks the judge got right are left out
+    assert all(e["distance"] > 0 for e in summed)
     assert [e["distance"] for e in summed] == sorted((e["distance"] for e in summed), reverse=True)
     by_id = {r["id"]: r for r in rows}
     for entry in summed:
@@ -133,7 +134,8 @@ def test_disagreements_are_ordered_worst_first_with_distances_as_defined():
         assert entry["excerpt"]["text"].endswith("…") and len(entry["excerpt"]["text"]) <= 160
     worst_clarity = result["by_dimension"]["clarity"]
     distances = {e["task_id"]: e["distance_by_dimension"]["clarity"] for e in summed}
-    assert [distances[t] for t in worst_clarity] == sorted(distances.values(), reverse=True)[: len(worst_clarity)]
+    clarity_positive = sorted((d for d in distances.values() if d > 0), reverse=True)
+    assert [distances[t] for t in worst_clarity] == clarity_positive
     assert len(disagreements(rows, predictions, DIMS, top=5)["summed"]) == 5
 
 
@@ -174,3 +176,40 @@ def test_the_heatmap_greys_cells_with_few_shared_tasks_and_says_so():
     assert "&lt; 10" in svg or "< 10" in svg  # the a-c, b-c and c-judge cells share fewer than 10 tasks
     assert "#d9d9d9" in svg  # drawn grey
     assert "n=30" in svg and "judge" in svg
+
+
+def test_tasks_the_judge_got_right_are_not_listed_as_wrong():
+    rows = [
+        {"id": i, "data": {"t": "x"}, "annotations": [{"annotator": "a", "scores": {"topic": "x"}}]} for i in (1, 2)
+    ]
+    predictions = [{"task_id": 1, "labels": {"topic": "x"}}, {"task_id": 2, "labels": {"topic": "y"}}]
+    result = disagreements(rows, predictions, {"topic": {"level": "nominal"}})
+    assert [e["task_id"] for e in result["summed"]] == [2] and result["by_dimension"]["topic"] == [2]
+
+
+def test_an_annotator_called_judge_is_not_the_judge_and_many_annotators_are_capped():
+    from backend.insights import MAX_RATERS
+
+    rows = [
+        {
+            "id": i,
+            "data": {},
+            "annotations": [
+                {"annotator": who, "scores": {"clarity": str(1 + (i + k) % 5)}}
+                for k, who in enumerate(["judge", *[f"u{n}" for n in range(40)]])
+                if k <= 35 or i % 2
+            ],
+        }
+        for i in range(12)
+    ]
+    cell = agreement_matrix(rows, [], {"clarity": DIMS["clarity"]}, "interval")["dimensions"]["clarity"]
+    assert "judge (annotator)" in cell["raters"] and cell["raters"][-1] == JUDGE
+    assert len(cell["raters"]) == MAX_RATERS + 1
+
+
+def test_an_empty_prediction_is_not_an_uncertain_one():
+    tasks = [
+        {"id": 1, "data": {}, "predictions": [{"model_version": "v", "score": 0, "empty": True}]},
+        {"id": 2, "data": {}, "predictions": [{"model_version": "v", "score": 0.4, "empty": False}]},
+    ]
+    assert [e["task_id"] for e in label_next(tasks, "v")] == [2]

@@ -252,4 +252,4 @@ def test_label_queue_without_a_token_says_so(settings, service):
 
     with pytest.raises(RequestError, match="LABEL_STUDIO_API_KEY") as info:
         label_queue(settings.with_overrides(label_studio_api_key=""), service.registry, PROJECT)
-    assert info.value.status == 503
+    assert info.value.status == 500

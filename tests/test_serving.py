@@ -96,13 +96,46 @@ def test_a_backend_that_never_idles_cannot_stop_training(redis_client, base):
 
     redis_client.zadd(serving_key(base), {"host-a|1": time.time() + 60})
     gate = ServingGate(
-        redis_client, base, "always", host="host-b", max_pause_s=10, poll_s=1, clock=lambda: clock[0], sleep=sleep
+        redis_client, base, "always", host="host-b", max_pause_s=10, poll_s=1, sleep=sleep, timer=lambda: clock[0]
     )
     waited = gate.wait()
     assert 10 <= waited <= 11
     assert gate.wait() == 0.0  # the grace period: a tenth of the pause, unpaused
     clock[0] += 1.5
     assert gate.wait() > 0  # then it pauses again
+
+
+def test_a_hung_redis_costs_one_timeout_per_retry_period_not_one_per_layer():
+    class Hung:
+        calls = 0
+
+        def zrangebyscore(self, *args):
+            self.calls += 1
+            raise TimeoutError("Redis did not answer")
+
+        def pipeline(self):
+            self.calls += 1
+            raise TimeoutError("Redis did not answer")
+
+        def zrem(self, *args):
+            self.calls += 1
+            raise TimeoutError("Redis did not answer")
+
+    now = [0.0]
+    hung = Hung()
+    gate = ServingGate(hung, "x", "always", timer=lambda: now[0])
+    for _ in range(50):  # fifty layers within a second
+        assert gate.wait() == 0.0
+        now[0] += 0.02
+    assert hung.calls == 1
+    now[0] += 5
+    gate.wait()
+    assert hung.calls == 2  # tried again after RETRY_S
+    mark = ServingMark(hung, "x")
+    for _ in range(20):
+        with mark.scoring():
+            pass
+    assert hung.calls == 3  # one failed publish, then nothing until RETRY_S has passed
 
 
 def test_without_redis_nothing_pauses_and_nothing_breaks():

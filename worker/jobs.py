@@ -164,7 +164,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         snapshot=export,
         overrides=settings.training_overrides(),
         progress=_job_progress(project, job, triggers, settings),
-        gate=ServingGate.for_worker(settings, redis),
+        gate=ServingGate.for_worker(settings, redis, base),
         extra={
             "project": project,
             "version": registry.model_version(project, number),

@@ -362,7 +362,9 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         assert matrix["flat"]["raters"] == sorted(matrix["flat"]["raters"][:-1]) + ["judge"]
         assert len(matrix["flat"]["raters"]) == 3 and set(matrix["dimensions"]) == set(DIMENSIONS)
         worst = report["disagreements"]["summed"]
-        assert worst and worst[0]["link"] == f"{ls_url}/projects/{pid}/data?task={worst[0]['task_id']}"
+        assert report["disagreements"]["tasks"] == report["counts"]["heldout_tasks"]
+        assert all(e["link"] == f"{ls_url}/projects/{pid}/data?task={e['task_id']}" for e in worst)
+        assert [e["distance"] for e in worst] == sorted((e["distance"] for e in worst), reverse=True)
         v1 = f"smollm2-135m.p{pid}.v1"
         served = requests.post(
             f"{backend_url}/setup", auth=BASIC, timeout=10, json={"project": f"{pid}.0", "schema": xml}
