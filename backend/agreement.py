@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeGuard, cast
 import krippendorff
 import numpy as np
 
-from backend.metrics import json_safe
+from backend.metrics import AgreementReport, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def dimension_report(
     n_boot: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
-) -> dict[str, Any]:
+) -> AgreementReport:
     """Agreement summary for one rubric dimension, as a JSON-serialisable dict.
 
     The human consensus per unit (see :func:`consensus`) is the gold standard

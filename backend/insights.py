@@ -42,8 +42,8 @@ def _value(label: Any, level: str) -> Any:
 
 def rater_table(
     rows: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], levels: Mapping[str, str]
-) -> tuple[list[str], dict[str, dict[str, list[Any]]]]:
-    """Task ids, and per dimension per rater (annotators sorted, then the judge) one value per task (None where
+) -> dict[str, dict[str, list[Any]]]:
+    """Per dimension per rater (annotators sorted, then the judge) one value per task (None where
     that rater did not rate the task). The judge rates the tasks it has predictions for."""
     tasks = [str(r["id"]) for r in rows]
     index = {task: i for i, task in enumerate(tasks)}
@@ -63,7 +63,7 @@ def rater_table(
             if at is not None:
                 per[JUDGE][at] = _value((prediction.get("labels") or {}).get(name), level)
         table[name] = per
-    return tasks, table
+    return table
 
 
 def _annotator(annotation: Mapping[str, Any]) -> str:
@@ -118,7 +118,7 @@ def agreement_matrix(
     """Pairwise α per dimension and flattened (every dimension's ratings pooled, a task-dimension pair a unit)
     between every annotator and the judge."""
     levels = _scale_levels(dimensions)
-    _, table = rater_table(rows, predictions, levels)
+    table = rater_table(rows, predictions, levels)
     out: dict[str, Any] = {"dimensions": {}, "min_shared": min_shared}
     if not table:
         out["flat"] = None

@@ -90,10 +90,6 @@ class ServingMark:
             if last:
                 self._withdraw()
 
-    @property
-    def active(self) -> int:
-        return self._active
-
     def _renew(self) -> None:
         while True:
             self._wake.wait(REFRESH_S)

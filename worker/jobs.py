@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from backend.serving import ServingGate, pause_hooks
+from backend.serving import ServingGate
 from backend.settings import Settings
 from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_training
 
@@ -198,7 +198,6 @@ def prelabel_project(project_id: str, include_annotated: bool = False, batch_siz
     from rq import get_current_job
 
     from backend.redis_conn import redis_client
-    from backend.service import build_service
     from worker.prelabel import DEFAULT_BATCH_SIZE
     from worker.prelabel import prelabel_project as run_prelabel
 
@@ -211,16 +210,14 @@ def prelabel_project(project_id: str, include_annotated: bool = False, batch_siz
             job.meta.update({"stage": "prelabel", "done": done, "total": total, "written": written})
             job.save_meta()
 
-    service = build_service(settings, serving_mark=False)  # its own scoring must not pause itself
-    with pause_hooks(service.judge.model, ServingGate.for_worker(settings, redis_client(settings))):
-        result = run_prelabel(
-            settings,
-            project_id,
-            include_annotated=include_annotated,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
-            progress=report,
-            service=service,
-        )
+    result = run_prelabel(
+        settings,
+        project_id,
+        include_annotated=include_annotated,
+        batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        progress=report,
+        gate=ServingGate.for_worker(settings, redis_client(settings)),
+    )
     if job is not None:
         job.meta.update({"stage": "done"})
         job.save_meta()

@@ -28,6 +28,7 @@ from backend.label_studio import (
     list_tasks,
     prediction_versions,
 )
+from backend.serving import ServingGate, pause_hooks
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,14 @@ def prelabel_project(
     service: Any = None,
     client: Any = None,
     progress: Progress | None = None,
+    gate: ServingGate | None = None,
 ) -> PrelabelReport:
     """Score every task of ``project`` that needs it and write the predictions to Label Studio.
 
-    ``service`` is a ``backend.service.Service`` (built from ``settings`` when omitted: loads the judge);
-    ``client`` a label-studio-sdk ``LabelStudio`` client (from ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``).
+    ``service`` is a ``backend.service.Service`` (built from ``settings`` when omitted, after Label Studio has
+    answered: loads the judge); ``client`` a label-studio-sdk ``LabelStudio`` client (from
+    ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``); ``gate``: the scoring waits there while a backend on this
+    machine serves ``/predict`` (``backend.serving``).
     """
     from backend.registry import RegistryError, parse_project
     from backend.service import RequestError
@@ -126,7 +130,8 @@ def prelabel_project(
         progress(0, len(todo), 0)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        results = service.predict_tasks(ctx, batch)
+        with pause_hooks(service.judge.model, gate):
+            results = service.predict_tasks(ctx, batch)
         for task, item in zip(batch, results, strict=True):
             if not item["result"]:
                 report.skipped_missing_inputs += 1
