@@ -231,8 +231,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             data = project_report(
                 service.registry,
                 project,
-                service.settings.prefill_rule,
-                service.settings.prefill_unevaluated,
+                service.prefill_policy,
                 service.settings.label_studio_url,
             )
         except ReportError as exc:

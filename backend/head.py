@@ -63,6 +63,14 @@ class DimensionHead:
     calibration: dict[str, float] = field(default_factory=dict)
     cv: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def constant(self) -> bool:
+        """Whether this dimension predicts the same distribution for every task (too few tasks, or no
+        cross-validated signal: the humans' mean)."""
+        if self.values is not None:
+            return float(self.calibration.get("gain", 0.0)) == 0.0 or not np.any(self.weights)
+        return not np.any(self.weights)
+
     def raw(self, x: np.ndarray) -> np.ndarray:
         z = (x - self.mean) / self.scale
         return z @ self.weights + self.bias
@@ -166,6 +174,7 @@ def fit_head(
     groups: Sequence[str],
     folds: int = 5,
     meta: Mapping[str, Any] | None = None,
+    quiet: bool = False,
 ) -> Head:
     """Fit one head per dimension.
 
@@ -187,7 +196,8 @@ def fit_head(
             y = np.array([dim.labels.index(v) if v is not None else -1 for v in raw])
         kept_groups = [g for g, k in zip(groups, keep, strict=True) if k]
         if len(set(kept_groups)) < MIN_GROUPS:
-            log.warning(
+            log.log(
+                logging.DEBUG if quiet else logging.WARNING,
                 "head %s: only %d rated task group(s); predicting the prior (needs %d to fit)",
                 dim.name,
                 len(set(kept_groups)),
@@ -195,10 +205,43 @@ def fit_head(
             )
             heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
             continue
-        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds)
+        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds, quiet)
     if size is None:
         raise HeadError("no dimensions to fit")
     return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
+
+
+def cross_fitted(
+    dims: Sequence[Any],
+    features: Mapping[str, np.ndarray],
+    targets: Mapping[str, Sequence[Any]],
+    groups: Sequence[str],
+    folds: int = 5,
+) -> tuple[list[Head | None], np.ndarray]:
+    """The evidence for a head fitted on every task: out-of-fold heads. Tasks are dealt into ``folds`` folds by
+    group (a group never straddles two); for each fold, a head is fitted exactly as ``fit_head`` fits the final
+    one (its own inner cross-validation included) on the other folds' tasks. Returns the per-fold heads (None
+    where a fold could not be fitted) and the fold of every task: task ``i`` is predicted by
+    ``heads[fold[i]]``, which never saw it or its group."""
+    fold = _fold_ids(groups, folds)
+    heads: list[Head | None] = []
+    for f in range(int(fold.max()) + 1 if len(fold) else 0):
+        train = fold != f
+        if not train.any():
+            heads.append(None)
+            continue
+        kept = [g for g, keep in zip(groups, train, strict=True) if keep]
+        heads.append(
+            fit_head(
+                dims,
+                {name: np.asarray(x)[train] for name, x in features.items()},
+                {name: [v for v, keep in zip(values, train, strict=True) if keep] for name, values in targets.items()},
+                kept,
+                folds=folds,
+                quiet=True,
+            )
+        )
+    return heads, fold
 
 
 def _constant_dimension(dim: Any, size: int, y: np.ndarray) -> DimensionHead:
@@ -283,7 +326,9 @@ def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, strength: float
     return out
 
 
-def _fit_dimension(dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int) -> DimensionHead:
+def _fit_dimension(
+    dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int, quiet: bool = False
+) -> DimensionHead:
     fold = _fold_ids(groups, folds)
     nominal = dim.values is None
     target = np.eye(len(dim.labels))[y] if nominal else y
@@ -307,7 +352,8 @@ def _fit_dimension(dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str]
     else:
         calibration = _fit_scale_calibration(oof, y, dim.values)
         cv["oof_correlation"] = round(score, 4)
-    log.info(
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
         "head %s: strength %s, cross-validated %s",
         dim.name,
         strength,

@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.insights import agreement_matrix, disagreements
 from backend.metrics import at_path, dimension_row, finite, json_safe, shown_columns
-from backend.prefill import decide
+from backend.prefill import PrefillPolicy
 from backend.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,13 @@ class ReportError(LookupError):
 # data
 
 
-def dimension_rows(
-    metrics: Mapping[str, Any], prefill_rule: str | float = "majority", prefill_unevaluated: bool = True
-) -> list[dict[str, Any]]:
+def dimension_rows(metrics: Mapping[str, Any], policy: PrefillPolicy | None = None) -> list[dict[str, Any]]:
     """One row per dimension (``backend.metrics.dimension_row``: judge vs consensus, the human ceiling, the
     base-model floor, the majority label's alpha on the same tasks...) and whether the version pre-fills it."""
     candidate = metrics.get("candidate") or {}
     base = (metrics.get("base") or {}).get("dimensions") or {}
     entries = candidate.get("dimensions") or {}
-    decisions = decide(list(entries), candidate or None, prefill_rule, prefill_unevaluated)
+    decisions = (policy or PrefillPolicy()).decide(list(entries), candidate or None)
     return [
         dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
         for name, entry in entries.items()
@@ -53,11 +51,12 @@ def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
     """What a statistician would point out about these numbers."""
     out: list[str] = []
     counts = metrics.get("counts") or {}
-    heldout = counts.get("heldout_tasks", (metrics.get("candidate") or {}).get("n_tasks", 0))
-    if heldout < SMALL_HELDOUT:
+    evidence = metrics.get("evidence") or {"kind": "held-out"}
+    n = (metrics.get("candidate") or {}).get("n_tasks", counts.get("heldout_tasks", 0))
+    if n < SMALL_HELDOUT:
         out.append(
-            f"Only {heldout} held-out task(s): alpha is unstable below {SMALL_HELDOUT}; read the intervals, "
-            "not the point estimates."
+            f"Only {n} {evidence['kind']} evidence task(s): alpha is unstable below {SMALL_HELDOUT}; read the "
+            "intervals, not the point estimates."
         )
     if not counts.get("multi_annotator_heldout_tasks") and not (metrics.get("candidate") or {}).get(
         "n_multi_annotator_tasks"
@@ -111,6 +110,8 @@ def version_summary(number: int, model_version: str, metrics: Mapping[str, Any],
         "alpha_base_flat": finite((metrics.get("base") or {}).get("alpha_flat")),
         "alpha_humans_flat": finite(metrics.get("alpha_humans_flat")),
         "counts": metrics.get("counts"),
+        "evidence": metrics.get("evidence"),
+        "comparison": metrics.get("comparison"),
         "training": metrics.get("training"),
         "dimensions": {
             row["name"]: {
@@ -124,9 +125,7 @@ def version_summary(number: int, model_version: str, metrics: Mapping[str, Any],
     }
 
 
-def run_details(
-    metrics: Mapping[str, Any], prefill_rule: str | float = "majority", prefill_unevaluated: bool = True
-) -> dict[str, Any]:
+def run_details(metrics: Mapping[str, Any], policy: PrefillPolicy | None = None) -> dict[str, Any]:
     """The full picture of one run: the per-dimension headline, dimensions, the flattened figure (the paper's),
     loss history, counts, warnings."""
     candidate = metrics.get("candidate") or {}
@@ -151,13 +150,26 @@ def run_details(
             "mae": finite(candidate.get("mae_flat")),
             "level": candidate.get("level_flat"),
         },
-        "dimensions": dimension_rows(metrics, prefill_rule, prefill_unevaluated),
+        "dimensions": dimension_rows(metrics, policy),
         "history": metrics.get("history") or [],
         "counts": metrics.get("counts") or {},
+        "evidence": evidence_summary(metrics),
+        "comparison": metrics.get("comparison"),
         "source": metrics.get("source") or {},
         "config": metrics.get("config") or {},
         "warnings": warnings_for(metrics),
     }
+
+
+def evidence_summary(metrics: Mapping[str, Any]) -> str:
+    """``Evidence: 48 tasks in 16 groups, out-of-fold (5 folds)`` (a run written before evidence was recorded:
+    its held-out task count)."""
+    evidence = metrics.get("evidence")
+    if not evidence:
+        n = (metrics.get("candidate") or {}).get("n_tasks", 0)
+        return f"Evidence: {n} held-out task(s) (groups not recorded)"
+    folds = f" ({evidence['folds']} folds)" if evidence.get("folds") else ""
+    return f"Evidence: {evidence['tasks']} task(s) in {evidence['groups']} group(s), {evidence['kind']}{folds}"
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -182,19 +194,19 @@ def actionable(
     level = candidate.get("level_flat") or "interval"
     return {
         "agreement_matrix": agreement_matrix(rows, predictions, dimensions, level),
-        "disagreements": disagreements(held, predictions, dimensions, project, label_studio_url),
+        # the tasks the judge's stored predictions are evidence on (held-out, or out-of-fold over all)
+        "disagreements": disagreements(rows, predictions, dimensions, project, label_studio_url),
     }
 
 
 def project_report(
     registry: Registry,
     project: str,
-    prefill_rule: str | float = "majority",
-    prefill_unevaluated: bool = True,
+    policy: PrefillPolicy | None = None,
     label_studio_url: str = "",
 ) -> dict[str, Any]:
     """Report data of a project: every version, and the details of the active (else latest) run (with the
-    pre-fill decisions under PREFILL_MIN_ALPHA = ``prefill_rule``, and links to ``label_studio_url``)."""
+    pre-fill decisions under ``policy``, and links to ``label_studio_url``)."""
     infos = registry.versions(project)
     runs = [(i, i.metrics) for i in infos if i.number > 0 and i.metrics]
     if not runs:
@@ -206,7 +218,7 @@ def project_report(
         "active_version": active.model_version,
         "shown_version": shown[0].model_version,
         "versions": [version_summary(i.number, i.model_version, m, i.active) for i, m in runs],
-        **run_details(shown[1], prefill_rule, prefill_unevaluated),
+        **run_details(shown[1], policy),
         **actionable(shown[0].path, shown[1], project, label_studio_url),
     }
     return json_safe(report)

@@ -107,6 +107,8 @@ class Rubric:
     system_prompt: str = ""
     training: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: the task data field whose value groups related tasks ("" = derived from the non-target inputs)
+    group_by: str = ""
 
     @property
     def target(self) -> InputField:
@@ -211,7 +213,7 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
     data = c.mapping(raw, "(top level)")
     c.unknown_keys(
         data,
-        {"name", "description", "kind", "inputs", "scale", "groups", "dimensions", "prompt", "training"},
+        {"name", "description", "kind", "inputs", "scale", "groups", "dimensions", "prompt", "training", "group_by"},
         "(top level)",
     )
     name = c.text(data.get("name"), "name")
@@ -271,6 +273,7 @@ def parse_rubric(raw: object, source: str = "<rubric>", path: Path | None = None
         system_prompt=system_prompt,
         training=dict(training),
         path=path,
+        group_by=c.text(data.get("group_by"), "group_by", required=False),
     )
 
 

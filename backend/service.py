@@ -28,7 +28,7 @@ from backend.labeling import (
     task_inputs,
 )
 from backend.prediction_cache import PredictionCache
-from backend.prefill import PrefillDecision, decide
+from backend.prefill import PrefillDecision, PrefillPolicy
 from backend.registry import Registry, RegistryError, parse_project
 from backend.rubric import Rubric, load_all
 from backend.scores import TaskScore
@@ -84,6 +84,7 @@ class Service:
         serving_mark: ServingMark | None = None,
     ) -> None:
         self.settings = settings
+        self.prefill_policy = PrefillPolicy.from_settings(settings)
         #: raised while the judge scores, so that a training job on this machine pauses (``backend.serving``)
         self.serving_mark = serving_mark
         self.triggers = triggers
@@ -260,9 +261,7 @@ class Service:
         cached = self._prefill.get(key)
         if cached is None or cached[0] != stamp:
             evaluation = self.registry.evaluation(project, version) if stamp >= 0 else None
-            decisions = decide(
-                rubric.dimension_names, evaluation, self.settings.prefill_rule, self.settings.prefill_unevaluated
-            )
+            decisions = self.prefill_policy.decide(rubric.dimension_names, evaluation)
             cached = (stamp, decisions)
             self._prefill[key] = cached
         return cached[1]

@@ -6,6 +6,7 @@ raises ``SettingsError`` with a message naming the variable and the problem.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -136,13 +137,28 @@ class Settings:
     train_retry_backoff: int = 30
 
     # --- pre-annotation ------------------------------------------------------------------------------
-    #: PREFILL_MIN_ALPHA: which dimensions /predict pre-fills, from the active version's held-out alpha:
-    #: ``majority`` (alpha above the majority label's on the same tasks), a number in [-1, 1] (alpha at least
-    #: that), or ``off`` (every dimension). Dimensions that fail are left out of the prediction.
-    prefill_min_alpha: str = "majority"
-    #: PREFILL_UNEVALUATED: whether a version with no held-out evidence yet (v0 before the first training run)
+    #: PREFILL_MIN_ALPHA: which dimensions /predict pre-fills, from the active version's evidence:
+    #: ``interval`` (the lower bound of alpha's 95% group-bootstrap interval is above PREFILL_FLOOR, on enough
+    #: tasks and groups, labels not nearly constant), ``majority`` (point alpha above the majority label's on the
+    #: same tasks), a number in [-1, 1] (point alpha at least that), or ``off`` (every dimension). Dimensions
+    #: that fail are left out of the prediction.
+    prefill_min_alpha: str = "interval"
+    #: PREFILL_FLOOR: the value the lower bound of a dimension's alpha interval must exceed (``interval`` rule).
+    prefill_floor: float = 0.0
+    #: PREFILL_UNEVALUATED: whether a version with no evidence yet (v0 before the first training run)
     #: pre-fills every dimension (true/false).
     prefill_unevaluated: bool = True
+    #: EVIDENCE_MIN_TASKS: the fewest evidence tasks on which a dimension may be pre-filled or a version
+    #: promoted over a trained one.
+    evidence_min_tasks: int = 10
+    #: EVIDENCE_MIN_GROUPS: the fewest groups of related tasks (same dialogue, same question) among them.
+    evidence_min_groups: int = 5
+    #: PROMOTE_TOLERANCE: a candidate is promoted when the lower bound of the 95% paired group-bootstrap
+    #: interval of (its alpha per dimension - the active version's) is above this.
+    promote_tolerance: float = 0.0
+    #: GROUP_BY: the task data field whose value groups related tasks (held-out split, folds, bootstraps);
+    #: empty: the rubric's ``group_by``, else tasks whose non-target inputs are identical form a group.
+    group_by: str = ""
 
     # --- fault injection (tests only) ------------------------------------------------------------
     #: FAULT_PAUSE_AT: test hook: the training job sleeps FAULT_PAUSE_SECONDS at this named point
@@ -212,8 +228,13 @@ class Settings:
             _ = self.prefill_rule
         except ValueError:
             raise SettingsError(
-                f"PREFILL_MIN_ALPHA={self.prefill_min_alpha!r}: expected majority, off or a number between -1 and 1"
+                f"PREFILL_MIN_ALPHA={self.prefill_min_alpha!r}: expected interval, majority, off or a number "
+                "between -1 and 1"
             ) from None
+        if not -1 <= self.prefill_floor < 1 or not -1 <= self.promote_tolerance < 1:
+            raise SettingsError("PREFILL_FLOOR and PROMOTE_TOLERANCE must be in [-1, 1)")
+        if self.evidence_min_tasks < 2 or self.evidence_min_groups < 2:
+            raise SettingsError("EVIDENCE_MIN_TASKS and EVIDENCE_MIN_GROUPS must be at least 2")
         if self.train_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"TRAIN_PRECISION={self.train_precision!r}: expected auto, fp32 or bf16")
         if not 0 <= self.train_heldout_fraction < 1:
@@ -257,10 +278,15 @@ class Settings:
 
     @property
     def prefill_rule(self) -> str | float:
-        """PREFILL_MIN_ALPHA parsed: ``majority``, ``off`` or a number (``ValueError`` when invalid)."""
-        from backend.prefill import parse_rule
-
-        return parse_rule(self.prefill_min_alpha)
+        """PREFILL_MIN_ALPHA parsed: ``interval``, ``majority``, ``off`` or a number (``ValueError`` when
+        invalid)."""
+        value = self.prefill_min_alpha.strip().lower()
+        if value in ("interval", "majority", "off"):
+            return value
+        number = float(value)
+        if not math.isfinite(number) or not -1 <= number <= 1:
+            raise ValueError(f"{self.prefill_min_alpha!r} is not in [-1, 1]")
+        return number
 
     def for_worker(self) -> Settings:
         """These settings as a training process uses them: ``torch_threads`` is WORKER_THREADS when set."""

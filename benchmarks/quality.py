@@ -27,6 +27,7 @@ high-water mark after the phase (``ru_maxrss``), so it covers every earlier phas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -73,7 +74,7 @@ def load_dialsummeval(data_dir: Path, rubric: Rubric) -> dict[str, list[Record]]
         dialogue = record.task_id.rsplit("-", 1)[0]
         if dialogue not in of:
             raise ValueError(f"dialogue {dialogue} of {record.task_id} is in no split of split.json")
-        out[of[dialogue]].append(record)
+        out[of[dialogue]].append(dataclasses.replace(record, group=f"dialogue={dialogue}"))  # 14 summaries each
     return out
 
 
@@ -294,6 +295,7 @@ def scale_row(rubric: Rubric, metrics: dict[str, Any]) -> dict[str, Any]:
             "alpha_humans_ordinal": entry["ordinal"]["alpha_humans"],
             "exact": entry["interval"]["exact"],
             "mae": entry["interval"]["mae"],
+            "evidence": entry.get("evidence"),
             "predicted": entry.get("predicted_distribution"),
             "distinct_labels": sum(1 for v in (entry.get("predicted_distribution") or {}).values() if v),
         }
@@ -426,7 +428,8 @@ def _train_and_score(
         extra={"benchmark": args.tag},
     )
     metrics = result.metrics
-    out["v0"]["dev"] = evaluate(metrics["base"])  # run_training scored the base model on dev already
+    scored_dev = metrics.get("heldout") or metrics  # a feature head: dev is its extra held-out set
+    out["v0"]["dev"] = evaluate(scored_dev["base"])  # run_training scored the base model on dev already
     judge.load_adapter("bench", work)
     if is_head(work):  # one base-model pass on test gives v0's scores and the head's features
         scores, features = phases.run("features of test", extract_features, judge, rubric, test, "test")
@@ -438,10 +441,11 @@ def _train_and_score(
     else:
         test_metrics = phases.run("adapter on test", evaluate_judge, judge, rubric, test, "bench")
     out["adapter"] = {
-        "dev": evaluate(metrics["candidate"]),
+        "dev": evaluate(scored_dev["candidate"]),
         "test": evaluate(test_metrics),
         "method": metrics["method"],
     }
+    out["decisions"] = product_decisions(rubric, metrics, settings)
     out["training"] = {
         **metrics["training"],
         "config": metrics["config"],
@@ -451,6 +455,29 @@ def _train_and_score(
         "method": metrics["method"],
     }
     return out
+
+
+def product_decisions(rubric: Rubric, metrics: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What the product would do with the version trained on the training split: its evidence (out-of-fold
+    over the training tasks for a feature head), the pre-fill decision per dimension with its interval, and the
+    promotion decision against v0."""
+    from backend.prefill import PrefillPolicy
+
+    decisions = PrefillPolicy.from_settings(settings).decide(rubric.dimension_names, metrics["candidate"])
+    return {
+        "evidence": metrics.get("evidence"),
+        "prefill": {
+            name: {
+                "prefilled": decision.prefilled,
+                "reason": decision.reason,
+                "evidence": metrics["candidate"]["dimensions"][name].get("evidence"),
+            }
+            for name, decision in decisions.items()
+        },
+        "promoted": metrics["promoted"],
+        "decision": metrics["decision"],
+        "comparison": metrics.get("comparison"),
+    }
 
 
 def reused_v0(args: argparse.Namespace, rubric: Rubric, n_test: int) -> dict[str, Any]:
@@ -501,6 +528,7 @@ def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
     }
     systems.update(_train_and_score(args, settings, rubric, train, dev, test, phases, evaluate))
     training = systems.pop("training", None)
+    decisions = systems.pop("decisions", None)
     humans = {
         d.name: {
             "interval": humans_only["dimensions"][d.name]["interval"]["alpha_humans"],
@@ -516,6 +544,7 @@ def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
         "humans_test_flat": humans_only["alpha_humans_flat"],
         "systems": systems,
         "training": training,
+        "decisions": decisions,
         "phases": phases.rows,
     }
 
@@ -921,6 +950,31 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
             if "dev" in s
         ),
     ]
+    decisions = run.get("decisions")
+    if decisions:
+        ev = decisions.get("evidence") or {}
+        dev += [
+            "",
+            f"What the product decides from the training split ({ev.get('kind')} evidence: {ev.get('tasks')} tasks "
+            f"in {ev.get('groups')} groups): promoted over v0: {decisions['promoted']} ({decisions['decision']}).",
+            "",
+            "| dimension | pre-filled | α (evidence) | 95% group-bootstrap interval |",
+            "|---|---|---|---|",
+        ]
+        for name, d in decisions["prefill"].items():
+            e = d.get("evidence") or {}
+            dev.append(
+                f"| {name} | {'yes' if d['prefilled'] else 'no'} | {_fmt(e.get('estimate'))} | "
+                f"[{_fmt(e.get('low'))}, {_fmt(e.get('high'))}] |"
+            )
+        test_cells = []
+        for name in dims:
+            e = ((run["systems"].get("adapter") or {}).get("test") or {}).get("dimensions", {}).get(name, {})
+            e = e.get("evidence") or {}
+            if e:
+                test_cells.append(f"{name} {_fmt(e.get('estimate'))} [{_fmt(e.get('low'))}, {_fmt(e.get('high'))}]")
+        if test_cells:
+            dev += ["", "Test α of the version with its 95% group-bootstrap interval: " + "; ".join(test_cells) + "."]
     return lines + dev
 
 

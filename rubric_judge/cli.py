@@ -107,6 +107,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from backend.prefill import PrefillPolicy
     from backend.reports import project_report, render_html, run_report
 
     settings = _settings(args)
@@ -116,8 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         data = project_report(
             _registry(settings),
             args.project,
-            settings.prefill_rule,
-            settings.prefill_unevaluated,
+            PrefillPolicy.from_settings(settings),
             settings.label_studio_url,
         )
     if args.html:

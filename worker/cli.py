@@ -76,10 +76,10 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from worker.source import read_file
 
     rubric = load_rubric(args.rubric, settings.rubric_dir)
-    records = read_file(Path(args.data), rubric)
+    records = read_file(Path(args.data), rubric, settings.group_by)
     heldout = None
     if args.heldout_data:
-        heldout = read_file(Path(args.heldout_data), rubric)
+        heldout = read_file(Path(args.heldout_data), rubric, settings.group_by)
     if args.limit:
         records = records[: args.limit]
     if heldout is not None and args.heldout_limit:
@@ -131,7 +131,7 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.source import read_file
 
     rubric = load_rubric(args.rubric, settings.rubric_dir)
-    records = read_file(Path(args.data), rubric)
+    records = read_file(Path(args.data), rubric, settings.group_by)
     if args.limit:
         records = records[: args.limit]
     judge = Judge.from_settings(settings)

@@ -16,7 +16,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.agreement import dimension_report, flatten_dimensions
+from backend.agreement import consensus, dimension_report, flatten_dimensions
+from backend.evidence import DimensionData, Evidence, alpha_interval, paired_difference
 from backend.judge import Judge
 from backend.metrics import CONSTANT_SHARE, dimension_alpha, finite, main_report, mean
 from backend.rubric import Dimension, Rubric
@@ -71,6 +72,7 @@ def evaluate_predictions(
             entry["alpha_expected"] = dimension_report(human, expected, "interval", None, n_boot=1)["alpha_system"]
             flat_expected.extend(expected)
         if predictions is not None:
+            entry["evidence"] = dimension_evidence(dim, records, system).as_dict()
             entry["predicted_distribution"] = {
                 label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels
             }
@@ -113,6 +115,57 @@ def evaluate_predictions(
         "level_flat": level,
         "dimensions": dims,
     }
+
+
+def consensus_values(dim: Dimension, records: Sequence[Record]) -> list[float | None]:
+    """Per task, the human consensus of one dimension as the evidence statistics read it: the mean score of a
+    scale, the index of the consensus label of a nominal dimension (None where nobody rated it)."""
+    units = [[dim.value_of(a.labels[dim.name]) for a in r.annotations if dim.name in a.labels] for r in records]
+    if dim.is_scale:
+        return [None if v is None else float(v) for v in consensus(units, "interval")]
+    return [None if v is None else float(dim.labels.index(str(v))) for v in consensus(units, "nominal", dim.labels)]
+
+
+def system_values(dim: Dimension, system: Sequence[Any]) -> list[float | None]:
+    """A system's labels (``_value``: numbers for a scale, labels for a class) as the evidence statistics read
+    them."""
+    if dim.is_scale:
+        return [None if v is None else float(v) for v in system]
+    return [None if v is None else float(dim.labels.index(str(v))) for v in system]
+
+
+def dimension_evidence(dim: Dimension, records: Sequence[Record], system: Sequence[Any]) -> Evidence:
+    """Alpha of ``system`` against the consensus with its group-bootstrap interval (``backend.evidence``)."""
+    return alpha_interval(
+        consensus_values(dim, records),
+        system_values(dim, system),
+        [r.split_key for r in records],
+        dim.level,
+        None if dim.is_scale else len(dim.labels),
+    )
+
+
+def paired_comparison(
+    rubric: Rubric, records: Sequence[Record], first: Sequence[TaskScore], second: Sequence[TaskScore | None]
+) -> Evidence:
+    """Alpha per dimension of ``first`` minus ``second`` on the tasks where ``second`` has a prediction (None:
+    the second system learned from that task), with a paired group-bootstrap interval."""
+    kept = [i for i, score in enumerate(second) if score is not None]
+    shared = [records[i] for i in kept]
+    dims = []
+    for dim in rubric.dimensions:
+        a = [_value(dim, first[i].dimensions[dim.name].label) for i in kept]
+        b = [_value(dim, second[i].dimensions[dim.name].label) for i in kept]  # type: ignore[union-attr]
+        dims.append(
+            DimensionData(
+                consensus_values(dim, shared),
+                system_values(dim, a),
+                system_values(dim, b),
+                dim.level,
+                None if dim.is_scale else len(dim.labels),
+            )
+        )
+    return paired_difference(dims, [r.split_key for r in shared])
 
 
 def majority_scores(rubric: Rubric, train: Sequence[Record], n: int) -> list[TaskScore]:

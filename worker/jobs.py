@@ -126,7 +126,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
             f"project {project}: no rubric fits its labeling config; connect the backend "
             'with extra_params {"rubric": NAME} or use `rubric-judge label-config`'
         )
-    records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed))
+    records, stats = records_from_export(export, rubric, Binding.for_config(rubric, parsed), settings.group_by)
     log.info("project %s: %s", project, stats.as_dict())
     registry.remove_partial(project)  # this job holds the running mark: leftovers are from a killed run
     forced = triggers.take_force(project)

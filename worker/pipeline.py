@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.evidence import Evidence
 from backend.metrics import finite
 from backend.rubric import Rubric
 from backend.serving import ServingGate, pause_hooks
@@ -70,18 +71,53 @@ def _alpha(metrics: Mapping[str, Any] | None) -> float | None:
     return finite((metrics or {}).get("alpha_dims"))
 
 
-def should_promote(candidate: Mapping[str, Any], incumbent: Mapping[str, Any] | None) -> tuple[bool, str]:
-    """Promote when the candidate's alpha per dimension (the mean over dimensions of alpha against the human
-    consensus, ``alpha_dims``) is not lower than the incumbent's on the same tasks. The flattened alpha
-    decides nothing: a constant label per dimension scores well on it."""
-    new, old = _alpha(candidate), _alpha(incumbent)
-    if new is None:
-        return False, "the candidate's alpha per dimension is undefined on the held-out tasks"
-    if old is None:
-        return True, f"alpha per dimension {new:.3f}; the incumbent's is undefined"
-    if new >= old:
-        return True, f"alpha per dimension {new:.3f} >= incumbent {old:.3f}"
-    return False, f"alpha per dimension {new:.3f} < incumbent {old:.3f}"
+@dataclass(frozen=True)
+class PromotionRule:
+    """When a candidate replaces the active version (settings PROMOTE_TOLERANCE, EVIDENCE_MIN_TASKS/GROUPS)."""
+
+    tolerance: float = 0.0
+    min_tasks: int = 10
+    min_groups: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PromotionRule:
+        return cls(settings.promote_tolerance, settings.evidence_min_tasks, settings.evidence_min_groups)
+
+
+def should_promote(comparison: Evidence, against: str, rule: PromotionRule | None = None) -> tuple[bool, str]:
+    """Promote when the lower bound of the paired group-bootstrap interval of (the candidate's alpha per
+    dimension - the active version's), on tasks neither learned from, is above ``rule.tolerance``, on at least
+    ``rule.min_tasks`` tasks in ``rule.min_groups`` groups. The flattened alpha decides nothing: a constant label
+    per dimension scores well on it."""
+    rule = rule or PromotionRule()
+    shown = comparison.describe(f"alpha per dimension minus {against}'s")
+    if comparison.tasks < rule.min_tasks or comparison.groups < rule.min_groups:
+        return False, (
+            f"too little evidence to compare with {against}: {comparison.tasks} task(s) in {comparison.groups} "
+            f"group(s) that neither version learned from, needs at least {rule.min_tasks} in {rule.min_groups}; "
+            f"keeping {against}"
+        )
+    if comparison.estimate is None or comparison.low is None:
+        return False, f"{shown}; keeping {against}"
+    if comparison.low > rule.tolerance:
+        return True, f"{shown}: lower bound {comparison.low:+.3f} > PROMOTE_TOLERANCE={rule.tolerance:g}"
+    return (
+        False,
+        f"{shown}: lower bound {comparison.low:+.3f} <= PROMOTE_TOLERANCE={rule.tolerance:g}; keeping {against}",
+    )
+
+
+def seen_groups(version_dir: Path) -> set[str]:
+    """The groups (task ids where ungrouped) a stored version learned from: the rows of its ``train.jsonl``."""
+    path = version_dir / "train.jsonl"
+    if not path.is_file():
+        return set()
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out.add(str(row.get("group") or "") or str(row.get("id")))
+    return out
 
 
 def run_training(
@@ -98,20 +134,34 @@ def run_training(
     extra: Mapping[str, Any] | None = None,
     gate: ServingGate | None = None,
 ) -> RunResult:
-    """Train on ``records`` (split by task unless ``heldout`` is given), evaluate, and write the adapter,
-    metrics and data snapshot into ``destination`` atomically (temporary folder, then rename).
+    """Train on ``records``, gather the evidence, decide promotion, and write the version, its metrics and the
+    data snapshot into ``destination`` atomically (temporary folder, then rename).
 
-    ``incumbent`` is ``(version name, adapter path)`` of the active adapter to compare with; without it the
-    base model is the incumbent. ``metrics.json`` records the decision; the caller moves the active pointer.
+    Evidence: a feature head is fitted on every record and judged by its grouped out-of-fold predictions over
+    all of them; a LoRA adapter is trained on a grouped split and judged on the held-out part. ``heldout``
+    (benchmarks) gives an extra held-out set that is scored and stored as ``metrics["heldout"]`` (a LoRA
+    adapter takes it as its held-out part instead of splitting).
+
+    ``incumbent`` is ``(version name, version folder)`` of the active version; without it the base model is
+    the incumbent. Promotion compares the candidate with it on the evidence tasks the incumbent did not learn
+    from (``should_promote``). ``metrics.json`` records the decision; the caller moves the active pointer.
     ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.serving``).
     """
     from backend.judge import Judge
     from backend.model_loader import load_base_model
-    from worker.evaluate import add_majority_reference, evaluate_judge, evaluate_predictions, majority_scores
+    from worker.evaluate import (
+        add_majority_reference,
+        evaluate_predictions,
+        majority_scores,
+        paired_comparison,
+        scored_metrics,
+    )
 
     config = TrainConfig.build(rubric, overrides)
     method = config.method_for(rubric)
-    if heldout is None:
+    if method == "head":
+        train, held = list(records), list(heldout or [])
+    elif heldout is None:
         train, held = split_records(records, config.heldout_fraction, config.seed)
     else:
         train, held = list(records), list(heldout)
@@ -136,13 +186,18 @@ def run_training(
 
         model, tokenizer, base_name = load_base_model(settings)
         hooks.enter_context(pause_hooks(model, gate))
+        extra_heldout: dict[str, Any] | None = None
         if method == "head":
             judge = Judge(model, tokenizer, base_name, settings)
             fitted = fit_feature_head(judge, rubric, train, held, config, progress)
             fitted.head.save(tmp)
             fault_point(settings, "adapter-written", progress)
             judge.adopt_head("default", fitted.head, tmp)
+            evidence_records, candidate_scores, base_scores = train, fitted.oof_scores, fitted.base_scores
             candidate, base = fitted.candidate, fitted.base
+            for name, dim in fitted.head.dimensions.items():
+                candidate["dimensions"][name]["head_constant"] = dim.constant
+            extra_heldout = fitted.heldout
             history: list[dict[str, Any]] = []
             training = fitted.training
         else:
@@ -160,12 +215,17 @@ def run_training(
             fault_point(settings, "adapter-written", progress)
             judge = Judge(result.model, tokenizer, base_name, settings)
             judge.adopt_adapter("default", tmp)
+            evidence_records = held
             if progress:
                 progress({"stage": "evaluating candidate"})
-            candidate = evaluate_judge(judge, rubric, held, "default")
+            started = time.monotonic()
+            candidate_scores = judge.score(rubric, [r.inputs for r in held], "default") if held else []
+            candidate = scored_metrics(rubric, held, candidate_scores, time.monotonic() - started, "default")
             if progress:
                 progress({"stage": "evaluating base model"})
-            base = evaluate_judge(judge, rubric, held, None)
+            started = time.monotonic()
+            base_scores = judge.score(rubric, [r.inputs for r in held], None) if held else []
+            base = scored_metrics(rubric, held, base_scores, time.monotonic() - started, "base model")
             history = result.history
             training = {
                 "method": "lora",
@@ -182,12 +242,30 @@ def run_training(
         if incumbent is not None:
             if progress:
                 progress({"stage": "evaluating active version"})
-            judge.load_adapter(incumbent[0], incumbent[1])
-            active_metrics = evaluate_judge(judge, rubric, held, incumbent[0])
-        majority = evaluate_predictions(rubric, held, majority_scores(rubric, train, len(held)), n_boot=1)
+            incumbent_scores = _incumbent_scores(
+                judge, rubric, evidence_records, incumbent, fitted.features if method == "head" else None
+            )
+            known = [r for r, sc in zip(evidence_records, incumbent_scores, strict=True) if sc is not None]
+            active_metrics = scored_metrics(
+                rubric, known, [sc for sc in incumbent_scores if sc is not None], 0.0, incumbent[0]
+            )
+            against = incumbent[0]
+        else:
+            incumbent_scores, against = list(base_scores), "v0"
+        comparison = paired_comparison(rubric, evidence_records, candidate_scores, incumbent_scores)
+        rule = PromotionRule.from_settings(settings)
+        promote, reason = should_promote(comparison, against, rule)
+        majority = evaluate_predictions(
+            rubric, evidence_records, majority_scores(rubric, train, len(evidence_records)), n_boot=1
+        )
         for evaluated in (candidate, base, active_metrics):
             add_majority_reference(evaluated, majority)
-        promote, reason = should_promote(candidate, active_metrics if incumbent else base)
+        evidence = {
+            "kind": "out-of-fold" if method == "head" else "held-out",
+            "tasks": len(evidence_records),
+            "groups": len({r.split_key for r in evidence_records}),
+            "folds": fitted.folds if method == "head" else None,
+        }
         metrics = {
             "rubric": rubric.name,
             "base_model": settings.base_model,
@@ -196,7 +274,8 @@ def run_training(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": config.as_dict(),
             "method": method,
-            "counts": counts,
+            "counts": counts | {"evidence_tasks": evidence["tasks"], "evidence_groups": evidence["groups"]},
+            "evidence": evidence,
             "data_fingerprint": data_fingerprint(list(train) + list(held)),
             "alpha_dims": candidate["alpha_dims"],
             "delta_alpha_dims": candidate["delta_alpha_dims"],
@@ -207,11 +286,13 @@ def run_training(
             "candidate": candidate,
             "base": base,
             "incumbent": active_metrics,
-            "incumbent_version": incumbent[0] if incumbent else "v0",
+            "incumbent_version": against,
+            "comparison": comparison.as_dict() | {"against": against, "tolerance": rule.tolerance},
             "promoted": promote,
             "decision": reason,
             "history": history,
             "training": training | ({"serving_pauses": gate.summary()} if gate is not None else {}),
+            **({"heldout": extra_heldout} if extra_heldout else {}),
             **(extra or {}),
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, ensure_ascii=False), encoding="utf-8")
@@ -225,12 +306,44 @@ def run_training(
     return RunResult(destination, metrics, promote)
 
 
+def _incumbent_scores(
+    judge: Any, rubric: Rubric, records: Sequence[Record], incumbent: tuple[str, Path], features: Any
+) -> list[Any]:
+    """The active version's scores of the evidence ``records``, None for each task whose group it learned
+    from (its predictions there would flatter it). A feature head reads the stored ``features``; an adapter
+    scores the tasks."""
+    from backend.head import is_head
+    from backend.judge import apply_head
+
+    name, folder = incumbent
+    seen = seen_groups(folder)
+    fresh = [i for i, r in enumerate(records) if r.split_key not in seen]
+    out: list[Any] = [None] * len(records)
+    if not fresh:
+        return out
+    judge.load_adapter(name, folder)
+    if is_head(folder) and features is not None:
+        scores = apply_head(rubric, judge.head(name), [features[i] for i in fresh])
+    else:
+        scores = judge.score(rubric, [records[i].inputs for i in fresh], name)
+    for i, score in zip(fresh, scores, strict=True):
+        out[i] = score
+    return out
+
+
 @dataclass
 class FittedHead:
+    """A head fitted on every training task, and its evidence: the out-of-fold scores of those tasks."""
+
     head: Any
-    candidate: dict[str, Any]
-    base: dict[str, Any]
+    candidate: dict[str, Any]  # metrics of the out-of-fold scores
+    base: dict[str, Any]  # metrics of the base model on the same tasks
     training: dict[str, Any]
+    oof_scores: list[Any]
+    base_scores: list[Any]
+    features: list[Any]
+    folds: int
+    heldout: dict[str, Any] | None = None  # candidate and base metrics on an extra held-out set
 
 
 FEATURE_CHUNK = 32  # tasks per feature-extraction call (progress and heartbeat between calls)
@@ -281,46 +394,58 @@ def fit_feature_head(
     config: TrainConfig,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FittedHead:
-    """One scoring pass of the base model over the training tasks gives the features; the head is fitted on
-    them (cross-validated, calibrated: ``backend.head``); one pass over the held-out tasks gives both the base
-    model's and the head's held-out metrics."""
+    """One scoring pass of the base model over the training tasks gives the features and the base model's
+    scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.head``), and the same fit
+    is repeated in grouped folds for the out-of-fold scores that are its evidence. ``held`` (optional) is
+    scored too, for a separate held-out figure."""
     import numpy as np
 
-    from backend.head import fit_head
+    from backend.head import cross_fitted, fit_head
     from backend.judge import apply_head
     from worker.evaluate import scored_metrics
 
     started = time.monotonic()
-    _, train_features = extract_features(judge, rubric, train, "training", progress)
+    base_scores, train_features = extract_features(judge, rubric, train, "training", progress)
     extracted = time.monotonic() - started
     if progress:
         progress({"stage": "fitting the feature head"})
     fit_started = time.monotonic()
     selection = config.head_features_for(rubric)
     matrices = {d.name: np.stack([f.vector(d.name, selection) for f in train_features]) for d in rubric.dimensions}
-    head = fit_head(
-        rubric.dimensions,
-        matrices,
-        head_targets(rubric, train),
-        [r.split_key for r in train],
-        folds=config.head_folds,
-        meta={
-            "base_model": judge.base_name,
-            "rubric": rubric.name,
-            "features": selection,
-            "precision": str(next(judge.model.parameters()).dtype),
-        },
-    )
+    targets = head_targets(rubric, train)
+    groups = [r.split_key for r in train]
+    meta = {
+        "base_model": judge.base_name,
+        "rubric": rubric.name,
+        "features": selection,
+        "precision": str(next(judge.model.parameters()).dtype),
+    }
+    head = fit_head(rubric.dimensions, matrices, targets, groups, folds=config.head_folds, meta=meta)
+    fold_heads, fold = cross_fitted(rubric.dimensions, matrices, targets, groups, folds=config.head_folds)
+    oof_scores: list[Any] = [None] * len(train)
+    for f, fold_head in enumerate(fold_heads):
+        rows = [i for i in range(len(train)) if fold[i] == f]
+        if fold_head is None or not rows:
+            continue
+        fold_head.meta = dict(meta)
+        for i, score in zip(rows, apply_head(rubric, fold_head, [train_features[i] for i in rows]), strict=True):
+            oof_scores[i] = score
+    if any(score is None for score in oof_scores):  # a single fold: no task has an out-of-fold prediction
+        raise TrainingError(f"only {len(set(groups))} group(s) of tasks: the head needs at least 2 to be judged")
     fit_seconds = time.monotonic() - fit_started
-    if progress:
-        progress({"stage": "evaluating candidate and base model"})
-    eval_started = time.monotonic()
-    base_scores, held_features = extract_features(judge, rubric, held, "held-out", progress)
-    seconds = time.monotonic() - eval_started
-    candidate = scored_metrics(
-        rubric, held, apply_head(rubric, head, held_features) if held else [], seconds, "feature head"
-    )
-    base = scored_metrics(rubric, held, base_scores, seconds, "base model")
+    candidate = scored_metrics(rubric, train, oof_scores, fit_seconds, "feature head (out-of-fold)")
+    base = scored_metrics(rubric, train, base_scores, extracted, "base model")
+    heldout = None
+    if held:
+        if progress:
+            progress({"stage": "scoring the held-out tasks"})
+        held_started = time.monotonic()
+        held_base, held_features = extract_features(judge, rubric, held, "held-out", progress)
+        seconds = time.monotonic() - held_started
+        heldout = {
+            "candidate": scored_metrics(rubric, held, apply_head(rubric, head, held_features), seconds, "feature head"),
+            "base": scored_metrics(rubric, held, held_base, seconds, "base model"),
+        }
     training = {
         "method": "head",
         "seconds": round(time.monotonic() - started, 1),
@@ -330,8 +455,17 @@ def fit_feature_head(
         "feature_size": head.feature_size,
         "cross_validation": {name: dim.cv for name, dim in head.dimensions.items()},
     }
-    log.info("feature head fitted on %d tasks: features %.0f s, fit %.1f s", len(train), extracted, fit_seconds)
-    return FittedHead(head, candidate, base, training)
+    log.info(
+        "feature head fitted on %d tasks in %d groups: features %.0f s, fit and %d-fold evidence %.1f s",
+        len(train),
+        len(set(groups)),
+        extracted,
+        len(fold_heads),
+        fit_seconds,
+    )
+    return FittedHead(
+        head, candidate, base, training, oof_scores, base_scores, train_features, len(fold_heads), heldout
+    )
 
 
 def fault_point(settings: Settings, name: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:

@@ -6,6 +6,7 @@ Everything becomes a list of ``Record``: one task's inputs and every annotator's
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -40,7 +41,9 @@ class Record:
     task_id: str
     inputs: Mapping[str, str]
     annotations: tuple[Annotation, ...]
-    group: str = ""  # split unit; the task id unless the data says otherwise
+    #: what makes tasks not independent (``task_group``): they share the held-out side, a fold and every
+    #: bootstrap draw; "" = the task stands alone
+    group: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +72,25 @@ class SourceStats:
 
 
 # --------------------------------------------------------------------------------------------------
+# groups
+
+
+def task_group(rubric: Rubric, inputs: Mapping[str, str], data: Mapping[str, Any] | None, group_by: str = "") -> str:
+    """The group of a task: the value of the data field ``group_by`` (the GROUP_BY setting, else the rubric's
+    ``group_by``) when the task has it; otherwise, when the rubric has inputs besides its target, a hash of
+    those (tasks rating different answers to one question, or different summaries of one dialogue, form one
+    group); otherwise "" (the task is its own group)."""
+    field_name = group_by or rubric.group_by
+    if field_name and isinstance(data, Mapping) and data.get(field_name) not in (None, ""):
+        return f"{field_name}={data[field_name]}"
+    context = {name: inputs.get(name, "") for name in rubric.input_names if name != rubric.target.name}
+    if not context:
+        return ""
+    digest = hashlib.sha256(json.dumps(context, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return f"context:{digest[:16]}"
+
+
+# --------------------------------------------------------------------------------------------------
 # Label Studio
 
 
@@ -80,10 +102,10 @@ def _annotator_id(annotation: Mapping[str, Any]) -> str:
 
 
 def records_from_export(
-    export: Iterable[Mapping[str, Any]], rubric: Rubric, binding: Binding
+    export: Iterable[Mapping[str, Any]], rubric: Rubric, binding: Binding, group_by: str = ""
 ) -> tuple[list[Record], SourceStats]:
     """Records from a Label Studio JSON export: cancelled and empty annotations are skipped,
-    every annotator's labels kept (an annotator's latest annotation of a task wins)."""
+    every annotator's labels kept (an annotator's latest annotation of a task wins); groups by ``task_group``."""
     stats = SourceStats()
     records: list[Record] = []
     for task in export:
@@ -112,7 +134,8 @@ def records_from_export(
         stats.tasks += 1
         stats.annotations += len(by_annotator)
         stats.annotators.update(by_annotator)
-        records.append(Record(str(task.get("id")), inputs, tuple(by_annotator.values())))
+        group = task_group(rubric, inputs, task.get("data"), group_by)
+        records.append(Record(str(task.get("id")), inputs, tuple(by_annotator.values()), group=group))
     return records, stats
 
 
@@ -153,7 +176,9 @@ def fetch_project(url: str, api_key: str, project: str) -> tuple[str, list[dict[
 # files
 
 
-def _record_from_row(row: Mapping[str, Any], index: int, rubric: Rubric, path: Path) -> Record | None:
+def _record_from_row(
+    row: Mapping[str, Any], index: int, rubric: Rubric, path: Path, group_by: str = ""
+) -> Record | None:
     data = row.get("data")
     if not isinstance(data, Mapping):
         raise SourceError(f"{path}: line {index + 1}: expected an object with 'data'")
@@ -179,7 +204,7 @@ def _record_from_row(row: Mapping[str, Any], index: int, rubric: Rubric, path: P
     else:
         raise SourceError(f"{path}: line {index + 1}: expected 'annotations' or 'label'")
     task_id = str(row.get("id", index))
-    group = str(row.get("group", ""))
+    group = str(row.get("group") or "") or task_group(rubric, inputs, data, group_by)
     return Record(
         task_id,
         inputs,
@@ -202,13 +227,14 @@ def _labels_from_mapping(rubric: Rubric, scores: Mapping[str, Any]) -> dict[str,
     return labels
 
 
-def read_file(path: Path, rubric: Rubric) -> list[Record]:
-    """Records from JSONL (``{"id", "data", "annotations": [{"annotator", "scores"}]}`` or
-    ``{"id", "data", "label"}``) or CSV (one column per input and per dimension, one row per rating)."""
+def read_file(path: Path, rubric: Rubric, group_by: str = "") -> list[Record]:
+    """Records from JSONL (``{"id", "data", "annotations": [{"annotator", "scores"}], "group"?}`` or
+    ``{"id", "data", "label"}``) or CSV (one column per input and per dimension, one row per rating). A row's
+    ``group`` wins; otherwise ``task_group`` groups the tasks."""
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     if path.suffix.lower() == ".csv":
-        return _read_csv(path, rubric)
+        return _read_csv(path, rubric, group_by)
     records = []
     with path.open(encoding="utf-8") as handle:
         for index, line in enumerate(handle):
@@ -219,7 +245,7 @@ def read_file(path: Path, rubric: Rubric) -> list[Record]:
             except ValueError as exc:
                 raise SourceError(f"{path}: line {index + 1}: not JSON ({exc})") from None
             try:
-                record = _record_from_row(row, index, rubric, path)
+                record = _record_from_row(row, index, rubric, path, group_by)
             except SourceError as exc:
                 if str(path) in str(exc):
                     raise
@@ -229,7 +255,7 @@ def read_file(path: Path, rubric: Rubric) -> list[Record]:
     return records
 
 
-def _read_csv(path: Path, rubric: Rubric) -> list[Record]:
+def _read_csv(path: Path, rubric: Rubric, group_by: str = "") -> list[Record]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip().lower(): c for c in reader.fieldnames or []}
@@ -249,6 +275,7 @@ def _read_csv(path: Path, rubric: Rubric) -> list[Record]:
             annotator = row.get(columns.get("annotator", ""), "") or f"r{len(grouped.get(key, []))}"
             grouped.setdefault(key, []).append(Annotation(annotator, labels))
     return [
-        Record(str(n), dict(zip(rubric.input_names, key, strict=True)), tuple(anns))
+        Record(str(n), inputs, tuple(anns), group=task_group(rubric, inputs, None, group_by))
         for n, (key, anns) in enumerate(grouped.items())
+        for inputs in [dict(zip(rubric.input_names, key, strict=True))]
     ]
