@@ -3,12 +3,15 @@
     make demo            (or: .venv/bin/python scripts/demo.py)
 
 Creates a qa-quality project with sample tasks, connects the backend, fetches pre-annotations and prints the
-URLs, the login and what to click. Ctrl-C stops everything it started.
+URLs, the login and what to click. Ctrl-C (or SIGTERM) stops everything it started: Label Studio, the backend,
+the worker (which stops its running job's work-horse itself) and Redis if no Redis answered before; a second
+Ctrl-C kills what is still running without waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,11 +27,21 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_TASKS = REPO / "tests" / "e2e" / "qa_tasks.json"
 ADMIN, PASSWORD, TOKEN = "admin@example.com", "demo-password", "demo0123456789token"
+#: How long the processes get to stop after SIGTERM before SIGKILL (the worker needs up to 10 s to stop a
+#: work-horse that ignores SIGTERM: worker.horse.HORSE_STOP_GRACE_S).
+STOP_GRACE_S = 20.0
+#: Where scripts/ensure-redis.sh looks for Redis (and starts one if none answers).
+REDIS_HOST, REDIS_PORT = os.environ.get("REDIS_HOST", "127.0.0.1"), os.environ.get("REDIS_PORT", "6379")
 
 
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def redis_answers() -> bool:
+    ping = subprocess.run(["redis-cli", "-h", REDIS_HOST, "-p", REDIS_PORT, "ping"], capture_output=True, text=True)
+    return ping.returncode == 0 and ping.stdout.strip() == "PONG"
 
 
 def say(message: str) -> None:
@@ -69,7 +82,63 @@ def main() -> int:
         .stdout.strip()
         .splitlines()[-1]
     )
-    subprocess.run([str(REPO / "scripts" / "ensure-redis.sh")], check=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    started_redis = not redis_answers()
+    # from here on, whatever happens (Ctrl-C, SIGTERM, a process that dies, an error), stop what was started
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt, even where SIGINT was ignored
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        subprocess.run([str(REPO / "scripts" / "ensure-redis.sh")], check=True)
+        return run_demo(args, ls_venv, procs)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(procs, started_redis)
+
+
+def kill_groups(procs: list[subprocess.Popen[bytes]], sig: int) -> None:
+    """``sig`` to the process group of each process not yet reaped (each runs in a session of its own)."""
+    for proc in reversed(procs):
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+
+
+def stop(procs: list[subprocess.Popen[bytes]], started_redis: bool) -> None:
+    """SIGTERM to every process group the demo started, SIGKILL after STOP_GRACE_S (at once on a second Ctrl-C),
+    SIGKILL to what is left in those groups; then Redis, if the demo started it."""
+    say("stopping everything the demo started")
+
+    def hurry(*_: object) -> None:
+        say("killing what is still running")
+        kill_groups(procs, signal.SIGKILL)
+
+    handlers = {sig: signal.signal(sig, hurry) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        running = [proc for proc in procs if proc.poll() is None]
+        kill_groups(running, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"pid {proc.pid} did not stop within {STOP_GRACE_S:g} s: SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for proc in running:  # children that outlived their group's leader (stopped just now: no pid reuse)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if started_redis and redis_answers():
+        say(f"stopping the Redis the demo started on {REDIS_HOST}:{REDIS_PORT}")
+        subprocess.run(["redis-cli", "-h", REDIS_HOST, "-p", REDIS_PORT, "shutdown", "nosave"], capture_output=True)
+
+
+def run_demo(args: argparse.Namespace, ls_venv: str, procs: list[subprocess.Popen[bytes]]) -> int:
+    """Start Label Studio, the backend and the worker (into ``procs``), set up the demo project, then watch."""
     data = REPO / ".cache" / "demo"
     ls_url, backend_url = f"http://127.0.0.1:{args.ls_port}", f"http://127.0.0.1:{args.backend_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO")}
@@ -95,7 +164,6 @@ def main() -> int:
         "TRAIN_MIN_NEW_ANNOTATIONS": env.get("TRAIN_MIN_NEW_ANNOTATIONS", "10"),
     }
     bin_dir = REPO / ".venv" / "bin"
-    procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, argv: list[str], proc_env: dict[str, str]) -> None:
         log = (LOGS / f"{name}.log").open("wb")
@@ -103,20 +171,6 @@ def main() -> int:
             subprocess.Popen(argv, env=proc_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         )
 
-    def stop(*_: object) -> None:
-        say("stopping everything the demo started")
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                os.killpg(os.getpgid(proc.pid), signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     say(f"starting Label Studio 1.23.2 on {ls_url} (first start migrates its database: about a minute)")
     start(
         "label-studio",
@@ -204,14 +258,14 @@ What to click:
   3. Watch {backend_url}/status?project={pid}; when it is done, open the report and
      Retrieve Predictions again: new predictions carry the new version.
 
-Ctrl-C stops Label Studio, the backend and the worker.
+Ctrl-C stops Label Studio, the backend, the worker (its running job too) and Redis if the demo started it.
 """)
     sys.stdout.flush()
     while True:
         for proc in procs:
             if proc.poll() is not None:
                 say(f"a process exited (code {proc.returncode}); see {LOGS}")
-                stop()
+                return 1
         time.sleep(2)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -7,10 +8,40 @@ from pathlib import Path
 import pytest
 
 from backend.settings import Settings
+from tests.fixtures.processes import can_list, kill_all, wait_until_gone
 from tests.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/15"
+#: Each test runs with this variable set to a value of its own, which every process it starts inherits (RQ's
+#: work-horses too): its teardown fails if one is still running.
+TEST_MARK = "RUBRIC_JUDGE_TEST_MARK"
+#: How long a test's processes may take to end after its teardown (a stopped ``rubric-judge worker`` ends its
+#: work-horse within worker.horse.HORSE_STOP_GRACE_S, 10 s).
+LEFT_BEHIND_WAIT_S = 15.0
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_process_behind():
+    """After the test and its fixtures' teardown: no process it started is still running (Linux ``/proc``).
+    Leftovers are SIGKILLed, so that they do not slow the next test, and named in the failure."""
+    if not can_list():
+        yield
+        return
+    mark, previous = uuid.uuid4().hex, os.environ.get(TEST_MARK)
+    os.environ[TEST_MARK] = mark
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TEST_MARK, None)
+        else:
+            os.environ[TEST_MARK] = previous
+    left = wait_until_gone(TEST_MARK, mark, LEFT_BEHIND_WAIT_S)
+    if left:
+        kill_all(left)
+        listed = "\n".join(f"  {pid}: {cmdline[:200]}" for pid, cmdline in left.items())
+        pytest.fail(f"the test left {len(left)} process(es) running {LEFT_BEHIND_WAIT_S:g} s after it ended:\n{listed}")
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ held-out alpha -> new version registered -> promoted only if not worse -> /setup
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from rq import Queue, SimpleWorker
-from rq.job import JobStatus
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job, JobStatus
 
 from backend.app import create_app
 from backend.labeling import label_config
@@ -31,7 +31,9 @@ from backend.triggers import RUNNING_TTL_S, Triggers
 from tests.conftest import REDIS_URL, REPO
 from tests.fixtures.ls_bodies import ls_task, predict_body, setup_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
+from tests.fixtures.processes import alive, processes_with
 from tests.fixtures.synthetic import KEYWORDS, ls_export, synthetic_items
+from worker.horse import HORSE_STOP_GRACE_S
 
 EMOTION_XML = label_config(load_rubric("emotion-ekman"))
 PROJECT = 7
@@ -303,6 +305,18 @@ def _worker_process(tmp_path: Path, pause_at: str) -> subprocess.Popen:
         )
 
 
+def _stop(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a worker started by a test if it still runs: ``sig`` to its group, SIGKILL after 30 s."""
+    if worker.poll() is not None:
+        return
+    os.killpg(worker.pid, sig)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -342,8 +356,11 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
             _wait_for(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 60, "RQ to fail the job")
             assert "Work-horse terminated unexpectedly" in job.latest_result().exc_string
         else:
-            os.killpg(worker.pid, signal.SIGKILL)
+            os.killpg(worker.pid, signal.SIGKILL)  # the worker's group: not the horse's, which RQ forks apart
             worker.wait(timeout=30)
+            # PR_SET_PDEATHSIG (worker.horse): the work-horse dies with its worker
+            _wait_for(lambda: not alive(horse), 10, f"work-horse {horse} to die with its worker")
+            assert processes_with("QUEUE_NAME", queue.name) == {}
         assert_v1_intact(registry, with_active_v1)
         assert [v["number"] for v in client.get("/versions").get_json()["details"]] == [0, 1]
         assert (
@@ -351,20 +368,11 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
             .get_json()["model_version"]
             .endswith(f".p{PROJECT}.v1")
         )
-    finally:  # never leave a worker (or its paused work-horse, in its own session) behind
-        if worker.poll() is None:
-            # an idle worker stops at once on SIGTERM and leaves its blocking pop on the queue cleanly (a
-            # SIGKILL there can race with the next enqueue: Redis may hand the job to the dead connection);
-            # one stuck in the paused job gets SIGKILL after a grace period
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(timeout=30)
-        if horse:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(horse, signal.SIGKILL)
+    finally:
+        # SIGTERM, not SIGKILL: an idle worker leaves its blocking pop on the queue cleanly (a SIGKILL there can
+        # race with the next enqueue: Redis may hand the job to the dead connection), and a busy one stops its
+        # work-horse first; the autouse fixture checks that nothing is left
+        _stop(worker)
     triggers = Triggers(queue.connection, registry.base_name, queue.name)
     if kill == "worker":
         # nothing is left to report the death: the job still reads "started" until RQ's abandoned-job cleanup,
@@ -379,6 +387,208 @@ def test_worker_killed_mid_training_or_mid_write(stack, with_active_v1, monkeypa
     assert registry.version_numbers(str(PROJECT)) == [1, 2]
     assert not list(registry.project_dir(str(PROJECT)).glob(".v*.tmp-*")), "the killed run's leftovers are removed"
     assert snapshot(registry.version_dir(str(PROJECT), 1)) == with_active_v1
+
+
+# --------------------------------------------------------------------------------------------------
+# stopping the worker: SIGTERM/SIGINT stop its running work-horse at once; a SIGKILLed worker takes it along
+
+
+def _plain_worker(queue: Queue, log_path: Path, grace: float | None = None) -> subprocess.Popen:
+    """``rubric-judge worker`` on ``queue`` in a session of its own (as a service runs); with ``grace``, the same
+    worker with HORSE_STOP_GRACE_S set to it."""
+    env = {**os.environ, "QUEUE_NAME": queue.name, "REDIS_URL": REDIS_URL, "LOG_LEVEL": "INFO"}
+    argv = [sys.executable, "-m", "rubric_judge", "worker"]
+    if grace is not None:
+        argv = [
+            sys.executable,
+            "-c",
+            f"import worker.horse; worker.horse.HORSE_STOP_GRACE_S = {grace!r}; "
+            "from rubric_judge.cli import main; raise SystemExit(main(['worker']))",
+        ]
+    with log_path.open("w") as log:
+        return subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture
+def fresh_queue(redis_client):
+    """A queue of this test's own; its jobs are deleted afterwards."""
+    queue = Queue(f"rj-test-{uuid.uuid4().hex[:8]}", connection=redis_client)
+    yield queue
+    registries = (queue.failed_job_registry, queue.started_job_registry, queue.finished_job_registry)
+    ids = {*queue.job_ids, *(job_id for r in registries for job_id in r.get_job_ids(cleanup=False))}
+    for job in Job.fetch_many(sorted(ids), connection=redis_client):
+        if job is not None:
+            job.delete()
+    redis_client.delete(*(r.key for r in registries))
+    queue.delete(delete_jobs=True)
+
+
+def _sleeping_job(queue: Queue, *, ignore_sigterm: bool = False, retries: int = 0):
+    """``tests.fixtures.jobs.sleeping_job``: 600 s, as long as a training run for these tests."""
+    return queue.enqueue(
+        "tests.fixtures.jobs.sleeping_job",
+        600,
+        ignore_sigterm,
+        job_timeout=3600,
+        retry=Retry(max=retries) if retries else None,
+    )
+
+
+def _horse_of(job, stage: str = "sleeping", timeout: float = 120) -> int:
+    """The pid of the work-horse running ``job``, once the job reports ``stage`` with its pid."""
+
+    def reached():
+        job.refresh()
+        return job.meta.get("pid") if job.meta.get("stage") == stage else None
+
+    return _wait_for(reached, timeout, f"job {job.id} to reach {stage!r}")
+
+
+def _signal_and_time(worker: subprocess.Popen, sig: int, to_group: bool) -> float:
+    """Send ``sig`` to the worker (or its process group, as Ctrl-C in a terminal does); seconds until it exits."""
+    started = time.monotonic()
+    (os.killpg if to_group else os.kill)(worker.pid, sig)
+    try:
+        worker.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the worker did not exit within 60 s of {signal.Signals(sig).name}") from None
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("sig", "to_group", "retries"),
+    [(signal.SIGTERM, False, 0), (signal.SIGINT, True, 0), (signal.SIGTERM, True, 1)],
+    ids=["SIGTERM", "SIGINT-to-group", "SIGTERM-job-with-retries"],
+)
+def test_a_stopped_worker_stops_its_running_job_at_once(fresh_queue, tmp_path, sig, to_group, retries):
+    """SIGTERM (``kill``, ``docker stop``, a supervisor) or SIGINT (Ctrl-C, sent to the terminal's process
+    group) stops the work-horse at once, not after the job: RQ fails the job as it fails any whose horse died (a
+    job with retries left is queued again, as RQ's abandoned-job cleanup does), the worker exits, and no process
+    with the queue's name is left (RQ's scheduler included)."""
+    queue = fresh_queue
+    job = _sleeping_job(queue, retries=retries)
+    worker = _plain_worker(queue, tmp_path / "worker.log")
+    try:
+        horse = _horse_of(job)
+        assert {worker.pid, horse} <= set(processes_with("QUEUE_NAME", queue.name))
+        seconds = _signal_and_time(worker, sig, to_group)
+    finally:
+        _stop(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert worker.returncode == 0, log
+    assert seconds < HORSE_STOP_GRACE_S and "SIGKILL" not in log, (seconds, log)  # SIGTERM ended the horse
+    assert not alive(horse) and processes_with("QUEUE_NAME", queue.name) == {}
+    assert job.id not in queue.started_job_registry
+    if retries:
+        job.refresh()
+        assert job.get_status() == JobStatus.QUEUED and job.retries_left == 0
+        assert queue.job_ids == [job.id]
+    else:
+        assert job.get_status(refresh=True) == JobStatus.FAILED and job.id in queue.failed_job_registry
+        error = job.latest_result().exc_string
+        assert f"the worker got {signal.Signals(sig).name}" in error and "signal 15" in error, error
+
+
+def test_a_work_horse_that_ignores_sigterm_is_killed_after_the_grace_period(fresh_queue, tmp_path):
+    queue = fresh_queue
+    job = _sleeping_job(queue, ignore_sigterm=True)
+    worker = _plain_worker(queue, tmp_path / "worker.log", grace=1.0)
+    try:
+        horse = _horse_of(job)
+        seconds = _signal_and_time(worker, signal.SIGTERM, to_group=False)
+    finally:
+        _stop(worker)
+    log = (tmp_path / "worker.log").read_text()
+    assert worker.returncode == 0, log
+    assert 1.0 <= seconds < 1.0 + 10, (seconds, log)
+    assert f"work-horse {horse} still running after 1 s: SIGKILL" in log, log
+    assert not alive(horse) and processes_with("QUEUE_NAME", queue.name) == {}
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert "signal 9" in job.latest_result().exc_string
+
+
+def test_a_worker_killed_outright_takes_its_forks_along(fresh_queue, tmp_path):
+    """SIGKILL to the worker alone (the OOM killer): PR_SET_PDEATHSIG ends its work-horse and RQ's scheduler;
+    the job stays 'started' until RQ's abandoned-job cleanup, which fails it (retries it if it has retries)."""
+    queue = fresh_queue
+    job = _sleeping_job(queue)
+    worker = _plain_worker(queue, tmp_path / "worker.log")
+    try:
+        horse = _horse_of(job)
+        forks = set(processes_with("QUEUE_NAME", queue.name)) - {worker.pid}
+        assert horse in forks and len(forks) == 2, forks  # the horse and the scheduler
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        _stop(worker)
+    _wait_for(lambda: processes_with("QUEUE_NAME", queue.name) == {}, 10, "the worker's forks to die with it")
+    assert job.get_status(refresh=True) == JobStatus.STARTED and job.id in queue.started_job_registry
+    # what a later worker's maintenance does once the dead worker's heartbeat has expired
+    queue.started_job_registry.cleanup(timestamp=time.time() + 3600)
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert "AbandonedJobError" in job.latest_result().exc_string
+
+
+def test_the_demo_stops_everything_it_started(fresh_queue, tmp_path):
+    """``make demo``'s stop (Ctrl-C, SIGTERM, or a process that died): every process group it started gets
+    SIGTERM; the worker stops its running work-horse (in a group of its own) itself."""
+    spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    queue = fresh_queue
+    job = _sleeping_job(queue)
+    worker = _plain_worker(queue, tmp_path / "worker.log")
+    other = subprocess.Popen(
+        ["sleep", "300"], env={**os.environ, "QUEUE_NAME": queue.name}, start_new_session=True
+    )  # as Label Studio and the backend are started
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        horse = _horse_of(job)
+        started = time.monotonic()
+        demo.stop([other, worker], started_redis=False)
+        seconds = time.monotonic() - started
+    finally:
+        _stop(worker)
+        _stop(other)
+    assert seconds < HORSE_STOP_GRACE_S, seconds
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert worker.returncode == 0 and other.returncode == -signal.SIGTERM
+    assert not alive(horse) and processes_with("QUEUE_NAME", queue.name) == {}
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("pause_at", "sig", "to_group"),
+    [("training", signal.SIGTERM, False), ("adapter-written", signal.SIGINT, True)],
+    ids=["SIGTERM-mid-training", "SIGINT-mid-write"],
+)
+def test_stopping_the_worker_mid_training(stack, with_active_v1, tmp_path, pause_at, sig, to_group):
+    """A training job whose worker is stopped: the work-horse ends at once, the job is failed, no version is
+    listed and ACTIVE is untouched (the half-built ``.v2.tmp-*`` folder is left for the next job to remove), and
+    the next trigger enqueues a fresh job (the failed job's running mark is stale)."""
+    client, registry, queue, _ = stack
+    job_id = start_training(client)
+    worker = _worker_process(tmp_path, pause_at)
+    try:
+        horse = _horse_of(queue.fetch_job(job_id), f"paused at {pause_at}", timeout=300)
+        assert {worker.pid, horse} <= set(processes_with("QUEUE_NAME", queue.name))
+        seconds = _signal_and_time(worker, sig, to_group)
+    finally:
+        _stop(worker)
+    log = (tmp_path / f"worker-{pause_at}.log").read_text()
+    assert worker.returncode == 0 and seconds < HORSE_STOP_GRACE_S, (seconds, log[-3000:])
+    assert not alive(horse) and processes_with("QUEUE_NAME", queue.name) == {}
+    job = queue.fetch_job(job_id)
+    assert job.get_status() == JobStatus.FAILED and job_id not in queue.started_job_registry
+    assert f"the worker got {signal.Signals(sig).name}" in job.latest_result().exc_string
+    assert_v1_intact(registry, with_active_v1)
+    assert len(list(registry.project_dir(str(PROJECT)).glob(".v2.tmp-*"))) == 1
+    assert [v["number"] for v in client.get("/versions").get_json()["details"]] == [0, 1]
+    again = start_training(client)
+    assert again != job_id
+    queue.remove(again)
 
 
 def test_the_worker_yields_the_cpu_to_serving():

@@ -36,9 +36,12 @@ def lower_priority(settings: Settings) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """An RQ worker on the ``rubric-judge`` queue."""
+    """An RQ worker on the ``rubric-judge`` queue (``worker.horse.JudgeWorker``: SIGTERM or SIGINT stops it and
+    its running job at once; its forks die with it)."""
     from redis import Redis
-    from rq import Queue, Worker
+    from rq import Queue
+
+    from worker.horse import JudgeWorker
 
     lower_priority(settings)
 
@@ -50,7 +53,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.label_studio_api_key:
         log.warning("LABEL_STUDIO_API_KEY is not set: training jobs will fail until it is")
     queue = Queue(settings.queue_name, connection=redis)
-    worker = Worker([queue], connection=redis, name=args.name)
+    worker = JudgeWorker([queue], connection=redis, name=args.name)
     log.info(
         "worker listening on queue %r at %s (Label Studio %s)",
         settings.queue_name,

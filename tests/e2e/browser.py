@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -144,10 +147,14 @@ class Browser:
         try:
             if hasattr(self, "ws"):
                 self.ws.close()
-        finally:
-            self.proc.terminate()
+        finally:  # the whole process group (its own: start_new_session): Chromium's helpers too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
             shutil.rmtree(self.profile, ignore_errors=True)

@@ -3,6 +3,7 @@ bounded waits whose failure messages carry the tail of every server's log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -48,16 +49,23 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
     def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM to the process's group (its own: ``start_new_session``), SIGKILL after ``grace``, then SIGKILL
+        to whatever is left in the group. A ``rubric-judge worker`` stops its RQ work-horse, which runs in a
+        group of its own, itself."""
         if not self.alive():
             return
         assert self.popen is not None
-        pgid = os.getpgid(self.popen.pid)
-        os.killpg(pgid, signal.SIGTERM)
+        pgid = self.popen.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
         try:
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
             self.popen.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # children that outlived it (just now: no pid reuse)
+            os.killpg(pgid, signal.SIGKILL)
 
 
 @dataclass

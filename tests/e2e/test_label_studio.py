@@ -24,6 +24,7 @@ from label_studio_sdk.label_interface import LabelInterface
 from tests.conftest import REPO
 from tests.e2e.browser import Browser, chromium
 from tests.e2e.harness import Proc, Stack, free_port
+from tests.fixtures.processes import can_list, kill_all, wait_until_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -125,7 +126,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True)
     ls_port, backend_port = free_port(), free_port()
     ls_url, backend_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{backend_port}"
-    queue = f"rj-e2e-{uuid.uuid4().hex[:8]}"
+    queue_name = f"rj-e2e-{uuid.uuid4().hex[:8]}"
     model_dir = tmp_path / "models"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
     ls_env = {
@@ -146,7 +147,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         **base_env,
         "MODEL_DIR": str(model_dir),
         "REDIS_URL": "redis://127.0.0.1:6379/14",
-        "QUEUE_NAME": queue,
+        "QUEUE_NAME": queue_name,
         "LABEL_STUDIO_URL": ls_url,
         "LABEL_STUDIO_API_KEY": TOKEN,
         "BASIC_AUTH_USER": BASIC[0],
@@ -545,3 +546,8 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
         (ARTIFACTS / "summary.json").write_text(json.dumps(summary, indent=1))
     finally:
         stack.stop()
+        # every process of this test's queue: the backend, the workers and their RQ work-horses (stopped by
+        # the worker itself; in a process group of their own, SIGTERM to the worker's group does not reach them)
+        left = wait_until_gone("QUEUE_NAME", queue_name, 20) if can_list() else {}
+        kill_all(left)
+    assert not left, f"still running after the stack stopped: {left}"
