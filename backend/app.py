@@ -183,7 +183,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     def predict() -> Response:
         body = read_json_object()
         validate_predict(body, settings.max_tasks_per_request)
-        return jsonify(service.predict(body))
+        budget = service.settings.predict_budget_s
+        return jsonify(service.predict(body, deadline=None if budget is None else g.started + budget))
 
     @app.get("/versions")
     def versions() -> Response:

@@ -70,6 +70,38 @@ class ProjectContext:
     model_version: str
 
 
+#: tasks of the first chunk under a deadline: a small chunk measures the speed of this machine right now
+DEADLINE_FIRST_CHUNK = 4
+#: a chunk is started only if its estimated cost times this fits before the deadline
+DEADLINE_SAFETY = 1.5
+
+
+def deadline_chunks(indices: Sequence[int], size: int, first: int) -> list[list[int]]:
+    """``indices`` cut into a first chunk of ``first`` and the rest in chunks of ``size`` (answers do not depend
+    on how tasks are batched: ``Judge`` is batch-invariant)."""
+    head, rest = list(indices[:first]), list(indices[first:])
+    return ([head] if head else []) + [rest[i : i + size] for i in range(0, len(rest), max(1, size))]
+
+
+class DeadlineEstimate:
+    """Seconds per task of the chunks scored so far in this request; a chunk fits when its estimated cost,
+    at the slowest rate seen (the CPU may be shared) times DEADLINE_SAFETY, ends before the deadline. The
+    first chunk always runs."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+
+    def observe(self, tasks: int, seconds: float) -> None:
+        rate = seconds / max(1, tasks)
+        self.rate = rate if self.rate is None else max(self.rate, rate)
+
+    def fits(self, tasks: int, deadline: float, now: float | None = None) -> bool:
+        if self.rate is None:
+            return True
+        now = time.monotonic() if now is None else now
+        return now + self.rate * tasks * DEADLINE_SAFETY <= deadline
+
+
 class Service:
     """The backend's state for one process: judge, rubrics, registry."""
 
@@ -168,17 +200,34 @@ class Service:
             self.registry.remember_rubric(ctx.project, ctx.rubric.name)
         return {"model_version": ctx.model_version, "rubric": ctx.rubric.name}
 
-    def predict(self, body: Mapping[str, Any], rubric: str | None = None) -> dict[str, Any]:
-        """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command)."""
+    def predict(
+        self, body: Mapping[str, Any], rubric: str | None = None, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command).
+        ``deadline`` (``time.monotonic()`` value): stop scoring before it; the tasks left get an empty list (no
+        prediction) and are handed to the background pre-annotation job (``defer``)."""
+        started = time.monotonic()
         ctx = self.context(body.get("project"), body.get("label_config"), rubric)
-        return {"results": self.predict_tasks(ctx, body["tasks"])}
+        results, timing = self.predict_tasks_timed(ctx, body["tasks"], deadline)
+        if timing["deferred"]:
+            ids = [task.get("id") for task, item in zip(body["tasks"], results, strict=True) if item == []]
+            timing["background_job"] = self.defer(ctx, [i for i in ids if isinstance(i, int)], timing)
+        timing["seconds"] = round(time.monotonic() - started, 3)
+        return {"results": results, "timing": timing}
 
     def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One prediction (``result``, ``score``, ``model_version``) per Label Studio task, in order; a task
         without the rubric's inputs gets an empty result. Cached predictions (PREDICTION_CACHE) are reused."""
+        return self.predict_tasks_timed(ctx, tasks)[0]
+
+    def predict_tasks_timed(
+        self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]], deadline: float | None = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """``predict_tasks`` with a ``deadline``: tasks not scored by then get ``[]`` (Label Studio stores no
+        prediction for them). Returns the results and ``{"tasks", "scored", "deferred", "budget_s"}``."""
         valid: list[int] = []
         inputs: list[dict[str, str]] = []
-        results: list[dict[str, Any]] = []
+        results: list[Any] = []
         for index, task in enumerate(tasks):
             found, missing = task_inputs(ctx.rubric, task.get("data"), ctx.binding)
             if found is None:
@@ -194,22 +243,33 @@ class Service:
             inputs.append(found)
             results.append({})
         started = time.monotonic()
-        scores = self.score_inputs(ctx, inputs)
+        scores = self.score_inputs(ctx, inputs, deadline)
+        deferred = 0
         for index, score in zip(valid, scores, strict=True):
-            results[index] = self.result_item(ctx, score)
+            if score is None:
+                results[index] = []
+                deferred += 1
+            else:
+                results[index] = self.result_item(ctx, score)
         log.info(
-            "project %s: scored %d of %d task(s) with %s in %.2f s",
+            "project %s: scored %d of %d task(s) with %s in %.2f s%s",
             ctx.project,
-            len(valid),
+            len(valid) - deferred,
             len(tasks),
             ctx.model_version,
             time.monotonic() - started,
+            f"; {deferred} deferred (deadline)" if deferred else "",
         )
-        return results
+        budget = None if deadline is None else round(deadline - started, 1)
+        return results, {"tasks": len(tasks), "scored": len(valid) - deferred, "deferred": deferred, "budget_s": budget}
 
-    def score_inputs(self, ctx: ProjectContext, inputs: Sequence[Mapping[str, str]]) -> list[TaskScore]:
+    def score_inputs(
+        self, ctx: ProjectContext, inputs: Sequence[Mapping[str, str]], deadline: float | None = None
+    ) -> list[Any]:
         """Scores of ``inputs`` under the context's active version: from the prediction cache where present,
-        the rest from the judge (through the micro-batcher when it is on), in order."""
+        the rest from the judge (through the micro-batcher when it is on), in order. With a ``deadline``
+        (``time.monotonic()``), the judge scores in chunks and starts no chunk it expects to end after it
+        (``DeadlineEstimate``); the inputs left are None."""
         if not inputs:
             return []
         cache = self.prediction_cache
@@ -219,15 +279,26 @@ class Service:
         if missing:
             adapter = self.ensure_adapter(ctx)
             marked = self.serving_mark.scoring() if self.serving_mark else contextlib.nullcontext()
+            if deadline is None:
+                chunks = [missing]
+            else:  # shortest first: more tasks fit before the deadline (answers do not depend on batching)
+                ordered = sorted(missing, key=lambda i: sum(len(v) for v in inputs[i].values()))
+                chunks = deadline_chunks(ordered, self.settings.predict_batch_size, DEADLINE_FIRST_CHUNK)
+            estimate = DeadlineEstimate()
             try:
                 with marked:
-                    fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in missing], adapter)
+                    for chunk in chunks:
+                        if deadline is not None and not estimate.fits(len(chunk), deadline):
+                            break
+                        chunk_started = time.monotonic()
+                        fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in chunk], adapter)
+                        estimate.observe(len(chunk), time.monotonic() - chunk_started)
+                        for i, score in zip(chunk, fresh, strict=True):
+                            found[i] = score
+                        if cache:
+                            cache.put_many([(keys[i], sc) for i, sc in zip(chunk, fresh, strict=True)])
             except BatcherBusy as exc:
                 raise RequestError(f"the backend is busy: {exc}", 503) from None
-            for i, score in zip(missing, fresh, strict=True):
-                found[i] = score
-            if cache:
-                cache.put_many([(keys[i], fresh_score) for i, fresh_score in zip(missing, fresh, strict=True)])
         if cache and len(missing) < len(inputs):
             log.info(
                 "project %s: %d of %d task(s) from the prediction cache",
@@ -235,7 +306,46 @@ class Service:
                 len(inputs) - len(missing),
                 len(inputs),
             )
-        return [score for score in found if score is not None]
+        return found
+
+    def defer(self, ctx: ProjectContext, task_ids: Sequence[int], timing: Mapping[str, Any]) -> str | None:
+        """Hand the tasks a deadline left unscored to the background pre-annotation job (when Label Studio
+        credentials are configured) and record the deferral for ``/status``. Returns the job id, or None when
+        the next Retrieve Predictions has to pick them up."""
+        job = None
+        if self.triggers is not None and self.settings.label_studio_api_key and ctx.project != "0" and task_ids:
+            try:
+                job = self.triggers.prelabel(ctx.project, task_ids=list(task_ids)).job_id
+            except Exception as exc:  # Redis down: the next Retrieve Predictions still picks them up
+                log.warning("project %s: cannot enqueue the deferred tasks (%s)", ctx.project, type(exc).__name__)
+        where = (
+            f"pre-annotation job {job} writes them through Label Studio's API"
+            if job
+            else "the next Retrieve Predictions picks them up"
+            + ("" if self.settings.label_studio_api_key else " (LABEL_STUDIO_API_KEY writes them in the background)")
+        )
+        log.warning(
+            "project %s: %d of %d task(s) deferred to stay within the %.0f s budget (PREDICT_DEADLINE_S); %s",
+            ctx.project,
+            timing["deferred"],
+            timing["tasks"],
+            timing["budget_s"] or 0,
+            where,
+        )
+        if self.triggers is not None:
+            with contextlib.suppress(Exception):
+                self.triggers.record_deferral(
+                    ctx.project,
+                    {
+                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "tasks": timing["tasks"],
+                        "scored": timing["scored"],
+                        "deferred": timing["deferred"],
+                        "budget_s": timing["budget_s"],
+                        "job": job,
+                    },
+                )
+        return job
 
     def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
         """One Label Studio prediction: a ``choices`` item for each dimension the version pre-fills
@@ -322,6 +432,8 @@ class Service:
                         "alpha_majority": evaluation.get("alpha_dims_majority"),
                         "alpha_flat": evaluation.get("alpha_flat"),
                         "rubric": rubric.name,
+                        "evidence": metrics.get("evidence"),
+                        "decision": metrics.get("decision"),
                         "prefill": {name: d.as_dict() for name, d in decisions.items()},
                     }
                 )
@@ -435,6 +547,8 @@ class Service:
                 with contextlib.suppress(Exception):  # the rest of the state is still worth answering
                     state["job"] = self.triggers.job(job_id)
             state["active_version"] = self.registry.model_version(p, self.registry.active_version(p))
+            with contextlib.suppress(Exception):
+                state["last_deferral"] = self.triggers.last_deferral(p)
             out[p] = state
         return {"projects": out}
 

@@ -44,6 +44,12 @@ class Settings:
     max_input_tokens: int = 2048
     #: PREDICT_BATCH_SIZE: tasks scored together in one forward pass.
     predict_batch_size: int = 8
+    #: ML_TIMEOUT_PREDICT: seconds Label Studio waits for /predict before it gives up and stores nothing (its
+    #: own setting of the same name; 100 in Label Studio 1.23).
+    ml_timeout_predict: float = 100.0
+    #: PREDICT_DEADLINE_S: /predict scores until this many seconds have passed, answers the tasks it scored
+    #: and hands the rest to the background pre-annotation job; 0 = 0.6 x ML_TIMEOUT_PREDICT; -1 = no deadline.
+    predict_deadline_s: float = 0.0
     #: TORCH_THREADS: CPU threads for torch (0 = torch's default).
     torch_threads: int = 0
     #: PREFIX_CACHE: compute the KV cache of the rubric's shared prompt prefix once and reuse it (true/false).
@@ -214,6 +220,13 @@ class Settings:
         ):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.ml_timeout_predict <= 0:
+            raise SettingsError("ML_TIMEOUT_PREDICT must be more than 0 (seconds)")
+        if self.predict_deadline_s != -1 and not 0 <= self.predict_deadline_s < self.ml_timeout_predict:
+            raise SettingsError(
+                f"PREDICT_DEADLINE_S={self.predict_deadline_s:g}: expected 0 (derived), -1 (none) or a number of "
+                f"seconds below ML_TIMEOUT_PREDICT={self.ml_timeout_predict:g}"
+            )
         if self.predict_max_batch_tokens < 0:
             raise SettingsError("PREDICT_MAX_BATCH_TOKENS must be 0 (derived from memory) or more")
         if self.micro_batch_wait_ms < 0:
@@ -287,6 +300,14 @@ class Settings:
         if not math.isfinite(number) or not -1 <= number <= 1:
             raise ValueError(f"{self.prefill_min_alpha!r} is not in [-1, 1]")
         return number
+
+    @property
+    def predict_budget_s(self) -> float | None:
+        """Seconds /predict may spend scoring: PREDICT_DEADLINE_S, 0.6 x ML_TIMEOUT_PREDICT when 0 (the rest is
+        margin for the last chunk, the answer and Label Studio's own work), None when -1."""
+        if self.predict_deadline_s == -1:
+            return None
+        return self.predict_deadline_s or 0.6 * self.ml_timeout_predict
 
     def for_worker(self) -> Settings:
         """These settings as a training process uses them: ``torch_threads`` is WORKER_THREADS when set."""

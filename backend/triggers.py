@@ -211,10 +211,24 @@ class Triggers:
         pending = int(self.redis.get(self.key("pending", project)) or 0)
         return TriggerResult("counted", None, pending)
 
-    def prelabel(self, project: str, include_annotated: bool = False) -> TriggerResult:
-        """Enqueue a pre-annotation job for ``project`` unless one is still queued or running (then its id)."""
+    def prelabel(
+        self, project: str, include_annotated: bool = False, task_ids: list[int] | None = None
+    ) -> TriggerResult:
+        """Enqueue a pre-annotation job for ``project`` unless one is still queued or running (then its id).
+        ``task_ids``: only these tasks (the ones a ``/predict`` deadline left unscored); such a job is always
+        enqueued, since a job already queued may have listed the project's tasks before these were left out."""
         key = self.key("prelabel", project)
         new_id = f"prelabel-p{project}-{uuid.uuid4().hex[:12]}"
+        if task_ids is not None:
+            self._enqueue_job(
+                PRELABEL_JOB,
+                (project, include_annotated, None, list(task_ids)),
+                new_id,
+                f"pre-annotate {len(task_ids)} deferred task(s) of project {project}",
+                self.key("prelabel-deferred", project),
+            )
+            log.info("project %s: pre-annotation job %s for %d deferred task(s)", project, new_id, len(task_ids))
+            return TriggerResult("enqueued", new_id)
         if not self.redis.set(key, new_id, nx=True, ex=QUEUED_TTL_S):
             current = self.redis.get(key)
             current = current.decode() if isinstance(current, bytes) else current
@@ -224,6 +238,14 @@ class Triggers:
         self._enqueue_job(PRELABEL_JOB, (project, include_annotated), new_id, f"pre-annotate project {project}", key)
         log.info("project %s: pre-annotation job %s enqueued", project, new_id)
         return TriggerResult("enqueued", new_id)
+
+    def record_deferral(self, project: str, deferral: dict[str, Any]) -> None:
+        """Keep the last ``/predict`` deadline deferral (``/status``'s ``last_deferral``)."""
+        self.redis.set(self.key("deferred", project), json.dumps(deferral), ex=QUEUED_TTL_S)
+
+    def last_deferral(self, project: str) -> dict[str, Any] | None:
+        raw = self.redis.get(self.key("deferred", project))
+        return json.loads(raw) if raw else None
 
     # --- worker side -----------------------------------------------------------------------------
 

@@ -253,3 +253,29 @@ def test_label_queue_without_a_token_says_so(settings, service):
     with pytest.raises(RequestError, match="LABEL_STUDIO_API_KEY") as info:
         label_queue(settings.with_overrides(label_studio_api_key=""), service.registry, PROJECT)
     assert info.value.status == 500
+
+
+def test_a_deadline_answers_what_it_scored_and_defers_the_rest_to_a_background_job(queued_stack):
+    client, queue, state = queued_stack
+    service = client.application.extensions["rubric_judge"]
+    service.settings = service.settings.with_overrides(predict_deadline_s=0.001)  # only the first chunk fits
+    tasks = [t for t in state.projects[PROJECT]["tasks"] if "answer" in t["data"]]
+    response = client.post("/predict", json=predict_body(tasks, QA_XML, project=str(PROJECT)))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    results, timing = body["results"], body["timing"]
+    assert len(results) == len(tasks) == 9
+    scored = [t["id"] for t, r in zip(tasks, results, strict=True) if r != []]
+    deferred = [t["id"] for t, r in zip(tasks, results, strict=True) if r == []]
+    assert len(scored) == 4 and len(deferred) == 5, results  # the first chunk (4 tasks) always runs
+    assert timing["scored"] == 4 and timing["deferred"] == 5 and timing["background_job"]
+    status = client.get(f"/status?project={PROJECT}").get_json()["projects"][str(PROJECT)]
+    assert status["last_deferral"]["deferred"] == 5 and status["last_deferral"]["job"] == timing["background_job"]
+    # the background job writes the deferred tasks that need a prediction (not the annotated ones, not the
+    # ones the active version already predicted), and nothing else
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    job = client.get(f"/jobs/{timing['background_job']}").get_json()
+    assert job["status"] == "finished", job
+    done = {task_id for task_id, predictions in written(state).items() if predictions}
+    annotated_or_predicted = {500, 501, 502, 503, 504}
+    assert done == set(deferred) - annotated_or_predicted, (done, deferred)

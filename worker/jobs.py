@@ -191,8 +191,14 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     return outcome
 
 
-def prelabel_project(project_id: str, include_annotated: bool = False, batch_size: int | None = None) -> dict[str, Any]:
-    """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``).
+def prelabel_project(
+    project_id: str,
+    include_annotated: bool = False,
+    batch_size: int | None = None,
+    task_ids: list[int] | None = None,
+) -> dict[str, Any]:
+    """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``);
+    ``task_ids``: only those (the tasks a ``/predict`` deadline left unscored).
 
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
     from rq import get_current_job
@@ -215,6 +221,7 @@ def prelabel_project(project_id: str, include_annotated: bool = False, batch_siz
         project_id,
         include_annotated=include_annotated,
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        task_ids=task_ids,
         progress=report,
         gate=ServingGate.for_worker(settings, redis_client(settings)),
     )

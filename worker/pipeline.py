@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -92,10 +93,12 @@ def should_promote(comparison: Evidence, against: str, rule: PromotionRule | Non
     rule = rule or PromotionRule()
     shown = comparison.describe(f"alpha per dimension minus {against}'s")
     if comparison.tasks < rule.min_tasks or comparison.groups < rule.min_groups:
+        per_group = comparison.tasks / comparison.groups if comparison.groups else 1.0
+        more = max(rule.min_tasks - comparison.tasks, math.ceil((rule.min_groups - comparison.groups) * per_group), 1)
         return False, (
             f"too little evidence to compare with {against}: {comparison.tasks} task(s) in {comparison.groups} "
-            f"group(s) that neither version learned from, needs at least {rule.min_tasks} in {rule.min_groups}; "
-            f"keeping {against}"
+            f"group(s) that neither version learned from, needs at least {rule.min_tasks} in {rule.min_groups} "
+            f"(about {more} more annotated task(s) of new groups); keeping {against}"
         )
     if comparison.estimate is None or comparison.low is None:
         return False, f"{shown}; keeping {against}"

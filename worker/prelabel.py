@@ -66,6 +66,7 @@ def prelabel_project(
     *,
     include_annotated: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    task_ids: list[int] | None = None,
     service: Any = None,
     client: Any = None,
     progress: Progress | None = None,
@@ -76,7 +77,8 @@ def prelabel_project(
     ``service`` is a ``backend.service.Service`` (built from ``settings`` when omitted, after Label Studio has
     answered: loads the judge); ``client`` a label-studio-sdk ``LabelStudio`` client (from
     ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``); ``gate``: the scoring waits there while a backend on this
-    machine serves ``/predict`` (``backend.serving``).
+    machine serves ``/predict`` (``backend.serving``). ``task_ids``: only these tasks (still skipping the
+    annotated and the already predicted ones).
     """
     from backend.registry import RegistryError, parse_project
     from backend.service import RequestError
@@ -96,6 +98,9 @@ def prelabel_project(
     try:
         details = client.projects.get(id=pid)
         tasks = list(list_tasks(client, pid))
+        if task_ids is not None:
+            wanted = {int(i) for i in task_ids}
+            tasks = [t for t in tasks if int(t["id"]) in wanted]
     except Exception as exc:
         raise PrelabelError(
             f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"

@@ -1,0 +1,83 @@
+"""/predict answers before Label Studio gives up: it scores in chunks until its budget (PREDICT_DEADLINE_S), answers
+the scored tasks, gives the others an empty list (Label Studio stores no prediction for them) and hands them
+to the background pre-annotation job."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backend.service import DEADLINE_SAFETY, DeadlineEstimate, deadline_chunks
+from backend.settings import Settings, SettingsError
+from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from tests.test_prelabel import QA_XML
+
+
+def test_chunks_start_small_and_cover_every_task_once():
+    assert deadline_chunks(list(range(23)), 8, 4) == [
+        [0, 1, 2, 3],
+        list(range(4, 12)),
+        list(range(12, 20)),
+        [20, 21, 22],
+    ]
+    assert deadline_chunks([], 8, 4) == []
+    assert deadline_chunks([5, 6], 8, 4) == [[5, 6]]
+
+
+def test_the_estimate_uses_the_slowest_rate_seen_with_a_margin():
+    estimate = DeadlineEstimate()
+    assert estimate.fits(1000, deadline=0.0, now=10.0)  # nothing measured yet: the first chunk always runs
+    estimate.observe(4, 2.0)  # 0.5 s per task
+    estimate.observe(8, 1.6)  # 0.2 s per task: the machine got faster; the estimate keeps the slower rate
+    assert estimate.rate == pytest.approx(0.5)
+    cost = 8 * 0.5 * DEADLINE_SAFETY
+    assert estimate.fits(8, deadline=100.0 + cost, now=100.0)
+    assert not estimate.fits(8, deadline=100.0 + cost - 0.01, now=100.0)
+
+
+def test_the_budget_is_derived_from_label_studios_timeout():
+    assert Settings().predict_budget_s == pytest.approx(60.0)
+    assert Settings(ml_timeout_predict=300).predict_budget_s == pytest.approx(180.0)
+    assert Settings(predict_deadline_s=20).predict_budget_s == 20
+    assert Settings(predict_deadline_s=-1).predict_budget_s is None
+    with pytest.raises(SettingsError, match="PREDICT_DEADLINE_S"):
+        Settings.from_env({"PREDICT_DEADLINE_S": "120"})
+
+
+def test_scoring_in_chunks_under_a_deadline_gives_the_plain_answers(settings, tiny_judge):
+    from backend.registry import Registry
+    from backend.rubric import load_all
+    from backend.service import Service
+
+    service = Service(settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name))
+    ctx = service.context("12", None, "qa-quality")
+    inputs = [{**QA_DATA[i % 3], "question": f"{QA_DATA[i % 3]['question']} ({'x' * i})"} for i in range(13)]
+    plain = service.score_inputs(ctx, inputs)
+    chunked = service.score_inputs(ctx, inputs, deadline=time.monotonic() + 3600)
+    assert all(score is not None for score in chunked)
+    for a, b in zip(plain, chunked, strict=True):  # batch invariance: the same labels, probabilities to 1e-4
+        assert a.labels == b.labels
+        for name, dim in a.dimensions.items():
+            assert all(abs(p - b.dimensions[name].probs[label]) < 1e-4 for label, p in dim.probs.items())
+    assert load_all(settings.rubric_dir)  # the service read the shipped rubrics
+
+
+def test_without_label_studio_credentials_the_next_retrieve_picks_the_deferred_tasks_up(settings, tiny_judge):
+    from tests.test_app import make_client
+
+    client, _ = make_client(settings, tiny_judge, predict_deadline_s=0.001)
+    tasks = [ls_task(i, {**QA_DATA[i % 3], "question": f"q{i}"}) for i in range(10)]
+    body = client.post("/predict", json=predict_body(tasks, QA_XML)).get_json()
+    assert body["timing"]["deferred"] == 6 and body["timing"]["background_job"] is None
+    again = [t for t, r in zip(tasks, body["results"], strict=True) if r == []]
+    second = client.post("/predict", json=predict_body(again, QA_XML)).get_json()
+    assert second["timing"]["scored"] >= 4  # the next call starts with what the first left
+    unlimited, _ = make_client(settings, tiny_judge, predict_deadline_s=-1)
+    full = unlimited.post("/predict", json=predict_body(tasks, QA_XML)).get_json()
+    assert full["timing"]["deferred"] == 0 and all(r != [] for r in full["results"])
+    first_scored = {t["id"]: r for t, r in zip(tasks, body["results"], strict=True) if r != []}
+    for task, result in zip(tasks, full["results"], strict=True):
+        if task["id"] in first_scored:  # the same prediction as the plain path
+            assert first_scored[task["id"]]["result"] == result["result"]
+            assert first_scored[task["id"]]["score"] == pytest.approx(result["score"], abs=1e-4)
