@@ -9,6 +9,7 @@ cache. Outputs are valid by construction; the restricted distribution gives the 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
 import time
@@ -80,6 +81,8 @@ class Judge:
         self._heads: dict[str, tuple[Any, str]] = {}  # feature-head version name -> (Head, path)
         self._prefix_caches: dict[tuple[Any, ...], Any] = {}
         self._budget: int | None = None
+        #: the base model's features and scores of tasks already read (``backend.feature_store``), or None
+        self.feature_store: Any = None
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -91,7 +94,61 @@ class Judge:
     @classmethod
     def from_settings(cls, settings: Settings) -> Judge:
         model, tokenizer, name = load_base_model(settings)
-        return cls(model, tokenizer, name, settings)
+        judge = cls(model, tokenizer, name, settings)
+        judge.open_feature_store()
+        return judge
+
+    def open_feature_store(self) -> None:
+        """Use the feature store under ``MODEL_DIR/features`` (FEATURE_STORE_MB; 0 leaves it off)."""
+        from backend.feature_store import FeatureStore
+
+        if self.settings.feature_store_mb > 0:
+            self.feature_store = FeatureStore(
+                self.settings.model_dir / "features", self.model_fingerprint(), self.settings.feature_store_mb << 20
+            )
+
+    def model_fingerprint(self) -> str:
+        """What makes this base model's numbers what they are: name, precision, quantization, configuration,
+        library versions and a digest of the first and last weights (a retrained or replaced model with the
+        same name gets another fingerprint)."""
+        import hashlib
+
+        import torch
+        import transformers
+
+        digest = hashlib.sha256()
+        config = getattr(self.model, "config", None)
+        described = config.to_json_string(use_diff=False) if config is not None else ""
+        parameters = list(self.model.parameters())
+        parts = [
+            self.base_name,
+            str(parameters[0].dtype),
+            self.settings.quantization,
+            str(self.device.type),
+            type(self.model).__name__,
+            described,
+            torch.__version__,
+            transformers.__version__,
+        ]
+        digest.update("\x1f".join(parts).encode("utf-8"))
+        for tensor in (parameters[0], parameters[-1]):
+            with torch.no_grad():
+                digest.update(tensor.detach().flatten()[:65536].float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:24]
+
+    def feature_key(self, rubric: Rubric, inputs: Mapping[str, str]) -> str:
+        """The store key of one task: exactly what the model reads (prompt tokens after trimming, the target's
+        token span) and what the features are taken at (every dimension's prefix and label tokens)."""
+        import hashlib
+
+        from backend.feature_store import FORMAT
+
+        fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
+        shared, task = encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
+        tokens = self.rubric_tokens(rubric)
+        span = list(target_token_span(rubric, fitted, self.tokenizer))
+        described = json.dumps([FORMAT, shared, task, span, tokens.prefixes, tokens.labels])
+        return hashlib.sha256(described.encode("utf-8")).hexdigest()
 
     # --- adapters --------------------------------------------------------------------------------
 
@@ -227,11 +284,25 @@ class Judge:
         self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
     ) -> tuple[list[TaskScore], list[TaskFeatures]]:
         """``score`` plus the LM's features of every task (``TaskFeatures``), from the same forward passes;
-        the scores equal ``score``'s (``tests/test_head.py``)."""
+        the scores equal ``score``'s (``tests/test_head.py``). With the base model and a feature store, tasks
+        already read come from the store and only the others run through the model (then are stored)."""
         if not tasks:
             return [], []
-        scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
-        return scores, [f for f in features if f is not None]
+        store = self.feature_store if adapter is None else None
+        if store is None:
+            scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
+            return scores, [f for f in features if f is not None]
+        keys = [self.feature_key(rubric, t) for t in tasks]
+        found = [store.get(k) for k in keys]
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if missing:
+            scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing))
+            for i, score, feature in zip(missing, scores, features, strict=True):
+                assert feature is not None
+                store.put(keys[i], score, feature)
+                found[i] = (score, feature)
+        pairs = [hit for hit in found if hit is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _score(
         self,

@@ -549,6 +549,8 @@ class Service:
             state["active_version"] = self.registry.model_version(p, self.registry.active_version(p))
             with contextlib.suppress(Exception):
                 state["last_deferral"] = self.triggers.last_deferral(p)
+            with contextlib.suppress(Exception):
+                state["prelabel"] = self.triggers.last_prelabel(p)
             out[p] = state
         return {"projects": out}
 

@@ -44,6 +44,10 @@ class Settings:
     max_input_tokens: int = 2048
     #: PREDICT_BATCH_SIZE: tasks scored together in one forward pass.
     predict_batch_size: int = 8
+    #: FEATURE_STORE_MB: the base model's features and scores of every task read, kept under MODEL_DIR/features
+    #: so that retraining reads only new tasks and a feature-head version scores a stored task without the
+    #: model; the least recently read entries are evicted beyond this many MB; 0 = off.
+    feature_store_mb: int = 2048
     #: ML_TIMEOUT_PREDICT: seconds Label Studio waits for /predict before it gives up and stores nothing (its
     #: own setting of the same name; 100 in Label Studio 1.23).
     ml_timeout_predict: float = 100.0
@@ -220,6 +224,8 @@ class Settings:
         ):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
+        if self.feature_store_mb < 0:
+            raise SettingsError("FEATURE_STORE_MB must be 0 (off) or more")
         if self.ml_timeout_predict <= 0:
             raise SettingsError("ML_TIMEOUT_PREDICT must be more than 0 (seconds)")
         if self.predict_deadline_s != -1 and not 0 <= self.predict_deadline_s < self.ml_timeout_predict:

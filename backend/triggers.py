@@ -243,6 +243,12 @@ class Triggers:
         """Keep the last ``/predict`` deadline deferral (``/status``'s ``last_deferral``)."""
         self.redis.set(self.key("deferred", project), json.dumps(deferral), ex=QUEUED_TTL_S)
 
+    def last_prelabel(self, project: str) -> dict[str, Any] | None:
+        """The project's last pre-annotation job (``{"id", "status", "meta"}``: done / total / written)."""
+        raw = self.redis.get(self.key("prelabel", project))
+        job_id = raw.decode() if isinstance(raw, bytes) else raw
+        return self.job(job_id) if job_id else None
+
     def last_deferral(self, project: str) -> dict[str, Any] | None:
         raw = self.redis.get(self.key("deferred", project))
         return json.loads(raw) if raw else None

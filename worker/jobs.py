@@ -174,8 +174,10 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     )
     base_path = registry.project_dir(project) / "v0.json"
     base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
+    refresh = None
     if result.promoted:
         registry.set_active(project, number)
+        refresh = _refresh_predictions(settings, triggers, project, result.metrics["method"])
     _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
     outcome = {
         "status": "done",
@@ -186,9 +188,25 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         "alpha_flat": result.metrics["alpha_flat"],
         "decision": result.metrics["decision"],
         "job": job.id if job is not None else None,
+        "refresh_job": refresh,
     }
     triggers.record_outcome(project, outcome)
     return outcome
+
+
+def _refresh_predictions(settings: Settings, triggers: Any, project: str, method: str) -> str | None:
+    """After a feature head is promoted, rewrite the pre-annotations of the project's unannotated tasks at the
+    new version through the pre-annotation job (fast: their features are in the feature store); its progress
+    shows in ``/status`` as ``prelabel``. None when Label Studio credentials or the store are missing."""
+    if method != "head" or not settings.label_studio_api_key or not settings.feature_store_mb:
+        return None
+    try:
+        result = triggers.prelabel(project)
+    except Exception as exc:  # the version is promoted either way; the next Retrieve Predictions refreshes
+        log.warning("project %s: cannot enqueue the refresh of its predictions (%s)", project, exc)
+        return None
+    log.info("project %s: predictions refreshed at the new version by job %s", project, result.job_id)
+    return result.job_id
 
 
 def prelabel_project(

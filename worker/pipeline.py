@@ -359,16 +359,36 @@ def extract_features(
     what: str,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """The base model's scores and features (``Judge.score_with_features``) of ``records``, in chunks."""
+    """The base model's scores and features (``Judge.score_with_features``) of ``records``, in chunks; tasks
+    in the feature store are not read again (the progress says how many were read and how many were stored)."""
     scores: list[Any] = []
     features: list[Any] = []
+    store = getattr(judge, "feature_store", None)
+    before = store.stats.hits if store is not None else 0
     for start in range(0, len(records), FEATURE_CHUNK):
         chunk = records[start : start + FEATURE_CHUNK]
         got_scores, got_features = judge.score_with_features(rubric, [r.inputs for r in chunk])
         scores += got_scores
         features += got_features
         if progress:
-            progress({"stage": f"features of the {what} tasks", "done": len(scores), "total": len(records)})
+            stored = (store.stats.hits - before) if store is not None else 0
+            progress(
+                {
+                    "stage": f"features of the {what} tasks",
+                    "done": len(scores),
+                    "total": len(records),
+                    "read": len(scores) - stored,
+                    "from_store": stored,
+                }
+            )
+    if store is not None:
+        log.info(
+            "features of %d %s task(s): %d from the feature store, %d read by the model",
+            len(records),
+            what,
+            store.stats.hits - before,
+            len(records) - (store.stats.hits - before),
+        )
     return scores, features
 
 

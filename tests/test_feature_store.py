@@ -1,0 +1,178 @@
+"""The feature store: each task is read once, its features served byte for byte, a changed input or model
+misses it, a corrupt or foreign entry is recomputed, and the store stays under its bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.feature_store import FeatureStore
+from backend.rubric import load_rubric
+from tests.conftest import REPO
+
+SUMMARY = load_rubric("summary-quality", REPO / "rubric_configs")
+
+
+def _tasks(n: int, tag: str = "") -> list[dict[str, str]]:
+    return [
+        {"dialogue": f"A: we meet at {h}pm{tag}.\nB: fine, see you at {h}.", "summary": f"They meet at {h}pm{tag}."}
+        for h in range(1, n + 1)
+    ]
+
+
+@pytest.fixture
+def judge_with_store(tiny_judge, tmp_path):
+    """The session's tiny judge with a fresh store of its own (restored afterwards)."""
+    previous = tiny_judge.feature_store
+    tiny_judge.feature_store = FeatureStore(tmp_path / "features", tiny_judge.model_fingerprint(), 64 << 20)
+    yield tiny_judge
+    tiny_judge.feature_store = previous
+
+
+def _same(a, b) -> bool:
+    scores_a, feats_a = a
+    scores_b, feats_b = b
+    return scores_a == scores_b and all(
+        np.array_equal(x.shared, y.shared)
+        and x.shared.dtype == y.shared.dtype
+        and all(np.array_equal(x.dimensions[d], y.dimensions[d]) for d in x.dimensions)
+        for x, y in zip(feats_a, feats_b, strict=True)
+    )
+
+
+def test_stored_features_and_scores_are_byte_identical_and_read_once(judge_with_store):
+    judge = judge_with_store
+    store = judge.feature_store
+    tasks = _tasks(6)
+    judge.feature_store = None
+    plain = judge.score_with_features(SUMMARY, tasks)
+    judge.feature_store = store
+    cold = judge.score_with_features(SUMMARY, tasks)
+    assert _same(plain, cold) and store.stats.written == 6 and store.stats.hits == 0
+    warm = judge.score_with_features(SUMMARY, tasks)
+    assert _same(cold, warm) and store.stats.hits == 6 and store.stats.written == 6
+    mixed = judge.score_with_features(SUMMARY, tasks[:3] + _tasks(2, " sharp"))  # 3 stored, 2 new
+    assert store.stats.hits == 9 and store.stats.written == 8
+    assert _same((mixed[0][:3], mixed[1][:3]), (warm[0][:3], warm[1][:3]))
+
+
+def test_a_head_version_predicts_the_same_from_the_store(judge_with_store, tmp_path):
+    from backend.head import fit_head
+
+    judge = judge_with_store
+    store = judge.feature_store
+    tasks = _tasks(12)
+    _, features = judge.score_with_features(SUMMARY, tasks)
+    targets = {d.name: [float(1 + i % 5) for i in range(12)] for d in SUMMARY.dimensions}
+    head = fit_head(
+        SUMMARY.dimensions,
+        {d.name: np.stack([f.vector(d.name, "target") for f in features]) for d in SUMMARY.dimensions},
+        targets,
+        [str(i) for i in range(12)],
+        meta={"features": "target"},
+    )
+    head.save(tmp_path)
+    judge.load_adapter("store-test", tmp_path)
+    from_store = judge.score(SUMMARY, tasks, "store-test")
+    hits = store.stats.hits
+    assert hits >= 12
+    judge.feature_store = None
+    without = judge.score(SUMMARY, tasks, "store-test")
+    judge.feature_store = store
+    assert from_store == without
+
+
+def test_a_changed_input_or_another_base_model_misses_the_store(judge_with_store, tmp_path):
+    judge = judge_with_store
+    task = _tasks(1)[0]
+    key = judge.feature_key(SUMMARY, task)
+    assert judge.feature_key(SUMMARY, dict(task)) == key
+    assert judge.feature_key(SUMMARY, {**task, "summary": task["summary"] + " "}) != key
+    assert judge.feature_key(SUMMARY, {**task, "dialogue": "A: no."}) != key
+    judge.score_with_features(SUMMARY, [task])
+    assert judge.feature_store.get(key) is not None
+    other = FeatureStore(tmp_path / "features", "another-model", 64 << 20)  # same root, another fingerprint
+    assert other.get(key) is None
+    # a model with other weights (same name, same config) gets another fingerprint
+    import torch
+
+    fingerprint = judge.model_fingerprint()
+    first = next(judge.model.parameters())
+    with torch.no_grad():
+        first.data[0, 0] += 1.0
+    try:
+        assert judge.model_fingerprint() != fingerprint
+    finally:
+        with torch.no_grad():
+            first.data[0, 0] -= 1.0
+    assert judge.model_fingerprint() == fingerprint
+
+
+def _close(a, b) -> bool:
+    """Recomputed in another batch: the same labels, features equal to float rounding (batch invariance)."""
+    return [s.labels for s in a[0]] == [s.labels for s in b[0]] and all(
+        np.allclose(x.shared, y.shared, atol=1e-4) for x, y in zip(a[1], b[1], strict=True)
+    )
+
+
+def test_a_corrupt_or_foreign_entry_is_recomputed_never_served(judge_with_store):
+    judge = judge_with_store
+    store = judge.feature_store
+    tasks = _tasks(2)
+    cold = judge.score_with_features(SUMMARY, tasks)
+    keys = [judge.feature_key(SUMMARY, t) for t in tasks]
+    store.path(keys[0]).write_bytes(b"not an npz")  # corrupt
+    rejected = store.stats.rejected
+    assert _close((cold[0][:1], cold[1][:1]), judge.score_with_features(SUMMARY, tasks[:1]))
+    assert store.stats.rejected == rejected + 1
+    store.path(keys[1]).write_bytes(store.path(keys[0]).read_bytes())  # the first task's entry under the second key
+    again = judge.score_with_features(SUMMARY, tasks)
+    assert store.stats.rejected == rejected + 2  # the foreign entry
+    assert _close(cold, again)
+    assert store.get(keys[1]) is not None  # recomputed and stored again
+
+
+def test_the_store_stays_under_its_bound_and_evicts_the_least_recently_read(judge_with_store, tmp_path):
+    judge = judge_with_store
+    tasks = _tasks(10)
+    scores, features = judge.score_with_features(SUMMARY, tasks)
+    keys = [judge.feature_key(SUMMARY, t) for t in tasks]
+    entry = judge.feature_store.path(keys[0]).stat().st_size
+    small = FeatureStore(tmp_path / "small", "m", int(entry * 4.5))
+    for i, (key, score, feature) in enumerate(zip(keys, scores, features, strict=True)):
+        small.put(key, score, feature)
+        if i == 1:
+            import os
+            import time
+
+            old = time.time() - 3600
+            for k in keys[:2]:
+                os.utime(small.path(k), (old, old))
+            small.get(keys[0])  # read again: the most recent now
+        small.enforce_bound()
+        assert small.size_bytes() <= small.max_bytes
+    assert small.get(keys[-1]) is not None  # the latest stays
+    assert small.get(keys[1]) is None  # least recently read: evicted
+    assert small.stats.evicted >= 6
+
+
+def test_a_promoted_head_refreshes_the_projects_predictions_through_the_prelabel_job(redis_client, unique_name):
+    from rq import Queue
+
+    from backend.settings import Settings
+    from backend.triggers import Triggers
+    from worker.jobs import _refresh_predictions
+
+    triggers = Triggers(redis_client, f"base-{unique_name}", unique_name)
+    with_key = Settings(label_studio_api_key="token")
+    try:
+        job_id = _refresh_predictions(with_key, triggers, "7", "head")
+        assert job_id and job_id.startswith("prelabel-p7-")
+        assert Queue(unique_name, connection=redis_client).job_ids == [job_id]
+        assert triggers.last_prelabel("7")["status"] == "queued"
+        assert _refresh_predictions(with_key, triggers, "7", "lora") is None  # a LoRA version reads every task
+        assert _refresh_predictions(Settings(), triggers, "7", "head") is None  # no Label Studio credentials
+    finally:
+        Queue(unique_name, connection=redis_client).empty()
+        for key in redis_client.scan_iter(f"rubric-judge:base-{unique_name}:*"):
+            redis_client.delete(key)
