@@ -62,6 +62,10 @@ class DimensionHead:
     #: scale: prediction -> (prediction - pred_mean) * gain + target_mean; sigma: spread of the errors
     calibration: dict[str, float] = field(default_factory=dict)
     cv: dict[str, Any] = field(default_factory=dict)
+    #: the feature columns the head reads (None: all); chosen by cross-validation among ``subsets``
+    columns: np.ndarray | None = None
+    #: the width of the feature vectors it is given (all columns)
+    inputs: int | None = None
 
     @property
     def constant(self) -> bool:
@@ -71,7 +75,13 @@ class DimensionHead:
             return float(self.calibration.get("gain", 0.0)) == 0.0 or not np.any(self.weights)
         return not np.any(self.weights)
 
+    @property
+    def width(self) -> int:
+        return int(self.inputs if self.inputs is not None else self.mean.shape[0])
+
     def raw(self, x: np.ndarray) -> np.ndarray:
+        if self.columns is not None:
+            x = x[..., self.columns]
         z = (x - self.mean) / self.scale
         return z @ self.weights + self.bias
 
@@ -103,9 +113,9 @@ class Head:
                 f"the feature head has no dimension {name!r} (it has {', '.join(self.dimensions)}): "
                 "it was fitted for another rubric"
             )
-        if x.shape[-1] != dim.mean.shape[0]:
+        if x.shape[-1] != dim.width:
             raise HeadError(
-                f"the head of {name!r} expects {dim.mean.shape[0]} features per task, got "
+                f"the head of {name!r} expects {dim.width} features per task, got "
                 f"{x.shape[-1]}: it was fitted on another base model"
             )
         return dim.predict(x)
@@ -118,8 +128,11 @@ class Head:
         for i, dim in enumerate(self.dimensions.values()):
             for key in ("mean", "scale", "weights", "bias"):
                 arrays[f"{i}.{key}"] = getattr(dim, key)
+            if dim.columns is not None:
+                arrays[f"{i}.columns"] = dim.columns
             described.append(
                 {
+                    "inputs": dim.width,
                     "name": dim.name,
                     "labels": dim.labels,
                     "values": dim.values,
@@ -156,6 +169,8 @@ def load_head(folder: Path) -> Head:
                     strength=float(d["strength"]),
                     calibration=dict(d["calibration"]),
                     cv=dict(d.get("cv", {})),
+                    columns=np.asarray(arrays[f"{i}.columns"]) if f"{i}.columns" in arrays.files else None,
+                    inputs=d.get("inputs"),
                     **{key: np.asarray(arrays[f"{i}.{key}"]) for key in ("mean", "scale", "weights", "bias")},
                 )
         return Head(dimensions=dims, feature_size=int(described["feature_size"]), meta=described.get("meta", {}))
@@ -175,12 +190,15 @@ def fit_head(
     folds: int = 5,
     meta: Mapping[str, Any] | None = None,
     quiet: bool = False,
+    subsets: Mapping[str, Sequence[int] | None] | None = None,
 ) -> Head:
     """Fit one head per dimension.
 
     ``dims`` are ``backend.rubric.Dimension`` objects; ``features[name]`` is (tasks x features);
     ``targets[name]`` per task: the consensus mean (a float, NaN when unrated) for a scale, the consensus
     label (None when unrated) for a nominal dimension; ``groups`` per task (tasks of a group share a fold).
+    ``subsets``: named column subsets the cross-validation chooses among, with the ridge strength (None: all
+    columns); the capacity follows the data: with few tasks a few strong features can beat them all.
     """
     heads: dict[str, DimensionHead] = {}
     size = None
@@ -205,7 +223,7 @@ def fit_head(
             )
             heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
             continue
-        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds, quiet)
+        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds, quiet, subsets)
     if size is None:
         raise HeadError("no dimensions to fit")
     return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
@@ -217,6 +235,7 @@ def cross_fitted(
     targets: Mapping[str, Sequence[Any]],
     groups: Sequence[str],
     folds: int = 5,
+    subsets: Mapping[str, Sequence[int] | None] | None = None,
 ) -> tuple[list[Head | None], np.ndarray]:
     """The evidence for a head fitted on every task: out-of-fold heads. Tasks are dealt into ``folds`` folds by
     group (a group never straddles two); for each fold, a head is fitted exactly as ``fit_head`` fits the final
@@ -239,6 +258,7 @@ def cross_fitted(
                 kept,
                 folds=folds,
                 quiet=True,
+                subsets=subsets,
             )
         )
     return heads, fold
@@ -327,24 +347,40 @@ def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, strength: float
 
 
 def _fit_dimension(
-    dim: Any, x: np.ndarray, y: np.ndarray, groups: Sequence[str], folds: int, quiet: bool = False
+    dim: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str],
+    folds: int,
+    quiet: bool = False,
+    subsets: Mapping[str, Sequence[int] | None] | None = None,
 ) -> DimensionHead:
     fold = _fold_ids(groups, folds)
     nominal = dim.values is None
     target = np.eye(len(dim.labels))[y] if nominal else y
-    best: tuple[float, float, np.ndarray] | None = None
+    width = x.shape[1]
+    choices = dict(subsets) if subsets else {"all": None}
+    best: tuple[float, str, float, np.ndarray] | None = None
     grid: dict[str, float] = {}
-    for strength in STRENGTHS:
-        oof = _out_of_fold(x, target, fold, strength)
-        score = _nll_score(oof, y) if nominal else _correlation(oof, y)
-        grid[str(strength)] = round(score, 4)
-        if best is None or score > best[0]:
-            best = (score, strength, oof)
+    for subset, columns in choices.items():
+        cols = None if columns is None else np.asarray(columns, dtype=np.int64)
+        xs = x if cols is None else x[:, cols]
+        for strength in STRENGTHS:
+            oof = _out_of_fold(xs, target, fold, strength)
+            score = _nll_score(oof, y) if nominal else _correlation(oof, y)
+            grid[f"{subset}:{strength}" if subsets else str(strength)] = round(score, 4)
+            if best is None or score > best[0]:
+                best = (score, subset, strength, oof)
     assert best is not None
-    score, strength, oof = best
-    mean, scale = _standardize(x)
-    weights, bias = ridge((x - mean) / scale, target, _scaled_strength(strength, x.shape[1]))
+    score, subset, strength, oof = best
+    columns = choices[subset]
+    cols = None if columns is None else np.asarray(columns, dtype=np.int64)
+    xs = x if cols is None else x[:, cols]
+    mean, scale = _standardize(xs)
+    weights, bias = ridge((xs - mean) / scale, target, _scaled_strength(strength, xs.shape[1]))
     cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
+    if subsets:
+        cv["subset"] = subset
     if nominal:
         temperature = _fit_temperature(oof, y)
         calibration = {"temperature": temperature}
@@ -354,8 +390,9 @@ def _fit_dimension(
         cv["oof_correlation"] = round(score, 4)
     log.log(
         logging.DEBUG if quiet else logging.INFO,
-        "head %s: strength %s, cross-validated %s",
+        "head %s: %sstrength %s, cross-validated %s",
         dim.name,
+        f"features {subset}, " if subsets else "",
         strength,
         {k: v for k, v in cv.items() if k.startswith("oof")},
     )
@@ -370,6 +407,8 @@ def _fit_dimension(
         strength=strength,
         calibration=calibration,
         cv=cv,
+        columns=cols,
+        inputs=width,
     )
 
 

@@ -351,3 +351,29 @@ def test_dimensions_with_different_label_counts_and_a_mismatched_rubric():
         assert probs.shape == (40, len(dim.labels))
     with pytest.raises(HeadError, match="does not fit rubric"):
         apply_head(SUMMARY, head, features)
+
+
+def test_the_head_chooses_its_features_by_cross_validation_and_stores_the_choice(tmp_path):
+    """Few tasks whose signal sits in the last three columns (the LM statistics) among 300 noise columns: the
+    cross-validation picks those three; when the signal is spread over the wide columns it keeps them all."""
+    rng = np.random.default_rng(3)
+    dims = SUMMARY.dimensions[:1]
+    n, wide = 40, 300
+    subsets = {"target": None, "lm-statistics": [wide, wide + 1, wide + 2]}
+    x = np.hstack([rng.normal(size=(n, wide)), rng.normal(size=(n, 3))])
+    y = np.clip(3 + x[:, wide] - x[:, wide + 1] + rng.normal(scale=0.3, size=n), 1, 5)
+    groups = [f"g{i // 2}" for i in range(n)]
+    head = fit_head(dims, {dims[0].name: x}, {dims[0].name: list(y)}, groups, subsets=subsets)
+    fitted = head.dimensions[dims[0].name]
+    assert fitted.cv["subset"] == "lm-statistics" and list(fitted.columns) == subsets["lm-statistics"]
+    assert fitted.weights.shape == (3,) and fitted.width == wide + 3
+    head.save(tmp_path)
+    again = load_head(tmp_path)
+    assert np.array_equal(again.predict(dims[0].name, x)[0], head.predict(dims[0].name, x)[0])
+    many = 400
+    x2 = np.hstack([rng.normal(size=(many, wide)), rng.normal(size=(many, 3))])
+    spread = np.clip(3 + x2[:, :40].sum(axis=1) / 4 + rng.normal(scale=0.3, size=many), 1, 5)
+    wide_head = fit_head(
+        dims, {dims[0].name: x2}, {dims[0].name: list(spread)}, [f"g{i // 2}" for i in range(many)], subsets=subsets
+    )
+    assert wide_head.dimensions[dims[0].name].cv["subset"] == "target"

@@ -392,6 +392,13 @@ def extract_features(
     return scores, features
 
 
+def head_subsets(selection: str, shared_size: int) -> dict[str, list[int] | None]:
+    """The feature subsets the head's cross-validation chooses among: everything ``selection`` gives, or only
+    the target's three LM statistics (the last three shared features), which carry most of the signal a few
+    annotated tasks can find."""
+    return {selection: None, "lm-statistics": list(range(shared_size - 3, shared_size))}
+
+
 def head_targets(rubric: Rubric, records: Sequence[Record]) -> dict[str, list[Any]]:
     """What the head learns per task: the mean human score of a scale dimension (NaN when unrated), the
     consensus label of a nominal one (None when unrated)."""
@@ -443,8 +450,11 @@ def fit_feature_head(
         "features": selection,
         "precision": str(next(judge.model.parameters()).dtype),
     }
-    head = fit_head(rubric.dimensions, matrices, targets, groups, folds=config.head_folds, meta=meta)
-    fold_heads, fold = cross_fitted(rubric.dimensions, matrices, targets, groups, folds=config.head_folds)
+    subsets = head_subsets(selection, len(train_features[0].shared)) if train_features else None
+    head = fit_head(rubric.dimensions, matrices, targets, groups, folds=config.head_folds, meta=meta, subsets=subsets)
+    fold_heads, fold = cross_fitted(
+        rubric.dimensions, matrices, targets, groups, folds=config.head_folds, subsets=subsets
+    )
     oof_scores: list[Any] = [None] * len(train)
     for f, fold_head in enumerate(fold_heads):
         rows = [i for i in range(len(train)) if fold[i] == f]
