@@ -978,6 +978,52 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
     return lines + dev
 
 
+def _curve_md(run: dict[str, Any]) -> list[str]:
+    curves = run["curves"]
+    sizes = sorted({int(n) for c in curves.values() for n in c})
+    lines = [
+        f"Test α per dimension (mean ± sd over repeats) and the mean number of the 4 dimensions the version would "
+        f"pre-fill, by annotated training tasks; split `{run['split']}`. Plot: `benchmarks/curve.svg`.",
+        "",
+        "| order | " + " | ".join(str(n) for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for order, points in curves.items():
+        cells = []
+        for n in sizes:
+            p = points.get(str(n))
+            cells.append(
+                "–" if p is None else f"{p['alpha_dims']:.3f} ± {p['alpha_dims_sd']:.3f} ({p['prefilled']:.1f})"
+            )
+        lines.append(f"| {order} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _permuted_md(run: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{run['tasks']} training summaries of {run['groups']} dialogues, `rubric-judge train` with the default "
+        f"configuration. Permuted labels: {run['permuted_prefilled']} of {run['permuted_decisions']} dimension "
+        f"decisions pre-filled, {run['permuted_promoted']} version(s) promoted; real labels: "
+        f"{run['real_prefilled']} dimension(s) pre-filled.",
+        "",
+        "| labels | evidence | promoted | " + " | ".join(next(iter(run["runs"].values()))["prefill"]) + " |",
+        "|---|---|---|" + "---|" * len(next(iter(run["runs"].values()))["prefill"]),
+    ]
+    for name, r in run["runs"].items():
+        ev = r.get("evidence") or {}
+        cells = []
+        for d in r["prefill"].values():
+            e = d.get("evidence") or {}
+            mark = "**pre-filled**" if d["prefilled"] else "empty"
+            cells.append(f"{mark} {_fmt(e.get('estimate'))} [{_fmt(e.get('low'))}, {_fmt(e.get('high'))}]")
+        lines.append(
+            f"| {name} | {ev.get('tasks')} tasks / {ev.get('groups')} groups | {r['promoted']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
 def _system_name(name: str, row: dict[str, Any], system: dict[str, Any] | None = None) -> str:
     reused = f" (copied from run `{row['reused_from']}`)" if row.get("reused_from") else ""
     method = (system or {}).get("method")
@@ -1048,6 +1094,8 @@ def write_markdown(runs: dict[str, Any]) -> None:
             "dialsummeval": "DialSummEval (summary-quality), test split",
             "probe": "DialSummEval probe: linear probes on the base model's features",
             "probe-goemotions": "GoEmotions-Ekman probe: the feature head on the base model's features",
+            "permuted": "DialSummEval: does noise pass the pre-fill gate? (`benchmarks/permuted.py`)",
+            "curve": "DialSummEval learning curve and labeling order (`benchmarks/curve.py`)",
         }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
         lines += [f"## {title} — run `{run['tag']}`", ""]
         if run.get("note"):
@@ -1061,9 +1109,13 @@ def write_markdown(runs: dict[str, Any]) -> None:
             f"- sizes: {run['sizes']}",
             "",
         ]
-        lines += {"dialsummeval": _dialsummeval_md, "probe": _probe_md, "probe-goemotions": _probe_goemotions_md}.get(
-            run["dataset"], _goemotions_md
-        )(run)
+        lines += {
+            "dialsummeval": _dialsummeval_md,
+            "probe": _probe_md,
+            "probe-goemotions": _probe_goemotions_md,
+            "permuted": _permuted_md,
+            "curve": _curve_md,
+        }.get(run["dataset"], _goemotions_md)(run)
         lines += _phases_md(run) + [""]
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 

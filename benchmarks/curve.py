@@ -1,0 +1,300 @@
+"""How fast the judge becomes useful: the learning curve of the feature head, and the order of labeling.
+
+    python benchmarks/curve.py [--sizes 10,20,40,80,160,320,all] [--repeats 5] [--orders random,uncertainty,...]
+
+DialSummEval, default configuration (the product's ``fit_head`` with grouped folds and its own capacity choice,
+``worker.pipeline.head_subsets``). Features come from the base model once (the feature store under MODEL_DIR,
+so a second run reads nothing). For every size n and repeat:
+
+* **random**: n tasks drawn at random from the training split (summaries of many dialogues, as a team labels);
+* **uncertainty** (the queue's order): 10 random tasks, then each step doubles the set with the tasks the current
+  version is least certain about (the prediction ``score`` the queue sorts by: the mean probability of the
+  labels);
+* **disagreement**: like uncertainty, but the tasks on which the out-of-fold heads disagree most (the spread of
+  their expected scores): expected disagreement between folds;
+* **diverse**: like uncertainty, but at most one task per dialogue per step, least certain first.
+
+At each point: test alpha per dimension of the version fitted on the n tasks, and how many dimensions it would
+pre-fill under the default gate (``PrefillPolicy`` on its grouped out-of-fold evidence). Test stays separate by
+dialogue. Results: ``benchmarks/CURVE.json`` and a section of RESULTS.md via ``benchmarks/RESULTS.json``
+(``curve/<tag>``), plus ``benchmarks/curve.svg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.head import cross_fitted, fit_head  # noqa: E402
+from backend.judge import Judge, apply_head  # noqa: E402
+from backend.prefill import PrefillPolicy  # noqa: E402
+from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
+from worker.evaluate import evaluate_predictions  # noqa: E402
+from worker.pipeline import extract_features, head_subsets, head_targets  # noqa: E402
+from worker.source import Record  # noqa: E402
+from worker.train import TrainConfig  # noqa: E402
+
+log = logging.getLogger("benchmarks.curve")
+CURVE_JSON = REPO / "benchmarks" / "CURVE.json"
+CURVE_SVG = REPO / "benchmarks" / "curve.svg"
+START = 10
+
+
+class Data:
+    """One split's records and the base model's features of them, as matrices per dimension."""
+
+    def __init__(self, rubric: Rubric, records: Sequence[Record], features: Sequence[Any], selection: str) -> None:
+        self.records = list(records)
+        self.features = list(features)
+        self.matrices = {d.name: np.stack([f.vector(d.name, selection) for f in features]) for d in rubric.dimensions}
+        self.targets = head_targets(rubric, records)
+        self.groups = [r.split_key for r in records]
+
+
+def _fit(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]) -> Any:
+    head = fit_head(
+        rubric.dimensions,
+        {k: v[list(rows)] for k, v in data.matrices.items()},
+        {k: [v[i] for i in rows] for k, v in data.targets.items()},
+        [data.groups[i] for i in rows],
+        quiet=True,
+        subsets=subsets,
+    )
+    head.meta = dict(meta)
+    return head
+
+
+def _evidence(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]) -> Any:
+    """Out-of-fold scores of ``rows`` (the version's evidence) and the fold heads."""
+    heads, fold = cross_fitted(
+        rubric.dimensions,
+        {k: v[list(rows)] for k, v in data.matrices.items()},
+        {k: [v[i] for i in rows] for k, v in data.targets.items()},
+        [data.groups[i] for i in rows],
+        subsets=subsets,
+    )
+    scores: list[Any] = [None] * len(rows)
+    for f, head in enumerate(heads):
+        members = [j for j in range(len(rows)) if fold[j] == f]
+        if head is None or not members:
+            continue
+        head.meta = dict(meta)
+        for j, score in zip(members, apply_head(rubric, head, [data.features[rows[j]] for j in members]), strict=True):
+            scores[j] = score
+    return scores, heads
+
+
+def _point(
+    rubric: Rubric, train: Data, test: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]
+) -> dict[str, Any]:
+    head = _fit(rubric, train, rows, subsets, meta)
+    tested = evaluate_predictions(rubric, test.records, apply_head(rubric, head, test.features), n_boot=1)
+    prefilled = None
+    scores, _ = _evidence(rubric, train, rows, subsets, meta)
+    if all(s is not None for s in scores):
+        evidence = evaluate_predictions(rubric, [train.records[i] for i in rows], scores, n_boot=1)
+        decisions = PrefillPolicy().decide(rubric.dimension_names, evidence)
+        prefilled = sum(d.prefilled for d in decisions.values())
+    else:
+        prefilled = 0
+    return {"alpha_dims": tested["alpha_dims"], "prefilled": prefilled, "head": head}
+
+
+def _acquire(
+    order: str,
+    rubric: Rubric,
+    train: Data,
+    chosen: list[int],
+    k: int,
+    head: Any,
+    subsets: Any,
+    meta: dict[str, Any],
+    rng: random.Random,
+) -> list[int]:
+    """The next ``k`` training tasks by ``order`` among those not chosen."""
+    taken = set(chosen)
+    pool = [i for i in range(len(train.records)) if i not in taken]
+    if order == "random":
+        return rng.sample(pool, min(k, len(pool)))
+    if order in ("uncertainty", "diverse"):
+        scores = apply_head(rubric, head, [train.features[i] for i in pool])
+        ranked = [i for _, i in sorted(zip([s.confidence for s in scores], pool, strict=True))]
+        if order == "uncertainty":
+            return ranked[:k]
+        picked, seen = [], {train.groups[i] for i in chosen}
+        for i in ranked:  # one task per dialogue per step, least certain first; fill up if needed
+            if train.groups[i] not in seen:
+                picked.append(i)
+                seen.add(train.groups[i])
+            if len(picked) == k:
+                return picked
+        return picked + [i for i in ranked if i not in picked][: k - len(picked)]
+    if order == "disagreement":
+        _, heads = _evidence(rubric, train, chosen, subsets, meta)
+        spread = np.zeros(len(pool))
+        usable = [h for h in heads if h is not None]
+        for dim in rubric.dimensions:
+            values = []
+            for h in usable:
+                h.meta = dict(meta)
+                values.append(
+                    [
+                        s.dimensions[dim.name].expected or 0.0
+                        for s in apply_head(rubric, h, [train.features[i] for i in pool])
+                    ]
+                )
+            spread += np.std(np.array(values), axis=0)
+        return [pool[j] for j in np.argsort(-spread)[:k]]
+    raise ValueError(f"unknown order {order!r}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    settings = Settings.from_env(base_model=args.base_model)
+    rubric = load_rubric("summary-quality", settings.rubric_dir)
+    splits = load_dialsummeval(Path(args.data_dir), rubric)
+    judge = Judge.from_settings(settings)
+    started = time.monotonic()
+    features = {name: extract_features(judge, rubric, splits[name], name)[1] for name in ("train", args.split)}
+    feature_seconds = time.monotonic() - started
+    selection = TrainConfig.build(rubric).head_features_for(rubric)
+    train = Data(rubric, splits["train"], features["train"], selection)
+    test = Data(rubric, splits[args.split], features[args.split], selection)
+    subsets = head_subsets(selection, len(train.features[0].shared))
+    meta = {"features": selection}
+    sizes = [len(train.records) if s == "all" else int(s) for s in args.sizes.split(",")]
+    curves: dict[str, dict[str, Any]] = {}
+    for order in args.orders.split(","):
+        per_n: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+        for repeat in range(args.repeats):
+            rng = random.Random(1000 * repeat + 7)
+            if order == "random":
+                shuffled = list(range(len(train.records)))
+                rng.shuffle(shuffled)
+                for n in sizes:
+                    if n == len(train.records) and repeat:
+                        per_n[n].append(per_n[n][0])  # every task: no draw to repeat
+                        continue
+                    point = _point(rubric, train, test, shuffled[:n], subsets, meta)
+                    per_n[n].append({k: v for k, v in point.items() if k != "head"})
+                    log.info(
+                        "%s n=%d repeat %d: alpha %.3f, pre-filled %s",
+                        order,
+                        n,
+                        repeat,
+                        point["alpha_dims"] or 0,
+                        point["prefilled"],
+                    )
+                continue
+            chosen = rng.sample(range(len(train.records)), START)
+            point = _point(rubric, train, test, chosen, subsets, meta)
+            for n in sizes:
+                while len(chosen) < n:
+                    k = min(len(chosen), n - len(chosen))  # double the set each step
+                    chosen += _acquire(order, rubric, train, chosen, k, point["head"], subsets, meta, rng)
+                    point = _point(rubric, train, test, chosen, subsets, meta)
+                per_n[n].append({k: v for k, v in point.items() if k != "head"})
+                log.info(
+                    "%s n=%d repeat %d: alpha %.3f, pre-filled %s",
+                    order,
+                    n,
+                    repeat,
+                    point["alpha_dims"] or 0,
+                    point["prefilled"],
+                )
+        curves[order] = {
+            str(n): {
+                "alpha_dims": float(np.mean([p["alpha_dims"] for p in points])),
+                "alpha_dims_sd": float(np.std([p["alpha_dims"] for p in points])),
+                "prefilled": float(np.mean([p["prefilled"] for p in points])),
+                "repeats": len(points),
+            }
+            for n, points in per_n.items()
+        }
+    return {
+        "curves": curves,
+        "sizes": {"train": len(train.records), args.split: len(test.records)},
+        "split": args.split,
+        "feature_seconds": round(feature_seconds, 1),
+        "feature_store": judge.feature_store.stats.as_dict() if judge.feature_store else None,
+    }
+
+
+def plot(curve: dict[str, Any], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for order, points in curve.items():
+        ns = sorted(int(n) for n in points)
+        mean = np.array([points[str(n)]["alpha_dims"] for n in ns])
+        sd = np.array([points[str(n)]["alpha_dims_sd"] for n in ns])
+        ax.plot(ns, mean, marker="o", label=order)
+        ax.fill_between(ns, mean - sd, mean + sd, alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("annotated training tasks")
+    ax.set_ylabel("test alpha per dimension")
+    ax.set_title(title)
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(CURVE_SVG)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10,20,40,80,160,320,all")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--orders", default="random,uncertainty")
+    parser.add_argument("--split", default="test", choices=["dev", "test"])
+    parser.add_argument("--base-model", default="smollm2-135m")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--tag", default="default")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (Path(args.data_dir) / "dialsummeval").is_dir():
+        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+        return 0
+    started = time.monotonic()
+    result = run(args)
+    stored = json.loads(CURVE_JSON.read_text(encoding="utf-8")) if CURVE_JSON.is_file() else {}
+    key = "dialsummeval" if args.split == "test" else "dialsummeval-dev"
+    stored.setdefault(key, {}).setdefault(args.base_model, {}).update(result["curves"])
+    CURVE_JSON.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
+    if args.split == "test":
+        plot(stored[key][args.base_model], f"DialSummEval, {args.base_model}: test alpha per dimension")
+    record_run(
+        {
+            "dataset": "curve",
+            "tag": args.tag,
+            "note": None,
+            "base_model": args.base_model,
+            "command": "python benchmarks/curve.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine(),
+            "phases": {"features (store)": {"seconds": result["feature_seconds"], "peak_rss_mb": 0}},
+            "wall_seconds": round(time.monotonic() - started, 1),
+            **result,
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
