@@ -210,7 +210,7 @@ def scored_metrics(
         for r, p in zip(records, predictions, strict=True)
     ]
     log.info(
-        "evaluated %s on %d held-out task(s): alpha per dimension %s, flattened %s (%.1f s)",
+        "evaluated %s on %d task(s): alpha per dimension %s, flattened %s (%.1f s)",
         label,
         len(records),
         _fmt(metrics["alpha_dims"]),
