@@ -315,3 +315,23 @@ def test_interval_evidence_states_its_uncertainty():
     assert evidence.low < evidence.estimate < evidence.high and (evidence.tasks, evidence.groups) == (40, 10)
     text = evidence.describe()
     assert "95% group bootstrap, 40 task(s) in 10 group(s)" in text and f"[{evidence.low:.3f}" in text
+
+
+def test_a_candidate_that_would_prefill_nothing_is_not_promoted_even_over_a_bad_v0():
+    """Labels unrelated to the text beat a base model whose alpha is far below 0; that alone is no reason to
+    serve them."""
+    from worker.evaluate import paired_comparison
+    from worker.pipeline import should_promote
+
+    rng = np.random.default_rng(10)
+    records, truth = _world(rng, 60, 4)
+    noise = _judge(rng, truth, None)
+    contrary = [  # a base model that gets it backwards
+        TaskScore({DIM.name: DimensionScore(str(6 - int(s.labels[DIM.name])), {}, None)})
+        for s in _judge(rng, truth, 0.5)
+    ]
+    comparison = paired_comparison(ONE_DIM, records, noise, contrary)
+    assert comparison.low > 0  # better than v0, clearly
+    ok, reason = should_promote(comparison, "v0", proven=[])
+    assert not ok and "would pre-fill nothing" in reason
+    assert should_promote(comparison, "v0", proven=["fluency"])[0]

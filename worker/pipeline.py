@@ -8,6 +8,7 @@ promotion decision (``should_promote``: alpha per dimension not lower than the a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import Any
 
 from backend.evidence import Evidence
 from backend.metrics import finite
+from backend.prefill import PrefillPolicy
 from backend.rubric import Rubric
 from backend.serving import ServingGate, pause_hooks
 from backend.settings import Settings
@@ -85,13 +87,22 @@ class PromotionRule:
         return cls(settings.promote_tolerance, settings.evidence_min_tasks, settings.evidence_min_groups)
 
 
-def should_promote(comparison: Evidence, against: str, rule: PromotionRule | None = None) -> tuple[bool, str]:
+def should_promote(
+    comparison: Evidence, against: str, rule: PromotionRule | None = None, proven: Sequence[str] | None = None
+) -> tuple[bool, str]:
     """Promote when the lower bound of the paired group-bootstrap interval of (the candidate's alpha per
     dimension - the active version's), on tasks neither learned from, is above ``rule.tolerance``, on at least
-    ``rule.min_tasks`` tasks in ``rule.min_groups`` groups. The flattened alpha decides nothing: a constant label
-    per dimension scores well on it."""
+    ``rule.min_tasks`` tasks in ``rule.min_groups`` groups, and the candidate has something to offer: at least
+    one dimension whose own alpha interval clears the pre-fill floor (``proven``; None: not checked). Beating a
+    base model whose alpha is far below 0 proves nothing by itself. The flattened alpha decides nothing: a
+    constant label per dimension scores well on it."""
     rule = rule or PromotionRule()
     shown = comparison.describe(f"alpha per dimension minus {against}'s")
+    if proven is not None and not proven:
+        return False, (
+            f"no dimension of the candidate has an alpha interval above the pre-fill floor, so it would pre-fill "
+            f"nothing ({shown}); keeping {against}"
+        )
     if comparison.tasks < rule.min_tasks or comparison.groups < rule.min_groups:
         per_group = comparison.tasks / comparison.groups if comparison.groups else 1.0
         more = max(rule.min_tasks - comparison.tasks, math.ceil((rule.min_groups - comparison.groups) * per_group), 1)
@@ -257,7 +268,9 @@ def run_training(
             incumbent_scores, against = list(base_scores), "v0"
         comparison = paired_comparison(rubric, evidence_records, candidate_scores, incumbent_scores)
         rule = PromotionRule.from_settings(settings)
-        promote, reason = should_promote(comparison, against, rule)
+        interval_gate = dataclasses.replace(PrefillPolicy.from_settings(settings), rule="interval")
+        proven = [n for n, d in interval_gate.decide(rubric.dimension_names, candidate).items() if d.prefilled]
+        promote, reason = should_promote(comparison, against, rule, proven)
         majority = evaluate_predictions(
             rubric, evidence_records, majority_scores(rubric, train, len(evidence_records)), n_boot=1
         )
