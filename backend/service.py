@@ -76,30 +76,25 @@ DEADLINE_FIRST_CHUNK = 4
 DEADLINE_SAFETY = 1.5
 
 
-def deadline_chunks(indices: Sequence[int], size: int, first: int) -> list[list[int]]:
-    """``indices`` cut into a first chunk of ``first`` and the rest in chunks of ``size`` (answers do not depend
-    on how tasks are batched: ``Judge`` is batch-invariant)."""
-    head, rest = list(indices[:first]), list(indices[first:])
-    return ([head] if head else []) + [rest[i : i + size] for i in range(0, len(rest), max(1, size))]
-
-
 class DeadlineEstimate:
-    """Seconds per task of the chunks scored so far in this request; a chunk fits when its estimated cost,
-    at the slowest rate seen (the CPU may be shared) times DEADLINE_SAFETY, ends before the deadline. The
-    first chunk always runs."""
+    """Seconds per task of the last chunk scored in this request (the machine's speed right now: a CPU that
+    becomes shared slows the next chunk's estimate at once). The first chunk always runs; after it, a chunk is
+    cut to the tasks whose estimated cost, times DEADLINE_SAFETY, ends before the deadline, and scoring stops
+    when not one task fits."""
 
     def __init__(self) -> None:
         self.rate: float | None = None
 
     def observe(self, tasks: int, seconds: float) -> None:
-        rate = seconds / max(1, tasks)
-        self.rate = rate if self.rate is None else max(self.rate, rate)
+        self.rate = seconds / max(1, tasks)
 
-    def fits(self, tasks: int, deadline: float, now: float | None = None) -> bool:
+    def fitting(self, tasks: int, deadline: float, now: float | None = None) -> int:
+        """How many of the next ``tasks`` to score before ``deadline`` (0: stop)."""
         if self.rate is None:
-            return True
+            return tasks
         now = time.monotonic() if now is None else now
-        return now + self.rate * tasks * DEADLINE_SAFETY <= deadline
+        room = (deadline - now) / (max(self.rate, 1e-6) * DEADLINE_SAFETY)
+        return max(0, min(tasks, int(room)))
 
 
 class Service:
@@ -268,8 +263,8 @@ class Service:
     ) -> list[Any]:
         """Scores of ``inputs`` under the context's active version: from the prediction cache where present,
         the rest from the judge (through the micro-batcher when it is on), in order. With a ``deadline``
-        (``time.monotonic()``), the judge scores in chunks and starts no chunk it expects to end after it
-        (``DeadlineEstimate``); the inputs left are None."""
+        (``time.monotonic()``), the judge scores in chunks, cut to what it expects to finish before the deadline
+        at the speed of the last chunk (``DeadlineEstimate``); the inputs left are None."""
         if not inputs:
             return []
         cache = self.prediction_cache
@@ -279,17 +274,25 @@ class Service:
         if missing:
             adapter = self.ensure_adapter(ctx)
             marked = self.serving_mark.scoring() if self.serving_mark else contextlib.nullcontext()
-            if deadline is None:
-                chunks = [missing]
-            else:  # shortest first: more tasks fit before the deadline (answers do not depend on batching)
-                ordered = sorted(missing, key=lambda i: sum(len(v) for v in inputs[i].values()))
-                chunks = deadline_chunks(ordered, self.settings.predict_batch_size, DEADLINE_FIRST_CHUNK)
+            # shortest first under a deadline: more tasks fit (answers do not depend on batching)
+            ordered = (
+                missing if deadline is None else sorted(missing, key=lambda i: sum(len(v) for v in inputs[i].values()))
+            )
             estimate = DeadlineEstimate()
             try:
                 with marked:
-                    for chunk in chunks:
-                        if deadline is not None and not estimate.fits(len(chunk), deadline):
-                            break
+                    start = 0
+                    while start < len(ordered):
+                        if deadline is None:
+                            size = len(ordered)
+                        elif estimate.rate is None:
+                            size = DEADLINE_FIRST_CHUNK
+                        else:
+                            size = estimate.fitting(self.settings.predict_batch_size, deadline)
+                            if size == 0:
+                                break
+                        chunk = ordered[start : start + size]
+                        start += len(chunk)
                         chunk_started = time.monotonic()
                         fresh = self.scorer.score(ctx.rubric, [inputs[i] for i in chunk], adapter)
                         estimate.observe(len(chunk), time.monotonic() - chunk_started)

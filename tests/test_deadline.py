@@ -8,32 +8,24 @@ import time
 
 import pytest
 
-from backend.service import DEADLINE_SAFETY, DeadlineEstimate, deadline_chunks
+from backend.service import DEADLINE_SAFETY, DeadlineEstimate
 from backend.settings import Settings, SettingsError
 from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_prelabel import QA_XML
 
 
-def test_chunks_start_small_and_cover_every_task_once():
-    assert deadline_chunks(list(range(23)), 8, 4) == [
-        [0, 1, 2, 3],
-        list(range(4, 12)),
-        list(range(12, 20)),
-        [20, 21, 22],
-    ]
-    assert deadline_chunks([], 8, 4) == []
-    assert deadline_chunks([5, 6], 8, 4) == [[5, 6]]
-
-
-def test_the_estimate_uses_the_slowest_rate_seen_with_a_margin():
+def test_the_estimate_follows_the_last_chunk_and_cuts_the_next_one_to_what_fits():
     estimate = DeadlineEstimate()
-    assert estimate.fits(1000, deadline=0.0, now=10.0)  # nothing measured yet: the first chunk always runs
-    estimate.observe(4, 2.0)  # 0.5 s per task
-    estimate.observe(8, 1.6)  # 0.2 s per task: the machine got faster; the estimate keeps the slower rate
-    assert estimate.rate == pytest.approx(0.5)
-    cost = 8 * 0.5 * DEADLINE_SAFETY
-    assert estimate.fits(8, deadline=100.0 + cost, now=100.0)
-    assert not estimate.fits(8, deadline=100.0 + cost - 0.01, now=100.0)
+    assert estimate.fitting(8, deadline=0.0, now=10.0) == 8  # nothing measured yet: the first chunk always runs
+    estimate.observe(4, 8.0)  # 2 s per task (a first chunk, warming up, on a busy CPU)
+    estimate.observe(8, 1.6)  # 0.2 s per task: the machine is faster now; the estimate follows
+    assert estimate.rate == pytest.approx(0.2)
+    per_task = 0.2 * DEADLINE_SAFETY
+    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 8
+    assert estimate.fitting(8, deadline=100.0 + 3.5 * per_task, now=100.0) == 3  # cut to what fits
+    assert estimate.fitting(8, deadline=100.0 + 0.9 * per_task, now=100.0) == 0  # not one: stop
+    estimate.observe(2, 10.0)  # the CPU got shared: 5 s per task
+    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 0
 
 
 def test_the_budget_is_derived_from_label_studios_timeout():
