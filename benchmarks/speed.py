@@ -831,7 +831,80 @@ def write_markdown(record: dict[str, Any]) -> None:
                 + " |"
             )
         lines.append("")
+    lines += readonce_markdown(record.get("readonce"))
+    lines += busy_markdown(record.get("busy"))
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
+
+
+def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
+    """The section of ``benchmarks/readonce.py``: time to a new head version, cold and with the feature store."""
+    if not readonce:
+        return []
+    m = readonce["machine"]
+    lines = [
+        "## Read each task once: time to a new feature-head version (DialSummEval)",
+        "",
+        f"`{readonce['command']}`, {readonce['date']}, {m['cpu']}, {m['cores']} cores. `rubric-judge train` as a "
+        "user runs it: N summaries with an empty feature store (cold), then the same N plus 10 new ones with the "
+        "store the first run filled (warm), then those N + 10 cold in another empty store.",
+        "",
+        "| tasks | cold N (s) | warm N + 10 (s; features / fit) | cold N + 10 (s; features / fit) | warm / cold | "
+        "heads equal | max relative difference | out-of-fold labels equal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, e in readonce["sizes"].items():
+        w, c, h = e["warm_all_but_10"], e["cold_same_data"], e["warm_vs_cold_head"]
+        lines.append(
+            f"| {n} | {e['cold']['seconds']} | {w['seconds']} ({w['feature_seconds']} / {w['fit_seconds']}) | "
+            f"{c['seconds']} ({c['feature_seconds']} / {c['fit_seconds']}) | {e['warm_over_cold']} | "
+            f"{'byte-identical' if h['head_bytes_equal'] else 'no'} | {h['max_relative_difference']:.1e} | "
+            f"{h['out_of_fold_labels_equal']} |"
+        )
+    stored = readonce.get("predict_100_stored")
+    if stored:
+        lines += [
+            "",
+            f"`/predict` of {stored['tasks']} tasks on the warm head version, prediction cache off, features "
+            f"stored: **{stored['seconds']} s** ({stored['from_store']} from the store, {stored['deferred']} "
+            "deferred).",
+        ]
+    return lines + [""]
+
+
+def busy_markdown(busy: dict[str, Any] | None) -> list[str]:
+    """The section of ``benchmarks/busy.py``: Retrieve Predictions against the real Label Studio, idle and
+    beside a CPU hog, under the /predict deadline."""
+    if not busy:
+        return []
+    m = busy["machine"]
+    lines = [
+        "## Retrieve Predictions on a busy machine",
+        "",
+        f"`{busy['command']}`, {busy['date']}, {m['cpu']}, {m['cores']} cores, AVX512-BF16 "
+        f"{_yes(m.get('avx512_bf16'))}. A real Label Studio 1.23.2, `rubric-judge serve` with its defaults "
+        "(PREDICT_DEADLINE_S 60 s = 0.6 × Label Studio's 100 s, fp32) and one `rubric-judge worker` (WORKER_NICE=10) "
+        "on this machine; a project of distinct qa-quality tasks (`tests/e2e/qa_tasks.json`, each question made "
+        "unique: nothing from the prediction cache) and *Retrieve Predictions* on all of them. *Busy*: a CPU hog, "
+        "one `while True: pass` process per core at normal priority, runs from just before the call until every "
+        "task has its prediction. Overshoot: the backend's scoring time minus its budget (negative: the last chunk "
+        "ended before the deadline). Seconds after the call started.",
+        "",
+        "| case | tasks | Retrieve Predictions (s) | backend scoring / budget (s) | overshoot (s) | backend cores "
+        "used | scored in the response | deferred | last background prediction (s) | tasks with 0 / 1 / 2+ "
+        "predictions | model versions |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in busy["cases"].items():
+        counts = c["tasks_with_predictions"]
+        budget = "–" if c["budget_s"] is None else c["budget_s"]
+        lines.append(
+            f"| {name} ({c['hog_processes']} hog processes) | {c['tasks']} | {c['retrieve_s']} | "
+            f"{c['backend_scoring_s']} / {budget} | {'–' if c['overshoot_s'] is None else c['overshoot_s']} | "
+            f"{c['backend_cores_used']} | {c['scored_inline']} | {c['deferred']} | "
+            f"{c['last_background_prediction_s'] or '–'} | {counts['0']} / {counts['1']} / {counts['2+']} | "
+            f"{', '.join(c['model_versions'])} |"
+        )
+    return lines + [""]
 
 
 def _yes(flag: Any) -> str:

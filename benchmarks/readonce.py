@@ -1,0 +1,190 @@
+"""Read each task once: time to a new feature-head version with and without the feature store, and /predict of
+stored tasks on a head version.
+
+    python benchmarks/readonce.py [--sizes 30,300] [--data-dir ../shared/data]
+
+For each size N: ``rubric-judge train`` (a subprocess, as a user runs it) on N DialSummEval training summaries
+(seeded draw over many dialogues) with an empty feature store (cold), then on the same N plus 10 new ones with
+the store the first run filled (warm: all but the last 10 stored), then the N + 10 cold in another empty store;
+the warm and the cold head are compared. Then a 100-task ``/predict`` (Flask test client, prediction cache
+off) on the warm head version, whose tasks' features are stored. Recorded in ``benchmarks/SPEED.json`` under
+``readonce``; SPEED.md is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.settings import Settings  # noqa: E402
+from benchmarks.quality import DEFAULT_DATA, machine  # noqa: E402
+
+log = logging.getLogger("benchmarks.readonce")
+PROJECT = "990001"  # a project number no real Label Studio uses, in this run's own MODEL_DIR
+
+
+def _rows(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    folder = data_dir / "dialsummeval"
+    train = set(json.loads((folder / "split.json").read_text(encoding="utf-8"))["train"])
+    rows = [json.loads(line) for line in (folder / "ratings.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows = [r for r in rows if r["id"].rsplit("-", 1)[0] in train]
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _model_dir(root: Path, base: Path) -> Path:
+    """An empty MODEL_DIR (empty feature store) that shares the converted embedded model."""
+    root.mkdir(parents=True)
+    if base.is_dir():
+        os.symlink(base, root / "base")
+    return root
+
+
+def _train(data: Path, out: Path, model_dir: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "rubric-judge"), "train", "--rubric", "summary-quality"]
+        + ["--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "MODEL_DIR": str(model_dir)},
+    )
+    if done.returncode:
+        raise SystemExit(f"rubric-judge train failed:\n{done.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "feature_seconds": metrics["training"]["feature_seconds"],
+        "fit_seconds": metrics["training"]["fit_seconds"],
+        "alpha_dims": metrics["alpha_dims"],
+    }
+
+
+def _compare(a: Path, b: Path) -> dict[str, Any]:
+    from backend.head import load_head
+
+    ha, hb = load_head(a), load_head(b)
+    worst = 0.0
+    same_strength = True
+    for name, da in ha.dimensions.items():
+        db = hb.dimensions[name]
+        same_strength &= da.strength == db.strength
+        for key in ("mean", "scale", "weights", "bias"):
+            x, y = getattr(da, key), getattr(db, key)
+            worst = max(worst, float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)))
+    files_equal = (a / "head.npz").read_bytes() == (b / "head.npz").read_bytes()
+    ma = json.loads((a / "metrics.json").read_text())
+    mb = json.loads((b / "metrics.json").read_text())
+    labels_a = [p["labels"] for p in ma["candidate"]["predictions"]]
+    labels_b = [p["labels"] for p in mb["candidate"]["predictions"]]
+    return {
+        "head_bytes_equal": files_equal,
+        "max_relative_difference": worst,
+        "same_ridge_strengths": same_strength,
+        "out_of_fold_labels_equal": labels_a == labels_b,
+        "alpha_dims": [ma["alpha_dims"], mb["alpha_dims"]],
+    }
+
+
+def _predict_stored(model_dir: Path, version: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A 100-task /predict on ``version`` as v1 of project PROJECT, prediction cache off, tasks in the store."""
+    from backend.app import create_app
+    from backend.labeling import label_config
+    from backend.service import build_service
+
+    settings = Settings.from_env(model_dir=model_dir, prediction_cache=False)
+    service = build_service(settings, serving_mark=False)
+    registry = service.registry
+    target = registry.version_dir(PROJECT, 1)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(version, target)
+    registry.set_active(PROJECT, 1)
+    client = create_app(settings, service).test_client()
+    xml = label_config(service.rubrics["summary-quality"])
+    tasks = [{"id": i, "data": r["data"]} for i, r in enumerate(rows[:100])]
+    body = {"tasks": tasks, "project": f"{PROJECT}.1", "label_config": xml}
+    before = service.judge.feature_store.stats.hits
+    started = time.monotonic()
+    response = client.post("/predict", json=body)
+    seconds = time.monotonic() - started
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    answer = response.get_json()
+    return {
+        "tasks": len(tasks),
+        "seconds": round(seconds, 2),
+        "from_store": service.judge.feature_store.stats.hits - before,
+        "deferred": answer["timing"]["deferred"],
+        "model_version": answer["results"][0]["model_version"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="30,300")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not (Path(args.data_dir) / "dialsummeval").is_dir():
+        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+        return 0
+    settings = Settings.from_env()
+    base = settings.model_dir / "base"
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = _rows(Path(args.data_dir), max(sizes) + 10)
+    record: dict[str, Any] = {"sizes": {}, "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="readonce-") as tmp:
+        work = Path(tmp)
+        for n in sizes:
+            first, second = _write(work / f"{n}.jsonl", rows[:n]), _write(work / f"{n}+10.jsonl", rows[: n + 10])
+            warm_dir = _model_dir(work / f"models-{n}", base)
+            cold = _train(first, work / f"cold-{n}", warm_dir)
+            warm = _train(second, work / f"warm-{n}+10", warm_dir)
+            cold_again = _train(second, work / f"cold-{n}+10", _model_dir(work / f"models-{n}-again", base))
+            entry = {
+                "cold": cold,
+                "warm_all_but_10": warm,
+                "cold_same_data": cold_again,
+                "warm_over_cold": round(warm["seconds"] / cold_again["seconds"], 3),
+                "warm_vs_cold_head": _compare(work / f"warm-{n}+10", work / f"cold-{n}+10"),
+            }
+            record["sizes"][str(n)] = entry
+            log.info("%d tasks: %s", n, entry)
+            if n == max(sizes) and n + 10 >= 100:
+                record["predict_100_stored"] = _predict_stored(warm_dir, work / f"warm-{n}+10", rows)
+                log.info("/predict of 100 stored tasks: %s", record["predict_100_stored"])
+    record["command"] = "python benchmarks/readonce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    speed_json = REPO / "benchmarks" / "SPEED.json"
+    stored = json.loads(speed_json.read_text(encoding="utf-8")) if speed_json.is_file() else {}
+    stored["readonce"] = record
+    speed_json.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
+    from benchmarks.speed import write_markdown
+
+    write_markdown(stored)
+    sys.stdout.write(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
