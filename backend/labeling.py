@@ -5,6 +5,8 @@ Pure module: no torch, Flask or Redis. XML from requests is parsed with ``defuse
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -253,3 +255,18 @@ def parse_annotation_result(rubric: Rubric, result: object) -> dict[str, str]:
             continue
         labels[dim.name] = label
     return labels
+
+
+def task_group(rubric: Rubric, inputs: Mapping[str, str], data: Mapping[str, Any] | None, group_by: str = "") -> str:
+    """The group of a task: the value of the data field ``group_by`` (the GROUP_BY setting, else the rubric's
+    ``group_by``) when the task has it; otherwise, when the rubric has inputs besides its target, a hash of
+    those (tasks rating different answers to one question, or different summaries of one dialogue, form one
+    group); otherwise "" (the task is its own group)."""
+    field_name = group_by or rubric.group_by
+    if field_name and isinstance(data, Mapping) and data.get(field_name) not in (None, ""):
+        return f"{field_name}={data[field_name]}"
+    context = {name: inputs.get(name, "") for name in rubric.input_names if name != rubric.target.name}
+    if not context:
+        return ""
+    digest = hashlib.sha256(json.dumps(context, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return f"context:{digest[:16]}"

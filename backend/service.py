@@ -581,14 +581,17 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
     except LabelStudioError as exc:  # the server's configuration, not the request: no Retry-After
         raise RequestError(str(exc), 500) from None
     try:
-        tasks = [t for t in list_tasks(client, int(pid)) if not is_annotated(t)]
+        listed = list(list_tasks(client, int(pid)))
+        tasks = [t for t in listed if not is_annotated(t)]
         for task in tasks:
             task["predictions"] = task_predictions(client, task)
     except Exception as exc:  # the SDK raises ApiError, httpx errors, ...
         raise RequestError(
             f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, int(pid))})", 502
         ) from None
-    queue = label_next(tasks, model_version, pid, url, limit)
+    groups = _task_groups(settings, registry, pid, listed)
+    annotated = {groups[t.get("id")] for t in listed if is_annotated(t) and groups.get(t.get("id"))}
+    queue = label_next(tasks, model_version, pid, url, limit, groups, annotated)
     predicted = sum(1 for t in tasks if any(p["model_version"] == model_version for p in t["predictions"]))
     return {
         "project": pid,
@@ -597,6 +600,28 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
         "predicted_by_active_version": predicted,
         "queue": queue,
     }
+
+
+def _task_groups(
+    settings: Settings, registry: Registry, pid: str, tasks: Sequence[Mapping[str, Any]]
+) -> dict[Any, str]:
+    """Task id -> group (``backend.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
+    tasks without the rubric's inputs are left out."""
+    from backend.labeling import task_group
+
+    rubrics = load_all(settings.rubric_dir)
+    rubric = rubrics.get(registry.project_rubric(pid) or "") or rubrics.get(settings.rubric)
+    if rubric is None:
+        return {}
+    out: dict[Any, str] = {}
+    for task in tasks:
+        data = task.get("data")
+        inputs, _ = task_inputs(rubric, data, Binding.for_config(rubric, None))
+        if inputs is not None:
+            group = task_group(rubric, inputs, data, settings.group_by)
+            if group:
+                out[task.get("id")] = group
+    return out
 
 
 def build_service(settings: Settings, serving_mark: bool = True) -> Service:

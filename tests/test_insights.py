@@ -213,3 +213,19 @@ def test_an_empty_prediction_is_not_an_uncertain_one():
         {"id": 2, "data": {}, "predictions": [{"model_version": "v", "score": 0.4, "empty": False}]},
     ]
     assert [e["task_id"] for e in label_next(tasks, "v")] == [2]
+
+
+def test_the_queue_takes_one_task_per_new_group_least_certain_first_then_the_rest():
+    """The order that taught the head fastest on DialSummEval (benchmarks/CURVE.json, ``diverse``)."""
+    from backend.insights import label_next
+
+    def task(i: int, score: float) -> dict:
+        return {"id": i, "data": {"q": f"task {i}"}, "predictions": [{"model_version": "m.v1", "score": score}]}
+
+    tasks = [task(1, 0.2), task(2, 0.3), task(3, 0.4), task(4, 0.5), task(5, 0.1)]
+    groups = {1: "a", 2: "a", 3: "b", 4: "c", 5: "c"}
+    plain = [e["task_id"] for e in label_next(tasks, "m.v1")]
+    assert plain == [5, 1, 2, 3, 4]  # least certain first
+    diverse = [e["task_id"] for e in label_next(tasks, "m.v1", groups=groups, annotated_groups={"c"})]
+    assert diverse == [1, 3, 5, 2, 4]  # a and b are new groups (c is annotated already); then the rest
+    assert [e["task_id"] for e in label_next(tasks, "m.v1", limit=2, groups=groups)] == [5, 1]

@@ -6,7 +6,6 @@ Everything becomes a list of ``Record``: one task's inputs and every annotator's
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.label_studio import LabelStudioError, label_studio_client
-from backend.labeling import Binding, parse_annotation_result, task_inputs
+from backend.labeling import Binding, parse_annotation_result, task_group, task_inputs
 from backend.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -69,25 +68,6 @@ class SourceStats:
             "missing_inputs": self.missing_inputs,
             "annotators": len(self.annotators),
         }
-
-
-# --------------------------------------------------------------------------------------------------
-# groups
-
-
-def task_group(rubric: Rubric, inputs: Mapping[str, str], data: Mapping[str, Any] | None, group_by: str = "") -> str:
-    """The group of a task: the value of the data field ``group_by`` (the GROUP_BY setting, else the rubric's
-    ``group_by``) when the task has it; otherwise, when the rubric has inputs besides its target, a hash of
-    those (tasks rating different answers to one question, or different summaries of one dialogue, form one
-    group); otherwise "" (the task is its own group)."""
-    field_name = group_by or rubric.group_by
-    if field_name and isinstance(data, Mapping) and data.get(field_name) not in (None, ""):
-        return f"{field_name}={data[field_name]}"
-    context = {name: inputs.get(name, "") for name in rubric.input_names if name != rubric.target.name}
-    if not context:
-        return ""
-    digest = hashlib.sha256(json.dumps(context, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-    return f"context:{digest[:16]}"
 
 
 # --------------------------------------------------------------------------------------------------
