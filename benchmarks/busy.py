@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,18 @@ from tests.e2e.scenario import SETTLE_BOUND_S, busy_retrieve, install_label_stud
 
 log = logging.getLogger("benchmarks.busy")
 ARTIFACTS = REPO / "artifacts" / "busy"
+#: earlier runs kept in SPEED.json and shown in SPEED.md
+KEEP_EARLIER = 3
+
+
+def commit() -> str:
+    """The checked-out commit, and whether backend/ or worker/ had changes not committed (what the run served)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+    dirty = git("status", "--porcelain", "backend", "worker")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes in backend/ or worker/" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--cases", default="idle,busy", help="comma-separated: idle, busy (beside the CPU hog)")
     parser.add_argument("--bound", type=float, default=SETTLE_BOUND_S, help="seconds every task may take")
+    parser.add_argument("--note", default="", help="what this run measures (shown with its rows)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cases = [name.strip() for name in args.cases.split(",") if name.strip()]
@@ -51,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     record: dict[str, Any] = {
         "command": "python benchmarks/busy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit(),
+        "note": args.note,
         "machine": machine(),
         "cases": {
             name: {k: v for k, v in figures.items() if not k.endswith("_by_task")}
@@ -58,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     stored = json.loads(SPEED_JSON.read_text(encoding="utf-8")) if SPEED_JSON.is_file() else {}
+    if stored.get("busy"):  # the runs before this one stay, newest first (the product changes between them)
+        previous = dict(stored["busy"])
+        record["earlier"] = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])][
+            :KEEP_EARLIER
+        ]
     stored["busy"] = record
     SPEED_JSON.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_markdown(stored)

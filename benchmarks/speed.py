@@ -873,7 +873,7 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
 
 def busy_markdown(busy: dict[str, Any] | None) -> list[str]:
     """The section of ``benchmarks/busy.py``: Retrieve Predictions against the real Label Studio, idle and
-    beside a CPU hog, under the /predict deadline."""
+    beside a CPU hog, under the /predict deadline; the latest run, then the earlier ones it keeps."""
     if not busy:
         return []
     m = busy["machine"]
@@ -887,23 +887,26 @@ def busy_markdown(busy: dict[str, Any] | None) -> list[str]:
         "unique: nothing from the prediction cache) and *Retrieve Predictions* on all of them. *Busy*: a CPU hog, "
         "one `while True: pass` process per core at normal priority, runs from just before the call until every "
         "task has its prediction. Overshoot: the backend's scoring time minus its budget (negative: the last chunk "
-        "ended before the deadline). Seconds after the call started.",
+        "ended before the deadline). Background: when the last prediction the pre-annotation job wrote was stored. "
+        "Seconds after the call started.",
         "",
-        "| case | tasks | Retrieve Predictions (s) | backend scoring / budget (s) | overshoot (s) | backend cores "
-        "used | scored in the response | deferred | last background prediction (s) | tasks with 0 / 1 / 2+ "
+        "| run | case | tasks | Retrieve Predictions (s) | backend scoring / budget (s) | overshoot (s) | backend "
+        "cores used | scored in the response | deferred | last background prediction (s) | tasks with 0 / 1 / 2+ "
         "predictions | model versions |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, c in busy["cases"].items():
-        counts = c["tasks_with_predictions"]
-        budget = "–" if c["budget_s"] is None else c["budget_s"]
-        lines.append(
-            f"| {name} ({c['hog_processes']} hog processes) | {c['tasks']} | {c['retrieve_s']} | "
-            f"{c['backend_scoring_s']} / {budget} | {'–' if c['overshoot_s'] is None else c['overshoot_s']} | "
-            f"{c['backend_cores_used']} | {c['scored_inline']} | {c['deferred']} | "
-            f"{c['last_background_prediction_s'] or '–'} | {counts['0']} / {counts['1']} / {counts['2+']} | "
-            f"{', '.join(c['model_versions'])} |"
-        )
+    for run in [busy, *busy.get("earlier", [])]:
+        label = f"{run['date']}, {run.get('commit') or '?'}" + (f": {run['note']}" if run.get("note") else "")
+        for name, c in run["cases"].items():
+            counts = c["tasks_with_predictions"]
+            budget = "–" if c["budget_s"] is None else c["budget_s"]
+            lines.append(
+                f"| {label} | {name} ({c['hog_processes']} hog processes) | {c['tasks']} | {c['retrieve_s']} | "
+                f"{c['backend_scoring_s']} / {budget} | {'–' if c['overshoot_s'] is None else c['overshoot_s']} | "
+                f"{c['backend_cores_used']} | {c['scored_inline']} | {c['deferred']} | "
+                f"{c['last_background_prediction_s'] or '–'} | {counts['0']} / {counts['1']} / {counts['2+']} | "
+                f"{', '.join(c['model_versions'])} |"
+            )
     return lines + [""]
 
 
