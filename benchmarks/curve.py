@@ -44,7 +44,7 @@ from backend.rubric import Rubric, load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402
-from worker.pipeline import extract_features, head_subsets, head_targets  # noqa: E402
+from worker.pipeline import extract_features, head_subsets, head_targets, out_of_fold_scores  # noqa: E402
 from worker.source import Record  # noqa: E402
 from worker.train import TrainConfig  # noqa: E402
 
@@ -87,14 +87,7 @@ def _evidence(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, met
         [data.groups[i] for i in rows],
         subsets=subsets,
     )
-    scores: list[Any] = [None] * len(rows)
-    for f, head in enumerate(heads):
-        members = [j for j in range(len(rows)) if fold[j] == f]
-        if head is None or not members:
-            continue
-        head.meta = dict(meta)
-        for j, score in zip(members, apply_head(rubric, head, [data.features[rows[j]] for j in members]), strict=True):
-            scores[j] = score
+    scores = out_of_fold_scores(rubric, heads, fold, [data.features[i] for i in rows], meta)
     return scores, heads
 
 

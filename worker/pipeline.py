@@ -405,6 +405,24 @@ def extract_features(
     return scores, features
 
 
+def out_of_fold_scores(
+    rubric: Rubric, fold_heads: Sequence[Any], fold: Sequence[int], features: Sequence[Any], meta: Mapping[str, Any]
+) -> list[Any]:
+    """Each task scored by the head of its fold (``backend.head.cross_fitted``), which never saw its group;
+    None where that fold has no head."""
+    from backend.judge import apply_head
+
+    scores: list[Any] = [None] * len(features)
+    for f, fold_head in enumerate(fold_heads):
+        rows = [i for i in range(len(features)) if fold[i] == f]
+        if fold_head is None or not rows:
+            continue
+        fold_head.meta = dict(meta)
+        for i, score in zip(rows, apply_head(rubric, fold_head, [features[i] for i in rows]), strict=True):
+            scores[i] = score
+    return scores
+
+
 def head_subsets(selection: str, shared_size: int) -> dict[str, list[int] | None]:
     """The feature subsets the head's cross-validation chooses among: everything ``selection`` gives, or only
     the target's three LM statistics (the last three shared features), which carry most of the signal a few
@@ -468,14 +486,7 @@ def fit_feature_head(
     fold_heads, fold = cross_fitted(
         rubric.dimensions, matrices, targets, groups, folds=config.head_folds, subsets=subsets
     )
-    oof_scores: list[Any] = [None] * len(train)
-    for f, fold_head in enumerate(fold_heads):
-        rows = [i for i in range(len(train)) if fold[i] == f]
-        if fold_head is None or not rows:
-            continue
-        fold_head.meta = dict(meta)
-        for i, score in zip(rows, apply_head(rubric, fold_head, [train_features[i] for i in rows]), strict=True):
-            oof_scores[i] = score
+    oof_scores = out_of_fold_scores(rubric, fold_heads, fold, train_features, meta)
     if any(score is None for score in oof_scores):  # a single fold: no task has an out-of-fold prediction
         raise TrainingError(f"only {len(set(groups))} group(s) of tasks: the head needs at least 2 to be judged")
     fit_seconds = time.monotonic() - fit_started
