@@ -80,25 +80,36 @@ DEADLINE_GROWTH = 2
 
 
 class DeadlineEstimate:
-    """What the next chunk will cost, from the last chunk scored in this request (the machine's speed right now: a
-    CPU that becomes shared raises the estimate at once). A chunk costs a fixed part plus a part per task (1.7 s
-    for one task alone, 1.1 s each in a chunk of 4 on the reference CPU), so the estimate never extrapolates
-    down: a chunk of at most the last one's size is taken to cost the whole last chunk, a larger one the last
-    chunk's cost per task times its size (cheaper per task in truth). The first chunk is one task; a chunk is
-    at most DEADLINE_GROWTH times the last and starts only if its estimate times DEADLINE_SAFETY ends before
-    the deadline; scoring stops when no chunk does."""
+    """What the next chunk will cost, from the chunks scored so far in this request, at the machine's speed right
+    now. A chunk costs a fixed part plus a part per task (1.7 s for one task alone, 1.1 s each in a chunk of 4 on
+    the reference CPU), so a cost is never extrapolated down from a bigger chunk: each chunk size keeps its last
+    cost, and when a size is seen again its change of cost (the CPU became shared, or free) rescales the others.
+    A chunk of k tasks is estimated at the cost of the smallest size >= k seen; a chunk bigger than any seen at
+    the last chunk's cost per task times k (cheaper per task in truth). The first chunk is one task; a chunk is at
+    most DEADLINE_GROWTH times the last and starts only if its estimate times DEADLINE_SAFETY ends before the
+    deadline; scoring stops when no chunk does."""
 
     def __init__(self) -> None:
         self.rate: float | None = None
         self.last: int = 0
+        self.costs: dict[int, float] = {}
 
     def observe(self, tasks: int, seconds: float) -> None:
-        self.last = max(1, tasks)
-        self.rate = seconds / self.last
+        size = max(1, tasks)
+        before = self.costs.get(size)
+        if before is not None and before > 0:
+            factor = seconds / before
+            self.costs = {k: v * factor for k, v in self.costs.items()}
+        self.costs[size] = seconds
+        self.last = size
+        self.rate = seconds / size
 
     def cost(self, tasks: int) -> float:
         """The estimated seconds of a chunk of ``tasks`` (0 before anything was measured)."""
-        return 0.0 if self.rate is None else self.rate * max(tasks, self.last)
+        if self.rate is None:
+            return 0.0
+        known = [v for k, v in self.costs.items() if k >= tasks]
+        return min(known) if known else self.rate * tasks
 
     def fitting(self, tasks: int, deadline: float, now: float | None = None) -> int:
         """How many of the next ``tasks`` to score before ``deadline`` (0: stop)."""
@@ -106,9 +117,12 @@ class DeadlineEstimate:
             return min(tasks, DEADLINE_FIRST_CHUNK)
         now = time.monotonic() if now is None else now
         room = (deadline - now) / DEADLINE_SAFETY
-        if self.cost(1) > room:
-            return 0
-        return max(1, min(tasks, self.last * DEADLINE_GROWTH, int(room / max(self.rate, 1e-9))))
+        best = 0
+        for size in range(1, min(tasks, self.last * DEADLINE_GROWTH) + 1):
+            if self.cost(size) > room:
+                break
+            best = size
+        return best
 
 
 class Service:

@@ -18,20 +18,21 @@ def test_the_estimate_follows_the_last_chunk_and_cuts_the_next_one_to_what_fits(
     estimate = DeadlineEstimate()
     # nothing measured yet: the first chunk is one task, and it always runs
     assert estimate.fitting(8, deadline=0.0, now=10.0) == DEADLINE_FIRST_CHUNK == 1
-    estimate.observe(1, 2.0)  # 2 s per task (a first task, warming up, on a busy CPU)
+    estimate.observe(1, 2.0)  # a first task, warming up, on a busy CPU
     assert estimate.fitting(8, deadline=1000.0, now=0.0) == 2  # at most twice the last chunk, however much room
-    estimate.observe(2, 4.0)
-    assert estimate.fitting(8, deadline=1000.0, now=0.0) == 4
-    estimate.observe(4, 0.8)  # 0.2 s per task: the machine is faster now; the estimate follows
-    assert estimate.rate == pytest.approx(0.2)
-    per_task = 0.2 * DEADLINE_SAFETY
-    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 8
-    assert estimate.fitting(8, deadline=100.0 + 5.5 * per_task, now=100.0) == 5  # cut to what fits
-    # a chunk smaller than the last is taken to cost the whole last chunk (fixed costs do not shrink with it)
-    assert estimate.cost(1) == pytest.approx(0.8)
-    assert estimate.fitting(8, deadline=100.0 + 3.9 * per_task, now=100.0) == 0
-    estimate.observe(2, 10.0)  # the CPU got shared: 5 s per task
-    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 0
+    estimate.observe(2, 3.0)
+    estimate.observe(4, 4.0)
+    estimate.observe(8, 6.0)  # 0.75 s per task in a chunk of 8; one task alone still costs 2 s
+    assert estimate.cost(8) == pytest.approx(6.0) and estimate.cost(1) == pytest.approx(2.0)
+    assert estimate.cost(3) == pytest.approx(4.0)  # the smallest chunk seen that holds 3 tasks
+    safety = DEADLINE_SAFETY
+    assert estimate.fitting(8, deadline=100.0 + 6.0 * safety, now=100.0) == 8
+    assert estimate.fitting(8, deadline=100.0 + 4.5 * safety, now=100.0) == 4  # cut to what fits
+    assert estimate.fitting(8, deadline=100.0 + 2.5 * safety, now=100.0) == 1
+    assert estimate.fitting(8, deadline=100.0 + 1.9 * safety, now=100.0) == 0  # not one: stop
+    estimate.observe(8, 18.0)  # the CPU got shared: the chunk of 8 costs 3x, and so does everything else
+    assert estimate.cost(1) == pytest.approx(6.0) and estimate.cost(4) == pytest.approx(12.0)
+    assert estimate.fitting(8, deadline=100.0 + 7.0 * safety, now=100.0) == 1
 
 
 def test_chunks_end_before_the_deadline_when_each_task_costs_its_share_and_more_alone():
