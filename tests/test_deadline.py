@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backend.service import DEADLINE_FIRST_CHUNK, DEADLINE_SAFETY, DeadlineEstimate
+from backend.service import DEADLINE_FIRST_CHUNK, DEADLINE_GROWTH, DEADLINE_SAFETY, DeadlineEstimate
 from backend.settings import Settings, SettingsError
 from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_prelabel import QA_XML
@@ -19,7 +19,9 @@ def test_the_estimate_follows_the_last_chunk_and_cuts_the_next_one_to_what_fits(
     # nothing measured yet: the first chunk is one task, and it always runs
     assert estimate.fitting(8, deadline=0.0, now=10.0) == DEADLINE_FIRST_CHUNK == 1
     estimate.observe(1, 2.0)  # a first task, warming up, on a busy CPU
-    assert estimate.fitting(8, deadline=1000.0, now=0.0) == 2  # at most twice the last chunk, however much room
+    assert estimate.fitting(64, deadline=1000.0, now=0.0) == DEADLINE_GROWTH  # at most so many times the last
+    assert estimate.fitting(8, deadline=1000.0, now=0.0) == 8
+    assert estimate.fitting(8, deadline=100.0 + 5.5 * 2.0 * DEADLINE_SAFETY, now=100.0) == 5  # 2 s each, at most
     estimate.observe(2, 3.0)
     estimate.observe(4, 4.0)
     estimate.observe(8, 6.0)  # 0.75 s per task in a chunk of 8; one task alone still costs 2 s
