@@ -2,7 +2,7 @@
 
 PY_DIRS = backend worker rubric_judge tests benchmarks scripts
 #: the pure modules: no torch, Flask or Redis; type-checked with mypy
-PURE = backend/rubric.py backend/labeling.py backend/prompts.py backend/agreement.py backend/settings.py
+PURE = backend/core/rubric.py backend/core/labeling.py backend/core/prompts.py backend/core/agreement.py backend/settings.py
 
 setup:
 	scripts/bootstrap.sh

@@ -1,6 +1,6 @@
 """What the HTTP routes do, without HTTP: choose the rubric, read the active version, score, build results.
 
-``Service`` holds the process-wide judge, the rubrics and the registry. Routes in ``backend.app`` only
+``Service`` holds the process-wide judge, the rubrics and the registry. Routes in ``backend.web.app`` only
 validate requests and call it.
 """
 
@@ -15,9 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.batcher import Batcher, BatcherBusy
-from backend.judge import Judge
-from backend.labeling import (
+from backend.core.labeling import (
     Binding,
     LabelConfigError,
     ParsedConfig,
@@ -27,13 +25,15 @@ from backend.labeling import (
     prediction_result,
     task_inputs,
 )
-from backend.prediction_cache import PredictionCache
-from backend.prefill import PrefillDecision, PrefillPolicy
-from backend.registry import Registry, RegistryError, parse_project
-from backend.rubric import Rubric, load_all
-from backend.scores import TaskScore
-from backend.serving import ServingMark
+from backend.core.prefill import PrefillDecision, PrefillPolicy
+from backend.core.rubric import Rubric, load_all
+from backend.core.scores import TaskScore
+from backend.model.batcher import Batcher, BatcherBusy
+from backend.model.judge import Judge
 from backend.settings import Settings
+from backend.state.prediction_cache import PredictionCache
+from backend.state.registry import Registry, RegistryError, parse_project
+from backend.state.serving import ServingMark
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.prefill_policy = PrefillPolicy.from_settings(settings)
-        #: raised while the judge scores, so that a training job on this machine pauses (``backend.serving``)
+        #: raised while the judge scores, so that a training job on this machine pauses (``backend.state.serving``)
         self.serving_mark = serving_mark
         self.triggers = triggers
         self.judge = judge
@@ -364,7 +364,7 @@ class Service:
 
     def prefill_decisions(self, project: str, version: int, rubric: Rubric) -> dict[str, PrefillDecision]:
         """Per dimension: whether ``/predict`` pre-fills it under this version, from the version's held-out
-        evidence and PREFILL_MIN_ALPHA / PREFILL_UNEVALUATED (``backend.prefill``)."""
+        evidence and PREFILL_MIN_ALPHA / PREFILL_UNEVALUATED (``backend.core.prefill``)."""
         path = self.registry.evaluation_path(project, version)
         try:
             stamp = path.stat().st_mtime
@@ -561,7 +561,6 @@ class Service:
 def label_queue(settings: Settings, registry: Registry, project: object, limit: int = 20) -> dict[str, Any]:
     """What to label next: the project's unannotated tasks whose stored prediction by the active version is
     least certain, first (read through Label Studio's API; nothing is scored)."""
-    from backend.insights import label_next
     from backend.label_studio import (
         LabelStudioError,
         describe_error,
@@ -570,6 +569,7 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
         list_tasks,
         task_predictions,
     )
+    from backend.reports.insights import label_next
 
     if not 1 <= limit <= 10_000:
         raise RequestError(f"limit {limit}: expected 1 to 10000")
@@ -605,9 +605,9 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
 def _task_groups(
     settings: Settings, registry: Registry, pid: str, tasks: Sequence[Mapping[str, Any]]
 ) -> dict[Any, str]:
-    """Task id -> group (``backend.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
+    """Task id -> group (``backend.core.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
     tasks without the rubric's inputs are left out."""
-    from backend.labeling import task_group
+    from backend.core.labeling import task_group
 
     rubrics = load_all(settings.rubric_dir)
     rubric = rubrics.get(registry.project_rubric(pid) or "") or rubrics.get(settings.rubric)
@@ -626,10 +626,10 @@ def _task_groups(
 
 def build_service(settings: Settings, serving_mark: bool = True) -> Service:
     """Load the judge and connect the registry (Redis optional at start-up). ``serving_mark``: raise the
-    serving mark while scoring (``backend.serving``); off in a worker's own service, which must not pause for
+    serving mark while scoring (``backend.state.serving``); off in a worker's own service, which must not pause for
     itself."""
-    from backend.redis_conn import redis_client
-    from backend.triggers import Triggers
+    from backend.state.redis_conn import redis_client
+    from backend.state.triggers import Triggers
 
     judge = Judge.from_settings(settings)
     redis = redis_client(settings)

@@ -133,7 +133,7 @@ class Settings:
     #: every core). Measured on 2 cores, one thread for the job did not keep /predict faster (benchmarks/SPEED.md).
     worker_threads: int = 0
     #: WORKER_PAUSE_FOR_SERVING: a training or pre-annotation job pauses while a backend is scoring ``/predict``
-    #: (``backend.serving``): ``auto`` (a backend on the same host, by hostname), ``always`` (any backend on this
+    #: (``backend.state.serving``): ``auto`` (a backend on the same host, by hostname), ``always`` (any backend on this
     #: Redis and base model: set it when backend and worker share a machine under different hostnames, as in
     #: the CPU docker-compose) or ``never`` (a worker on a machine of its own).
     worker_pause_for_serving: str = "auto"

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.prompts import fit_inputs, render_prompt
-from backend.rubric import Rubric
+from backend.core.prompts import fit_inputs, render_prompt
+from backend.core.rubric import Rubric
 from backend.settings import Settings
 
 
@@ -46,7 +46,7 @@ def parse_reply(rubric: Rubric, text: str) -> dict[str, str | None]:
 
 def load_naive(settings: Settings) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of ``settings.base_model``, loaded as the judge loads it."""
-    from backend.model_loader import load_base_model
+    from backend.model.model_loader import load_base_model
 
     model, tokenizer, _ = load_base_model(settings)
     return model, tokenizer

@@ -45,9 +45,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.judge import Judge  # noqa: E402
-from backend.rubric import Rubric, load_rubric  # noqa: E402
-from backend.scores import DimensionScore, TaskScore  # noqa: E402
+from backend.core.rubric import Rubric, load_rubric  # noqa: E402
+from backend.core.scores import DimensionScore, TaskScore  # noqa: E402
+from backend.model.judge import Judge  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
 from worker.evaluate import evaluate_judge, evaluate_predictions, majority_scores, scored_metrics  # noqa: E402
@@ -192,7 +192,7 @@ def ridge_predictions(
     import numpy as np
     from sklearn.linear_model import Ridge
 
-    from backend.agreement import krippendorff_alpha
+    from backend.core.agreement import krippendorff_alpha
 
     target = rubric.target.name
     others = [n for n in rubric.input_names if n != target]
@@ -398,8 +398,8 @@ def _train_and_score(
     evaluate: Any,
 ) -> dict[str, Any]:
     """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
-    from backend.head import is_head
-    from backend.judge import apply_head
+    from backend.model.head import is_head
+    from backend.model.judge import apply_head
     from worker.pipeline import extract_features, run_training
     from worker.train import TrainConfig
 
@@ -461,7 +461,7 @@ def product_decisions(rubric: Rubric, metrics: dict[str, Any], settings: Setting
     """What the product would do with the version trained on the training split: its evidence (out-of-fold
     over the training tasks for a feature head), the pre-fill decision per dimension with its interval, and the
     promotion decision against v0."""
-    from backend.prefill import PrefillPolicy
+    from backend.core.prefill import PrefillPolicy
 
     decisions = PrefillPolicy.from_settings(settings).decide(rubric.dimension_names, metrics["candidate"])
     return {
@@ -566,7 +566,7 @@ def cached_features(
     ``folder/<split>.npz|json`` when an earlier run stored them for the same task ids, else computed and stored."""
     import numpy as np
 
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
     from worker.pipeline import extract_features
 
     arrays_path, meta_path = folder / f"{split}.npz", folder / f"{split}.json"
@@ -624,7 +624,7 @@ def _lazy_judge(settings: Settings) -> Any:
 def _cut(features: Any, shared: slice, dims: slice) -> Any:
     """``features`` (``TaskFeatures``) keeping the ``shared`` slice of its shared part and the ``dims`` slice of
     each dimension's part."""
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
 
     return TaskFeatures(shared=features.shared[shared], dimensions={d: v[dims] for d, v in features.dimensions.items()})
 
@@ -652,8 +652,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     features: does the representation carry per-task signal, and where?"""
     import numpy as np
 
-    from backend.head import fit_head
-    from backend.judge import apply_head
+    from backend.model.head import fit_head
+    from backend.model.judge import apply_head
     from worker.pipeline import head_targets
 
     settings = _settings(args)
@@ -708,8 +708,8 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     other training rows, so dev stays the reporting split), reported on dev, next to TF-IDF + logreg."""
     import numpy as np
 
-    from backend.head import fit_head
-    from backend.judge import apply_head
+    from backend.model.head import fit_head
+    from backend.model.judge import apply_head
     from worker.pipeline import head_targets
 
     settings = _settings(args)

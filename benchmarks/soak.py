@@ -37,12 +37,12 @@ def rss_mib() -> tuple[float, float]:
 
 
 def build_app(model_dir: Path, work: Path) -> Any:
-    from backend.app import create_app
-    from backend.judge import Judge
-    from backend.registry import Registry
-    from backend.rubric import load_all
+    from backend.core.rubric import load_all
+    from backend.model.judge import Judge
     from backend.service import Service
     from backend.settings import Settings
+    from backend.state.registry import Registry
+    from backend.web.app import create_app
 
     settings = Settings.from_env(
         {},
@@ -68,8 +68,8 @@ def run_soak(requests_total: int, model_dir: Path, threads: int = 4, warmup: int
     import requests
     from werkzeug.serving import make_server
 
-    from backend.labeling import label_config
-    from backend.rubric import load_rubric
+    from backend.core.labeling import label_config
+    from backend.core.rubric import load_rubric
     from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)

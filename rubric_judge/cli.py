@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from gunicorn.app.base import BaseApplication
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -63,8 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_label_config(args: argparse.Namespace) -> int:
-    from backend.labeling import label_config
-    from backend.rubric import load_rubric
+    from backend.core.labeling import label_config
+    from backend.core.rubric import load_rubric
 
     settings = _settings(args)
     rubric = load_rubric(args.rubric, settings.rubric_dir)
@@ -107,8 +107,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from backend.prefill import PrefillPolicy
-    from backend.reports import project_report, render_html, run_report
+    from backend.core.prefill import PrefillPolicy
+    from backend.reports.data import project_report, run_report
+    from backend.reports.html import render_html
 
     settings = _settings(args)
     if args.run:
@@ -132,9 +133,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _registry(settings: Settings) -> Any:
-    from backend.model_loader import short_model_name
-    from backend.redis_conn import redis_client
-    from backend.registry import Registry
+    from backend.model.model_loader import short_model_name
+    from backend.state.redis_conn import redis_client
+    from backend.state.registry import Registry
 
     return Registry(
         settings.model_dir, short_model_name(settings.base_model, settings.quantization), redis_client(settings)

@@ -26,14 +26,14 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from backend.labeling import label_config  # noqa: E402
-from backend.rubric import load_all  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from backend.head import fit_head  # noqa: E402
-from backend.judge import Judge, apply_head  # noqa: E402
+from backend.core.labeling import label_config  # noqa: E402
+from backend.core.rubric import load_all  # noqa: E402
+from backend.model.head import fit_head  # noqa: E402
+from backend.model.judge import Judge, apply_head  # noqa: E402
 from backend.service import Service  # noqa: E402
-from backend.registry import Registry  # noqa: E402
-from backend.app import create_app  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from backend.state.registry import Registry  # noqa: E402
+from backend.web.app import create_app  # noqa: E402
 from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 

@@ -64,7 +64,7 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def tiny_judge(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from backend.judge import Judge
+    from backend.model.judge import Judge
 
     s = Settings.from_env(
         {},
@@ -94,7 +94,7 @@ def unique_name() -> str:
 
 @pytest.fixture(scope="module")
 def rubrics():
-    from backend.rubric import load_all
+    from backend.core.rubric import load_all
 
     return load_all(REPO / "rubric_configs")
 

@@ -38,9 +38,9 @@ def test_the_budget_is_derived_from_label_studios_timeout():
 
 
 def test_scoring_in_chunks_under_a_deadline_gives_the_plain_answers(settings, tiny_judge):
-    from backend.registry import Registry
-    from backend.rubric import load_all
+    from backend.core.rubric import load_all
     from backend.service import Service
+    from backend.state.registry import Registry
 
     service = Service(settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name))
     ctx = service.context("12", None, "qa-quality")

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq import Queue
 
-from backend.app import create_app
-from backend.labeling import label_config
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
 from backend.service import Service
-from backend.triggers import Triggers
+from backend.state.registry import Registry
+from backend.state.triggers import Triggers
+from backend.web.app import create_app
 from tests.conftest import FUZZ_CASES, FUZZ_STATUS
 from tests.fixtures.ls_bodies import QA_DATA
 
@@ -141,7 +141,7 @@ def fuzz_app(tiny_model_dir, tmp_path_factory):
     """One app for the whole module (hypothesis calls the test many times): tiny model, real Redis."""
     from redis import Redis
 
-    from backend.judge import Judge
+    from backend.model.judge import Judge
     from backend.settings import Settings
     from tests.conftest import REDIS_URL, REPO
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
 from benchmarks.naive import naive_score, parse_reply
 from tests.fixtures.ls_bodies import QA_DATA
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from backend.judge import Judge
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
+from backend.model.judge import Judge
 from backend.settings import Settings
 from tests.fixtures.synthetic import jsonl_rows, synthetic_items
 from worker.pipeline import run_training

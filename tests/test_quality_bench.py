@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
 from benchmarks import quality
 from worker.source import Annotation, Record
 

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from rq import Queue
 
-from backend.app import create_app
-from backend.redis_conn import redis_client
-from backend.registry import Registry
-from backend.rubric import load_all
+from backend.core.rubric import load_all
 from backend.service import Service
-from backend.triggers import TRAIN_JOB, Triggers
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry
+from backend.state.triggers import TRAIN_JOB, Triggers
+from backend.web.app import create_app
 from tests.fixtures.ls_replay import loopback
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
 from backend.settings import Settings
 from backend.training_keys import FLAG_KEYS
 
@@ -121,15 +121,15 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
-    from backend.metrics import main_report
+    from backend.core.metrics import main_report
 
     return main_report(metrics["dimensions"][name])["alpha_system"]
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """Score a labelled file with the base model (``v0``/``base``) or an adapter folder, print the metrics."""
-    from backend.head import is_head
-    from backend.judge import Judge
+    from backend.model.head import is_head
+    from backend.model.judge import Judge
     from worker.evaluate import evaluate_judge
     from worker.source import read_file
 

@@ -17,8 +17,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from backend.serving import ServingGate
 from backend.settings import Settings
+from backend.state.serving import ServingGate
 from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_training
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
     from rq import Retry, get_current_job
 
     from backend.label_studio import LabelStudioError
-    from backend.model_loader import short_model_name
-    from backend.redis_conn import redis_client
-    from backend.registry import parse_project
-    from backend.triggers import Triggers
+    from backend.model.model_loader import short_model_name
+    from backend.state.redis_conn import redis_client
+    from backend.state.registry import parse_project
+    from backend.state.triggers import Triggers
     from worker.source import SourceError
 
     settings = Settings.from_env().for_worker()
@@ -109,9 +109,9 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
 
 
 def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any, redis: Any) -> dict[str, Any]:
-    from backend.labeling import Binding, config_problems, match_rubric, parse_label_config
-    from backend.registry import Registry
-    from backend.rubric import load_all
+    from backend.core.labeling import Binding, config_problems, match_rubric, parse_label_config
+    from backend.core.rubric import load_all
+    from backend.state.registry import Registry
     from worker.source import fetch_project, records_from_export
 
     _stage(job, "fetching annotations", triggers, project)
@@ -221,7 +221,7 @@ def prelabel_project(
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
     from rq import get_current_job
 
-    from backend.redis_conn import redis_client
+    from backend.state.redis_conn import redis_client
     from worker.prelabel import DEFAULT_BATCH_SIZE
     from worker.prelabel import prelabel_project as run_prelabel
 

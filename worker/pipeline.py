@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.evidence import Evidence
-from backend.metrics import finite
-from backend.prefill import PrefillPolicy
-from backend.rubric import Rubric
-from backend.serving import ServingGate, pause_hooks
+from backend.core.evidence import Evidence
+from backend.core.metrics import finite
+from backend.core.prefill import PrefillPolicy
+from backend.core.rubric import Rubric
 from backend.settings import Settings
+from backend.state.serving import ServingGate, pause_hooks
 from worker.dataset import describe, split_records, targets_for
 from worker.source import Record
 from worker.train import TrainConfig, train_lora
@@ -159,10 +159,10 @@ def run_training(
     ``incumbent`` is ``(version name, version folder)`` of the active version; without it the base model is
     the incumbent. Promotion compares the candidate with it on the evidence tasks the incumbent did not learn
     from (``should_promote``). ``metrics.json`` records the decision; the caller moves the active pointer.
-    ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.serving``).
+    ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.state.serving``).
     """
-    from backend.judge import Judge
-    from backend.model_loader import load_base_model
+    from backend.model.judge import Judge
+    from backend.model.model_loader import load_base_model
     from worker.evaluate import (
         add_majority_reference,
         evaluate_predictions,
@@ -328,8 +328,8 @@ def _incumbent_scores(
     """The active version's scores of the evidence ``records``, None for each task whose group it learned
     from (its predictions there would flatter it). A feature head reads the stored ``features``; an adapter
     scores the tasks."""
-    from backend.head import is_head
-    from backend.judge import apply_head
+    from backend.model.head import is_head
+    from backend.model.judge import apply_head
 
     name, folder = incumbent
     seen = seen_groups(folder)
@@ -408,9 +408,9 @@ def extract_features(
 def out_of_fold_scores(
     rubric: Rubric, fold_heads: Sequence[Any], fold: Sequence[int], features: Sequence[Any], meta: Mapping[str, Any]
 ) -> list[Any]:
-    """Each task scored by the head of its fold (``backend.head.cross_fitted``), which never saw its group;
+    """Each task scored by the head of its fold (``backend.model.head.cross_fitted``), which never saw its group;
     None where that fold has no head."""
-    from backend.judge import apply_head
+    from backend.model.judge import apply_head
 
     scores: list[Any] = [None] * len(features)
     for f, fold_head in enumerate(fold_heads):
@@ -456,13 +456,13 @@ def fit_feature_head(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FittedHead:
     """One scoring pass of the base model over the training tasks gives the features and the base model's
-    scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.head``), and the same fit
+    scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.model.head``), and the same fit
     is repeated in grouped folds for the out-of-fold scores that are its evidence. ``held`` (optional) is
     scored too, for a separate held-out figure."""
     import numpy as np
 
-    from backend.head import cross_fitted, fit_head
-    from backend.judge import apply_head
+    from backend.model.head import cross_fitted, fit_head
+    from backend.model.judge import apply_head
     from worker.evaluate import scored_metrics
 
     started = time.monotonic()

@@ -28,8 +28,8 @@ from backend.label_studio import (
     list_tasks,
     prediction_versions,
 )
-from backend.serving import ServingGate, pause_hooks
 from backend.settings import Settings
+from backend.state.serving import ServingGate, pause_hooks
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ def prelabel_project(
     ``service`` is a ``backend.service.Service`` (built from ``settings`` when omitted, after Label Studio has
     answered: loads the judge); ``client`` a label-studio-sdk ``LabelStudio`` client (from
     ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``); ``gate``: the scoring waits there while a backend on this
-    machine serves ``/predict`` (``backend.serving``). ``task_ids``: only these tasks (still skipping the
+    machine serves ``/predict`` (``backend.state.serving``). ``task_ids``: only these tasks (still skipping the
     annotated and the already predicted ones).
     """
-    from backend.registry import RegistryError, parse_project
     from backend.service import RequestError
+    from backend.state.registry import RegistryError, parse_project
 
     started = time.monotonic()
     if batch_size < 1:

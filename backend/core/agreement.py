@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeGuard, cast
 import krippendorff
 import numpy as np
 
-from backend.metrics import AgreementReport, json_safe
+from backend.core.metrics import AgreementReport, json_safe
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ which unannotated tasks a human should label next (the least certain stored pred
 
 Inputs are the version folder's ``train.jsonl``/``heldout.jsonl`` rows (``{id, data, annotations:
 [{annotator, scores}]}``) and the candidate's per-task ``predictions`` in ``metrics.json``
-(``{task_id, labels, confidence}``). Pure module (numpy through ``backend.agreement``).
+(``{task_id, labels, confidence}``). Pure module (numpy through ``backend.core.agreement``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from backend.agreement import consensus, krippendorff_alpha
-from backend.metrics import finite, json_safe
+from backend.core.agreement import consensus, krippendorff_alpha
+from backend.core.metrics import finite, json_safe
 
 JUDGE = "judge"
 #: pairwise cells with fewer shared tasks than this are greyed: α on so few tasks says little

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.redis_conn import redis_key
+from backend.state.redis_conn import redis_key
 
 log = logging.getLogger(__name__)
 

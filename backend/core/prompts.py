@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.rubric import Dimension, Rubric
+from backend.core.rubric import Dimension, Rubric
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A constant or a wrong pre-annotation does harm: annotators anchor on it. So ``/predict`` pre-fills a dimension
 only where the active version has *shown* agreement with the humans. The evidence of a version is stored per
-dimension in its ``metrics.json`` (``entry["evidence"]``, ``backend.evidence.Evidence``): alpha against the
+dimension in its ``metrics.json`` (``entry["evidence"]``, ``backend.core.evidence.Evidence``): alpha against the
 human consensus on tasks the version did not learn from (out-of-fold predictions over every annotated task for
 a feature head, the held-out tasks for a LoRA adapter) with a 95% interval from a bootstrap that resamples
 groups of related tasks. The rule is ``PrefillPolicy.rule`` (``PREFILL_MIN_ALPHA``):
@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.evidence import Evidence
-from backend.metrics import dimension_alpha, finite
+from backend.core.evidence import Evidence
+from backend.core.metrics import dimension_alpha, finite
 
 
 @dataclass(frozen=True)

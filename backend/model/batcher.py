@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.rubric import Rubric
-from backend.scores import TaskScore
+from backend.core.rubric import Rubric
+from backend.core.scores import TaskScore
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.model_loader import ModelLoadError, load_base_model, memory_token_budget
-from backend.padding import left_pad
-from backend.prompts import (
+from backend.core.prompts import (
     DEFAULT_VARIANT,
     dimension_prefix,
     encode_prompt,
@@ -28,8 +26,10 @@ from backend.prompts import (
     label_text,
     target_token_span,
 )
-from backend.rubric import Rubric
-from backend.scores import DimensionScore, TaskFeatures, TaskScore, dimension_score
+from backend.core.rubric import Rubric
+from backend.core.scores import DimensionScore, TaskFeatures, TaskScore, dimension_score
+from backend.model.model_loader import ModelLoadError, load_base_model, memory_token_budget
+from backend.model.padding import left_pad
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Judge:
         self._heads: dict[str, tuple[Any, str]] = {}  # feature-head version name -> (Head, path)
         self._prefix_caches: dict[tuple[Any, ...], Any] = {}
         self._budget: int | None = None
-        #: the base model's features and scores of tasks already read (``backend.feature_store``), or None
+        #: the base model's features and scores of tasks already read (``backend.model.feature_store``), or None
         self.feature_store: Any = None
         pad = tokenizer.pad_token_id
         if pad is None:
@@ -100,7 +100,7 @@ class Judge:
 
     def open_feature_store(self) -> None:
         """Use the feature store under ``MODEL_DIR/features`` (FEATURE_STORE_MB; 0 leaves it off)."""
-        from backend.feature_store import FeatureStore
+        from backend.model.feature_store import FeatureStore
 
         if self.settings.feature_store_mb > 0:
             self.feature_store = FeatureStore(
@@ -141,7 +141,7 @@ class Judge:
         token span) and what the features are taken at (every dimension's prefix and label tokens)."""
         import hashlib
 
-        from backend.feature_store import FORMAT
+        from backend.model.feature_store import FORMAT
 
         fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
         shared, task = encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
@@ -154,11 +154,11 @@ class Judge:
 
     def load_adapter(self, name: str, path: Path) -> None:
         """Attach the version in ``path`` under ``name`` (no-op if already attached from that path): a LoRA
-        adapter, or a feature head (``backend.head``) that scores on the base model's features."""
+        adapter, or a feature head (``backend.model.head``) that scores on the base model's features."""
         with self._lock:
             if self._adapters.get(name) == str(path) or self._heads.get(name, (None, ""))[1] == str(path):
                 return
-            from backend.head import is_head, load_head
+            from backend.model.head import is_head, load_head
 
             if is_head(path):
                 head = load_head(path)
@@ -597,7 +597,7 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
     """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
     import numpy as np
 
-    from backend.head import HeadError
+    from backend.model.head import HeadError
 
     per_dim = {}
     for dim in rubric.dimensions:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.scores import DimensionScore, TaskFeatures, TaskScore
+from backend.core.scores import DimensionScore, TaskFeatures, TaskScore
 
 log = logging.getLogger(__name__)
 

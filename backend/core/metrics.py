@@ -1,4 +1,4 @@
-"""The agreement metrics schema, from ``backend.agreement`` to ``backend.reports``, and its one NaN policy.
+"""The agreement metrics schema, from ``backend.core.agreement`` to ``backend.reports.data``, and its one NaN policy.
 
 What is stored (``metrics.json`` of each version) and what the report shows are described here once:
 
@@ -13,7 +13,7 @@ What is stored (``metrics.json`` of each version) and what the report shows are 
 
 NaN policy: an undefined statistic is ``None`` everywhere it is stored or shown. ``finite`` reads one value
 (NaN, inf, booleans, non-numbers -> None); ``json_safe`` cleans a whole structure (and turns numpy scalars and
-arrays into Python ones). Adding a metric to the report: compute it in ``backend/agreement.py`` (or
+arrays into Python ones). Adding a metric to the report: compute it in ``backend/core/agreement.py`` (or
 ``worker/evaluate.py``), add its ``Column`` here; the JSON row and the HTML table follow.
 
 Pure module: no numpy, torch, Flask or Redis.

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backend.redis_conn import redis_key
+from backend.state.redis_conn import redis_key
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Per dimension, the features of a task are the judge's hidden states at that dimension's label position, the
 hidden states pooled over the target input (answer, summary), a few language-model statistics of the target
-and the judge's own label distribution (``backend.judge.TaskFeatures``). The head maps them to a label
+and the judge's own label distribution (``backend.model.judge.TaskFeatures``). The head maps them to a label
 distribution on the rubric's scale:
 
 * **scale dimensions**: ridge regression on the human consensus mean. The ridge strength is chosen by
@@ -194,7 +194,7 @@ def fit_head(
 ) -> Head:
     """Fit one head per dimension.
 
-    ``dims`` are ``backend.rubric.Dimension`` objects; ``features[name]`` is (tasks x features);
+    ``dims`` are ``backend.core.rubric.Dimension`` objects; ``features[name]`` is (tasks x features);
     ``targets[name]`` per task: the consensus mean (a float, NaN when unrated) for a scale, the consensus
     label (None when unrated) for a nominal dimension; ``groups`` per task (tasks of a group share a fold).
     ``subsets``: named column subsets the cross-validation chooses among, with the ridge strength (None: all

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.redis_conn import redis_key
-from backend.rubric import Rubric
-from backend.scores import DimensionScore, TaskScore
+from backend.core.rubric import Rubric
+from backend.core.scores import DimensionScore, TaskScore
+from backend.state.redis_conn import redis_key
 
 log = logging.getLogger(__name__)
 

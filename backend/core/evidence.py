@@ -5,14 +5,14 @@ independent, so every interval here resamples *groups* of tasks with replacement
 statistics decide what the product does:
 
 * ``alpha_interval``: alpha of a system against the human consensus on one dimension, with its interval (the
-  pre-fill gate, ``backend.prefill``);
+  pre-fill gate, ``backend.core.prefill``);
 * ``paired_difference``: the difference of two systems' mean per-dimension alpha on the *same* tasks, each
   replicate resampling the same groups for both (promotion, ``worker.pipeline.should_promote``).
 
 Alpha is computed for two coders (the consensus and the system) on weighted units, vectorized over the
 replicates: interval alpha in closed form (the consensus of a scale is a mean, not a label), nominal and
 ordinal alpha from the weighted coincidence matrix. With unit weights it equals
-``backend.agreement.krippendorff_alpha`` (tested). Pure module: numpy only.
+``backend.core.agreement.krippendorff_alpha`` (tested). Pure module: numpy only.
 """
 
 from __future__ import annotations

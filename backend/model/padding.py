@@ -1,4 +1,4 @@
-"""Left padding and position ids, written once for the judge (``backend.judge``) and training
+"""Left padding and position ids, written once for the judge (``backend.model.judge``) and training
 (``worker.train``): both must lay out a batch the same way, or the adapter is trained on one layout and
 served on another."""
 

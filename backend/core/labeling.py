@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
-from backend.rubric import Dimension, Rubric
+from backend.core.rubric import Dimension, Rubric
 
 log = logging.getLogger(__name__)
 

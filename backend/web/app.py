@@ -16,9 +16,9 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from backend.registry import RegistryError
 from backend.service import RequestError, Service, build_service
 from backend.settings import Settings
+from backend.state.registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/reports")
     def reports_index() -> Response:
-        from backend.reports import projects_index, render_index
+        from backend.reports.data import projects_index
+        from backend.reports.html import render_index
 
         index = projects_index(service.registry)
         if _wants_html():
@@ -224,7 +225,8 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/reports/<name>")
     def report(name: str) -> Response:
-        from backend.reports import ReportError, project_report, render_html
+        from backend.reports.data import ReportError, project_report
+        from backend.reports.html import render_html
 
         as_json = name.endswith(".json")
         project = name[: -len(".json")] if as_json else name
@@ -243,7 +245,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
 
     @app.get("/reports/<name>/queue")
     def label_queue(name: str) -> Response:
-        from backend.reports import render_queue
+        from backend.reports.html import render_queue
 
         raw = request.args.get("limit", "20")
         if not (raw.isascii() and raw.isdigit()):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from backend.rubric import Dimension
+from backend.core.rubric import Dimension
 
 
 @dataclass(frozen=True)
