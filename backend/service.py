@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from backend.core.labeling import (
     LabelConfigError,
     ParsedConfig,
     config_problems,
-    match_rubric,
     parse_label_config,
     prediction_result,
     task_inputs,
@@ -32,7 +30,7 @@ from backend.model.batcher import Batcher, BatcherBusy
 from backend.model.judge import Judge
 from backend.settings import Settings
 from backend.state.prediction_cache import PredictionCache
-from backend.state.registry import Registry, RegistryError, parse_project
+from backend.state.registry import Registry, RegistryError, parse_project, parse_version, version_name
 from backend.state.serving import ServingMark
 
 log = logging.getLogger(__name__)
@@ -41,7 +39,6 @@ log = logging.getLogger(__name__)
 #: (thread-safe; errors are not cached, so a bad config is re-checked and reported every time).
 _parse_config = functools.lru_cache(maxsize=64)(parse_label_config)
 
-VERSION_RE = re.compile(r"^[0-9]{1,6}$")
 TRIGGER_ACTIONS = {
     "ANNOTATION_CREATED",
     "ANNOTATION_UPDATED",
@@ -158,12 +155,8 @@ class Service:
                 )
             rubric = self.rubrics[requested]
         else:
-            rubric = None
-            if parsed is not None:
-                rubric = match_rubric(parsed, self.rubrics.values())
-            if rubric is None:
-                remembered = self.registry.project_rubric(project)
-                rubric = self.rubrics.get(remembered or "") or self.rubrics[self.settings.rubric]
+            chosen = self.registry.rubric_for(project, self.rubrics, parsed, self.settings.rubric)
+            rubric = chosen or self.rubrics[self.settings.rubric]
         if parsed is not None:
             problems = config_problems(rubric, parsed)
             if problems:
@@ -383,7 +376,7 @@ class Service:
         """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
         if ctx.version == 0:
             return None
-        name = f"p{ctx.project}_v{ctx.version}"
+        name = self.registry.adapter_name(ctx.project, ctx.version)
         self.judge.load_adapter(name, self.registry.version_dir(ctx.project, ctx.version))
         return name
 
@@ -393,19 +386,12 @@ class Service:
             project = parse_project(body.get("project"))
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
-        raw = body.get("version")
-        if isinstance(raw, str) and raw.rsplit(".", 1)[-1].startswith("v"):
-            raw = raw.rsplit(".", 1)[-1][1:]
-        # ASCII digits only: int() would also take ' 2', '٢' or 2.7
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            number = raw
-        elif isinstance(raw, str) and VERSION_RE.fullmatch(raw):
-            number = int(raw)
-        else:
+        number = parse_version(body.get("version"))
+        if number is None:
             raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')")
         if number < 0 or (number and number not in self.registry.version_numbers(project)):
-            known = ", ".join(f"v{n}" for n in self.registry.version_numbers(project)) or "none"
-            raise RequestError(f"project {project} has no version v{number} (trained: {known})", 404)
+            known = ", ".join(version_name(n) for n in self.registry.version_numbers(project)) or "none"
+            raise RequestError(f"project {project} has no version {version_name(number)} (trained: {known})", 404)
         self.registry.set_active(project, number)
         log.info("project %s: version v%d activated by hand", project, number)
         return {"project": project, "model_version": self.registry.model_version(project, number)}
@@ -414,14 +400,12 @@ class Service:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         details = []
         for p in projects:
-            remembered = self.registry.project_rubric(p)
             for info in self.registry.versions(p):
                 metrics = info.metrics or {}
                 evaluation = metrics if info.number == 0 else metrics.get("candidate") or {}
                 # the rubric the version was trained on, else the project's, else the default
-                rubric = (
-                    self.rubrics.get(metrics.get("rubric") or remembered or "") or self.rubrics[self.settings.rubric]
-                )
+                chosen = self.registry.remembered_rubric(p, self.rubrics, self.settings.rubric, metrics.get("rubric"))
+                rubric = chosen or self.rubrics[self.settings.rubric]
                 decisions = self.prefill_decisions(p, info.number, rubric)
                 details.append(
                     {
@@ -609,8 +593,7 @@ def _task_groups(
     tasks without the rubric's inputs are left out."""
     from backend.core.labeling import task_group
 
-    rubrics = load_all(settings.rubric_dir)
-    rubric = rubrics.get(registry.project_rubric(pid) or "") or rubrics.get(settings.rubric)
+    rubric = registry.remembered_rubric(pid, load_all(settings.rubric_dir), settings.rubric)
     if rubric is None:
         return {}
     out: dict[Any, str] = {}

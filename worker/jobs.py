@@ -109,9 +109,9 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
 
 
 def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any, redis: Any) -> dict[str, Any]:
-    from backend.core.labeling import Binding, config_problems, match_rubric, parse_label_config
+    from backend.core.labeling import Binding, config_problems, parse_label_config
     from backend.core.rubric import load_all
-    from backend.state.registry import Registry
+    from backend.state.registry import Registry, version_name
     from worker.source import fetch_project, records_from_export
 
     _stage(job, "fetching annotations", triggers, project)
@@ -119,8 +119,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
     registry = Registry(settings.model_dir, base, redis)
     rubrics = load_all(settings.rubric_dir)
     parsed = parse_label_config(label_config) if label_config else None
-    name = registry.project_rubric(project)
-    rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
+    rubric = registry.rubric_for(project, rubrics, parsed)
     if rubric is None:
         raise TrainingError(
             f"project {project}: no rubric fits its labeling config; connect the backend "
@@ -135,7 +134,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         last = registry.evaluation_path(project, numbers[-1])
         previous = json.loads(last.read_text(encoding="utf-8")).get("data_fingerprint") if last.is_file() else None
         if previous == data_fingerprint(records):
-            message = f"nothing new since v{numbers[-1]}"
+            message = f"nothing new since {version_name(numbers[-1])}"
             log.info(
                 "project %s: %s (no annotation created, updated or deleted); not retraining. Start Training "
                 "with force retrains",
@@ -153,8 +152,8 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
             return outcome
     number = registry.next_version(project)
     active = registry.active_version(project)
-    incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
-    _stage(job, "training", triggers, project, version=f"v{number}")
+    incumbent = (registry.adapter_name(project, active), registry.version_dir(project, active)) if active else None
+    _stage(job, "training", triggers, project, version=version_name(number))
     result = run_training(
         settings,
         rubric,
@@ -172,13 +171,12 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
             "label_config_problems": config_problems(rubric, parsed) if parsed else [],
         },
     )
-    base_path = registry.project_dir(project) / "v0.json"
-    base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
+    registry.write_base_evaluation(project, result.metrics["base"])
     refresh = None
     if result.promoted:
         registry.set_active(project, number)
         refresh = _refresh_predictions(settings, triggers, project, result.metrics["method"])
-    _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
+    _stage(job, "done", triggers, project, version=version_name(number), promoted=result.promoted)
     outcome = {
         "status": "done",
         "version": registry.model_version(project, number),

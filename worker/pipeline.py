@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from backend.core.metrics import finite
 from backend.core.prefill import PrefillPolicy
 from backend.core.rubric import Rubric
 from backend.settings import Settings
+from backend.state.registry import staging_folder
 from backend.state.serving import ServingGate, pause_hooks
 from worker.dataset import describe, split_records, targets_for
 from worker.source import Record
@@ -189,8 +189,7 @@ def run_training(
     log.info("data: %s", counts)
     if destination.exists():
         raise TrainingError(f"{destination} already exists; versions are never overwritten")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
+    tmp = staging_folder(destination)
     hooks = contextlib.ExitStack()
     try:
         _write_jsonl(tmp / "train.jsonl", [_record_row(r) for r in train])

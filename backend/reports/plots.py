@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.state.registry import version_name
+
 
 def rater_name(name: Any) -> str:
     """An annotator id as shown: Label Studio exports user ids, which read as labels on their own."""
@@ -171,7 +173,7 @@ def plot_versions(versions: Sequence[Mapping[str, Any]]) -> str:
                 fontsize=7,
                 color="#1e7b34" if v["promoted"] else "#a33",
             )
-    ax.set_xticks(xs, [f"v{x}" for x in xs])
+    ax.set_xticks(xs, [version_name(x) for x in xs])
     ax.set_ylabel("flattened alpha")
     ax.legend(frameon=False, fontsize=8)
     return _svg(fig)

@@ -1,12 +1,16 @@
-"""Adapter versions on disk and the active version per project (in Redis, mirrored on disk).
+"""The one owner of a project's state: its rubric (remembered, and chosen here for every path), its versions'
+names (``<base>.p<project>.v<N>``, the adapter name ``p<project>_v<N>``), folders and staging, the base model's
+evaluation (``v0.json``) and the active version (in Redis, mirrored on disk). Nothing else spells these.
 
-Layout under ``MODEL_DIR/<base model name>/`` (so switching BASE_MODEL never mixes adapters)::
+Layout under ``MODEL_DIR/<base model name>/`` (so switching BASE_MODEL never mixes versions)::
 
-    <project>/v<N>/            one LoRA adapter (adapter_config.json, weights, metrics.json, data snapshot)
+    <project>/v<N>/            one version (a head or a LoRA adapter, metrics.json, data snapshot)
+    <project>/v0.json          the base model's evaluation on the latest training run's evidence tasks
     <project>/ACTIVE           the active version number (written to a temp file, then renamed)
     <project>/RUBRIC           the rubric name the project was set up with
 
-A version folder is complete when it exists: training writes ``.v<N>.tmp-*`` and renames it into place.
+A version folder is complete when it exists: training writes ``.v<N>.tmp-*`` (``staging_folder``) and renames
+it into place.
 Redis holds the same pointers so that every gunicorn worker reads the current state on every request;
 when Redis is unreachable the disk copy answers (and a warning is logged).
 """
@@ -19,17 +23,22 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.core.labeling import ParsedConfig, match_rubric
+from backend.core.rubric import Rubric
 from backend.state.redis_conn import redis_key
 
 log = logging.getLogger(__name__)
 
 PROJECT_RE = re.compile(r"^[0-9]{1,12}$")
 VERSION_DIR_RE = re.compile(r"^v([0-9]{1,6})$")
+VERSION_NUMBER_RE = re.compile(r"^[0-9]{1,6}$")
 PARTIAL_RE = re.compile(r"^\.v[0-9]{1,6}\.tmp-[A-Za-z0-9_]+$")
+BASE_EVALUATION = "v0.json"
 
 
 class RegistryError(ValueError):
@@ -47,6 +56,30 @@ def parse_project(raw: object) -> str:
     if not PROJECT_RE.fullmatch(text):
         raise RegistryError(f"project id {str(raw)[:40]!r} is not a number")
     return str(int(text))
+
+
+def version_name(number: int) -> str:
+    """A version's short name and folder name: ``v<N>`` (``v0``: the base model)."""
+    return f"v{number}"
+
+
+def parse_version(raw: object) -> int | None:
+    """A version number from a number or a name (``2``, ``"2"``, ``"v2"``, ``"<base>.p3.v2"``); None when it is
+    neither (ASCII digits only: int() would also take ``' 2'``, ``'٢'`` or 2.7)."""
+    if isinstance(raw, str) and raw.rsplit(".", 1)[-1].startswith("v"):
+        raw = raw.rsplit(".", 1)[-1][1:]
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and VERSION_NUMBER_RE.fullmatch(raw):
+        return int(raw)
+    return None
+
+
+def staging_folder(destination: Path) -> Path:
+    """A new, empty temporary folder beside ``destination`` (``.v<N>.tmp-*`` for a version folder), to be renamed
+    into place once complete; a killed run's leftovers match ``PARTIAL_RE`` (``Registry.remove_partial``)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
 
 
 @dataclass(frozen=True)
@@ -85,7 +118,12 @@ class Registry:
     # --- names and paths -------------------------------------------------------------------------
 
     def model_version(self, project: str, number: int) -> str:
-        return f"{self.base_name}.p{project}.v{number}"
+        return f"{self.base_name}.p{project}.{version_name(number)}"
+
+    @staticmethod
+    def adapter_name(project: str, number: int) -> str:
+        """The name a version is attached under in a ``Judge`` (``Judge.load_adapter``)."""
+        return f"p{project}_v{number}"
 
     @property
     def root(self) -> Path:
@@ -102,7 +140,7 @@ class Registry:
     def version_dir(self, project: str, number: int) -> Path:
         if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise RegistryError(f"version {number!r} is not a positive integer")
-        return self.project_dir(project) / f"v{number}"
+        return self.project_dir(project) / version_name(number)
 
     def _key(self, project: str, what: str) -> str:
         return redis_key(self.base_name, what, project)
@@ -179,6 +217,25 @@ class Registry:
         if self._redis_set(self._key(project, "rubric"), rubric):
             self._remembered[project] = rubric  # after a Redis failure, the next /setup tries again
 
+    def rubric_for(
+        self,
+        project: str,
+        rubrics: Mapping[str, Rubric],
+        parsed: ParsedConfig | None = None,
+        default: str | None = None,
+    ) -> Rubric | None:
+        """The project's rubric, in one order for the backend and the worker: the rubric whose controls the
+        labeling config (``parsed``) has, else the remembered one, else ``default`` (RUBRIC); None when none
+        is known. A rubric named in the request (``extra_params.rubric``) is the caller's to check first."""
+        rubric = match_rubric(parsed, rubrics.values()) if parsed is not None else None
+        return rubric or self.remembered_rubric(project, rubrics, default)
+
+    def remembered_rubric(
+        self, project: str, rubrics: Mapping[str, Rubric], default: str | None = None, trained_on: str | None = None
+    ) -> Rubric | None:
+        """``trained_on`` (a version's own rubric), else the project's remembered rubric, else ``default``."""
+        return rubrics.get(trained_on or self.project_rubric(project) or "") or rubrics.get(default or "")
+
     def project_rubric(self, project: str) -> str | None:
         project = parse_project(project)
         try:
@@ -235,7 +292,7 @@ class Registry:
         """Every version of ``project``, ``v0`` (the base model) first."""
         project = parse_project(project)
         active = self.active_version(project)
-        base_metrics = self._metrics(self.project_dir(project) / "v0.json")
+        base_metrics = self._metrics(self.evaluation_path(project, 0))
         infos = [VersionInfo(project, 0, self.model_version(project, 0), None, base_metrics, active == 0)]
         for number in self.version_numbers(project):
             path = self.version_dir(project, number)
@@ -255,8 +312,13 @@ class Registry:
         """Where a version's held-out evaluation lives: ``v0.json`` (the base model, written by the latest
         training run) or ``v<N>/metrics.json`` (its ``candidate`` part)."""
         if number == 0:
-            return self.project_dir(project) / "v0.json"
+            return self.project_dir(project) / BASE_EVALUATION
         return self.version_dir(project, number) / "metrics.json"
+
+    def write_base_evaluation(self, project: str, metrics: Mapping[str, Any]) -> None:
+        """Record the base model's evaluation (``v0.json``) from the latest training run."""
+        path = self.evaluation_path(project, 0)
+        path.write_text(json.dumps(metrics, ensure_ascii=False), encoding="utf-8")
 
     def evaluation(self, project: str, number: int) -> dict[str, Any] | None:
         """A version's held-out evaluation (``worker.evaluate`` metrics), or None before any."""
