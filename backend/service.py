@@ -28,6 +28,7 @@ from backend.core.rubric import Rubric, load_all
 from backend.core.scores import TaskScore
 from backend.model.batcher import Batcher, BatcherBusy
 from backend.model.judge import Judge
+from backend.reports.data import project_report, projects_index
 from backend.settings import Settings
 from backend.state.prediction_cache import PredictionCache
 from backend.state.registry import Registry, RegistryError, parse_project, parse_version, version_name
@@ -497,6 +498,16 @@ class Service:
         if info is None:
             raise RequestError(f"no job {job_id!r}", 404)
         return info
+
+    # --- reports ---------------------------------------------------------------------------------
+
+    def reports_index(self) -> dict[str, Any]:
+        """Every project with its versions (``backend.reports.data.projects_index``)."""
+        return projects_index(self.registry)
+
+    def report(self, project: str) -> dict[str, Any]:
+        """A project's report (``backend.reports.data.project_report``); ``ReportError`` when there is none."""
+        return project_report(self.registry, project, self.prefill_policy, self.settings.label_studio_url)
 
     def label_queue(self, project: object, limit: int = 20) -> dict[str, Any]:
         """What to label next (``label_queue``)."""

@@ -515,30 +515,38 @@ def dimension_report(
     report["alpha_system"] = point
     report["alpha_system_ci"] = [low, high]
     report["exact"] = exact_agreement(gold, sys_list)
+    report.update(_label_measures(gold, sys_list, level, value_domain))
+    return json_safe(report)
 
+
+def _label_measures(
+    gold: Sequence[Rating], sys_list: Sequence[Rating], level: str, value_domain: Sequence[Any] | None
+) -> dict[str, Any]:
+    """``dimension_report``'s label-level measures of the system against the consensus: macro-F1 and per-class
+    F1 (nominal) or MAE (interval, ordinal), and the confusion matrix (nominal, ordinal)."""
+    out: dict[str, Any] = {}
     if level == "nominal":
         labels = _category_labels(gold, sys_list, value_domain)
         macro, per_class = macro_f1(gold, sys_list, labels)
-        report["macro_f1"] = macro
-        report["per_class_f1"] = {str(k): v for k, v in per_class.items()}
+        out["macro_f1"] = macro
+        out["per_class_f1"] = {str(k): v for k, v in per_class.items()}
     else:
         numeric = all(_is_number(v) for v in [*gold, *sys_list] if not _is_missing(v))
         if numeric:
-            report["mae"] = mean_absolute_error(gold, sys_list)
+            out["mae"] = mean_absolute_error(gold, sys_list)
         else:
             key = _sort_key_for_domain(value_domain)
             if key is None:
                 raise ValueError("string labels need a value_domain to compute MAE")
-            report["mae"] = mean_absolute_error(
+            out["mae"] = mean_absolute_error(
                 [None if _is_missing(v) else key(v) for v in gold],
                 [None if _is_missing(v) else key(v) for v in sys_list],
             )
 
     if level in ("nominal", "ordinal"):
         labels = _category_labels(gold, sys_list, value_domain)
-        report["confusion"] = {"labels": labels, "matrix": confusion_matrix(gold, sys_list, labels)}
-
-    return json_safe(report)
+        out["confusion"] = {"labels": labels, "matrix": confusion_matrix(gold, sys_list, labels)}
+    return out
 
 
 def _interval_number(value: Rating, value_domain: Sequence[Any] | None) -> float | None:
