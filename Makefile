@@ -1,6 +1,6 @@
 .PHONY: setup serve worker test test-fast lint demo e2e
 
-PY_DIRS = backend worker rubric_judge tests benchmarks scripts
+PY_DIRS = backend worker rubric_judge tests benchmarks scripts support
 #: the pure modules: no torch, Flask or Redis; type-checked with mypy
 PURE = backend/core backend/settings.py backend/training_keys.py
 

@@ -21,18 +21,30 @@ from backend.core.labeling import (
     config_problems,
     parse_label_config,
     prediction_result,
+    task_group,
     task_inputs,
 )
 from backend.core.prefill import PrefillDecision, PrefillPolicy
 from backend.core.rubric import Rubric, load_all
 from backend.core.scores import TaskScore
+from backend.label_studio import (
+    LabelStudioError,
+    describe_error,
+    is_annotated,
+    label_studio_client,
+    list_tasks,
+    task_predictions,
+)
 from backend.model.batcher import Batcher, BatcherBusy
 from backend.model.judge import Judge
 from backend.reports.data import project_report, projects_index
+from backend.reports.insights import label_next
 from backend.settings import Settings
 from backend.state.prediction_cache import PredictionCache
+from backend.state.redis_conn import redis_client
 from backend.state.registry import Registry, RegistryError, parse_project, parse_version, version_name
 from backend.state.serving import ServingMark
+from backend.state.triggers import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -556,16 +568,6 @@ class Service:
 def label_queue(settings: Settings, registry: Registry, project: object, limit: int = 20) -> dict[str, Any]:
     """What to label next: the project's unannotated tasks whose stored prediction by the active version is
     least certain, first (read through Label Studio's API; nothing is scored)."""
-    from backend.label_studio import (
-        LabelStudioError,
-        describe_error,
-        is_annotated,
-        label_studio_client,
-        list_tasks,
-        task_predictions,
-    )
-    from backend.reports.insights import label_next
-
     if not 1 <= limit <= 10_000:
         raise RequestError(f"limit {limit}: expected 1 to 10000")
     pid = parse_project(project)
@@ -602,8 +604,6 @@ def _task_groups(
 ) -> dict[Any, str]:
     """Task id -> group (``backend.core.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
     tasks without the rubric's inputs are left out."""
-    from backend.core.labeling import task_group
-
     rubric = registry.remembered_rubric(pid, load_all(settings.rubric_dir), settings.rubric)
     if rubric is None:
         return {}
@@ -622,9 +622,6 @@ def build_service(settings: Settings, serving_mark: bool = True) -> Service:
     """Load the judge and connect the registry (Redis optional at start-up). ``serving_mark``: raise the
     serving mark while scoring (``backend.state.serving``); off in a worker's own service, which must not pause for
     itself."""
-    from backend.state.redis_conn import redis_client
-    from backend.state.triggers import Triggers
-
     judge = Judge.from_settings(settings)
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, judge.base_name, redis)

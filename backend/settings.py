@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from backend.training_keys import ENV_KEYS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZATIONS = ("none", "4bit", "8bit")
 
@@ -286,8 +288,6 @@ class Settings:
     def training_overrides(self) -> dict[str, object]:
         """The TRAIN_* settings (``backend.training_keys.ENV_KEYS``) that differ from their default ("keep"), as
         ``TrainConfig`` overrides."""
-        from backend.training_keys import ENV_KEYS
-
         defaults = Settings()
         return {
             name: getattr(self, f"train_{name}")

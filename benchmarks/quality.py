@@ -49,13 +49,15 @@ from backend.core.rubric import Rubric, load_rubric  # noqa: E402
 from backend.core.scores import DimensionScore, TaskScore  # noqa: E402
 from backend.model.judge import Judge  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from support import runs as run_records  # noqa: E402
+from support.runs import load_runs, reused_v0  # noqa: E402
+from support.sampling import class_of, tempered_sample  # noqa: E402
 from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
 from worker.evaluate import evaluate_judge, evaluate_predictions, majority_scores, scored_metrics  # noqa: E402
 from worker.source import Record, read_file  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
-RESULTS_JSON = REPO / "benchmarks" / "RESULTS.json"
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
@@ -95,42 +97,6 @@ def load_goemotions(
             else tempered_sample(rubric, everything, train_size, class_power, rng)
         )
     return {"train": train, "train_all": everything, "dev": read_file(folder / "dev.jsonl", rubric)}
-
-
-def _class_of(rubric: Rubric, record: Record) -> str:
-    """The consensus label of a single-dimension classification record ("" when unlabelled)."""
-    return record_consensus(rubric, record).get(rubric.dimensions[0].name, "")
-
-
-def tempered_sample(
-    rubric: Rubric, records: Sequence[Record], size: int, power: float, rng: random.Random
-) -> list[Record]:
-    """``size`` records whose classes get quotas proportional to count ** ``power`` (a class with fewer
-    records than its quota gives all of them; the rest is shared among the others)."""
-    by_class: dict[str, list[Record]] = {}
-    for record in records:
-        by_class.setdefault(_class_of(rubric, record), []).append(record)
-    quotas: dict[str, int] = {}
-    left, open_classes = size, dict(by_class)
-    while open_classes:
-        weights = {c: len(rs) ** power for c, rs in open_classes.items()}
-        total = sum(weights.values())
-        full = [c for c, rs in open_classes.items() if len(rs) <= left * weights[c] / total]
-        if not full:
-            shares = {c: left * w / total for c, w in weights.items()}
-            quotas.update({c: int(s) for c, s in shares.items()})
-            for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)[
-                : left - sum(int(s) for s in shares.values())
-            ]:
-                quotas[c] += 1  # largest remainders, so the quotas add up to ``size``
-            break
-        for c in full:
-            quotas[c] = len(open_classes.pop(c))
-            left -= quotas[c]
-    sample = [r for c in sorted(quotas) for r in rng.sample(by_class[c], quotas[c])]
-    rng.shuffle(sample)
-    log.info("class quotas (count ** %.2f): %s", power, dict(sorted(quotas.items())))
-    return sample
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,25 +444,6 @@ def product_decisions(rubric: Rubric, metrics: dict[str, Any], settings: Setting
         "decision": metrics["decision"],
         "comparison": metrics.get("comparison"),
     }
-
-
-def reused_v0(args: argparse.Namespace, rubric: Rubric, n_test: int) -> dict[str, Any]:
-    """The v0 test row of run ``args.reuse_v0``, after checking it scored the same thing."""
-    key = f"{args.dataset}/{args.reuse_v0}"
-    run = load_runs().get(key)
-    if run is None:
-        raise SystemExit(f"--reuse-v0: no run {key} in {RESULTS_JSON}")
-    sizes = run.get("sizes", {})
-    same = (
-        run.get("base_model") == args.base_model
-        and run.get("rubric") == rubric.name
-        and sizes.get("test", sizes.get("dev")) == n_test
-        and not args.rubric_dir
-    )
-    if not same or "v0" not in run.get("systems", {}):
-        raise SystemExit(f"--reuse-v0: run {key} scored another base model, rubric or split; score v0 again")
-    log.info("v0 test row copied from run %s (v0 is deterministic)", key)
-    return {**run["systems"]["v0"]["test"], "reused_from": args.reuse_v0}
 
 
 def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
@@ -856,7 +803,7 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
             "train": len(train),
             "train_available": len(splits["train_all"]),
             "dev": len(dev),
-            "train_classes": dict(sorted(Counter(_class_of(rubric, r) for r in train).items())),
+            "train_classes": dict(sorted(Counter(class_of(rubric, r) for r in train).items())),
         },
         "systems": systems,
         "training": scored.get("training"),
@@ -1120,18 +1067,12 @@ def write_markdown(runs: dict[str, Any]) -> None:
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 
 
-def load_runs() -> dict[str, Any]:
-    if RESULTS_JSON.is_file():
-        return json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
-    return {}
-
-
 def record_run(run: dict[str, Any]) -> None:
     runs = load_runs()
     key = f"{run['dataset']}/{run['tag']}"
     run["order"] = runs.get(key, {}).get("order", len(runs))
     runs[key] = run
-    RESULTS_JSON.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    run_records.RESULTS_JSON.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_markdown(runs)
 
 

@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 
 from backend.core.rubric import load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from benchmarks.naive import naive_score  # noqa: E402
+from support.naive import naive_score  # noqa: E402
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -187,7 +187,7 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def run_naive(
     model: Any, tokenizer: Any, rubric: Any, tasks: Sequence[Mapping[str, str]], precision: str
 ) -> dict[str, Any]:
-    """The naive baseline (``benchmarks/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
+    """The naive baseline (``support/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
     max_new = 8 * len(rubric.dimensions)
     naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks, max_new_tokens_per_dimension=8))
     failed = sum(1 for r in naive_results if r.parse_failed)
@@ -883,7 +883,7 @@ def busy_markdown(busy: dict[str, Any] | None) -> list[str]:
         f"`{busy['command']}`, {busy['date']}, {m['cpu']}, {m['cores']} cores, AVX512-BF16 "
         f"{_yes(m.get('avx512_bf16'))}. A real Label Studio 1.23.2, `rubric-judge serve` with its defaults "
         "(PREDICT_DEADLINE_S 60 s = 0.6 × Label Studio's 100 s, fp32) and one `rubric-judge worker` (WORKER_NICE=10) "
-        "on this machine; a project of distinct qa-quality tasks (`tests/e2e/qa_tasks.json`, each question made "
+        "on this machine; a project of distinct qa-quality tasks (`support/e2e/qa_tasks.json`, each question made "
         "unique: nothing from the prediction cache) and *Retrieve Predictions* on all of them. *Busy*: a CPU hog, "
         "one `while True: pass` process per core at normal priority, runs from just before the call until every "
         "task has its prediction. Overshoot: the backend's scoring time minus its budget (negative: the last chunk "

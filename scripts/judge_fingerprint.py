@@ -3,7 +3,7 @@ restructuring changed no behaviour).
 
     python scripts/judge_fingerprint.py OUT.json [--smollm2 MODEL_DIR_WITH_BASE]
 
-Records, with the tiny random Qwen3 model of ``tests/tiny_model.py`` (built fresh, seed 0) and optionally the
+Records, with the tiny random Qwen3 model of ``support/tiny_model.py`` (built fresh, seed 0) and optionally the
 embedded SmolLM2 model (``MODEL_DIR`` holding its converted ``base/``): every label, probability, expected value
 and log-probability (``repr`` of the floats), the sha256 of every feature vector's bytes, a feature head fitted on
 those features and its answers, and the JSON of ``/setup``, ``/predict`` (without its timing) and ``/versions``
@@ -34,8 +34,8 @@ from backend.service import Service  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from backend.state.registry import Registry  # noqa: E402
 from backend.web.app import create_app  # noqa: E402
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body  # noqa: E402
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from support.ls_bodies import QA_DATA, ls_task, predict_body, setup_body  # noqa: E402
+from support.tiny_model import build_tiny_model  # noqa: E402
 
 EMOTION = [
     {"text": "I cannot believe they cancelled the trip again, this is so unfair!"},

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from backend.settings import Settings
-from tests.fixtures.processes import can_list, kill_all, wait_until_gone
-from tests.tiny_model import build_tiny_model
+from support.processes import can_list, kill_all, wait_until_gone
+from support.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/15"

@@ -13,7 +13,7 @@ from backend.core.rubric import load_all, load_rubric
 from backend.service import Service
 from backend.state.registry import Registry
 from backend.web.app import create_app
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
+from support.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 
 QA_XML = label_config(load_rubric("qa-quality"))
 

@@ -10,7 +10,7 @@ import pytest
 
 from backend.service import DEADLINE_SAFETY, DeadlineEstimate
 from backend.settings import Settings, SettingsError
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_prelabel import QA_XML
 
 

@@ -15,8 +15,8 @@ from backend.service import Service
 from backend.settings import Settings
 from backend.state.registry import Registry
 from backend.web.app import create_app
+from support.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 from tests.conftest import REPO
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from backend.model.model_loader import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, memor
 from backend.service import Service
 from backend.state.prediction_cache import PredictionCache
 from backend.state.registry import Registry
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_judge import QA_TASKS
 
 QA_XML = label_config(load_rubric("qa-quality"))

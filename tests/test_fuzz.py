@@ -21,8 +21,8 @@ from backend.service import Service
 from backend.state.registry import Registry
 from backend.state.triggers import Triggers
 from backend.web.app import create_app
+from support.ls_bodies import QA_DATA
 from tests.conftest import FUZZ_CASES, FUZZ_STATUS
-from tests.fixtures.ls_bodies import QA_DATA
 
 QA_XML = label_config(load_rubric("qa-quality"))
 EMOTION_XML = label_config(load_rubric("emotion-ekman"))

@@ -253,7 +253,7 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
 
     from backend.core.labeling import label_config
     from backend.core.prefill import dimension_alpha
-    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from support.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
     from worker.pipeline import run_training
 
@@ -291,7 +291,7 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
 
 def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
     from backend.core.labeling import label_config
-    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from support.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
 
     xml = label_config(SUMMARY)

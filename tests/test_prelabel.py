@@ -17,8 +17,8 @@ from backend.service import Service
 from backend.state.registry import Registry
 from backend.state.triggers import Triggers
 from backend.web.app import create_app
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.conftest import REDIS_URL
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
 from worker.prelabel import PrelabelError, prelabel_project
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from backend.core.rubric import load_rubric
 from backend.model.judge import Judge
 from backend.settings import Settings
@@ -12,6 +14,7 @@ from worker.pipeline import run_training
 from worker.source import read_file
 
 
+@pytest.mark.slow
 def test_qlora_trains_and_serves(tiny_model_dir, tmp_path):
     settings = Settings.from_env(
         {}, base_model=str(tiny_model_dir), model_dir=tmp_path / "m", quantization="4bit", max_input_tokens=4096

@@ -333,7 +333,7 @@ def write_adapter(model_dir, path) -> None:
 def test_redis_outage(settings, tiny_judge, tiny_model_dir, private_redis, caplog):
     """Redis dies: /predict keeps serving the last known version (disk copy, logged), /health says so,
     /webhook answers 503 fast. Redis returns: triggers are queued again."""
-    from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+    from support.ls_bodies import QA_DATA, ls_task, predict_body
     from tests.test_app import QA_XML
 
     settings = settings.with_overrides(redis_url=private_redis.url, queue_name="rj-outage")

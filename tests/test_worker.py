@@ -28,10 +28,10 @@ from backend.service import Service
 from backend.state.registry import Registry
 from backend.state.triggers import RUNNING_TTL_S, Triggers
 from backend.web.app import create_app
+from support.ls_bodies import ls_task, predict_body, setup_body
+from support.processes import alive, processes_with
 from tests.conftest import REDIS_URL, REPO
-from tests.fixtures.ls_bodies import ls_task, predict_body, setup_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
-from tests.fixtures.processes import alive, processes_with
 from tests.fixtures.synthetic import KEYWORDS, ls_export, synthetic_items
 from worker.horse import HORSE_STOP_GRACE_S
 

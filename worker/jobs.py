@@ -17,9 +17,21 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from rq import Retry, get_current_job
+
+from backend.core.labeling import Binding, config_problems, parse_label_config
+from backend.core.rubric import load_all
+from backend.label_studio import LabelStudioError
+from backend.model.model_loader import short_model_name
 from backend.settings import Settings
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry, parse_project, version_name
 from backend.state.serving import ServingGate
+from backend.state.triggers import Triggers
 from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_training
+from worker.prelabel import DEFAULT_BATCH_SIZE
+from worker.prelabel import prelabel_project as run_prelabel
+from worker.source import SourceError, fetch_project, records_from_export
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +70,6 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
     back-off, TRAIN_RETRIES times at most, then fails with the Label Studio error; a rejected token or a
     missing project fails at once. While a retry waits, the project's queued mark names this job, so
     new triggers are absorbed by it."""
-    from rq import Retry, get_current_job
-
-    from backend.label_studio import LabelStudioError
-    from backend.model.model_loader import short_model_name
-    from backend.state.redis_conn import redis_client
-    from backend.state.registry import parse_project
-    from backend.state.triggers import Triggers
-    from worker.source import SourceError
-
     settings = Settings.from_env().for_worker()
     project = parse_project(project_id)
     job = get_current_job()
@@ -109,11 +112,6 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
 
 
 def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any, redis: Any) -> dict[str, Any]:
-    from backend.core.labeling import Binding, config_problems, parse_label_config
-    from backend.core.rubric import load_all
-    from backend.state.registry import Registry, version_name
-    from worker.source import fetch_project, records_from_export
-
     _stage(job, "fetching annotations", triggers, project)
     label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
     registry = Registry(settings.model_dir, base, redis)
@@ -217,12 +215,6 @@ def prelabel_project(
     ``task_ids``: only those (the tasks a ``/predict`` deadline left unscored).
 
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
-    from rq import get_current_job
-
-    from backend.state.redis_conn import redis_client
-    from worker.prelabel import DEFAULT_BATCH_SIZE
-    from worker.prelabel import prelabel_project as run_prelabel
-
     settings = Settings.from_env().for_worker()
     job = get_current_job()
 

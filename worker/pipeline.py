@@ -21,14 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from backend.core.evidence import Evidence
 from backend.core.metrics import finite
 from backend.core.prefill import PrefillPolicy
 from backend.core.rubric import Rubric
+from backend.model.head import cross_fitted, fit_head, is_head
+from backend.model.judge import Judge, apply_head
+from backend.model.model_loader import load_base_model
 from backend.settings import Settings
 from backend.state.registry import staging_folder
 from backend.state.serving import ServingGate, pause_hooks
-from worker.dataset import describe, split_records, targets_for
+from worker.dataset import describe, record_consensus, split_records, targets_for
+from worker.evaluate import (
+    add_majority_reference,
+    evaluate_predictions,
+    majority_scores,
+    paired_comparison,
+    scored_metrics,
+)
 from worker.source import Record
 from worker.train import TrainConfig, train_lora
 
@@ -161,16 +173,6 @@ def run_training(
     from (``should_promote``). ``metrics.json`` records the decision; the caller moves the active pointer.
     ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.state.serving``).
     """
-    from backend.model.judge import Judge
-    from backend.model.model_loader import load_base_model
-    from worker.evaluate import (
-        add_majority_reference,
-        evaluate_predictions,
-        majority_scores,
-        paired_comparison,
-        scored_metrics,
-    )
-
     config = TrainConfig.build(rubric, overrides)
     method = config.method_for(rubric)
     if method == "head":
@@ -327,9 +329,6 @@ def _incumbent_scores(
     """The active version's scores of the evidence ``records``, None for each task whose group it learned
     from (its predictions there would flatter it). A feature head reads the stored ``features``; an adapter
     scores the tasks."""
-    from backend.model.head import is_head
-    from backend.model.judge import apply_head
-
     name, folder = incumbent
     seen = seen_groups(folder)
     fresh = [i for i, r in enumerate(records) if r.split_key not in seen]
@@ -409,8 +408,6 @@ def out_of_fold_scores(
 ) -> list[Any]:
     """Each task scored by the head of its fold (``backend.model.head.cross_fitted``), which never saw its group;
     None where that fold has no head."""
-    from backend.model.judge import apply_head
-
     scores: list[Any] = [None] * len(features)
     for f, fold_head in enumerate(fold_heads):
         rows = [i for i in range(len(features)) if fold[i] == f]
@@ -432,8 +429,6 @@ def head_subsets(selection: str, shared_size: int) -> dict[str, list[int] | None
 def head_targets(rubric: Rubric, records: Sequence[Record]) -> dict[str, list[Any]]:
     """What the head learns per task: the mean human score of a scale dimension (NaN when unrated), the
     consensus label of a nominal one (None when unrated)."""
-    from worker.dataset import record_consensus
-
     out: dict[str, list[Any]] = {d.name: [] for d in rubric.dimensions}
     for record in records:
         agreed = record_consensus(rubric, record)
@@ -458,12 +453,6 @@ def fit_feature_head(
     scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.model.head``), and the same fit
     is repeated in grouped folds for the out-of-fold scores that are its evidence. ``held`` (optional) is
     scored too, for a separate held-out figure."""
-    import numpy as np
-
-    from backend.model.head import cross_fitted, fit_head
-    from backend.model.judge import apply_head
-    from worker.evaluate import scored_metrics
-
     started = time.monotonic()
     base_scores, train_features = extract_features(judge, rubric, train, "training", progress)
     extracted = time.monotonic() - started

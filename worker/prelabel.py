@@ -28,7 +28,9 @@ from backend.label_studio import (
     list_tasks,
     prediction_versions,
 )
+from backend.service import RequestError, build_service
 from backend.settings import Settings
+from backend.state.registry import RegistryError, parse_project
 from backend.state.serving import ServingGate, pause_hooks
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,6 @@ def prelabel_project(
     machine serves ``/predict`` (``backend.state.serving``). ``task_ids``: only these tasks (still skipping the
     annotated and the already predicted ones).
     """
-    from backend.service import RequestError
-    from backend.state.registry import RegistryError, parse_project
-
     started = time.monotonic()
     if batch_size < 1:
         raise PrelabelError(f"--batch-size {batch_size}: must be at least 1")
@@ -106,8 +105,6 @@ def prelabel_project(
             f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
         ) from None
     if service is None:
-        from backend.service import build_service
-
         service = build_service(settings, serving_mark=False)
     try:
         ctx = service.context(str(pid), field(details, "label_config") or None)

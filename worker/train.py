@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.core.rubric import Rubric
+from backend.model.judge import cache_argument
 from backend.model.padding import left_pad
 from worker.dataset import (
     IGNORE,
@@ -238,8 +239,6 @@ def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = Non
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
         if "prefix_ids" in batch:
             from transformers import DynamicCache
-
-            from backend.model.judge import cache_argument
 
             cache = DynamicCache()
             name = cache_argument(model)

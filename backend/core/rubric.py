@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from backend.settings import _default_rubric_dir
 from backend.training_keys import RUBRIC_KEYS
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -151,8 +152,6 @@ def available_rubrics(rubric_dir: Path) -> list[str]:
 
 def load_rubric(name_or_path: str | Path, rubric_dir: Path | None = None) -> Rubric:
     """Load and validate a rubric by name (from ``rubric_dir``) or by path."""
-    from backend.settings import _default_rubric_dir
-
     rubric_dir = rubric_dir or _default_rubric_dir()
     path = rubric_path(name_or_path, rubric_dir)
     if not path.is_file():

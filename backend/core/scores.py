@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from backend.core.rubric import Dimension
 
 
@@ -58,8 +60,6 @@ class TaskFeatures:
         """The feature vector of dimension ``name``: ``target`` (the shared features: the target-pooled states
         and LM statistics) or ``all`` (those, then the dimension's own label-position states and
         distribution)."""
-        import numpy as np
-
         if selection == "target":
             return self.shared
         return np.concatenate([self.shared, self.dimensions[name]])

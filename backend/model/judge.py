@@ -8,6 +8,9 @@ cache. Outputs are valid by construction; the restricted distribution gives the 
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import inspect
 import json
 import logging
@@ -17,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from backend.core.prompts import (
     DEFAULT_VARIANT,
@@ -28,6 +33,8 @@ from backend.core.prompts import (
 )
 from backend.core.rubric import Rubric
 from backend.core.scores import DimensionScore, TaskFeatures, TaskScore, dimension_score
+from backend.model.feature_store import FORMAT, FeatureStore
+from backend.model.head import HeadError, is_head, load_head
 from backend.model.model_loader import ModelLoadError, load_base_model, memory_token_budget
 from backend.model.padding import left_pad
 from backend.settings import Settings
@@ -100,8 +107,6 @@ class Judge:
 
     def open_feature_store(self) -> None:
         """Use the feature store under ``MODEL_DIR/features`` (FEATURE_STORE_MB; 0 leaves it off)."""
-        from backend.model.feature_store import FeatureStore
-
         if self.settings.feature_store_mb > 0:
             self.feature_store = FeatureStore(
                 self.settings.model_dir / "features", self.model_fingerprint(), self.settings.feature_store_mb << 20
@@ -111,8 +116,6 @@ class Judge:
         """What makes this base model's numbers what they are: name, precision, quantization, configuration,
         library versions and a digest of the first and last weights (a retrained or replaced model with the
         same name gets another fingerprint)."""
-        import hashlib
-
         import torch
         import transformers
 
@@ -139,10 +142,6 @@ class Judge:
     def feature_key(self, rubric: Rubric, inputs: Mapping[str, str]) -> str:
         """The store key of one task: exactly what the model reads (prompt tokens after trimming, the target's
         token span) and what the features are taken at (every dimension's prefix and label tokens)."""
-        import hashlib
-
-        from backend.model.feature_store import FORMAT
-
         fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
         shared, task = encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
         tokens = self.rubric_tokens(rubric)
@@ -158,7 +157,6 @@ class Judge:
         with self._lock:
             if self._adapters.get(name) == str(path) or self._heads.get(name, (None, ""))[1] == str(path):
                 return
-            from backend.model.head import is_head, load_head
 
             if is_head(path):
                 head = load_head(path)
@@ -242,8 +240,6 @@ class Judge:
 
     def _prefix_cache(self, shared: list[int], adapter: str | None) -> Any:
         """A fresh copy of the KV cache of the shared prompt part (computed once per prefix and adapter)."""
-        import copy
-
         import torch
         from transformers import DynamicCache
 
@@ -329,8 +325,6 @@ class Judge:
         return [r for r in results if r is not None], features or []
 
     def _capture(self, enabled: bool) -> Any:
-        import contextlib
-
         return _FeatureCapture(self.model) if enabled else contextlib.nullcontext()
 
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -368,8 +362,6 @@ class Judge:
         return self._budget
 
     def _adapter_context(self, adapter: str | None) -> Any:
-        import contextlib
-
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
@@ -550,7 +542,6 @@ class _FeatureCapture:
         """Per row: target-span means of the middle and last layer, then the LM statistics of the target
         (its tokens' log-probabilities from the final-norm states through the output embedding, row by row,
         so no vocabulary-sized tensor spans the batch)."""
-        import numpy as np
         import torch
 
         width = ids.shape[1]
@@ -584,8 +575,6 @@ class _FeatureCapture:
     @staticmethod
     def label_position(states: Any, probs: Any) -> list[Any]:
         """Per row: the label-position states, then the judge's label distribution."""
-        import numpy as np
-
         mid, last = states
         return [
             np.concatenate([mid[row].numpy(), last[row].numpy(), probs[row].numpy()]).astype(np.float32)
@@ -595,10 +584,6 @@ class _FeatureCapture:
 
 def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> list[TaskScore]:
     """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
-    import numpy as np
-
-    from backend.model.head import HeadError
-
     per_dim = {}
     for dim in rubric.dimensions:
         fitted = head.dimensions.get(dim.name)

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,6 @@ def embedded_model_dir(name: str, model_dir: Path) -> Path:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if cache.exists():
-        import shutil
-
         shutil.rmtree(cache)
     tmp.rename(cache)
     log.info("embedded model %s cached in %.1f s", name, time.monotonic() - started)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from backend.settings import Settings
 
 KEY_PREFIX = "rubric-judge"
@@ -20,10 +24,6 @@ def redis_key(base_name: str, what: str, suffix: str = "") -> str:
 
 def redis_client(settings: Settings) -> Any:
     """A Redis client with short timeouts and no retries, so an outage never blocks a request for long."""
-    from redis import Redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
     return Redis.from_url(
         settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )

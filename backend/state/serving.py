@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from backend.model.model_loader import short_model_name
 from backend.settings import Settings
 from backend.state.redis_conn import redis_key
 
@@ -171,8 +172,6 @@ class ServingGate:
     def for_worker(cls, settings: Settings, redis: Any, base_name: str | None = None) -> ServingGate | None:
         """The gate of a job run with ``settings`` (WORKER_PAUSE_FOR_SERVING, WORKER_MAX_PAUSE_S) for the backends of
         ``base_name`` (default: the settings' base model); None for ``never``."""
-        from backend.model.model_loader import short_model_name
-
         if settings.worker_pause_for_serving == "never":
             return None
         return cls(

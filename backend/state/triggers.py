@@ -25,6 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
 from backend.state.redis_conn import redis_key
 
 log = logging.getLogger(__name__)
@@ -140,8 +144,6 @@ class Triggers:
     def _enqueue_job(self, func: str, args: tuple[Any, ...], job_id: str, description: str, mark: str) -> None:
         """Enqueue ``func`` (a dotted name: the backend never imports the worker) as ``job_id``; if that fails,
         delete the project's ``mark`` that named the job, so the next trigger tries again."""
-        from rq import Queue
-
         try:
             Queue(self.queue_name, connection=self.redis).enqueue(
                 func,
@@ -188,9 +190,6 @@ class Triggers:
     def job(self, job_id: str) -> dict[str, Any] | None:
         """``{"id", "status", "meta"}`` of an RQ job (status ``queued``, ``started``, ``failed``...; meta its
         progress), or None when RQ does not know it."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
         try:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:

@@ -25,8 +25,8 @@ from typing import Any
 
 import requests
 
-from tests.e2e.harness import CpuHog, Proc, Stack, free_port
-from tests.fixtures.processes import can_list, kill_all, wait_until_gone
+from support.e2e.harness import CpuHog, Proc, Stack, free_port
+from support.processes import can_list, kill_all, wait_until_gone
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "qa_tasks.json"

@@ -6,7 +6,7 @@ greedily, ``max_new_tokens_per_dimension`` tokens per dimension, and each ``<dim
 parsed with a regex and normalised to one of the dimension's labels. A dimension whose line is missing or
 whose value is not a valid label is ``None``, and the task is flagged ``parse_failed``.
 
-    from benchmarks.naive import load_naive, naive_score
+    from support.naive import load_naive, naive_score
     model, tokenizer = load_naive(settings)
     results = naive_score(model, tokenizer, rubric, inputs)   # list[NaiveResult]
 """
