@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backend.core.answers import PredictAnswer, Prediction, PredictTiming, SetupAnswer
 from backend.core.labeling import (
     Binding,
     LabelConfigError,
@@ -192,7 +193,7 @@ class Service:
 
     # --- routes ----------------------------------------------------------------------------------
 
-    def setup(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def setup(self, body: Mapping[str, Any]) -> SetupAnswer:
         extra = body.get("extra_params") or {}
         if not isinstance(extra, Mapping):
             raise RequestError("extra_params must be an object or null")
@@ -203,7 +204,7 @@ class Service:
 
     def predict(
         self, body: Mapping[str, Any], rubric: str | None = None, deadline: float | None = None
-    ) -> dict[str, Any]:
+    ) -> PredictAnswer:
         """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command).
         ``deadline`` (``time.monotonic()`` value): stop scoring before it; the tasks left get an empty list (no
         prediction) and are handed to the background pre-annotation job (``defer``)."""
@@ -216,14 +217,14 @@ class Service:
         timing["seconds"] = round(time.monotonic() - started, 3)
         return {"results": results, "timing": timing}
 
-    def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction | list[Any]]:
         """One prediction (``result``, ``score``, ``model_version``) per Label Studio task, in order; a task
         without the rubric's inputs gets an empty result. Cached predictions (PREDICTION_CACHE) are reused."""
         return self.predict_tasks_timed(ctx, tasks)[0]
 
     def predict_tasks_timed(
         self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]], deadline: float | None = None
-    ) -> tuple[list[Any], dict[str, Any]]:
+    ) -> tuple[list[Prediction | list[Any]], PredictTiming]:
         """``predict_tasks`` with a ``deadline``: tasks not scored by then get ``[]`` (Label Studio stores no
         prediction for them). Returns the results and ``{"tasks", "scored", "deferred", "budget_s"}``."""
         valid: list[int] = []
@@ -317,7 +318,7 @@ class Service:
             )
         return found
 
-    def defer(self, ctx: ProjectContext, task_ids: Sequence[int], timing: Mapping[str, Any]) -> str | None:
+    def defer(self, ctx: ProjectContext, task_ids: Sequence[int], timing: PredictTiming) -> str | None:
         """Hand the tasks a deadline left unscored to the background pre-annotation job (when Label Studio
         credentials are configured) and record the deferral for ``/status``. Returns the job id, or None when
         the next Retrieve Predictions has to pick them up."""
@@ -356,7 +357,7 @@ class Service:
                 )
         return job
 
-    def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
+    def result_item(self, ctx: ProjectContext, score: TaskScore) -> Prediction:
         """One Label Studio prediction: a ``choices`` item for each dimension the version pre-fills
         (``prefill_decisions``); ``score`` is the mean probability of those labels (0 when none is)."""
         decisions = self.prefill_decisions(ctx.project, ctx.version, ctx.rubric)
