@@ -28,7 +28,8 @@ from backend.state.redis_conn import redis_client
 from backend.state.registry import Registry, parse_project, version_name
 from backend.state.serving import ServingGate
 from backend.state.triggers import Triggers
-from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_training
+from worker.faults import fault_point
+from worker.pipeline import TrainingError, data_fingerprint, run_training
 from worker.prelabel import DEFAULT_BATCH_SIZE
 from worker.prelabel import prelabel_project as run_prelabel
 from worker.source import SourceError, fetch_project, records_from_export

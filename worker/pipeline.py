@@ -41,6 +41,7 @@ from worker.evaluate import (
     paired_comparison,
     scored_metrics,
 )
+from worker.faults import fault_point
 from worker.source import Record
 from worker.train import TrainConfig, train_lora
 
@@ -511,13 +512,3 @@ def fit_feature_head(
     return FittedHead(
         head, candidate, base, training, oof_scores, base_scores, train_features, len(fold_heads), heldout
     )
-
-
-def fault_point(settings: Settings, name: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Test hook (FAULT_PAUSE_AT): sleep at the named point so a test can SIGKILL the worker there."""
-    if settings.fault_pause_at != name:
-        return
-    log.warning("FAULT_PAUSE_AT=%s: pausing %.0f s", name, settings.fault_pause_seconds)
-    if progress:
-        progress({"stage": f"paused at {name}", "pid": os.getpid()})
-    time.sleep(settings.fault_pause_seconds)
