@@ -50,6 +50,9 @@ class Settings:
     #: so that retraining reads only new tasks and a feature-head version scores a stored task without the
     #: model; the least recently read entries are evicted beyond this many MB; 0 = off.
     feature_store_mb: int = 2048
+    #: READAHEAD_MAX_TASKS: tasks of one Label Studio TASKS_CREATED event read ahead by the worker (features and
+    #: v0 scores stored, pre-annotations written when LABEL_STUDIO_API_KEY is set); 0 = off.
+    readahead_max_tasks: int = 2000
     #: ML_TIMEOUT_PREDICT: seconds Label Studio waits for /predict before it gives up and stores nothing (its
     #: own setting of the same name; 100 in Label Studio 1.23).
     ml_timeout_predict: float = 100.0
@@ -228,6 +231,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()}={getattr(self, name)}: must be at least 1")
         if self.feature_store_mb < 0:
             raise SettingsError("FEATURE_STORE_MB must be 0 (off) or more")
+        if self.readahead_max_tasks < 0:
+            raise SettingsError("READAHEAD_MAX_TASKS must be 0 (off) or more")
         if self.ml_timeout_predict <= 0:
             raise SettingsError("ML_TIMEOUT_PREDICT must be more than 0 (seconds)")
         if self.predict_deadline_s != -1 and not 0 <= self.predict_deadline_s < self.ml_timeout_predict:

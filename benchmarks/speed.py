@@ -832,6 +832,7 @@ def write_markdown(record: dict[str, Any]) -> None:
             )
         lines.append("")
     lines += readonce_markdown(record.get("readonce"))
+    lines += readlimit_markdown(record.get("readlimit"))
     lines += busy_markdown(record.get("busy"))
     SPEED_MD.write_text("\n".join(lines), encoding="utf-8")
 
@@ -848,17 +849,22 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
         "user runs it: N summaries with an empty feature store (cold), then the same N plus 10 new ones with the "
         "store the first run filled (warm), then those N + 10 cold in another empty store.",
         "",
-        "| tasks | cold N (s) | warm N + 10 (s; features / fit) | cold N + 10 (s; features / fit) | warm / cold | "
-        "heads equal | max relative difference | out-of-fold labels equal |",
+        "| tasks | cold N (s; features / fit) | warm N + 10 (s; features / fit) | warm / cold N | "
+        "cold N + 10 (s; features / fit) | heads equal | max relative difference | out-of-fold labels equal |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def run(r: dict[str, Any]) -> str:
+        return f"{r['seconds']} ({r['feature_seconds']} / {r['fit_seconds']})"
+
     for n, e in readonce["sizes"].items():
-        w, c, h = e["warm_all_but_10"], e["cold_same_data"], e["warm_vs_cold_head"]
+        w, c, h = e["warm_all_but_10"], e.get("cold_same_data"), e.get("warm_vs_cold_head")
+        ratio = e.get("warm_over_cold_n", round(w["seconds"] / e["cold"]["seconds"], 3))
+        same = "-" if h is None else "byte-identical" if h["head_bytes_equal"] else "no"
         lines.append(
-            f"| {n} | {e['cold']['seconds']} | {w['seconds']} ({w['feature_seconds']} / {w['fit_seconds']}) | "
-            f"{c['seconds']} ({c['feature_seconds']} / {c['fit_seconds']}) | {e['warm_over_cold']} | "
-            f"{'byte-identical' if h['head_bytes_equal'] else 'no'} | {h['max_relative_difference']:.1e} | "
-            f"{h['out_of_fold_labels_equal']} |"
+            f"| {n} | {run(e['cold'])} | {run(w)} | {ratio} | {'not run' if c is None else run(c)} | {same} | "
+            f"{'-' if h is None else format(h['max_relative_difference'], '.1e')} | "
+            f"{'-' if h is None else h['out_of_fold_labels_equal']} |"
         )
     stored = readonce.get("predict_100_stored")
     if stored:
@@ -868,7 +874,49 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
             f"stored: **{stored['seconds']} s** ({stored['from_store']} from the store, {stored['deferred']} "
             "deferred).",
         ]
+        refresh = stored.get("refresh")
+        if refresh:
+            lines.append(
+                f"Refresh after a promotion (the pre-annotation job's scoring of every stored task with the new "
+                f"head version, Label Studio writes not included): {refresh['tasks']} tasks in "
+                f"**{refresh['seconds']} s** ({refresh['from_store']} from the store)."
+            )
     return lines + [""]
+
+
+def readlimit_markdown(readlimit: dict[str, Any] | None) -> list[str]:
+    """The section of ``benchmarks/readlimit.py``: v0 scoring against one plain forward pass, side by side."""
+    if not readlimit:
+        return []
+    m = readlimit["machine"]
+    b = readlimit["breakdown_s"]
+    lines = [
+        "## The read itself: v0 scoring against one plain forward pass",
+        "",
+        f"`{readlimit['command']}`, {readlimit['date']}, {m['cpu']}, {m['cores']} cores, AVX512-BF16 "
+        f"{_yes(m.get('avx512_bf16'))}; {readlimit['tasks']} qa-quality tasks (prompt "
+        f"{readlimit['prompt_tokens_mean']} tokens on average), {readlimit['precision']} weights, "
+        f"{readlimit['torch_threads']} torch threads, "
+        "prediction cache off, best of the repeats after a warm-up. *Plain forward*: each prompt through the model "
+        "once, alone, last position's logits only: the least a read costs.",
+        "",
+        "| path | tasks/s | share of the plain forward |",
+        "|---|---|---|",
+        f"| plain forward (the limit) | {readlimit['plain_forward_tasks_per_s']} | 1.0 |",
+        f"| `Judge.score` (v0) | {readlimit['judge_tasks_per_s']} | {readlimit['judge_over_plain']} |",
+        f"| `/predict` (v0, Flask test client) | {readlimit['predict_tasks_per_s']} | "
+        f"{readlimit['predict_over_plain']} |",
+    ]
+    for name, row in readlimit.get("variants", {}).items():
+        lines.append(f"| `Judge.score` with {name} | {row['tasks_per_s']} | {row['over_plain']} |")
+    lines += [
+        "",
+        f"Where one `Judge.score` call's {b['total']} s go: prompt forward {b['prompt']} s, dimension steps "
+        f"{b['dimension steps']} s, label tries {b['label tries']} s, everything else {b['other']} s. "
+        f"Batches: {readlimit['batches']} (batch token budget {readlimit['batch_token_budget']}).",
+        "",
+    ]
+    return lines
 
 
 def busy_markdown(busy: dict[str, Any] | None) -> list[str]:

@@ -73,7 +73,11 @@ def tiny_judge(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         predict_batch_size=4,
         max_input_tokens=4096,
     )
-    return Judge.from_settings(s)
+    judge = Judge.from_settings(s)
+    # scored afresh by default, so that a test comparing two paths compares two computations; the store's
+    # tests give it a store of their own (tests/test_feature_store.py: judge_with_store)
+    judge.feature_store = None
+    return judge
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backend.service import DEADLINE_SAFETY, DeadlineEstimate
+from backend.service import DEADLINE_FIRST_CHUNK, DEADLINE_SAFETY, DeadlineEstimate
 from backend.settings import Settings, SettingsError
 from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_prelabel import QA_XML
@@ -16,16 +16,42 @@ from tests.test_prelabel import QA_XML
 
 def test_the_estimate_follows_the_last_chunk_and_cuts_the_next_one_to_what_fits():
     estimate = DeadlineEstimate()
-    assert estimate.fitting(8, deadline=0.0, now=10.0) == 8  # nothing measured yet: the first chunk always runs
-    estimate.observe(4, 8.0)  # 2 s per task (a first chunk, warming up, on a busy CPU)
-    estimate.observe(8, 1.6)  # 0.2 s per task: the machine is faster now; the estimate follows
-    assert estimate.rate == pytest.approx(0.2)
-    per_task = 0.2 * DEADLINE_SAFETY
-    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 8
-    assert estimate.fitting(8, deadline=100.0 + 3.5 * per_task, now=100.0) == 3  # cut to what fits
-    assert estimate.fitting(8, deadline=100.0 + 0.9 * per_task, now=100.0) == 0  # not one: stop
-    estimate.observe(2, 10.0)  # the CPU got shared: 5 s per task
-    assert estimate.fitting(8, deadline=100.0 + 8 * per_task, now=100.0) == 0
+    # nothing measured yet: the first chunk is one task, and it always runs
+    assert estimate.fitting(8, deadline=0.0, now=10.0) == DEADLINE_FIRST_CHUNK == 1
+    estimate.observe(1, 2.0)  # a first task, warming up, on a busy CPU
+    assert estimate.fitting(8, deadline=1000.0, now=0.0) == 2  # at most twice the last chunk, however much room
+    estimate.observe(2, 3.0)
+    estimate.observe(4, 4.0)
+    estimate.observe(8, 6.0)  # 0.75 s per task in a chunk of 8; one task alone still costs 2 s
+    assert estimate.cost(8) == pytest.approx(6.0) and estimate.cost(1) == pytest.approx(2.0)
+    assert estimate.cost(3) == pytest.approx(4.0)  # the smallest chunk seen that holds 3 tasks
+    safety = DEADLINE_SAFETY
+    assert estimate.fitting(8, deadline=100.0 + 6.0 * safety, now=100.0) == 8
+    assert estimate.fitting(8, deadline=100.0 + 4.5 * safety, now=100.0) == 4  # cut to what fits
+    assert estimate.fitting(8, deadline=100.0 + 2.5 * safety, now=100.0) == 1
+    assert estimate.fitting(8, deadline=100.0 + 1.9 * safety, now=100.0) == 0  # not one: stop
+    estimate.observe(8, 18.0)  # the CPU got shared: the chunk of 8 costs 3x, and so does everything else
+    assert estimate.cost(1) == pytest.approx(6.0) and estimate.cost(4) == pytest.approx(12.0)
+    assert estimate.fitting(8, deadline=100.0 + 7.0 * safety, now=100.0) == 1
+
+
+def test_chunks_end_before_the_deadline_when_each_task_costs_its_share_and_more_alone():
+    """A simulated machine where a chunk costs a fixed part plus a part per task (the measured shape: 1.7 s for one
+    task alone, 1.1 s each in a chunk of 4), slowing down halfway by less than DEADLINE_SAFETY: scoring ends
+    before the deadline. (A slowdown beyond DEADLINE_SAFETY within one chunk can overrun by that chunk.)"""
+    for fixed, per_task in ((0.6, 1.1), (0.0, 1.0), (3.0, 0.2)):
+        estimate, now, deadline, scored = DeadlineEstimate(), 0.0, 60.0, 0
+        while scored < 100:
+            size = estimate.fitting(8, deadline, now=now)
+            if size == 0:
+                break
+            slow = 1.4 if now > 30 else 1.0
+            cost = slow * (fixed + per_task * size)
+            now += cost
+            scored += size
+            estimate.observe(size, cost)
+        assert now <= deadline, (fixed, per_task, now)
+        assert scored >= 10
 
 
 def test_the_budget_is_derived_from_label_studios_timeout():
@@ -61,10 +87,10 @@ def test_without_label_studio_credentials_the_next_retrieve_picks_the_deferred_t
     client, _ = make_client(settings, tiny_judge, predict_deadline_s=0.001)
     tasks = [ls_task(i, {**QA_DATA[i % 3], "question": f"q{i}"}) for i in range(10)]
     body = client.post("/predict", json=predict_body(tasks, QA_XML)).get_json()
-    assert body["timing"]["deferred"] == 6 and body["timing"]["background_job"] is None
+    assert body["timing"]["deferred"] == 9 and body["timing"]["background_job"] is None
     again = [t for t, r in zip(tasks, body["results"], strict=True) if r == []]
     second = client.post("/predict", json=predict_body(again, QA_XML)).get_json()
-    assert second["timing"]["scored"] >= 4  # the next call starts with what the first left
+    assert second["timing"]["scored"] >= 1  # the next call starts with what the first left
     unlimited, _ = make_client(settings, tiny_judge, predict_deadline_s=-1)
     full = unlimited.post("/predict", json=predict_body(tasks, QA_XML)).get_json()
     assert full["timing"]["deferred"] == 0 and all(r != [] for r in full["results"])

@@ -3,6 +3,8 @@ misses it, a corrupt or foreign entry is recomputed, and the store stays under i
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -176,3 +178,53 @@ def test_a_promoted_head_refreshes_the_projects_predictions_through_the_prelabel
         Queue(unique_name, connection=redis_client).empty()
         for key in redis_client.scan_iter(f"rubric-judge:base-{unique_name}:*"):
             redis_client.delete(key)
+
+
+def test_retraining_reads_only_the_new_tasks_and_fits_the_same_head(settings, tmp_path):
+    """``run_training`` (the RQ job's and ``rubric-judge train``'s pipeline) uses the store under MODEL_DIR: a
+    second version on the same tasks reads none through the model and writes the same head; one more task is
+    the only one read."""
+    from tests.test_head import _records
+    from worker.pipeline import run_training
+
+    records = _records(24)
+
+    def train(rows, out):
+        seen: list[dict] = []
+        run_training(settings, SUMMARY, rows, tmp_path / out, progress=seen.append)
+        last = [p for p in seen if str(p.get("stage", "")).startswith("features of the training")][-1]
+        return last, (tmp_path / out / "head.npz").read_bytes()
+
+    cold, cold_head = train(records, "v1")
+    assert cold["read"] == 24 and cold["from_store"] == 0
+    warm, warm_head = train(records, "v2")
+    assert warm["read"] == 0 and warm["from_store"] == 24
+    import io
+
+    a, b = np.load(io.BytesIO(warm_head)), np.load(io.BytesIO(cold_head))
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
+    extra = _records(25)[24]
+    new = dataclasses.replace(extra, task_id="new", inputs={k: f"{v} (new)" for k, v in extra.inputs.items()})
+    more, _ = train([*records, new], "v3")
+    assert more["read"] == 1 and more["from_store"] == 24
+
+
+def test_the_base_model_scores_through_the_store_with_the_plain_answers(judge_with_store):
+    """v0 (no adapter) reads a task once: the first call computes and stores, the second serves the stored
+    answer, and both equal the plain path's labels and probabilities (to 1e-6: batch composition)."""
+    judge = judge_with_store
+    store = judge.feature_store
+    tasks = _tasks(5, " v0")
+    judge.feature_store = None
+    plain = judge.score(SUMMARY, tasks)
+    judge.feature_store = store
+    first = judge.score(SUMMARY, tasks)
+    assert store.stats.written == 5 and store.stats.hits == 0
+    second = judge.score(SUMMARY, tasks)
+    assert store.stats.hits == 5 and second == first
+    for a, b in zip(plain, first, strict=True):
+        assert a.labels == b.labels
+        for name, dim in a.dimensions.items():
+            assert all(abs(p - b.dimensions[name].probs[label]) < 1e-6 for label, p in dim.probs.items())

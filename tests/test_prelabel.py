@@ -267,10 +267,10 @@ def test_a_deadline_answers_what_it_scored_and_defers_the_rest_to_a_background_j
     assert len(results) == len(tasks) == 9
     scored = [t["id"] for t, r in zip(tasks, results, strict=True) if r != []]
     deferred = [t["id"] for t, r in zip(tasks, results, strict=True) if r == []]
-    assert len(scored) == 4 and len(deferred) == 5, results  # the first chunk (4 tasks) always runs
-    assert timing["scored"] == 4 and timing["deferred"] == 5 and timing["background_job"]
+    assert len(scored) == 1 and len(deferred) == 8, results  # the first chunk (1 task) always runs
+    assert timing["scored"] == 1 and timing["deferred"] == 8 and timing["background_job"]
     status = client.get(f"/status?project={PROJECT}").get_json()["projects"][str(PROJECT)]
-    assert status["last_deferral"]["deferred"] == 5 and status["last_deferral"]["job"] == timing["background_job"]
+    assert status["last_deferral"]["deferred"] == 8 and status["last_deferral"]["job"] == timing["background_job"]
     # the background job writes the deferred tasks that need a prediction (not the annotated ones, not the
     # ones the active version already predicted), and nothing else
     SimpleWorker([queue], connection=queue.connection).work(burst=True)
@@ -279,3 +279,51 @@ def test_a_deadline_answers_what_it_scored_and_defers_the_rest_to_a_background_j
     done = {task_id for task_id, predictions in written(state).items() if predictions}
     annotated_or_predicted = {500, 501, 502, 503, 504}
     assert done == set(deferred) - annotated_or_predicted, (done, deferred)
+
+
+def test_new_tasks_are_read_ahead_by_one_background_job_that_writes_nothing(queued_stack):
+    """TASKS_CREATED (Label Studio sends the new tasks with it): one job for exactly those tasks, their data
+    from the event; it writes no prediction (Retrieve Predictions does, once), and the next /predict of those
+    tasks comes from what the job stored, without the model."""
+    client, queue, state = queued_stack
+    new = [t for t in state.projects[PROJECT]["tasks"] if t["id"] in (505, 507, 508)]
+    event = {"action": "TASKS_CREATED", "project": {"id": PROJECT, "label_config": QA_XML}, "tasks": new}
+    answer = client.post("/webhook", json=event)
+    assert answer.status_code in (200, 201), answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert body["status"] == "enqueued" and body["tasks"] == 3 and len(queue) == 1
+    job = queue.fetch_job(body["job"])
+    assert job.args[3] is None and [t["id"] for t in job.args[4]] == [505, 507, 508] and job.args[5] == QA_XML
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    finished = client.get(f"/jobs/{body['job']}").get_json()
+    assert finished["status"] == "finished" and finished["meta"]["done"] == 3, finished
+    assert not any(written(state).values())  # nothing written to Label Studio
+    # no tasks in the event, or READAHEAD_MAX_TASKS=0: nothing is enqueued
+    assert client.post("/webhook", json={**event, "tasks": []}).get_json()["status"] == "ignored"
+    service = client.application.extensions["rubric_judge"]
+    service.settings = service.settings.with_overrides(readahead_max_tasks=0)
+    off = client.post("/webhook", json=event).get_json()
+    assert off["status"] == "ignored" and "READAHEAD_MAX_TASKS" in off["reason"] and len(queue) == 0
+
+
+def test_read_ahead_stores_the_events_tasks_so_that_they_are_read_once(settings, tiny_judge, tmp_path):
+    """The job scores the event's tasks with the active version (v0 here) through the feature store: the
+    next scoring of them reads none through the model; a task without the rubric's inputs is counted."""
+    from backend.model.feature_store import FeatureStore
+
+    registry = Registry(settings.model_dir, tiny_judge.base_name)
+    service = Service(settings, tiny_judge, registry, load_all(settings.rubric_dir))
+    previous = tiny_judge.feature_store
+    tiny_judge.feature_store = FeatureStore(tmp_path / "features", tiny_judge.model_fingerprint(), 64 << 20)
+    try:
+        tasks = [{"id": i, "data": {**QA_DATA[i % 3], "question": f"read ahead {i}"}} for i in range(5)]
+        tasks.append({"id": 99, "data": {"question": "no answer"}})
+        report = prelabel_project(settings, PROJECT, tasks=tasks, service=service)
+        assert report.scored == 5 and report.skipped_missing_inputs == 1 and report.written == 0
+        store = tiny_judge.feature_store
+        assert store.stats.written == 5
+        ctx = service.context(str(PROJECT), QA_XML)
+        service.score_inputs(ctx, [t["data"] for t in tasks[:5]])
+        assert store.stats.hits == 5 and store.stats.written == 5  # read once
+    finally:
+        tiny_judge.feature_store = previous

@@ -211,9 +211,13 @@ def prelabel_project(
     include_annotated: bool = False,
     batch_size: int | None = None,
     task_ids: list[int] | None = None,
+    tasks: list[dict[str, Any]] | None = None,
+    label_config: str | None = None,
 ) -> dict[str, Any]:
     """RQ job: pre-annotate every unlabeled task of a project with the active version (``worker.prelabel``);
-    ``task_ids``: only those (the tasks a ``/predict`` deadline left unscored).
+    ``task_ids``: only those (the tasks a ``/predict`` deadline left unscored, or new tasks read ahead);
+    ``tasks``: these tasks as Label Studio's TASKS_CREATED event sent them (read ahead: scored into the
+    prediction cache and the feature store, nothing written to Label Studio), bound by ``label_config``.
 
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
     settings = Settings.from_env().for_worker()
@@ -231,6 +235,8 @@ def prelabel_project(
         include_annotated=include_annotated,
         batch_size=batch_size or DEFAULT_BATCH_SIZE,
         task_ids=task_ids,
+        tasks=tasks,
+        label_config=label_config,
         progress=report,
         gate=ServingGate.for_worker(settings, redis_client(settings)),
     )

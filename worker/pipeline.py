@@ -205,6 +205,7 @@ def run_training(
         extra_heldout: dict[str, Any] | None = None
         if method == "head":
             judge = Judge(model, tokenizer, base_name, settings)
+            judge.open_feature_store()  # tasks read before (by any job, the backend or the CLI) are not read again
             fitted = fit_feature_head(judge, rubric, train, held, config, progress)
             fitted.head.save(tmp)
             fault_point(settings, "adapter-written", progress)

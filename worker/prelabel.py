@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from backend.core.labeling import task_inputs
 from backend.label_studio import (
     LabelStudioError,
     describe_error,
@@ -69,6 +70,8 @@ def prelabel_project(
     include_annotated: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     task_ids: list[int] | None = None,
+    tasks: list[dict[str, Any]] | None = None,
+    label_config: str | None = None,
     service: Any = None,
     client: Any = None,
     progress: Progress | None = None,
@@ -80,7 +83,10 @@ def prelabel_project(
     answered: loads the judge); ``client`` a label-studio-sdk ``LabelStudio`` client (from
     ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``); ``gate``: the scoring waits there while a backend on this
     machine serves ``/predict`` (``backend.state.serving``). ``task_ids``: only these tasks (still skipping the
-    annotated and the already predicted ones).
+    annotated and the already predicted ones). ``tasks``: read ahead: these tasks (``{"id", "data"}`` from a
+    TASKS_CREATED event) are scored with the project's active version, which stores their scores and features
+    (prediction cache, feature store), the project's rubric and fields chosen by ``label_config`` (the event's);
+    nothing is written to Label Studio and Label Studio is not asked.
     """
     started = time.monotonic()
     if batch_size < 1:
@@ -89,6 +95,8 @@ def prelabel_project(
         pid = int(parse_project(project))
     except RegistryError as exc:
         raise PrelabelError(str(exc)) from None
+    if tasks is not None:
+        return _read_ahead(settings, pid, tasks, label_config, batch_size, service, progress, gate, started)
     try:
         client = client or label_studio_client(settings.label_studio_url, settings.label_studio_api_key)
     except LabelStudioError as exc:
@@ -157,4 +165,51 @@ def prelabel_project(
             progress(start + len(batch), len(todo), report.written)
     report.seconds = round(time.monotonic() - started, 2)
     log.info("project %s: pre-annotation done: %s", pid, report.as_dict())
+    return report
+
+
+def _read_ahead(
+    settings: Settings,
+    pid: int,
+    tasks: list[dict[str, Any]],
+    label_config: str | None,
+    batch_size: int,
+    service: Any,
+    progress: Progress | None,
+    gate: ServingGate | None,
+    started: float,
+) -> PrelabelReport:
+    """Score ``tasks`` with the project's active version and write nothing: their scores and the base model's
+    features land in the feature store and the prediction cache, for the next /predict and retraining."""
+    if service is None:
+        service = build_service(settings, serving_mark=False)
+    try:
+        ctx = service.context(str(pid), label_config or None)
+    except RequestError as exc:
+        raise PrelabelError(f"project {pid}: {exc.message}") from None
+    report = PrelabelReport(str(pid), ctx.model_version, ctx.rubric.name, listed=len(tasks))
+    inputs = []
+    for task in tasks:
+        found, _ = task_inputs(ctx.rubric, task.get("data"), ctx.binding)
+        if found is None:
+            report.skipped_missing_inputs += 1
+        else:
+            inputs.append(found)
+    if progress:
+        progress(0, len(inputs), 0)
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        with pause_hooks(service.judge.model, gate):
+            service.score_inputs(ctx, batch)
+        report.scored += len(batch)
+        if progress:
+            progress(start + len(batch), len(inputs), 0)
+    report.seconds = round(time.monotonic() - started, 2)
+    log.info(
+        "project %s: read %d new task(s) ahead with %s (stored; nothing written to Label Studio): %s",
+        pid,
+        report.scored,
+        ctx.model_version,
+        report.as_dict(),
+    )
     return report

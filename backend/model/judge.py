@@ -266,7 +266,9 @@ class Judge:
     def score(self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None) -> list[TaskScore]:
         """Score every dimension of every task (inputs by rubric input name), in order.
 
-        ``adapter`` names an attached LoRA adapter; ``None`` scores with the base model. With
+        ``adapter`` names an attached LoRA adapter or feature head; ``None`` scores with the base model, through
+        the feature store when one is open (a task read once is served from it, and its features are there for
+        every head version and retraining). With
         ``LENGTH_BATCHING`` the tasks are scored in batches of similar prompt length; the answer keeps the
         order of ``tasks`` either way.
         """
@@ -275,6 +277,8 @@ class Judge:
         if adapter is not None and adapter in self._heads:
             _, features = self.score_with_features(rubric, tasks)
             return apply_head(rubric, self.head(adapter), features)
+        if adapter is None and self.feature_store is not None:  # read once: stored for every later version
+            return self.score_with_features(rubric, tasks)[0]
         return self._score(rubric, tasks, adapter, None)[0]
 
     def score_with_features(
@@ -282,7 +286,8 @@ class Judge:
     ) -> tuple[list[TaskScore], list[TaskFeatures]]:
         """``score`` plus the LM's features of every task (``TaskFeatures``), from the same forward passes;
         the scores equal ``score``'s (``tests/test_head.py``). With the base model and a feature store, tasks
-        already read come from the store and only the others run through the model (then are stored)."""
+        already read come from the store and only the others run through the model, each distinct task once (then
+        are stored)."""
         if not tasks:
             return [], []
         store = self.feature_store if adapter is None else None
@@ -291,13 +296,20 @@ class Judge:
             return scores, [f for f in features if f is not None]
         keys = [self.feature_key(rubric, t) for t in tasks]
         found = [store.get(k) for k in keys]
-        missing = [i for i, hit in enumerate(found) if hit is None]
+        # a task that occurs twice is read once: the same numbers now as from the store later
+        first: dict[str, int] = {}
+        for i, hit in enumerate(found):
+            if hit is None:
+                first.setdefault(keys[i], i)
+        missing = list(first.values())
         if missing:
             scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing))
+            read = {}
             for i, score, feature in zip(missing, scores, features, strict=True):
                 assert feature is not None
                 store.put(keys[i], score, feature)
-                found[i] = (score, feature)
+                read[keys[i]] = (score, feature)
+            found = [hit if hit is not None else read[key] for hit, key in zip(found, keys, strict=True)]
         pairs = [hit for hit in found if hit is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 

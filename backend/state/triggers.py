@@ -211,22 +211,32 @@ class Triggers:
         return TriggerResult("counted", None, pending)
 
     def prelabel(
-        self, project: str, include_annotated: bool = False, task_ids: list[int] | None = None
+        self,
+        project: str,
+        include_annotated: bool = False,
+        task_ids: list[int] | None = None,
+        tasks: list[dict[str, Any]] | None = None,
+        label_config: str | None = None,
+        why: str = "deferred",
     ) -> TriggerResult:
         """Enqueue a pre-annotation job for ``project`` unless one is still queued or running (then its id).
-        ``task_ids``: only these tasks (the ones a ``/predict`` deadline left unscored); such a job is always
-        enqueued, since a job already queued may have listed the project's tasks before these were left out."""
+        ``task_ids``: only these tasks (the ones a ``/predict`` deadline left unscored, or new ones read ahead);
+        such a job is always enqueued, since a job already queued may have listed the project's tasks before
+        these existed or were left out. ``tasks``: these tasks' ``{"id", "data"}`` as Label Studio sent them
+        (read ahead: the job scores them into the prediction cache and the feature store and writes nothing),
+        bound to the project's ``label_config`` when the event carried it."""
         key = self.key("prelabel", project)
         new_id = f"prelabel-p{project}-{uuid.uuid4().hex[:12]}"
-        if task_ids is not None:
+        if task_ids is not None or tasks is not None:
+            count = len(task_ids if task_ids is not None else tasks or [])
             self._enqueue_job(
                 PRELABEL_JOB,
-                (project, include_annotated, None, list(task_ids)),
+                (project, include_annotated, None, None if task_ids is None else list(task_ids), tasks, label_config),
                 new_id,
-                f"pre-annotate {len(task_ids)} deferred task(s) of project {project}",
-                self.key("prelabel-deferred", project),
+                f"pre-annotate {count} {why} task(s) of project {project}",
+                self.key(f"prelabel-{why}", project),
             )
-            log.info("project %s: pre-annotation job %s for %d deferred task(s)", project, new_id, len(task_ids))
+            log.info("project %s: pre-annotation job %s for %d %s task(s)", project, new_id, count, why)
             return TriggerResult("enqueued", new_id)
         if not self.redis.set(key, new_id, nx=True, ex=QUEUED_TTL_S):
             current = self.redis.get(key)
