@@ -233,6 +233,10 @@ def test_fuzz_reports(fuzz_app, name):
 
     response = fuzz_app.get("/reports/" + quote(name, safe=""))
     check(response, "/reports")
+    if name.startswith("/") and response.status_code == 308:
+        # "/reports//0": werkzeug merges the doubled slash and redirects, within /reports (as before issue 23)
+        assert response.headers["Location"].startswith("http://localhost/reports/"), response.headers["Location"]
+        return
     assert response.status_code in (400, 404), response.status_code  # no project here has training runs
 
 
