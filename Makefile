@@ -1,8 +1,8 @@
 .PHONY: setup serve worker test test-fast lint demo e2e
 
-PY_DIRS = backend worker rubric_judge tests benchmarks scripts
+PY_DIRS = backend worker rubric_judge tests benchmarks scripts support
 #: the pure modules: no torch, Flask or Redis; type-checked with mypy
-PURE = backend/rubric.py backend/labeling.py backend/prompts.py backend/agreement.py backend/settings.py
+PURE = backend/core backend/settings.py backend/training_keys.py
 
 setup:
 	scripts/bootstrap.sh
@@ -26,6 +26,7 @@ lint: setup
 	.venv/bin/ruff check $(PY_DIRS)
 	.venv/bin/ruff format --check $(PY_DIRS)
 	.venv/bin/mypy $(PURE)
+	.venv/bin/lint-imports
 
 demo: setup
 	.venv/bin/python scripts/demo.py

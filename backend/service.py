@@ -1,6 +1,6 @@
 """What the HTTP routes do, without HTTP: choose the rubric, read the active version, score, build results.
 
-``Service`` holds the process-wide judge, the rubrics and the registry. Routes in ``backend.app`` only
+``Service`` holds the process-wide judge, the rubrics and the registry. Routes in ``backend.web.app`` only
 validate requests and call it.
 """
 
@@ -9,31 +9,43 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from backend.batcher import Batcher, BatcherBusy
-from backend.judge import Judge
-from backend.labeling import (
+from backend.core.answers import PredictAnswer, Prediction, PredictTiming, SetupAnswer
+from backend.core.labeling import (
     Binding,
     LabelConfigError,
     ParsedConfig,
     config_problems,
-    match_rubric,
     parse_label_config,
     prediction_result,
+    task_group,
     task_inputs,
 )
-from backend.prediction_cache import PredictionCache
-from backend.prefill import PrefillDecision, PrefillPolicy
-from backend.registry import Registry, RegistryError, parse_project
-from backend.rubric import Rubric, load_all
-from backend.scores import TaskScore
-from backend.serving import ServingMark
+from backend.core.prefill import PrefillDecision, PrefillPolicy
+from backend.core.rubric import Rubric, load_all
+from backend.core.scores import TaskScore
+from backend.label_studio import (
+    LabelStudioError,
+    describe_error,
+    is_annotated,
+    label_studio_client,
+    list_tasks,
+    task_predictions,
+)
+from backend.model.batcher import Batcher, BatcherBusy
+from backend.model.judge import Judge
+from backend.reports.data import project_report, projects_index
+from backend.reports.insights import label_next
 from backend.settings import Settings
+from backend.state.prediction_cache import PredictionCache
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry, RegistryError, parse_project, parse_version, version_name
+from backend.state.serving import ServingMark
+from backend.state.triggers import Triggers
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +53,6 @@ log = logging.getLogger(__name__)
 #: (thread-safe; errors are not cached, so a bad config is re-checked and reported every time).
 _parse_config = functools.lru_cache(maxsize=64)(parse_label_config)
 
-VERSION_RE = re.compile(r"^[0-9]{1,6}$")
 TRIGGER_ACTIONS = {
     "ANNOTATION_CREATED",
     "ANNOTATION_UPDATED",
@@ -142,7 +153,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.prefill_policy = PrefillPolicy.from_settings(settings)
-        #: raised while the judge scores, so that a training job on this machine pauses (``backend.serving``)
+        #: raised while the judge scores, so that a training job on this machine pauses (``backend.state.serving``)
         self.serving_mark = serving_mark
         self.triggers = triggers
         self.judge = judge
@@ -188,12 +199,8 @@ class Service:
                 )
             rubric = self.rubrics[requested]
         else:
-            rubric = None
-            if parsed is not None:
-                rubric = match_rubric(parsed, self.rubrics.values())
-            if rubric is None:
-                remembered = self.registry.project_rubric(project)
-                rubric = self.rubrics.get(remembered or "") or self.rubrics[self.settings.rubric]
+            chosen = self.registry.rubric_for(project, self.rubrics, parsed, self.settings.rubric)
+            rubric = chosen or self.rubrics[self.settings.rubric]
         if parsed is not None:
             problems = config_problems(rubric, parsed)
             if problems:
@@ -216,7 +223,7 @@ class Service:
 
     # --- routes ----------------------------------------------------------------------------------
 
-    def setup(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def setup(self, body: Mapping[str, Any]) -> SetupAnswer:
         extra = body.get("extra_params") or {}
         if not isinstance(extra, Mapping):
             raise RequestError("extra_params must be an object or null")
@@ -227,7 +234,7 @@ class Service:
 
     def predict(
         self, body: Mapping[str, Any], rubric: str | None = None, deadline: float | None = None
-    ) -> dict[str, Any]:
+    ) -> PredictAnswer:
         """One result per task, in order. ``rubric`` forces a rubric (the offline ``predict`` command).
         ``deadline`` (``time.monotonic()`` value): stop scoring before it; the tasks left get an empty list (no
         prediction) and are handed to the background pre-annotation job (``defer``)."""
@@ -240,14 +247,14 @@ class Service:
         timing["seconds"] = round(time.monotonic() - started, 3)
         return {"results": results, "timing": timing}
 
-    def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def predict_tasks(self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]]) -> list[Prediction | list[Any]]:
         """One prediction (``result``, ``score``, ``model_version``) per Label Studio task, in order; a task
         without the rubric's inputs gets an empty result. Cached predictions (PREDICTION_CACHE) are reused."""
         return self.predict_tasks_timed(ctx, tasks)[0]
 
     def predict_tasks_timed(
         self, ctx: ProjectContext, tasks: Sequence[Mapping[str, Any]], deadline: float | None = None
-    ) -> tuple[list[Any], dict[str, Any]]:
+    ) -> tuple[list[Prediction | list[Any]], PredictTiming]:
         """``predict_tasks`` with a ``deadline``: tasks not scored by then get ``[]`` (Label Studio stores no
         prediction for them). Returns the results and ``{"tasks", "scored", "deferred", "budget_s"}``."""
         valid: list[int] = []
@@ -339,7 +346,7 @@ class Service:
             )
         return found
 
-    def defer(self, ctx: ProjectContext, task_ids: Sequence[int], timing: Mapping[str, Any]) -> str | None:
+    def defer(self, ctx: ProjectContext, task_ids: Sequence[int], timing: PredictTiming) -> str | None:
         """Hand the tasks a deadline left unscored to the background pre-annotation job (when Label Studio
         credentials are configured) and record the deferral for ``/status``. Returns the job id, or None when
         the next Retrieve Predictions has to pick them up."""
@@ -378,7 +385,7 @@ class Service:
                 )
         return job
 
-    def result_item(self, ctx: ProjectContext, score: TaskScore) -> dict[str, Any]:
+    def result_item(self, ctx: ProjectContext, score: TaskScore) -> Prediction:
         """One Label Studio prediction: a ``choices`` item for each dimension the version pre-fills
         (``prefill_decisions``); ``score`` is the mean probability of those labels (0 when none is)."""
         decisions = self.prefill_decisions(ctx.project, ctx.version, ctx.rubric)
@@ -392,7 +399,7 @@ class Service:
 
     def prefill_decisions(self, project: str, version: int, rubric: Rubric) -> dict[str, PrefillDecision]:
         """Per dimension: whether ``/predict`` pre-fills it under this version, from the version's held-out
-        evidence and PREFILL_MIN_ALPHA / PREFILL_UNEVALUATED (``backend.prefill``)."""
+        evidence and PREFILL_MIN_ALPHA / PREFILL_UNEVALUATED (``backend.core.prefill``)."""
         path = self.registry.evaluation_path(project, version)
         try:
             stamp = path.stat().st_mtime
@@ -411,7 +418,7 @@ class Service:
         """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
         if ctx.version == 0:
             return None
-        name = f"p{ctx.project}_v{ctx.version}"
+        name = self.registry.adapter_name(ctx.project, ctx.version)
         self.judge.load_adapter(name, self.registry.version_dir(ctx.project, ctx.version))
         return name
 
@@ -421,19 +428,12 @@ class Service:
             project = parse_project(body.get("project"))
         except RegistryError as exc:
             raise RequestError(str(exc)) from None
-        raw = body.get("version")
-        if isinstance(raw, str) and raw.rsplit(".", 1)[-1].startswith("v"):
-            raw = raw.rsplit(".", 1)[-1][1:]
-        # ASCII digits only: int() would also take ' 2', '٢' or 2.7
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            number = raw
-        elif isinstance(raw, str) and VERSION_RE.fullmatch(raw):
-            number = int(raw)
-        else:
+        number = parse_version(body.get("version"))
+        if number is None:
             raise RequestError("'version' must be a version number (e.g. 2) or name (e.g. 'model.p3.v2')")
         if number < 0 or (number and number not in self.registry.version_numbers(project)):
-            known = ", ".join(f"v{n}" for n in self.registry.version_numbers(project)) or "none"
-            raise RequestError(f"project {project} has no version v{number} (trained: {known})", 404)
+            known = ", ".join(version_name(n) for n in self.registry.version_numbers(project)) or "none"
+            raise RequestError(f"project {project} has no version {version_name(number)} (trained: {known})", 404)
         self.registry.set_active(project, number)
         log.info("project %s: version v%d activated by hand", project, number)
         return {"project": project, "model_version": self.registry.model_version(project, number)}
@@ -442,14 +442,12 @@ class Service:
         projects = [parse_project(project)] if project not in (None, "") else self.registry.projects()
         details = []
         for p in projects:
-            remembered = self.registry.project_rubric(p)
             for info in self.registry.versions(p):
                 metrics = info.metrics or {}
                 evaluation = metrics if info.number == 0 else metrics.get("candidate") or {}
                 # the rubric the version was trained on, else the project's, else the default
-                rubric = (
-                    self.rubrics.get(metrics.get("rubric") or remembered or "") or self.rubrics[self.settings.rubric]
-                )
+                chosen = self.registry.remembered_rubric(p, self.rubrics, self.settings.rubric, metrics.get("rubric"))
+                rubric = chosen or self.rubrics[self.settings.rubric]
                 decisions = self.prefill_decisions(p, info.number, rubric)
                 details.append(
                     {
@@ -575,6 +573,16 @@ class Service:
             raise RequestError(f"no job {job_id!r}", 404)
         return info
 
+    # --- reports ---------------------------------------------------------------------------------
+
+    def reports_index(self) -> dict[str, Any]:
+        """Every project with its versions (``backend.reports.data.projects_index``)."""
+        return projects_index(self.registry)
+
+    def report(self, project: str) -> dict[str, Any]:
+        """A project's report (``backend.reports.data.project_report``); ``ReportError`` when there is none."""
+        return project_report(self.registry, project, self.prefill_policy, self.settings.label_studio_url)
+
     def label_queue(self, project: object, limit: int = 20) -> dict[str, Any]:
         """What to label next (``label_queue``)."""
         return label_queue(self.settings, self.registry, project, limit)
@@ -636,16 +644,6 @@ def _webhook_project(action: str, body: Mapping[str, Any]) -> str:
 def label_queue(settings: Settings, registry: Registry, project: object, limit: int = 20) -> dict[str, Any]:
     """What to label next: the project's unannotated tasks whose stored prediction by the active version is
     least certain, first (read through Label Studio's API; nothing is scored)."""
-    from backend.insights import label_next
-    from backend.label_studio import (
-        LabelStudioError,
-        describe_error,
-        is_annotated,
-        label_studio_client,
-        list_tasks,
-        task_predictions,
-    )
-
     if not 1 <= limit <= 10_000:
         raise RequestError(f"limit {limit}: expected 1 to 10000")
     pid = parse_project(project)
@@ -680,12 +678,9 @@ def label_queue(settings: Settings, registry: Registry, project: object, limit: 
 def _task_groups(
     settings: Settings, registry: Registry, pid: str, tasks: Sequence[Mapping[str, Any]]
 ) -> dict[Any, str]:
-    """Task id -> group (``backend.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
+    """Task id -> group (``backend.core.labeling.task_group`` under the project's remembered rubric, else RUBRIC);
     tasks without the rubric's inputs are left out."""
-    from backend.labeling import task_group
-
-    rubrics = load_all(settings.rubric_dir)
-    rubric = rubrics.get(registry.project_rubric(pid) or "") or rubrics.get(settings.rubric)
+    rubric = registry.remembered_rubric(pid, load_all(settings.rubric_dir), settings.rubric)
     if rubric is None:
         return {}
     out: dict[Any, str] = {}
@@ -701,11 +696,8 @@ def _task_groups(
 
 def build_service(settings: Settings, serving_mark: bool = True) -> Service:
     """Load the judge and connect the registry (Redis optional at start-up). ``serving_mark``: raise the
-    serving mark while scoring (``backend.serving``); off in a worker's own service, which must not pause for
+    serving mark while scoring (``backend.state.serving``); off in a worker's own service, which must not pause for
     itself."""
-    from backend.redis_conn import redis_client
-    from backend.triggers import Triggers
-
     judge = Judge.from_settings(settings)
     redis = redis_client(settings)
     registry = Registry(settings.model_dir, judge.base_name, redis)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from backend.training_keys import ENV_KEYS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZATIONS = ("none", "4bit", "8bit")
 
@@ -136,7 +138,7 @@ class Settings:
     #: every core). Measured on 2 cores, one thread for the job did not keep /predict faster (benchmarks/SPEED.md).
     worker_threads: int = 0
     #: WORKER_PAUSE_FOR_SERVING: a training or pre-annotation job pauses while a backend is scoring ``/predict``
-    #: (``backend.serving``): ``auto`` (a backend on the same host, by hostname), ``always`` (any backend on this
+    #: (``backend.state.serving``): ``auto`` (a backend on the same host, by hostname), ``always`` (any backend on this
     #: Redis and base model: set it when backend and worker share a machine under different hostnames, as in
     #: the CPU docker-compose) or ``never`` (a worker on a machine of its own).
     worker_pause_for_serving: str = "auto"
@@ -291,8 +293,6 @@ class Settings:
     def training_overrides(self) -> dict[str, object]:
         """The TRAIN_* settings (``backend.training_keys.ENV_KEYS``) that differ from their default ("keep"), as
         ``TrainConfig`` overrides."""
-        from backend.training_keys import ENV_KEYS
-
         defaults = Settings()
         return {
             name: getattr(self, f"train_{name}")

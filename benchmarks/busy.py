@@ -1,7 +1,7 @@
 """Retrieve Predictions on a busy machine: a real Label Studio 1.23.2, ``rubric-judge serve`` with its defaults
 (PREDICT_DEADLINE_S: 60 s, 0.6 x Label Studio's 100 s) and one ``rubric-judge worker``, as the end-to-end tests
-start them (``tests/e2e/scenario.py``); a project of N distinct qa-quality tasks (made from
-``tests/e2e/qa_tasks.json``) and *Retrieve Predictions* on all of them, on an idle machine and while a CPU hog
+start them (``support/e2e/scenario.py``); a project of N distinct qa-quality tasks (made from
+``support/e2e/qa_tasks.json``) and *Retrieve Predictions* on all of them, on an idle machine and while a CPU hog
 (one ``while True: pass`` process per core at normal priority) runs beside the stack.
 
     python benchmarks/busy.py                     # 100 tasks, idle then busy
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.speed import SPEED_JSON, machine, write_markdown  # noqa: E402
-from tests.e2e.scenario import SETTLE_BOUND_S, busy_retrieve, install_label_studio  # noqa: E402
+from support.e2e.scenario import SETTLE_BOUND_S, busy_retrieve, install_label_studio  # noqa: E402
 
 log = logging.getLogger("benchmarks.busy")
 ARTIFACTS = REPO / "artifacts" / "busy"

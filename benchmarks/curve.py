@@ -37,10 +37,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.head import cross_fitted, fit_head  # noqa: E402
-from backend.judge import Judge, apply_head  # noqa: E402
-from backend.prefill import PrefillPolicy  # noqa: E402
-from backend.rubric import Rubric, load_rubric  # noqa: E402
+from backend.core.prefill import PrefillPolicy  # noqa: E402
+from backend.core.rubric import Rubric, load_rubric  # noqa: E402
+from backend.model.head import cross_fitted, fit_head  # noqa: E402
+from backend.model.judge import Judge, apply_head  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402

@@ -27,8 +27,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.prefill import PrefillPolicy  # noqa: E402
-from backend.rubric import load_rubric  # noqa: E402
+from backend.core.prefill import PrefillPolicy  # noqa: E402
+from backend.core.rubric import load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine, record_run  # noqa: E402
 

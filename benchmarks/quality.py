@@ -45,17 +45,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.judge import Judge  # noqa: E402
-from backend.rubric import Rubric, load_rubric  # noqa: E402
-from backend.scores import DimensionScore, TaskScore  # noqa: E402
+from backend.core.rubric import Rubric, load_rubric  # noqa: E402
+from backend.core.scores import DimensionScore, TaskScore  # noqa: E402
+from backend.model.judge import Judge  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from support import runs as run_records  # noqa: E402
+from support.runs import load_runs, reused_v0  # noqa: E402
+from support.sampling import class_of, tempered_sample  # noqa: E402
 from worker.dataset import TARGET_MODES, record_consensus  # noqa: E402
 from worker.evaluate import evaluate_judge, evaluate_predictions, majority_scores, scored_metrics  # noqa: E402
 from worker.source import Record, read_file  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality")
 
-RESULTS_JSON = REPO / "benchmarks" / "RESULTS.json"
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
@@ -95,42 +97,6 @@ def load_goemotions(
             else tempered_sample(rubric, everything, train_size, class_power, rng)
         )
     return {"train": train, "train_all": everything, "dev": read_file(folder / "dev.jsonl", rubric)}
-
-
-def _class_of(rubric: Rubric, record: Record) -> str:
-    """The consensus label of a single-dimension classification record ("" when unlabelled)."""
-    return record_consensus(rubric, record).get(rubric.dimensions[0].name, "")
-
-
-def tempered_sample(
-    rubric: Rubric, records: Sequence[Record], size: int, power: float, rng: random.Random
-) -> list[Record]:
-    """``size`` records whose classes get quotas proportional to count ** ``power`` (a class with fewer
-    records than its quota gives all of them; the rest is shared among the others)."""
-    by_class: dict[str, list[Record]] = {}
-    for record in records:
-        by_class.setdefault(_class_of(rubric, record), []).append(record)
-    quotas: dict[str, int] = {}
-    left, open_classes = size, dict(by_class)
-    while open_classes:
-        weights = {c: len(rs) ** power for c, rs in open_classes.items()}
-        total = sum(weights.values())
-        full = [c for c, rs in open_classes.items() if len(rs) <= left * weights[c] / total]
-        if not full:
-            shares = {c: left * w / total for c, w in weights.items()}
-            quotas.update({c: int(s) for c, s in shares.items()})
-            for c in sorted(shares, key=lambda c: shares[c] - int(shares[c]), reverse=True)[
-                : left - sum(int(s) for s in shares.values())
-            ]:
-                quotas[c] += 1  # largest remainders, so the quotas add up to ``size``
-            break
-        for c in full:
-            quotas[c] = len(open_classes.pop(c))
-            left -= quotas[c]
-    sample = [r for c in sorted(quotas) for r in rng.sample(by_class[c], quotas[c])]
-    rng.shuffle(sample)
-    log.info("class quotas (count ** %.2f): %s", power, dict(sorted(quotas.items())))
-    return sample
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,7 +158,7 @@ def ridge_predictions(
     import numpy as np
     from sklearn.linear_model import Ridge
 
-    from backend.agreement import krippendorff_alpha
+    from backend.core.agreement import krippendorff_alpha
 
     target = rubric.target.name
     others = [n for n in rubric.input_names if n != target]
@@ -409,8 +375,8 @@ def _train_and_score(
     evaluate: Any,
 ) -> dict[str, Any]:
     """v0 and the fine-tuned adapter on dev and test; returns their rows and the training figures."""
-    from backend.head import is_head
-    from backend.judge import apply_head
+    from backend.model.head import is_head
+    from backend.model.judge import apply_head
     from worker.pipeline import extract_features, run_training
     from worker.train import TrainConfig
 
@@ -472,7 +438,7 @@ def product_decisions(rubric: Rubric, metrics: dict[str, Any], settings: Setting
     """What the product would do with the version trained on the training split: its evidence (out-of-fold
     over the training tasks for a feature head), the pre-fill decision per dimension with its interval, and the
     promotion decision against v0."""
-    from backend.prefill import PrefillPolicy
+    from backend.core.prefill import PrefillPolicy
 
     decisions = PrefillPolicy.from_settings(settings).decide(rubric.dimension_names, metrics["candidate"])
     return {
@@ -489,25 +455,6 @@ def product_decisions(rubric: Rubric, metrics: dict[str, Any], settings: Setting
         "decision": metrics["decision"],
         "comparison": metrics.get("comparison"),
     }
-
-
-def reused_v0(args: argparse.Namespace, rubric: Rubric, n_test: int) -> dict[str, Any]:
-    """The v0 test row of run ``args.reuse_v0``, after checking it scored the same thing."""
-    key = f"{args.dataset}/{args.reuse_v0}"
-    run = load_runs().get(key)
-    if run is None:
-        raise SystemExit(f"--reuse-v0: no run {key} in {RESULTS_JSON}")
-    sizes = run.get("sizes", {})
-    same = (
-        run.get("base_model") == args.base_model
-        and run.get("rubric") == rubric.name
-        and sizes.get("test", sizes.get("dev")) == n_test
-        and not args.rubric_dir
-    )
-    if not same or "v0" not in run.get("systems", {}):
-        raise SystemExit(f"--reuse-v0: run {key} scored another base model, rubric or split; score v0 again")
-    log.info("v0 test row copied from run %s (v0 is deterministic)", key)
-    return {**run["systems"]["v0"]["test"], "reused_from": args.reuse_v0}
 
 
 def run_dialsummeval(args: argparse.Namespace) -> dict[str, Any]:
@@ -577,7 +524,7 @@ def cached_features(
     ``folder/<split>.npz|json`` when an earlier run stored them for the same task ids, else computed and stored."""
     import numpy as np
 
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
     from worker.pipeline import extract_features
 
     arrays_path, meta_path = folder / f"{split}.npz", folder / f"{split}.json"
@@ -635,7 +582,7 @@ def _lazy_judge(settings: Settings) -> Any:
 def _cut(features: Any, shared: slice, dims: slice) -> Any:
     """``features`` (``TaskFeatures``) keeping the ``shared`` slice of its shared part and the ``dims`` slice of
     each dimension's part."""
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
 
     return TaskFeatures(shared=features.shared[shared], dimensions={d: v[dims] for d, v in features.dimensions.items()})
 
@@ -663,8 +610,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     features: does the representation carry per-task signal, and where?"""
     import numpy as np
 
-    from backend.head import fit_head
-    from backend.judge import apply_head
+    from backend.model.head import fit_head
+    from backend.model.judge import apply_head
     from worker.pipeline import head_targets
 
     settings = _settings(args)
@@ -719,8 +666,8 @@ def run_probe_goemotions(args: argparse.Namespace) -> dict[str, Any]:
     other training rows, so dev stays the reporting split), reported on dev, next to TF-IDF + logreg."""
     import numpy as np
 
-    from backend.head import fit_head
-    from backend.judge import apply_head
+    from backend.model.head import fit_head
+    from backend.model.judge import apply_head
     from worker.pipeline import head_targets
 
     settings = _settings(args)
@@ -867,7 +814,7 @@ def run_goemotions(args: argparse.Namespace) -> dict[str, Any]:
             "train": len(train),
             "train_available": len(splits["train_all"]),
             "dev": len(dev),
-            "train_classes": dict(sorted(Counter(_class_of(rubric, r) for r in train).items())),
+            "train_classes": dict(sorted(Counter(class_of(rubric, r) for r in train).items())),
         },
         "systems": systems,
         "training": scored.get("training"),
@@ -1131,18 +1078,12 @@ def write_markdown(runs: dict[str, Any]) -> None:
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")
 
 
-def load_runs() -> dict[str, Any]:
-    if RESULTS_JSON.is_file():
-        return json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
-    return {}
-
-
 def record_run(run: dict[str, Any]) -> None:
     runs = load_runs()
     key = f"{run['dataset']}/{run['tag']}"
     run["order"] = runs.get(key, {}).get("order", len(runs))
     runs[key] = run
-    RESULTS_JSON.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    run_records.RESULTS_JSON.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     write_markdown(runs)
 
 

@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from backend.app import create_app
-    from backend.judge import Judge
-    from backend.labeling import label_config
-    from backend.model_loader import load_base_model
-    from backend.registry import Registry
-    from backend.rubric import load_all
+    from backend.core.labeling import label_config
+    from backend.core.rubric import load_all
+    from backend.model.judge import Judge
+    from backend.model.model_loader import load_base_model
     from backend.service import Service
+    from backend.state.registry import Registry
+    from backend.web.app import create_app
 
     settings = Settings.from_env(prediction_cache=False, redis_url="")
     rubric = load_all(settings.rubric_dir)["qa-quality"]

@@ -84,7 +84,7 @@ def _train(data: Path, out: Path, model_dir: Path) -> dict[str, Any]:
 
 
 def _compare(a: Path, b: Path) -> dict[str, Any]:
-    from backend.head import load_head
+    from backend.model.head import load_head
 
     ha, hb = load_head(a), load_head(b)
     worst = 0.0
@@ -111,9 +111,9 @@ def _compare(a: Path, b: Path) -> dict[str, Any]:
 
 def _predict_stored(model_dir: Path, version: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A 100-task /predict on ``version`` as v1 of project PROJECT, prediction cache off, tasks in the store."""
-    from backend.app import create_app
-    from backend.labeling import label_config
+    from backend.core.labeling import label_config
     from backend.service import build_service
+    from backend.web.app import create_app
 
     settings = Settings.from_env(model_dir=model_dir, prediction_cache=False)
     service = build_service(settings, serving_mark=False)

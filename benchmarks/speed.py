@@ -51,9 +51,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.rubric import load_rubric  # noqa: E402
+from backend.core.rubric import load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
-from benchmarks.naive import naive_score  # noqa: E402
+from support.naive import naive_score  # noqa: E402
 
 log = logging.getLogger("benchmarks.speed")
 
@@ -111,8 +111,8 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
 
 
 def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from backend.judge import Judge
-    from backend.model_loader import load_base_model
+    from backend.model.judge import Judge
+    from backend.model.model_loader import load_base_model
 
     rubric = load_rubric("qa-quality", settings.rubric_dir)
     n = 16 if args.quick else 64
@@ -187,7 +187,7 @@ def judge_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 def run_naive(
     model: Any, tokenizer: Any, rubric: Any, tasks: Sequence[Mapping[str, str]], precision: str
 ) -> dict[str, Any]:
-    """The naive baseline (``benchmarks/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
+    """The naive baseline (``support/naive.py``) on ``tasks``: one greedy ``generate`` per task, regex parse."""
     max_new = 8 * len(rubric.dimensions)
     naive_results, seconds = timed(lambda: naive_score(model, tokenizer, rubric, tasks, max_new_tokens_per_dimension=8))
     failed = sum(1 for r in naive_results if r.parse_failed)
@@ -329,7 +329,7 @@ def latency(url: str, make_request: Callable[[int], tuple[str, Any]], clients: i
 
 
 def http_part(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from backend.labeling import label_config
+    from backend.core.labeling import label_config
 
     rubric = load_rubric("qa-quality", settings.rubric_dir)
     config = label_config(rubric)
@@ -439,7 +439,7 @@ def _flush_benchmark_keys(redis_url: str) -> None:
 
 def train_once(args: argparse.Namespace) -> dict[str, Any]:
     """One LoRA epoch on DialSummEval-based summary-quality examples; called in a child process."""
-    from backend.model_loader import load_base_model
+    from backend.model.model_loader import load_base_model
     from worker.dataset import targets_for
     from worker.source import read_file
     from worker.train import TrainConfig, train_lora
@@ -541,9 +541,9 @@ def train_part(args: argparse.Namespace) -> dict[str, Any]:
 def trainer_once(args: argparse.Namespace) -> None:
     """A LoRA training job as the RQ worker runs it (WORKER_NICE, WORKER_THREADS, WORKER_PAUSE_FOR_SERVING from
     the flags), until killed; prints ``started`` once the model is loaded. Called in a child process."""
-    from backend.model_loader import load_base_model
-    from backend.redis_conn import redis_client
-    from backend.serving import ServingGate, pause_hooks
+    from backend.model.model_loader import load_base_model
+    from backend.state.redis_conn import redis_client
+    from backend.state.serving import ServingGate, pause_hooks
     from worker.cli import lower_priority
     from worker.dataset import targets_for
     from worker.source import read_file
@@ -577,7 +577,7 @@ def contention_part(args: argparse.Namespace, settings: Settings) -> dict[str, A
     during each case show what the pause costs training."""
     import requests
 
-    from backend.labeling import label_config
+    from backend.core.labeling import label_config
 
     config = label_config(load_rubric("qa-quality", settings.rubric_dir))
     requests_per_case = 2 if args.quick else 5
@@ -931,7 +931,7 @@ def busy_markdown(busy: dict[str, Any] | None) -> list[str]:
         f"`{busy['command']}`, {busy['date']}, {m['cpu']}, {m['cores']} cores, AVX512-BF16 "
         f"{_yes(m.get('avx512_bf16'))}. A real Label Studio 1.23.2, `rubric-judge serve` with its defaults "
         "(PREDICT_DEADLINE_S 60 s = 0.6 × Label Studio's 100 s, fp32) and one `rubric-judge worker` (WORKER_NICE=10) "
-        "on this machine; a project of distinct qa-quality tasks (`tests/e2e/qa_tasks.json`, each question made "
+        "on this machine; a project of distinct qa-quality tasks (`support/e2e/qa_tasks.json`, each question made "
         "unique: nothing from the prediction cache) and *Retrieve Predictions* on all of them. *Busy*: a CPU hog, "
         "one `while True: pass` process per core at normal priority, runs from just before the call until every "
         "task has its prediction. Overshoot: the backend's scoring time minus its budget (negative: the last chunk "

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.core.labeling import label_config
+from backend.core.prefill import PrefillPolicy
+from backend.core.rubric import load_rubric
+from backend.model.model_loader import short_model_name
+from backend.reports.data import project_report, run_report
+from backend.reports.html import render_html
+from backend.service import RequestError, build_service, label_queue
 from backend.settings import Settings, SettingsError
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry
 from worker import cli as worker_cli
 
 log = logging.getLogger("rubric_judge")
@@ -36,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from gunicorn.app.base import BaseApplication
 
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -63,9 +72,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_label_config(args: argparse.Namespace) -> int:
-    from backend.labeling import label_config
-    from backend.rubric import load_rubric
-
     settings = _settings(args)
     rubric = load_rubric(args.rubric, settings.rubric_dir)
     sys.stdout.write(label_config(rubric, rationale=not args.no_rationale))
@@ -90,7 +96,6 @@ def read_tasks(path: Path) -> list[dict[str, Any]]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     settings = _settings(args, rubric=args.rubric)
-    from backend.service import build_service
 
     tasks = read_tasks(Path(args.input))
     service = build_service(settings)
@@ -107,9 +112,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from backend.prefill import PrefillPolicy
-    from backend.reports import project_report, render_html, run_report
-
     settings = _settings(args)
     if args.run:
         data = run_report(Path(args.run))
@@ -132,10 +134,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _registry(settings: Settings) -> Any:
-    from backend.model_loader import short_model_name
-    from backend.redis_conn import redis_client
-    from backend.registry import Registry
-
     return Registry(
         settings.model_dir, short_model_name(settings.base_model, settings.quantization), redis_client(settings)
     )
@@ -143,8 +141,6 @@ def _registry(settings: Settings) -> Any:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """What to label next: the least certain unannotated tasks of a project, from its stored predictions."""
-    from backend.service import RequestError, label_queue
-
     settings = _settings(args)
     try:
         data = label_queue(settings, _registry(settings), args.project, args.limit)

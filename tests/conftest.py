@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from backend.settings import Settings
-from tests.fixtures.processes import can_list, kill_all, wait_until_gone
-from tests.tiny_model import build_tiny_model
+from support.processes import can_list, kill_all, wait_until_gone
+from support.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -64,7 +64,7 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def tiny_judge(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from backend.judge import Judge
+    from backend.model.judge import Judge
 
     s = Settings.from_env(
         {},
@@ -98,7 +98,7 @@ def unique_name() -> str:
 
 @pytest.fixture(scope="module")
 def rubrics():
-    from backend.rubric import load_all
+    from backend.core.rubric import load_all
 
     return load_all(REPO / "rubric_configs")
 

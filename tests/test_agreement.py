@@ -1,4 +1,4 @@
-"""Tests for backend.agreement.
+"""Tests for backend.core.agreement.
 
 Alpha is checked against an independent coincidence-matrix implementation of
 Krippendorff's alpha written here (Krippendorff 2011, "Computing Krippendorff's
@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from backend.agreement import (
+from backend.core.agreement import (
     accuracy,
     bootstrap_alpha,
     confusion_matrix,
@@ -432,7 +432,7 @@ def test_interval_alpha_closed_form_equals_the_krippendorff_package() -> None:
     import krippendorff
     import numpy as np
 
-    from backend.agreement import krippendorff_alpha
+    from backend.core.agreement import krippendorff_alpha
 
     rng = np.random.default_rng(7)
     for trial in range(20):

@@ -8,12 +8,12 @@ import json
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.app import create_app
-from backend.labeling import label_config
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
 from backend.service import Service
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
+from backend.state.registry import Registry
+from backend.web.app import create_app
+from support.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 
 QA_XML = label_config(load_rubric("qa-quality"))
 

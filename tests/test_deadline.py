@@ -10,7 +10,7 @@ import pytest
 
 from backend.service import DEADLINE_FIRST_CHUNK, DEADLINE_GROWTH, DEADLINE_SAFETY, DeadlineEstimate
 from backend.settings import Settings, SettingsError
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_prelabel import QA_XML
 
 
@@ -66,9 +66,9 @@ def test_the_budget_is_derived_from_label_studios_timeout():
 
 
 def test_scoring_in_chunks_under_a_deadline_gives_the_plain_answers(settings, tiny_judge):
-    from backend.registry import Registry
-    from backend.rubric import load_all
+    from backend.core.rubric import load_all
     from backend.service import Service
+    from backend.state.registry import Registry
 
     service = Service(settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name))
     ctx = service.context("12", None, "qa-quality")

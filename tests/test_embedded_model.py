@@ -8,15 +8,15 @@ import importlib.util
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.app import create_app
-from backend.judge import Judge
-from backend.labeling import label_config
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
+from backend.model.judge import Judge
 from backend.service import Service
 from backend.settings import Settings
+from backend.state.registry import Registry
+from backend.web.app import create_app
+from support.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 from tests.conftest import REPO
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body, setup_body
 
 pytestmark = pytest.mark.slow
 

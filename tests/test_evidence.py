@@ -2,7 +2,7 @@
 not pass the pre-fill gate or the promotion rule, while real signal does.
 
 The simulations run the product's own path: records and predictions -> ``worker.evaluate.evaluate_predictions``
-(alpha, its interval, the nearly-constant flag) -> ``backend.prefill.PrefillPolicy.decide``; and
+(alpha, its interval, the nearly-constant flag) -> ``backend.core.prefill.PrefillPolicy.decide``; and
 ``worker.evaluate.paired_comparison`` -> ``worker.pipeline.should_promote``.
 """
 
@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.agreement import krippendorff_alpha
-from backend.evidence import alpha_interval, resample_weights, weighted_alpha
-from backend.prefill import PrefillPolicy
-from backend.rubric import load_rubric
-from backend.scores import DimensionScore, TaskScore
+from backend.core.agreement import krippendorff_alpha
+from backend.core.evidence import alpha_interval, resample_weights, weighted_alpha
+from backend.core.prefill import PrefillPolicy
+from backend.core.rubric import load_rubric
+from backend.core.scores import DimensionScore, TaskScore
 from tests.conftest import REPO
 from worker.source import Annotation, Record, task_group
 
@@ -83,7 +83,7 @@ def test_groups_are_derived_from_the_non_target_inputs_and_a_field_overrides_the
 def test_read_file_and_the_export_group_related_tasks(tmp_path):
     import json
 
-    from backend.labeling import Binding
+    from backend.core.labeling import Binding
     from worker.source import read_file, records_from_export
 
     rows = [
@@ -124,7 +124,7 @@ def test_read_file_and_the_export_group_related_tasks(tmp_path):
 )
 @settings(max_examples=80, deadline=None)
 def test_no_group_is_split_across_folds_or_across_train_and_held_out(group_ids, fraction, seed, folds):
-    from backend.head import _fold_ids
+    from backend.model.head import _fold_ids
     from worker.dataset import split_records
 
     records = [Record(str(i), {"dialogue": "", "summary": ""}, (), group=f"g{g}") for i, g in enumerate(group_ids)]
@@ -138,7 +138,7 @@ def test_no_group_is_split_across_folds_or_across_train_and_held_out(group_ids, 
 
 
 def test_the_out_of_fold_heads_never_saw_the_group_they_predict():
-    from backend.head import cross_fitted
+    from backend.model.head import cross_fitted
 
     rng = np.random.default_rng(0)
     dims = SUMMARY.dimensions[:1]
@@ -242,9 +242,9 @@ def test_too_little_evidence_is_never_prefilled_and_says_how_much_more_is_needed
 def test_the_heads_fallback_constant_is_never_prefilled():
     """No signal in the features: the head predicts the humans' mean for every task (gain 0), its out-of-fold
     labels are constant, and neither it nor its evidence passes the gate, whatever the data."""
-    from backend.head import fit_head
-    from backend.judge import apply_head
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
+    from backend.model.head import fit_head
+    from backend.model.judge import apply_head
     from worker.evaluate import evaluate_predictions
 
     rng = np.random.default_rng(4)

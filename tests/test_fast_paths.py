@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from backend.batcher import Batcher, BatcherBusy
-from backend.labeling import label_config
-from backend.model_loader import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, memory_token_budget
-from backend.prediction_cache import PredictionCache
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
+from backend.model.batcher import Batcher, BatcherBusy
+from backend.model.model_loader import MAX_BATCH_TOKENS, MIN_BATCH_TOKENS, memory_token_budget
 from backend.service import Service
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+from backend.state.prediction_cache import PredictionCache
+from backend.state.registry import Registry
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.test_judge import QA_TASKS
 
 QA_XML = label_config(load_rubric("qa-quality"))
@@ -159,7 +159,7 @@ def test_full_queue_is_refused_and_waiting_requests_still_finish(tiny_judge, pla
 
 
 def test_busy_backend_answers_503_with_retry_after(settings, tiny_judge):
-    from backend.app import create_app
+    from backend.web.app import create_app
 
     settings = settings.with_overrides(micro_batch_max_queue=1, micro_batch_wait_ms=0)
     service = Service(
@@ -272,7 +272,7 @@ def test_redis_down_still_predicts(settings, tiny_judge, caplog):
     down = Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=0.2, socket_connect_timeout=0.2)
     service, counting = cached_service(settings, tiny_judge, down, "down")
     tasks = [ls_task(1, QA_DATA[0])]
-    with caplog.at_level("WARNING", logger="backend.prediction_cache"):
+    with caplog.at_level("WARNING", logger="backend.state.prediction_cache"):
         first = service.predict(predict_body(tasks, QA_XML))
         second = service.predict(predict_body(tasks, QA_XML))
     assert first["results"] == second["results"] and len(first["results"][0]["result"]) == 6

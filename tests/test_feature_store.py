@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from backend.feature_store import FeatureStore
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
+from backend.model.feature_store import FeatureStore
 from tests.conftest import REPO
 
 SUMMARY = load_rubric("summary-quality", REPO / "rubric_configs")
@@ -59,7 +59,7 @@ def test_stored_features_and_scores_are_byte_identical_and_read_once(judge_with_
 
 
 def test_a_head_version_predicts_the_same_from_the_store(judge_with_store, tmp_path):
-    from backend.head import fit_head
+    from backend.model.head import fit_head
 
     judge = judge_with_store
     store = judge.feature_store
@@ -162,7 +162,7 @@ def test_a_promoted_head_refreshes_the_projects_predictions_through_the_prelabel
     from rq import Queue
 
     from backend.settings import Settings
-    from backend.triggers import Triggers
+    from backend.state.triggers import Triggers
     from worker.jobs import _refresh_predictions
 
     triggers = Triggers(redis_client, f"base-{unique_name}", unique_name)

@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq import Queue
 
-from backend.app import create_app
-from backend.labeling import label_config
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
 from backend.service import Service
-from backend.triggers import Triggers
+from backend.state.registry import Registry
+from backend.state.triggers import Triggers
+from backend.web.app import create_app
+from support.ls_bodies import QA_DATA
 from tests.conftest import FUZZ_CASES, FUZZ_STATUS
-from tests.fixtures.ls_bodies import QA_DATA
 
 QA_XML = label_config(load_rubric("qa-quality"))
 EMOTION_XML = label_config(load_rubric("emotion-ekman"))
@@ -141,7 +141,7 @@ def fuzz_app(tiny_model_dir, tmp_path_factory):
     """One app for the whole module (hypothesis calls the test many times): tiny model, real Redis."""
     from redis import Redis
 
-    from backend.judge import Judge
+    from backend.model.judge import Judge
     from backend.settings import Settings
     from tests.conftest import REDIS_URL, REPO
 
@@ -233,6 +233,10 @@ def test_fuzz_reports(fuzz_app, name):
 
     response = fuzz_app.get("/reports/" + quote(name, safe=""))
     check(response, "/reports")
+    if name.startswith("/") and response.status_code == 308:
+        # "/reports//0": werkzeug merges the doubled slash and redirects, within /reports (as before issue 23)
+        assert response.headers["Location"].startswith("http://localhost/reports/"), response.headers["Location"]
+        return
     assert response.status_code in (400, 404), response.status_code  # no project here has training runs
 
 

@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from backend.agreement import krippendorff_alpha
-from backend.head import discretized_normal, fit_head, is_head, load_head
-from backend.rubric import load_rubric
+from backend.core.agreement import krippendorff_alpha
+from backend.core.rubric import load_rubric
+from backend.model.head import discretized_normal, fit_head, is_head, load_head
 from tests.conftest import REPO
 from worker.source import Annotation, Record
 
@@ -121,8 +121,8 @@ def test_training_a_feature_head_writes_a_version_that_serves(settings, tmp_path
     """The default configuration fits a head on every task; its evidence is the grouped out-of-fold predictions
     over all 48 (16 groups), it is promoted over v0 by the paired interval, and the served head answers what the
     fitted head computes."""
-    from backend.judge import apply_head
-    from backend.prefill import PrefillPolicy
+    from backend.core.prefill import PrefillPolicy
+    from backend.model.judge import apply_head
     from worker.pipeline import run_training
 
     records = _records(48)
@@ -157,7 +157,7 @@ def _permuted(records: list[Record], seed: int) -> list[Record]:
 def test_labels_unrelated_to_the_text_prefill_nothing_and_are_not_promoted(settings, tmp_path):
     """The issue's check with the tiny model: 60 tasks, annotation sets permuted across tasks, three seeds:
     at most 1 of the 12 dimension decisions pre-fills; the real labels of the same tasks pre-fill."""
-    from backend.prefill import PrefillPolicy
+    from backend.core.prefill import PrefillPolicy
     from worker.pipeline import run_training
 
     records = _records(60, seed=2)
@@ -190,7 +190,7 @@ def test_a_constant_candidate_is_not_promoted_over_one_with_signal():
 
 
 def _noisy_truth(record: Record, i: int):
-    from backend.scores import DimensionScore, TaskScore
+    from backend.core.scores import DimensionScore, TaskScore
 
     dims = {}
     for dim in SUMMARY.dimensions:
@@ -216,7 +216,7 @@ def _evidence(estimate: float, low: float, tasks: int = 40, groups: int = 10) ->
     ],
 )
 def test_prefill_decisions(rule, expected):
-    from backend.prefill import PrefillPolicy
+    from backend.core.prefill import PrefillPolicy
 
     def entry(alpha: float, low: float, **extra) -> dict:
         return {"interval": {"alpha_system": alpha}, "alpha_majority": -0.1, "evidence": _evidence(alpha, low)} | extra
@@ -251,9 +251,9 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
     the better one; the prediction still validates; /versions and the report say which and why."""
     from label_studio_sdk.label_interface import LabelInterface
 
-    from backend.labeling import label_config
-    from backend.prefill import dimension_alpha
-    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from backend.core.labeling import label_config
+    from backend.core.prefill import dimension_alpha
+    from support.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
     from worker.pipeline import run_training
 
@@ -290,8 +290,8 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
 
 
 def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
-    from backend.labeling import label_config
-    from tests.fixtures.ls_bodies import ls_task, predict_body
+    from backend.core.labeling import label_config
+    from support.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
 
     xml = label_config(SUMMARY)
@@ -303,7 +303,7 @@ def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
 
 
 def test_target_token_span_covers_the_summary(tiny_judge):
-    from backend.prompts import encode_prompt, target_token_span
+    from backend.core.prompts import encode_prompt, target_token_span
 
     inputs = {"dialogue": "A: the museum opens at 9am.\nB: and closes at 6pm.", "summary": "The museum opens at 9am."}
     _, task = encode_prompt(SUMMARY, inputs, tiny_judge.tokenizer)
@@ -323,9 +323,9 @@ def test_a_dimension_with_too_few_rated_tasks_predicts_its_prior():
 
 
 def test_dimensions_with_different_label_counts_and_a_mismatched_rubric():
-    from backend.head import HeadError
-    from backend.judge import apply_head
-    from backend.scores import TaskFeatures
+    from backend.core.scores import TaskFeatures
+    from backend.model.head import HeadError
+    from backend.model.judge import apply_head
 
     three = load_rubric("qa-quality", REPO / "rubric_configs").dimensions[0]  # -2..2 (5 labels)
     dims = [three, EMOTION.dimensions[0]]  # 5 and 7 labels: feature vectors of different sizes

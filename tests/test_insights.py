@@ -1,4 +1,4 @@
-"""backend.insights: the agreement matrix against α computed independently (exact fractions), the order of
+"""backend.reports.insights: the agreement matrix against α computed independently (exact fractions), the order of
 the disagreement list, the label-next queue, greyed cells."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from backend.insights import JUDGE, agreement_matrix, disagreements, label_next, pairwise_alpha, task_link
+from backend.reports.insights import JUDGE, agreement_matrix, disagreements, label_next, pairwise_alpha, task_link
 from tests.test_agreement import ref_alpha
 
 DIMS = {
@@ -167,7 +167,7 @@ def test_pairwise_alpha_is_undefined_with_one_shared_task_and_links_need_a_url()
 
 
 def test_the_heatmap_greys_cells_with_few_shared_tasks_and_says_so():
-    from backend.reports import plot_agreement_matrix
+    from backend.reports.plots import plot_agreement_matrix
 
     rows, predictions = rows_and_predictions()
     cell = agreement_matrix(rows, predictions, DIMS, "interval")["dimensions"]["clarity"]
@@ -188,7 +188,7 @@ def test_tasks_the_judge_got_right_are_not_listed_as_wrong():
 
 
 def test_an_annotator_called_judge_is_not_the_judge_and_many_annotators_are_capped():
-    from backend.insights import MAX_RATERS
+    from backend.reports.insights import MAX_RATERS
 
     rows = [
         {
@@ -217,7 +217,7 @@ def test_an_empty_prediction_is_not_an_uncertain_one():
 
 def test_the_queue_takes_one_task_per_new_group_least_certain_first_then_the_rest():
     """The order that taught the head fastest on DialSummEval (benchmarks/CURVE.json, ``diverse``)."""
-    from backend.insights import label_next
+    from backend.reports.insights import label_next
 
     def task(i: int, score: float) -> dict:
         return {"id": i, "data": {"q": f"task {i}"}, "predictions": [{"model_version": "m.v1", "score": score}]}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.model_loader import EMBEDDED_MODELS, ModelLoadError, embedded_model_dir, short_model_name
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
+from backend.model.model_loader import EMBEDDED_MODELS, ModelLoadError, embedded_model_dir, short_model_name
 
 QA_TASKS = [
     {
@@ -110,7 +110,7 @@ def test_missing_embedded_package_says_how_to_install(tmp_path: Path, monkeypatc
 
 
 def test_bad_base_model_is_a_clear_error(tmp_path: Path):
-    from backend.judge import Judge
+    from backend.model.judge import Judge
     from backend.settings import Settings
 
     settings = Settings.from_env({}, base_model=str(tmp_path / "nowhere"), model_dir=tmp_path)
@@ -143,8 +143,8 @@ def test_model_precision_bf16_loads_bf16_weights_scores_and_trains(tiny_model_di
     keeps its adapter weights in fp32."""
     import torch
 
-    from backend.judge import Judge
-    from backend.model_loader import load_base_model
+    from backend.model.judge import Judge
+    from backend.model.model_loader import load_base_model
     from backend.settings import Settings, SettingsError
     from worker.dataset import targets_for
     from worker.source import Annotation, Record

@@ -1,4 +1,4 @@
-"""Tests for backend.labeling, checked against label-studio-sdk's LabelInterface where it applies."""
+"""Tests for backend.core.labeling, checked against label-studio-sdk's LabelInterface where it applies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.labeling import (
+from backend.core.labeling import (
     MAX_CONFIG_CHARS,
     RATIONALE,
     Binding,
@@ -23,7 +23,7 @@ from backend.labeling import (
     prediction_result,
     task_inputs,
 )
-from backend.rubric import Rubric, load_rubric
+from backend.core.rubric import Rubric, load_rubric
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric_configs"
 SHIPPED = ("emotion-ekman", "qa-quality", "summary-quality")
@@ -475,7 +475,7 @@ def test_parse_annotation_result_drops_bad_values(qa: Rubric, caplog: pytest.Log
         "garbage",
         _item("interpretability", ["-2"]),
     ]
-    with caplog.at_level("WARNING", logger="backend.labeling"):
+    with caplog.at_level("WARNING", logger="backend.core.labeling"):
         labels = parse_annotation_result(qa, result)
     assert labels == {"interpretability": "-2"}
     assert "conciseness" in caplog.text and "'3'" in caplog.text

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backend.rubric import load_rubric
-from benchmarks.naive import naive_score, parse_reply
-from tests.fixtures.ls_bodies import QA_DATA
+from backend.core.rubric import load_rubric
+from support.ls_bodies import QA_DATA
+from support.naive import naive_score, parse_reply
 
 
 def test_parse_reply_reads_lines_and_flags_invalid_values():

@@ -9,16 +9,16 @@ import uuid
 import pytest
 from rq import Queue, SimpleWorker
 
-from backend.app import create_app
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
 from backend.label_studio import label_studio_client, list_tasks
-from backend.labeling import label_config
-from backend.model_loader import short_model_name
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.model.model_loader import short_model_name
 from backend.service import Service
-from backend.triggers import Triggers
+from backend.state.registry import Registry
+from backend.state.triggers import Triggers
+from backend.web.app import create_app
+from support.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.conftest import REDIS_URL
-from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
 from worker.prelabel import PrelabelError, prelabel_project
 
@@ -218,8 +218,8 @@ def test_label_queue_orders_unannotated_tasks_by_their_stored_score(settings, se
     """What to label next, through the replayed Label Studio: the active version's stored predictions, lowest
     score first; annotated tasks, other versions' predictions and unpredicted tasks are left out; the route
     and the command line say the same."""
-    from backend.app import create_app
     from backend.service import label_queue
+    from backend.web.app import create_app
 
     state, url, version = replay
     tasks = {t["id"]: t for t in state.projects[PROJECT]["tasks"]}
@@ -309,7 +309,7 @@ def test_new_tasks_are_read_ahead_by_one_background_job_that_writes_nothing(queu
 def test_read_ahead_stores_the_events_tasks_so_that_they_are_read_once(settings, tiny_judge, tmp_path):
     """The job scores the event's tasks with the active version (v0 here) through the feature store: the
     next scoring of them reads none through the model; a task without the rubric's inputs is counted."""
-    from backend.feature_store import FeatureStore
+    from backend.model.feature_store import FeatureStore
 
     registry = Registry(settings.model_dir, tiny_judge.base_name)
     service = Service(settings, tiny_judge, registry, load_all(settings.rubric_dir))

@@ -1,4 +1,4 @@
-"""Tests for backend.prompts with a small whitespace tokenizer (no model, no download)."""
+"""Tests for backend.core.prompts with a small whitespace tokenizer (no model, no download)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backend.prompts import (
+from backend.core.prompts import (
     DEFAULT_VARIANT,
     TRUNCATION_MARK,
     PromptVariant,
@@ -21,7 +21,7 @@ from backend.prompts import (
     target_text,
     user_message,
 )
-from backend.rubric import Rubric
+from backend.core.rubric import Rubric
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric_configs"
 
@@ -317,7 +317,7 @@ def test_fit_inputs_trims_the_target_only_as_a_last_resort(qa: Rubric, caplog: p
     tokenizer = FakeTokenizer()
     inputs = {"context": "short", "question": "why?", "answer": " ".join(f"ans{i}" for i in range(300))}
     budget = tokenizer.count(render_prompt(qa, inputs, tokenizer)) - 100
-    with caplog.at_level(logging.WARNING, logger="backend.prompts"):
+    with caplog.at_level(logging.WARNING, logger="backend.core.prompts"):
         fitted = fit_inputs(qa, inputs, tokenizer, budget)
     assert fitted["context"] == "short" and fitted["question"] == "why?"
     assert fitted["answer"].endswith(TRUNCATION_MARK)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 
-from backend.judge import Judge
-from backend.rubric import load_rubric
+import pytest
+
+from backend.core.rubric import load_rubric
+from backend.model.judge import Judge
 from backend.settings import Settings
 from tests.fixtures.synthetic import jsonl_rows, synthetic_items
 from worker.pipeline import run_training
 from worker.source import read_file
 
 
+@pytest.mark.slow
 def test_qlora_trains_and_serves(tiny_model_dir, tmp_path):
     settings = Settings.from_env(
         {}, base_model=str(tiny_model_dir), model_dir=tmp_path / "m", quantization="4bit", max_input_tokens=4096

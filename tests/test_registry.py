@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.redis_conn import redis_client as make_redis
-from backend.registry import Registry, RegistryError, parse_project
 from backend.settings import Settings
+from backend.state.redis_conn import redis_client as make_redis
+from backend.state.registry import Registry, RegistryError, parse_project
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("12.1712586036", "12"), (12, "12"), ("0007", "7"), ("3", "3")])

@@ -8,12 +8,13 @@ from statistics import mean
 
 import pytest
 
-from backend.app import create_app
-from backend.registry import Registry
-from backend.reports import project_report, render_html, run_report
-from backend.rubric import load_all, load_rubric
-from backend.scores import DimensionScore, TaskScore
+from backend.core.rubric import load_all, load_rubric
+from backend.core.scores import DimensionScore, TaskScore
+from backend.reports.data import project_report, run_report
+from backend.reports.html import render_html
 from backend.service import Service
+from backend.state.registry import Registry
+from backend.web.app import create_app
 from tests.test_agreement import ref_alpha
 from worker.evaluate import evaluate_predictions
 from worker.source import Annotation, Record
@@ -157,9 +158,9 @@ def test_html_has_every_section_and_one_svg_per_plot(registry):
 
 
 def test_a_new_column_reaches_the_json_and_the_html(registry, monkeypatch):
-    """Adding a metric to the report is one Column in backend.metrics (plus computing it): the row and the
+    """Adding a metric to the report is one Column in backend.core.metrics (plus computing it): the row and the
     table both follow."""
-    from backend import metrics
+    from backend.core import metrics
 
     column = metrics.Column(("judge", "alpha_expected"), lambda v: v.entry.get("alpha_expected"), "expected-score α")
     monkeypatch.setattr(metrics, "DIMENSION_COLUMNS", (*metrics.DIMENSION_COLUMNS, column))

@@ -1,4 +1,4 @@
-"""Tests for backend.rubric: the shipped rubrics, validation messages, scales and normalisation."""
+"""Tests for backend.core.rubric: the shipped rubrics, validation messages, scales and normalisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from backend.rubric import Dimension, RubricError, available_rubrics, load_all, load_rubric, parse_rubric
+from backend.core.rubric import Dimension, RubricError, available_rubrics, load_all, load_rubric, parse_rubric
 
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "rubric_configs"
 SHIPPED = ("emotion-ekman", "qa-quality", "summary-quality")

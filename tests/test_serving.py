@@ -1,4 +1,4 @@
-"""Serving first (backend.serving): the backend's mark in a real Redis, the worker's gate, the layer hooks."""
+"""Serving first (backend.state.serving): the backend's mark in a real Redis, the worker's gate, the layer hooks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from backend.serving import MARK_TTL_S, ServingGate, ServingMark, decoder_layers, pause_hooks, serving_key
+from backend.state.serving import MARK_TTL_S, ServingGate, ServingMark, decoder_layers, pause_hooks, serving_key
 
 
 @pytest.fixture
@@ -175,8 +175,8 @@ def test_every_layer_waits_at_the_gate_and_the_hooks_go_away(tiny_judge):
 
 
 def test_service_raises_the_mark_only_while_the_judge_scores(settings, tiny_judge, redis_client, base, qa):
-    from backend.registry import Registry
     from backend.service import Service
+    from backend.state.registry import Registry
 
     seen: list[bool] = []
     gate = ServingGate(redis_client, base, "always", host="elsewhere")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.soak import GROWTH_BOUND_MIB, run_soak
+from support.soak import GROWTH_BOUND_MIB, run_soak
 
 
 @pytest.mark.soak

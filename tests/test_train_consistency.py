@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backend.rubric import load_rubric
+from backend.core.rubric import load_rubric
 from worker.dataset import IGNORE, Target, encode_example
 from worker.source import Annotation, Record
 from worker.train import _batch_loss, _collate
@@ -47,7 +47,7 @@ def test_shared_prefix_training_gives_the_same_loss_and_gradients(tiny_model_dir
     KV cache; the loss and every LoRA gradient equal those of the full rows."""
     import random
 
-    from backend.model_loader import load_base_model
+    from backend.model.model_loader import load_base_model
     from backend.settings import Settings
     from worker.dataset import AugmentConfig, sample_variant
     from worker.train import TrainConfig, attach_lora
@@ -109,7 +109,7 @@ def test_rows_with_different_prompts_are_not_shared(tiny_judge):
     rubric = load_rubric("qa-quality")
     record = Record("1", {"context": "c", "question": "q", "answer": "a"}, ())
     labels = {d.name: d.labels[0] for d in rubric.dimensions}
-    from backend.prompts import PromptVariant
+    from backend.core.prompts import PromptVariant
 
     a = encode_example(rubric, Target(record, labels, frozenset(labels)), tiny_judge.tokenizer, 4096)
     b = encode_example(

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from rq import Queue
 
-from backend.app import create_app
-from backend.redis_conn import redis_client
-from backend.registry import Registry
-from backend.rubric import load_all
+from backend.core.rubric import load_all
 from backend.service import Service
-from backend.triggers import TRAIN_JOB, Triggers
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry
+from backend.state.triggers import TRAIN_JOB, Triggers
+from backend.web.app import create_app
 from tests.fixtures.ls_replay import loopback
 
 
@@ -333,7 +333,7 @@ def write_adapter(model_dir, path) -> None:
 def test_redis_outage(settings, tiny_judge, tiny_model_dir, private_redis, caplog):
     """Redis dies: /predict keeps serving the last known version (disk copy, logged), /health says so,
     /webhook answers 503 fast. Redis returns: triggers are queued again."""
-    from tests.fixtures.ls_bodies import QA_DATA, ls_task, predict_body
+    from support.ls_bodies import QA_DATA, ls_task, predict_body
     from tests.test_app import QA_XML
 
     settings = settings.with_overrides(redis_url=private_redis.url, queue_name="rj-outage")

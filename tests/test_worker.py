@@ -21,17 +21,17 @@ import pytest
 from rq import Queue, Retry, SimpleWorker
 from rq.job import Job, JobStatus
 
-from backend.app import create_app
-from backend.labeling import label_config
-from backend.model_loader import short_model_name
-from backend.registry import Registry
-from backend.rubric import load_all, load_rubric
+from backend.core.labeling import label_config
+from backend.core.rubric import load_all, load_rubric
+from backend.model.model_loader import short_model_name
 from backend.service import Service
-from backend.triggers import RUNNING_TTL_S, Triggers
+from backend.state.registry import Registry
+from backend.state.triggers import RUNNING_TTL_S, Triggers
+from backend.web.app import create_app
+from support.ls_bodies import ls_task, predict_body, setup_body
+from support.processes import alive, processes_with
 from tests.conftest import REDIS_URL, REPO
-from tests.fixtures.ls_bodies import ls_task, predict_body, setup_body
 from tests.fixtures.ls_replay import ReplayState, replay_server
-from tests.fixtures.processes import alive, processes_with
 from tests.fixtures.synthetic import KEYWORDS, ls_export, synthetic_items
 from worker.horse import HORSE_STOP_GRACE_S
 

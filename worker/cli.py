@@ -11,9 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backend.rubric import load_rubric
+from redis import Redis
+from rq import Queue
+
+from backend.core.metrics import main_report
+from backend.core.rubric import load_rubric
+from backend.model.head import is_head
+from backend.model.judge import Judge
 from backend.settings import Settings
 from backend.training_keys import FLAG_KEYS
+from worker.evaluate import evaluate_judge
+from worker.horse import JudgeWorker
+from worker.pipeline import run_training
+from worker.prelabel import prelabel_project
+from worker.source import read_file
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +49,6 @@ def lower_priority(settings: Settings) -> None:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     """An RQ worker on the ``rubric-judge`` queue (``worker.horse.JudgeWorker``: SIGTERM or SIGINT stops it and
     its running job at once; its forks die with it)."""
-    from redis import Redis
-    from rq import Queue
-
-    from worker.horse import JudgeWorker
-
     lower_priority(settings)
 
     redis = Redis.from_url(settings.redis_url)
@@ -75,9 +81,6 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
     """Offline twin of the RQ job: train on a JSONL/CSV file, evaluate on its held-out part."""
-    from worker.pipeline import run_training
-    from worker.source import read_file
-
     rubric = load_rubric(args.rubric, settings.rubric_dir)
     records = read_file(Path(args.data), rubric, settings.group_by)
     heldout = None
@@ -121,18 +124,11 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _dim_alpha(metrics: dict[str, Any], name: str) -> float | None:
-    from backend.metrics import main_report
-
     return main_report(metrics["dimensions"][name])["alpha_system"]
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """Score a labelled file with the base model (``v0``/``base``) or an adapter folder, print the metrics."""
-    from backend.head import is_head
-    from backend.judge import Judge
-    from worker.evaluate import evaluate_judge
-    from worker.source import read_file
-
     rubric = load_rubric(args.rubric, settings.rubric_dir)
     records = read_file(Path(args.data), rubric, settings.group_by)
     if args.limit:
@@ -167,8 +163,6 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_prelabel(args: argparse.Namespace, settings: Settings) -> int:
     """``rubric-judge prelabel --project N``: pre-annotate a project's tasks, with a progress bar."""
-    from worker.prelabel import prelabel_project
-
     bar: Any = None
 
     def progress(done: int, total: int, written: int) -> None:

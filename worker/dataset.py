@@ -7,7 +7,7 @@ annotators, and the distribution that expected-score decoding reads).
 
 Augmentation (training only, seeded): a paraphrased instruction from the rubric, a permuted order of the
 input fields, a shuffled label list (classification) and token dropout on the task's input tokens with a
-real replacement token. Targets are the exact token sequence the judge scores (``backend.prompts``).
+real replacement token. Targets are the exact token sequence the judge scores (``backend.core.prompts``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.prompts import DEFAULT_VARIANT, PromptVariant, dimension_prefix, encode_prompt, fit_inputs, label_text
-from backend.rubric import Dimension, Rubric
+from backend.core.prompts import DEFAULT_VARIANT, PromptVariant, dimension_prefix, encode_prompt, fit_inputs, label_text
+from backend.core.rubric import Dimension, Rubric
 from worker.source import Record
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from backend.agreement import consensus, dimension_report, flatten_dimensions
-from backend.evidence import DimensionData, Evidence, alpha_interval, paired_difference
-from backend.judge import Judge
-from backend.metrics import CONSTANT_SHARE, dimension_alpha, finite, main_report, mean
-from backend.rubric import Dimension, Rubric
-from backend.scores import DimensionScore, TaskScore
+from backend.core.agreement import consensus, dimension_report, flatten_dimensions
+from backend.core.evidence import DimensionData, Evidence, alpha_interval, paired_difference
+from backend.core.metrics import CONSTANT_SHARE, dimension_alpha, finite, main_report, mean
+from backend.core.rubric import Dimension, Rubric
+from backend.core.scores import DimensionScore, TaskScore
+from backend.model.judge import Judge
 from worker.source import Record
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def system_values(dim: Dimension, system: Sequence[Any]) -> list[float | None]:
 
 
 def dimension_evidence(dim: Dimension, records: Sequence[Record], system: Sequence[Any]) -> Evidence:
-    """Alpha of ``system`` against the consensus with its group-bootstrap interval (``backend.evidence``)."""
+    """Alpha of ``system`` against the consensus with its group-bootstrap interval (``backend.core.evidence``)."""
     return alpha_interval(
         consensus_values(dim, records),
         system_values(dim, system),

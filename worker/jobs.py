@@ -17,9 +17,22 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from backend.serving import ServingGate
+from rq import Retry, get_current_job
+
+from backend.core.labeling import Binding, config_problems, parse_label_config
+from backend.core.rubric import load_all
+from backend.label_studio import LabelStudioError
+from backend.model.model_loader import short_model_name
 from backend.settings import Settings
-from worker.pipeline import TrainingError, data_fingerprint, fault_point, run_training
+from backend.state.redis_conn import redis_client
+from backend.state.registry import Registry, parse_project, version_name
+from backend.state.serving import ServingGate
+from backend.state.triggers import Triggers
+from worker.faults import fault_point
+from worker.pipeline import TrainingError, data_fingerprint, run_training
+from worker.prelabel import DEFAULT_BATCH_SIZE
+from worker.prelabel import prelabel_project as run_prelabel
+from worker.source import SourceError, fetch_project, records_from_export
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +71,6 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
     back-off, TRAIN_RETRIES times at most, then fails with the Label Studio error; a rejected token or a
     missing project fails at once. While a retry waits, the project's queued mark names this job, so
     new triggers are absorbed by it."""
-    from rq import Retry, get_current_job
-
-    from backend.label_studio import LabelStudioError
-    from backend.model_loader import short_model_name
-    from backend.redis_conn import redis_client
-    from backend.registry import parse_project
-    from backend.triggers import Triggers
-    from worker.source import SourceError
-
     settings = Settings.from_env().for_worker()
     project = parse_project(project_id)
     job = get_current_job()
@@ -109,18 +113,12 @@ def train_project(project_id: str, base_name: str | None = None) -> Any:
 
 
 def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any, redis: Any) -> dict[str, Any]:
-    from backend.labeling import Binding, config_problems, match_rubric, parse_label_config
-    from backend.registry import Registry
-    from backend.rubric import load_all
-    from worker.source import fetch_project, records_from_export
-
     _stage(job, "fetching annotations", triggers, project)
     label_config, export = fetch_project(settings.label_studio_url, settings.label_studio_api_key, project)
     registry = Registry(settings.model_dir, base, redis)
     rubrics = load_all(settings.rubric_dir)
     parsed = parse_label_config(label_config) if label_config else None
-    name = registry.project_rubric(project)
-    rubric = rubrics.get(name or "") or (match_rubric(parsed, rubrics.values()) if parsed else None)
+    rubric = registry.rubric_for(project, rubrics, parsed)
     if rubric is None:
         raise TrainingError(
             f"project {project}: no rubric fits its labeling config; connect the backend "
@@ -135,7 +133,7 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
         last = registry.evaluation_path(project, numbers[-1])
         previous = json.loads(last.read_text(encoding="utf-8")).get("data_fingerprint") if last.is_file() else None
         if previous == data_fingerprint(records):
-            message = f"nothing new since v{numbers[-1]}"
+            message = f"nothing new since {version_name(numbers[-1])}"
             log.info(
                 "project %s: %s (no annotation created, updated or deleted); not retraining. Start Training "
                 "with force retrains",
@@ -153,8 +151,8 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
             return outcome
     number = registry.next_version(project)
     active = registry.active_version(project)
-    incumbent = (f"p{project}_v{active}", registry.version_dir(project, active)) if active else None
-    _stage(job, "training", triggers, project, version=f"v{number}")
+    incumbent = (registry.adapter_name(project, active), registry.version_dir(project, active)) if active else None
+    _stage(job, "training", triggers, project, version=version_name(number))
     result = run_training(
         settings,
         rubric,
@@ -172,13 +170,12 @@ def _train(settings: Settings, project: str, base: str, job: Any, triggers: Any,
             "label_config_problems": config_problems(rubric, parsed) if parsed else [],
         },
     )
-    base_path = registry.project_dir(project) / "v0.json"
-    base_path.write_text(json.dumps(result.metrics["base"], ensure_ascii=False), encoding="utf-8")
+    registry.write_base_evaluation(project, result.metrics["base"])
     refresh = None
     if result.promoted:
         registry.set_active(project, number)
         refresh = _refresh_predictions(settings, triggers, project, result.metrics["method"])
-    _stage(job, "done", triggers, project, version=f"v{number}", promoted=result.promoted)
+    _stage(job, "done", triggers, project, version=version_name(number), promoted=result.promoted)
     outcome = {
         "status": "done",
         "version": registry.model_version(project, number),
@@ -223,12 +220,6 @@ def prelabel_project(
     prediction cache and the feature store, nothing written to Label Studio), bound by ``label_config``.
 
     Progress goes to the job's meta: ``{"stage": "prelabel", "done": n, "total": m, "written": w}``."""
-    from rq import get_current_job
-
-    from backend.redis_conn import redis_client
-    from worker.prelabel import DEFAULT_BATCH_SIZE
-    from worker.prelabel import prelabel_project as run_prelabel
-
     settings = Settings.from_env().for_worker()
     job = get_current_job()
 

@@ -15,20 +15,33 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backend.evidence import Evidence
-from backend.metrics import finite
-from backend.prefill import PrefillPolicy
-from backend.rubric import Rubric
-from backend.serving import ServingGate, pause_hooks
+import numpy as np
+
+from backend.core.evidence import Evidence
+from backend.core.metrics import finite
+from backend.core.prefill import PrefillPolicy
+from backend.core.rubric import Rubric
+from backend.model.head import cross_fitted, fit_head, is_head
+from backend.model.judge import Judge, apply_head
+from backend.model.model_loader import load_base_model
 from backend.settings import Settings
-from worker.dataset import describe, split_records, targets_for
+from backend.state.registry import staging_folder
+from backend.state.serving import ServingGate, pause_hooks
+from worker.dataset import describe, record_consensus, split_records, targets_for
+from worker.evaluate import (
+    add_majority_reference,
+    evaluate_predictions,
+    majority_scores,
+    paired_comparison,
+    scored_metrics,
+)
+from worker.faults import fault_point
 from worker.source import Record
 from worker.train import TrainConfig, train_lora
 
@@ -159,18 +172,8 @@ def run_training(
     ``incumbent`` is ``(version name, version folder)`` of the active version; without it the base model is
     the incumbent. Promotion compares the candidate with it on the evidence tasks the incumbent did not learn
     from (``should_promote``). ``metrics.json`` records the decision; the caller moves the active pointer.
-    ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.serving``).
+    ``gate``: every layer of the model waits there while a backend on this machine scores (``backend.state.serving``).
     """
-    from backend.judge import Judge
-    from backend.model_loader import load_base_model
-    from worker.evaluate import (
-        add_majority_reference,
-        evaluate_predictions,
-        majority_scores,
-        paired_comparison,
-        scored_metrics,
-    )
-
     config = TrainConfig.build(rubric, overrides)
     method = config.method_for(rubric)
     if method == "head":
@@ -189,8 +192,7 @@ def run_training(
     log.info("data: %s", counts)
     if destination.exists():
         raise TrainingError(f"{destination} already exists; versions are never overwritten")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.tmp-"))
+    tmp = staging_folder(destination)
     hooks = contextlib.ExitStack()
     try:
         _write_jsonl(tmp / "train.jsonl", [_record_row(r) for r in train])
@@ -329,9 +331,6 @@ def _incumbent_scores(
     """The active version's scores of the evidence ``records``, None for each task whose group it learned
     from (its predictions there would flatter it). A feature head reads the stored ``features``; an adapter
     scores the tasks."""
-    from backend.head import is_head
-    from backend.judge import apply_head
-
     name, folder = incumbent
     seen = seen_groups(folder)
     fresh = [i for i, r in enumerate(records) if r.split_key not in seen]
@@ -409,10 +408,8 @@ def extract_features(
 def out_of_fold_scores(
     rubric: Rubric, fold_heads: Sequence[Any], fold: Sequence[int], features: Sequence[Any], meta: Mapping[str, Any]
 ) -> list[Any]:
-    """Each task scored by the head of its fold (``backend.head.cross_fitted``), which never saw its group;
+    """Each task scored by the head of its fold (``backend.model.head.cross_fitted``), which never saw its group;
     None where that fold has no head."""
-    from backend.judge import apply_head
-
     scores: list[Any] = [None] * len(features)
     for f, fold_head in enumerate(fold_heads):
         rows = [i for i in range(len(features)) if fold[i] == f]
@@ -434,8 +431,6 @@ def head_subsets(selection: str, shared_size: int) -> dict[str, list[int] | None
 def head_targets(rubric: Rubric, records: Sequence[Record]) -> dict[str, list[Any]]:
     """What the head learns per task: the mean human score of a scale dimension (NaN when unrated), the
     consensus label of a nominal one (None when unrated)."""
-    from worker.dataset import record_consensus
-
     out: dict[str, list[Any]] = {d.name: [] for d in rubric.dimensions}
     for record in records:
         agreed = record_consensus(rubric, record)
@@ -457,15 +452,9 @@ def fit_feature_head(
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FittedHead:
     """One scoring pass of the base model over the training tasks gives the features and the base model's
-    scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.head``), and the same fit
+    scores; the head is fitted on all of them (cross-validated, calibrated: ``backend.model.head``), and the same fit
     is repeated in grouped folds for the out-of-fold scores that are its evidence. ``held`` (optional) is
     scored too, for a separate held-out figure."""
-    import numpy as np
-
-    from backend.head import cross_fitted, fit_head
-    from backend.judge import apply_head
-    from worker.evaluate import scored_metrics
-
     started = time.monotonic()
     base_scores, train_features = extract_features(judge, rubric, train, "training", progress)
     extracted = time.monotonic() - started
@@ -524,13 +513,3 @@ def fit_feature_head(
     return FittedHead(
         head, candidate, base, training, oof_scores, base_scores, train_features, len(fold_heads), heldout
     )
-
-
-def fault_point(settings: Settings, name: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Test hook (FAULT_PAUSE_AT): sleep at the named point so a test can SIGKILL the worker there."""
-    if settings.fault_pause_at != name:
-        return
-    log.warning("FAULT_PAUSE_AT=%s: pausing %.0f s", name, settings.fault_pause_seconds)
-    if progress:
-        progress({"stage": f"paused at {name}", "pid": os.getpid()})
-    time.sleep(settings.fault_pause_seconds)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from backend.core.labeling import task_inputs
 from backend.label_studio import (
     LabelStudioError,
     describe_error,
@@ -28,8 +29,10 @@ from backend.label_studio import (
     list_tasks,
     prediction_versions,
 )
-from backend.serving import ServingGate, pause_hooks
+from backend.service import RequestError, build_service
 from backend.settings import Settings
+from backend.state.registry import RegistryError, parse_project
+from backend.state.serving import ServingGate, pause_hooks
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +82,12 @@ def prelabel_project(
     ``service`` is a ``backend.service.Service`` (built from ``settings`` when omitted, after Label Studio has
     answered: loads the judge); ``client`` a label-studio-sdk ``LabelStudio`` client (from
     ``LABEL_STUDIO_URL``/``LABEL_STUDIO_API_KEY``); ``gate``: the scoring waits there while a backend on this
-    machine serves ``/predict`` (``backend.serving``). ``task_ids``: only these tasks (still skipping the
+    machine serves ``/predict`` (``backend.state.serving``). ``task_ids``: only these tasks (still skipping the
     annotated and the already predicted ones). ``tasks``: read ahead: these tasks (``{"id", "data"}`` from a
     TASKS_CREATED event) are scored with the project's active version, which stores their scores and features
     (prediction cache, feature store), the project's rubric and fields chosen by ``label_config`` (the event's);
     nothing is written to Label Studio and Label Studio is not asked.
     """
-    from backend.registry import RegistryError, parse_project
-    from backend.service import RequestError
-
     started = time.monotonic()
     if batch_size < 1:
         raise PrelabelError(f"--batch-size {batch_size}: must be at least 1")
@@ -113,8 +113,6 @@ def prelabel_project(
             f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
         ) from None
     if service is None:
-        from backend.service import build_service
-
         service = build_service(settings, serving_mark=False)
     try:
         ctx = service.context(str(pid), field(details, "label_config") or None)
@@ -183,12 +181,7 @@ def _read_ahead(
 ) -> PrelabelReport:
     """Score ``tasks`` with the project's active version and write nothing: their scores and the base model's
     features land in the feature store and the prediction cache, for the next /predict and retraining."""
-    from backend.labeling import task_inputs
-    from backend.service import RequestError
-
     if service is None:
-        from backend.service import build_service
-
         service = build_service(settings, serving_mark=False)
     try:
         ctx = service.context(str(pid), label_config or None)

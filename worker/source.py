@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.core.labeling import Binding, parse_annotation_result, task_group, task_inputs
+from backend.core.rubric import Rubric
 from backend.label_studio import LabelStudioError, label_studio_client
-from backend.labeling import Binding, parse_annotation_result, task_group, task_inputs
-from backend.rubric import Rubric
 
 log = logging.getLogger(__name__)
 

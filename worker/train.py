@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from backend.padding import left_pad
-from backend.rubric import Rubric
+from backend.core.rubric import Rubric
+from backend.model.judge import cache_argument
+from backend.model.padding import left_pad
 from worker.dataset import (
     IGNORE,
     TARGET_MODES,
@@ -39,7 +40,7 @@ METHODS = ("auto", "head", "lora")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    #: ``head``: the feature head on the base model's own features (``backend.head``, seconds after one
+    #: ``head``: the feature head on the base model's own features (``backend.model.head``, seconds after one
     #: scoring pass); ``lora``: a LoRA adapter; ``auto``: ``head`` for rating rubrics (where LoRA learned only
     #: the label prior, benchmarks/RESULTS.md), ``lora`` for classification rubrics.
     method: str = "auto"
@@ -238,8 +239,6 @@ def _batch_loss(model: Any, batch: dict[str, Any], device: Any, dtype: Any = Non
     with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
         if "prefix_ids" in batch:
             from transformers import DynamicCache
-
-            from backend.judge import cache_argument
 
             cache = DynamicCache()
             name = cache_argument(model)

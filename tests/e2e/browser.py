@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from tests.e2e.harness import free_port
+from support.e2e.harness import free_port
 
 FLAGS = [
     "--headless",

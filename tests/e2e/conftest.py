@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.scenario import install_label_studio
+from support.e2e.scenario import install_label_studio
 
 
 @pytest.fixture(scope="session")

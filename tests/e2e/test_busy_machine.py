@@ -1,5 +1,5 @@
 """*Retrieve Predictions* on 100 tasks against the real Label Studio while a CPU hog spins on every core beside
-the stack (``tests/e2e/scenario.py``): the call returns before Label Studio's timeout with predictions for the
+the stack (``support/e2e/scenario.py``): the call returns before Label Studio's timeout with predictions for the
 tasks the backend scored by its deadline (PREDICT_DEADLINE_S, the default 60 s), the remaining tasks get theirs
 from the background pre-annotation job within BOUND_S, no task is lost or predicted twice, and every
 prediction is the active version's. ``benchmarks/busy.py`` records the same figures in SPEED.md.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from support.e2e.scenario import LS_TIMEOUT_S, busy_retrieve
 from tests.conftest import REPO
-from tests.e2e.scenario import LS_TIMEOUT_S, busy_retrieve
 
 pytestmark = pytest.mark.e2e
 

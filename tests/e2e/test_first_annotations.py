@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from support.e2e.scenario import BASIC, fixture_tasks, running_stack
 from tests.conftest import REPO
-from tests.e2e.scenario import BASIC, fixture_tasks, running_stack
 from tests.e2e.test_label_studio import human_result
 
 pytestmark = pytest.mark.e2e

@@ -1,5 +1,5 @@
 """The whole loop with a real Label Studio 1.23.2 (own cached venv), the backend on the embedded SmolLM2 judge,
-a real Redis and real RQ workers (``tests/e2e/scenario.py``). Everything is started here on free loopback ports
+a real Redis and real RQ workers (``support/e2e/scenario.py``). Everything is started here on free loopback ports
 and stopped by PID. The two *Retrieve Predictions* that must fit Label Studio's timeout (steps 3 and 8) run
 beside a CPU hog on every core.
 
@@ -22,10 +22,10 @@ import pytest
 import requests
 from label_studio_sdk.label_interface import LabelInterface
 
+from support.e2e.harness import Proc
+from support.e2e.scenario import ADMIN, BASIC, FIXTURE, LS_TIMEOUT_S, PASSWORD, WEBHOOK_SECRET, running_stack
 from tests.conftest import REPO
 from tests.e2e.browser import Browser, chromium
-from tests.e2e.harness import Proc
-from tests.e2e.scenario import ADMIN, BASIC, LS_TIMEOUT_S, PASSWORD, WEBHOOK_SECRET, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +119,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, tmp_path: Path) -> None:
 
         # 1. project from our labeling config, ~30 tasks
         xml = servers.label_config()
-        fixture = json.loads((Path(__file__).parent / "qa_tasks.json").read_text())
+        fixture = json.loads(FIXTURE.read_text())
         pid, tasks = servers.create_project("rubric-judge e2e", xml, [t["data"] for t in fixture])
 
         # 2. connect the backend; Label Studio creates the /webhook row; we add the secret header to it

@@ -1,0 +1,533 @@
+"""The judge: a causal LM (optionally 4-bit/8-bit) with LoRA adapters, scoring rubrics by constrained decoding.
+
+For each dimension, in rubric order, the judge appends the dimension's prefix (``"accuracy:"``), reads the
+next-token distribution restricted to the dimension's allowed labels (a label may span several tokens: its
+probability is the product of its tokens' probabilities), appends the argmax and moves on, reusing the KV
+cache. Outputs are valid by construction; the restricted distribution gives the confidence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.core.prompts import (
+    DEFAULT_VARIANT,
+    dimension_prefix,
+    encode_prompt,
+    fit_inputs,
+    label_text,
+    target_token_span,
+)
+from backend.core.rubric import Rubric
+from backend.core.scores import DimensionScore, TaskFeatures, TaskScore, dimension_score
+from backend.model.feature_store import FORMAT, FeatureStore
+from backend.model.features import FeatureCapture
+from backend.model.head import HeadError, is_head, load_head
+from backend.model.model_loader import ModelLoadError, load_base_model, memory_token_budget
+from backend.model.padding import left_pad
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class _RubricTokens:
+    """Token ids of every dimension's prefix and labels, tokenized segment by segment."""
+
+    prefixes: list[list[int]]
+    labels: list[list[list[int]]]
+    key: tuple[Any, ...] = field(default=())
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword under which ``model.forward`` takes a KV cache (``past_key_values``, or ``cache``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(type(inner).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _crop(cache: Any, length: int) -> None:
+    """Drop cached positions beyond ``length`` (works across transformers 4 and 5)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+class Judge:
+    """A base model with optional LoRA adapters that scores rubric dimensions of tasks.
+
+    Thread-safe: one scoring call runs at a time per judge (one model in memory serves all threads).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, base_name: str, settings: Settings) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.base_name = base_name
+        self.settings = settings
+        self.device = next(model.parameters()).device
+        self._lock = threading.RLock()
+        self._token_cache: dict[tuple[Any, ...], _RubricTokens] = {}
+        self._adapters: dict[str, str] = {}  # adapter name -> path
+        self._heads: dict[str, tuple[Any, str]] = {}  # feature-head version name -> (Head, path)
+        self._prefix_caches: dict[tuple[Any, ...], Any] = {}
+        self._budget: int | None = None
+        #: the base model's features and scores of tasks already read (``backend.model.feature_store``), or None
+        self.feature_store: Any = None
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        # transformers >= 5.x renames ``past_key_values`` to ``cache``; use whichever the model takes
+        self._cache_arg = cache_argument(model)
+        torch.manual_seed(0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Judge:
+        model, tokenizer, name = load_base_model(settings)
+        judge = cls(model, tokenizer, name, settings)
+        judge.open_feature_store()
+        return judge
+
+    def open_feature_store(self) -> None:
+        """Use the feature store under ``MODEL_DIR/features`` (FEATURE_STORE_MB; 0 leaves it off)."""
+        if self.settings.feature_store_mb > 0:
+            self.feature_store = FeatureStore(
+                self.settings.model_dir / "features", self.model_fingerprint(), self.settings.feature_store_mb << 20
+            )
+
+    def model_fingerprint(self) -> str:
+        """What makes this base model's numbers what they are: name, precision, quantization, configuration,
+        library versions and a digest of the first and last weights (a retrained or replaced model with the
+        same name gets another fingerprint)."""
+        import torch
+        import transformers
+
+        digest = hashlib.sha256()
+        config = getattr(self.model, "config", None)
+        described = config.to_json_string(use_diff=False) if config is not None else ""
+        parameters = list(self.model.parameters())
+        parts = [
+            self.base_name,
+            str(parameters[0].dtype),
+            self.settings.quantization,
+            str(self.device.type),
+            type(self.model).__name__,
+            described,
+            torch.__version__,
+            transformers.__version__,
+        ]
+        digest.update("\x1f".join(parts).encode("utf-8"))
+        for tensor in (parameters[0], parameters[-1]):
+            with torch.no_grad():
+                digest.update(tensor.detach().flatten()[:65536].float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:24]
+
+    def feature_key(self, rubric: Rubric, inputs: Mapping[str, str]) -> str:
+        """The store key of one task: exactly what the model reads (prompt tokens after trimming, the target's
+        token span) and what the features are taken at (every dimension's prefix and label tokens)."""
+        fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
+        shared, task = encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
+        tokens = self.rubric_tokens(rubric)
+        span = list(target_token_span(rubric, fitted, self.tokenizer))
+        described = json.dumps([FORMAT, shared, task, span, tokens.prefixes, tokens.labels])
+        return hashlib.sha256(described.encode("utf-8")).hexdigest()
+
+    # --- adapters --------------------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Attach the version in ``path`` under ``name`` (no-op if already attached from that path): a LoRA
+        adapter, or a feature head (``backend.model.head``) that scores on the base model's features."""
+        with self._lock:
+            if self._adapters.get(name) == str(path) or self._heads.get(name, (None, ""))[1] == str(path):
+                return
+
+            if is_head(path):
+                head = load_head(path)
+                fitted = head.meta.get("precision")
+                here = str(next(self.model.parameters()).dtype)
+                if fitted and fitted != here:
+                    log.warning(
+                        "feature head %s was fitted on %s features and is served on %s: set "
+                        "MODEL_PRECISION as the worker had it",
+                        name,
+                        fitted,
+                        here,
+                    )
+                if name in self._adapters:  # the name held a LoRA adapter before
+                    self.model.delete_adapter(name)
+                    del self._adapters[name]
+                self._heads[name] = (head, str(path))
+                log.info("loaded feature head %s from %s", name, path)
+                return
+            self._heads.pop(name, None)
+            from peft import PeftModel
+
+            if not (path / "adapter_config.json").is_file():
+                raise ModelLoadError(f"{path} is not a LoRA adapter folder (no adapter_config.json)")
+            started = time.monotonic()
+            if name in self._adapters:
+                self.model.delete_adapter(name)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False)
+            self.model.eval()
+            self._adapters[name] = str(path)
+            log.info("loaded adapter %s from %s in %.2f s", name, path, time.monotonic() - started)
+
+    def adopt_adapter(self, name: str, path: Path) -> None:
+        """Register an adapter that is already attached to ``self.model`` under ``name`` (e.g. just trained)."""
+        with self._lock:
+            self._adapters[name] = str(path)
+            self._prefix_caches.clear()
+
+    def adopt_head(self, name: str, head: Any, path: Path) -> None:
+        """Register a feature head fitted in this process (e.g. just trained) under ``name``."""
+        with self._lock:
+            self._heads[name] = (head, str(path))
+
+    def head(self, name: str) -> Any:
+        """The feature head attached under ``name`` (``KeyError`` when none is)."""
+        return self._heads[name][0]
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self._adapters or name in self._heads
+
+    # --- tokens ----------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def rubric_tokens(self, rubric: Rubric) -> _RubricTokens:
+        key = (rubric.name, rubric.dimension_names, tuple(d.labels for d in rubric.dimensions))
+        cached = self._token_cache.get(key)
+        if cached is None:
+            prefixes = [self._encode(dimension_prefix(rubric, i)) for i in range(len(rubric.dimensions))]
+            labels = [[self._encode(label_text(label)) for label in d.labels] for d in rubric.dimensions]
+            for dim, ids in zip(rubric.dimensions, labels, strict=True):
+                if len({tuple(x) for x in ids}) != len(ids) or any(not x for x in ids):
+                    raise ValueError(f"labels of dimension {dim.name!r} do not tokenize to distinct sequences")
+            cached = _RubricTokens(prefixes=prefixes, labels=labels, key=key)
+            self._token_cache[key] = cached
+        return cached
+
+    def prompt_parts(self, rubric: Rubric, inputs: Mapping[str, str]) -> tuple[list[int], list[int]]:
+        """``(shared, task)`` prompt tokens of one task, trimmed to ``MAX_INPUT_TOKENS`` by the documented rule."""
+        fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
+        return encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
+
+    def prompt_ids(self, rubric: Rubric, inputs: Mapping[str, str]) -> list[int]:
+        """The full prompt tokens of one task (shared part + task part)."""
+        shared, task = self.prompt_parts(rubric, inputs)
+        return shared + task
+
+    def _prefix_cache(self, shared: list[int], adapter: str | None) -> Any:
+        """A fresh copy of the KV cache of the shared prompt part (computed once per prefix and adapter)."""
+        import torch
+        from transformers import DynamicCache
+
+        key = (tuple(shared), adapter, self._adapters.get(adapter or ""))
+        cached = self._prefix_caches.get(key)
+        if cached is None:
+            cached = DynamicCache()
+            ids = torch.tensor([shared], dtype=torch.long)
+            with torch.inference_mode():
+                self._forward(
+                    ids.to(self.device),
+                    torch.ones_like(ids).to(self.device),
+                    torch.arange(len(shared))[None, :].to(self.device),
+                    cached,
+                )
+            while len(self._prefix_caches) >= 8:
+                self._prefix_caches.pop(next(iter(self._prefix_caches)))
+            self._prefix_caches[key] = cached
+        return copy.deepcopy(cached)
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None) -> list[TaskScore]:
+        """Score every dimension of every task (inputs by rubric input name), in order.
+
+        ``adapter`` names an attached LoRA adapter or feature head; ``None`` scores with the base model, through
+        the feature store when one is open (a task read once is served from it, and its features are there for
+        every head version and retraining). With
+        ``LENGTH_BATCHING`` the tasks are scored in batches of similar prompt length; the answer keeps the
+        order of ``tasks`` either way.
+        """
+        if not tasks:
+            return []
+        if adapter is not None and adapter in self._heads:
+            _, features = self.score_with_features(rubric, tasks)
+            return apply_head(rubric, self.head(adapter), features)
+        if adapter is None and self.feature_store is not None:  # read once: stored for every later version
+            return self.score_with_features(rubric, tasks)[0]
+        return self._score(rubric, tasks, adapter, None)[0]
+
+    def score_with_features(
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
+    ) -> tuple[list[TaskScore], list[TaskFeatures]]:
+        """``score`` plus the LM's features of every task (``TaskFeatures``), from the same forward passes;
+        the scores equal ``score``'s (``tests/test_head.py``). With the base model and a feature store, tasks
+        already read come from the store and only the others run through the model, each distinct task once (then
+        are stored)."""
+        if not tasks:
+            return [], []
+        store = self.feature_store if adapter is None else None
+        if store is None:
+            scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
+            return scores, [f for f in features if f is not None]
+        keys = [self.feature_key(rubric, t) for t in tasks]
+        found = [store.get(k) for k in keys]
+        # a task that occurs twice is read once: the same numbers now as from the store later
+        first: dict[str, int] = {}
+        for i, hit in enumerate(found):
+            if hit is None:
+                first.setdefault(keys[i], i)
+        missing = list(first.values())
+        if missing:
+            scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing))
+            read = {}
+            for i, score, feature in zip(missing, scores, features, strict=True):
+                assert feature is not None
+                store.put(keys[i], score, feature)
+                read[keys[i]] = (score, feature)
+            found = [hit if hit is not None else read[key] for hit, key in zip(found, keys, strict=True)]
+        pairs = [hit for hit in found if hit is not None]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _score(
+        self,
+        rubric: Rubric,
+        tasks: Sequence[Mapping[str, str]],
+        adapter: str | None,
+        features: list[TaskFeatures | None] | None,
+    ) -> tuple[list[TaskScore], list[TaskFeatures | None]]:
+        fitted = [fit_inputs(rubric, t, self.tokenizer, self.settings.max_input_tokens) for t in tasks]
+        prompts = [encode_prompt(rubric, f, self.tokenizer, DEFAULT_VARIANT) for f in fitted]
+        spans = [target_token_span(rubric, f, self.tokenizer) for f in fitted] if features is not None else None
+        results: list[TaskScore | None] = [None] * len(prompts)
+        with self._lock, self._adapter_context(adapter), self._capture(features is not None) as capture:
+            for members in self.plan_batches([len(s) + len(t) for s, t in prompts]):
+                chunk = [prompts[i] for i in members]
+                sink: list[TaskFeatures | None] = [None] * len(members)
+                if capture is not None and spans is not None:
+                    capture.spans = [spans[i] for i in members]
+                scored = self._score_batch(rubric, chunk, adapter, capture, sink)
+                for row, (index, score) in enumerate(zip(members, scored, strict=True)):
+                    results[index] = score
+                    if features is not None:
+                        features[index] = sink[row]
+        return [r for r in results if r is not None], features or []
+
+    def _capture(self, enabled: bool) -> Any:
+        return FeatureCapture(self.model) if enabled else contextlib.nullcontext()
+
+    def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Group task indices into batches: at most ``PREDICT_BATCH_SIZE`` rows and at most
+        ``batch_token_budget()`` padded tokens (rows x longest row) each, a single row always allowed.
+
+        With ``LENGTH_BATCHING`` the indices are taken shortest prompt first (stable for ties), so a batch
+        holds prompts of similar length and little padding; otherwise in the order given."""
+        order = list(range(len(lengths)))
+        if self.settings.length_batching:
+            order.sort(key=lambda i: lengths[i])
+        size, budget = self.settings.predict_batch_size, self.batch_token_budget()
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for index in order:
+            wider = max(longest, lengths[index])
+            if current and (len(current) >= size or (len(current) + 1) * wider > budget):
+                batches.append(current)
+                current, wider = [], lengths[index]
+            current.append(index)
+            longest = wider
+        if current:
+            batches.append(current)
+        return batches
+
+    def batch_token_budget(self) -> int:
+        """``PREDICT_MAX_BATCH_TOKENS``, or when it is 0 an estimate from the memory available now
+        (see ``memory_token_budget``), computed once per judge."""
+        if self.settings.predict_max_batch_tokens:
+            return self.settings.predict_max_batch_tokens
+        if self._budget is None:
+            self._budget = memory_token_budget(self.model, self.device)
+            log.info("batch token budget %d (PREDICT_MAX_BATCH_TOKENS=0: derived from available memory)", self._budget)
+        return self._budget
+
+    def _adapter_context(self, adapter: str | None) -> Any:
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            if adapter is not None:
+                raise ModelLoadError(f"adapter {adapter!r} is not loaded")
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        if adapter not in self._adapters:
+            raise ModelLoadError(f"adapter {adapter!r} is not loaded")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
+        """One cached forward pass; only the last ``keep`` positions' logits are computed (0 = all)."""
+        kwargs = {self._cache_arg: cache}
+        return self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep, **kwargs
+        )
+
+    def _score_batch(
+        self,
+        rubric: Rubric,
+        prompts: list[tuple[list[int], list[int]]],
+        adapter: str | None = None,
+        capture: FeatureCapture | None = None,
+        sink: list[TaskFeatures | None] | None = None,
+    ) -> list[TaskScore]:
+        """Score one batch. Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from
+        the prefix cache when every row shares it; left padding of the task parts is masked out."""
+        import torch
+        from transformers import DynamicCache
+
+        tokens = self.rubric_tokens(rubric)
+        device = self.device
+        size = len(prompts)
+        shared = prompts[0][0]
+        cached = bool(self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts))
+        if cached:
+            cache = self._prefix_cache(shared, adapter)
+            cache.batch_repeat_interleave(size)
+            rows = [p[1] for p in prompts]
+            mask = torch.ones((size, len(shared)), dtype=torch.long)
+        else:
+            cache = DynamicCache()
+            rows = [p[0] + p[1] for p in prompts]
+            mask = torch.zeros((size, 0), dtype=torch.long)
+        ids, row_mask, positions = left_pad(rows, self.pad_id, mask.shape[1])
+        width = ids.shape[1]
+        mask = torch.cat([mask, row_mask], dim=1)
+        next_pos = mask.sum(dim=1)  # next position id per row
+        pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
+        per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
+
+        with torch.inference_mode():
+            if capture is not None:  # where each row's task part starts in the padded batch
+                capture.start_batch(
+                    [width - len(r) + (0 if cached else len(prompts[i][0])) for i, r in enumerate(rows)]
+                )
+            # prompt + first prefix are fed together below; start with the prompt alone
+            self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            shared_rows = capture.pooled(ids) if capture is not None else []
+            dim_rows: list[list[Any]] = [[] for _ in range(size)]
+            for index, dim in enumerate(rubric.dimensions):
+                prefix = tokens.prefixes[index]
+                longest = max(len(p) for p in pending)
+                chunk = torch.full((size, longest + len(prefix)), self.pad_id, dtype=torch.long)
+                chunk_mask = torch.zeros_like(chunk)
+                for row, label_ids in enumerate(pending):
+                    if label_ids:
+                        chunk[row, : len(label_ids)] = torch.tensor(label_ids)
+                        chunk_mask[row, : len(label_ids)] = 1
+                chunk[:, longest:] = torch.tensor(prefix)
+                chunk_mask[:, longest:] = 1
+                chunk_pos = next_pos[:, None] + (chunk_mask.cumsum(dim=1) - 1).clamp(min=0)
+                next_pos = next_pos + chunk_mask.sum(dim=1)
+                mask = torch.cat([mask, chunk_mask], dim=1)
+                out = self._forward(chunk.to(device), mask.to(device), chunk_pos.to(device), cache)
+                first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+                states = capture.label_states() if capture is not None else None
+                scores = self._candidate_scores(tokens.labels[index], first, mask, next_pos, cache)
+                probs = torch.softmax(scores, dim=-1)
+                choice = torch.argmax(probs, dim=-1)
+                if capture is not None:
+                    for row, vector in enumerate(capture.label_position(states, probs)):
+                        dim_rows[row].append(vector)
+                for row in range(size):
+                    chosen = int(choice[row])
+                    pending[row] = tokens.labels[index][chosen]
+                    per_task[row][dim.name] = dimension_score(
+                        dim, probs[row].tolist(), chosen, float(scores[row, chosen])
+                    )
+        if capture is not None and sink is not None:
+            for row in range(size):
+                sink[row] = TaskFeatures(
+                    shared=shared_rows[row],
+                    dimensions={dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)},
+                )
+        return [TaskScore(dimensions=d) for d in per_task]
+
+    def _candidate_scores(self, candidates: list[list[int]], first: Any, mask: Any, next_pos: Any, cache: Any) -> Any:
+        """Log-probabilities (rows x candidates) of each candidate label sequence."""
+        import torch
+
+        size = first.shape[0]
+        scores = torch.stack([first[:, c[0]] for c in candidates], dim=1)
+        length = cache.get_seq_length()
+        # one forward per distinct label prefix (a trie level): " 0", " 1", " 2" share the prefix " "
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, candidate in enumerate(candidates):
+            if len(candidate) > 1:
+                groups.setdefault(tuple(candidate[:-1]), []).append(k)
+        for prefix, members in groups.items():
+            tail = torch.tensor([list(prefix)] * size, dtype=torch.long)
+            tail_mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
+            tail_pos = next_pos[:, None] + torch.arange(len(prefix))[None, :]
+            out = self._forward(
+                tail.to(self.device), tail_mask.to(self.device), tail_pos.to(self.device), cache, keep=0
+            )
+            logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+            for k in members:
+                candidate = candidates[k]
+                for t in range(1, len(candidate)):
+                    scores[:, k] += logp[:, t - 1, candidate[t]]
+            _crop(cache, length)
+        return scores
+
+
+def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> list[TaskScore]:
+    """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
+    per_dim = {}
+    for dim in rubric.dimensions:
+        fitted = head.dimensions.get(dim.name)
+        if fitted is None or fitted.labels != list(dim.labels):
+            raise HeadError(
+                f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
+                f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}"
+            )
+        selection = head.meta.get("features", "all")
+        x = np.stack([f.vector(dim.name, selection) for f in features])
+        per_dim[dim.name] = head.predict(dim.name, x)
+    out = []
+    for row in range(len(features)):
+        dims = {}
+        for dim in rubric.dimensions:
+            probs, expected = per_dim[dim.name]
+            p = [float(v) for v in probs[row]]
+            chosen = int(np.argmax(p))
+            rounded = {label: round(v, 6) for label, v in zip(dim.labels, p, strict=True)}
+            dims[dim.name] = DimensionScore(
+                label=dim.labels[chosen],
+                probs=rounded,
+                expected=None if expected is None else round(float(expected[row]), 6),
+            )
+        out.append(TaskScore(dimensions=dims))
+    return out
