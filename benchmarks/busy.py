@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.speed import SPEED_JSON, machine, write_markdown  # noqa: E402
+from benchmarks.speed import SPEED_JSON, machine, store_section  # noqa: E402
 from support.e2e.scenario import SETTLE_BOUND_S, busy_retrieve, install_label_studio  # noqa: E402
 
 log = logging.getLogger("benchmarks.busy")
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         record["earlier"] = [{k: v for k, v in previous.items() if k != "earlier"}, *previous.get("earlier", [])][
             :KEEP_EARLIER
         ]
-    stored["busy"] = record
-    SPEED_JSON.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_markdown(stored)
-    sys.stdout.write(json.dumps(record, indent=1) + "\n")
+    store_section("busy", record)
     return 0
 
 

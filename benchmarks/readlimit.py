@@ -20,7 +20,6 @@ Each figure is the best of ``--repeat`` runs after a warm-up. Recorded in ``benc
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine  # noqa: E402
-from benchmarks.speed import qa_tasks  # noqa: E402
+from benchmarks.speed import qa_tasks, store_section  # noqa: E402
 
 log = logging.getLogger("benchmarks.readlimit")
 
@@ -171,14 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     record["command"] = "python benchmarks/readlimit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     log.info("%s", record)
-    speed_json = REPO / "benchmarks" / "SPEED.json"
-    stored = json.loads(speed_json.read_text(encoding="utf-8")) if speed_json.is_file() else {}
-    stored["readlimit"] = record
-    speed_json.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
-    from benchmarks.speed import write_markdown
-
-    write_markdown(stored)
-    sys.stdout.write(json.dumps(record, indent=1) + "\n")
+    store_section("readlimit", record)
     return 0
 
 

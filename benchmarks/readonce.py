@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine  # noqa: E402
+from benchmarks.speed import store_section  # noqa: E402
 
 log = logging.getLogger("benchmarks.readonce")
 PROJECT = "990001"  # a project number no real Label Studio uses, in this run's own MODEL_DIR
@@ -195,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("/predict of 100 stored tasks: %s", record["predict_100_stored"])
     record["command"] = "python benchmarks/readonce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    speed_json = REPO / "benchmarks" / "SPEED.json"
-    stored = json.loads(speed_json.read_text(encoding="utf-8")) if speed_json.is_file() else {}
-    stored["readonce"] = record
-    speed_json.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
-    from benchmarks.speed import write_markdown
-
-    write_markdown(stored)
-    sys.stdout.write(json.dumps(record, indent=1) + "\n")
+    store_section("readonce", record)
     return 0
 
 

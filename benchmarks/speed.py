@@ -690,6 +690,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def store_section(name: str, record: dict[str, Any]) -> None:
+    """Keep ``record`` under ``name`` in SPEED.json (the other sections unchanged), rewrite SPEED.md, and print
+    the record: how the single-purpose speed benchmarks (readonce, readlimit, busy) record a run."""
+    stored = json.loads(SPEED_JSON.read_text(encoding="utf-8")) if SPEED_JSON.is_file() else {}
+    stored[name] = record
+    SPEED_JSON.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_markdown(stored)
+    sys.stdout.write(json.dumps(record, indent=1) + "\n")
+
+
 def write_markdown(record: dict[str, Any]) -> None:
     lines = [
         "# Speed benchmark",
