@@ -112,12 +112,7 @@ def prelabel_project(
         raise PrelabelError(
             f"cannot read project {pid} from Label Studio at {url} ({describe_error(exc, url, pid)})"
         ) from None
-    if service is None:
-        service = build_service(settings, serving_mark=False)
-    try:
-        ctx = service.context(str(pid), field(details, "label_config") or None)
-    except RequestError as exc:
-        raise PrelabelError(f"project {pid}: {exc.message}") from None
+    service, ctx = _project_context(settings, service, pid, field(details, "label_config") or None)
     report = PrelabelReport(str(pid), ctx.model_version, ctx.rubric.name, listed=len(tasks))
     todo = []
     for task in tasks:
@@ -168,6 +163,17 @@ def prelabel_project(
     return report
 
 
+def _project_context(settings: Settings, service: Any, pid: int, label_config: str | None) -> tuple[Any, Any]:
+    """The service (built from ``settings`` when None: loads the judge) and the project's scoring context, or a
+    ``PrelabelError`` saying why the project cannot be scored."""
+    if service is None:
+        service = build_service(settings, serving_mark=False)
+    try:
+        return service, service.context(str(pid), label_config)
+    except RequestError as exc:
+        raise PrelabelError(f"project {pid}: {exc.message}") from None
+
+
 def _read_ahead(
     settings: Settings,
     pid: int,
@@ -181,12 +187,7 @@ def _read_ahead(
 ) -> PrelabelReport:
     """Score ``tasks`` with the project's active version and write nothing: their scores and the base model's
     features land in the feature store and the prediction cache, for the next /predict and retraining."""
-    if service is None:
-        service = build_service(settings, serving_mark=False)
-    try:
-        ctx = service.context(str(pid), label_config or None)
-    except RequestError as exc:
-        raise PrelabelError(f"project {pid}: {exc.message}") from None
+    service, ctx = _project_context(settings, service, pid, label_config or None)
     report = PrelabelReport(str(pid), ctx.model_version, ctx.rubric.name, listed=len(tasks))
     inputs = []
     for task in tasks:
