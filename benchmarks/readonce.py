@@ -6,10 +6,12 @@ stored tasks on a head version.
 For each size N: ``rubric-judge train`` (a subprocess, as a user runs it) on N DialSummEval training summaries
 (seeded draw over many dialogues) with an empty feature store (cold), then on the same N plus 10 new ones with
 the store the first run filled (warm: all but the last 10 stored), then the N + 10 cold in another empty store;
-the warm and the cold head are compared (sizes up to ``--identity-up-to``). Then, for the largest size, a
-100-task ``/predict`` (Flask test client, prediction cache off) on the warm head version, whose tasks' features
-are stored, and the refresh after a promotion: all N + 10 stored tasks scored with that version as the
-pre-annotation job scores them. Recorded in ``benchmarks/SPEED.json`` under
+the warm and the cold head are compared (sizes up to ``--identity-up-to``). For sizes up to ``--alone-up-to`` the
+three runs are repeated with ``PREDICT_BATCH_SIZE=1``: every task read alone, so its features do not depend on
+which tasks it was read with, and the warm and cold heads can be compared byte for byte at that cost. Then, for
+the largest size, a 100-task ``/predict`` (Flask test client, prediction cache off) on the warm head version,
+whose tasks' features are stored, and the refresh after a promotion: all N + 10 stored tasks scored with that
+version as the pre-annotation job scores them. Recorded in ``benchmarks/SPEED.json`` under
 ``readonce``; SPEED.md is rewritten.
 """
 
@@ -63,7 +65,10 @@ def _model_dir(root: Path, base: Path) -> Path:
     return root
 
 
-def _train(data: Path, out: Path, model_dir: Path) -> dict[str, Any]:
+def _train(data: Path, out: Path, model_dir: Path, batch_size: int | None = None) -> dict[str, Any]:
+    env = {**os.environ, "MODEL_DIR": str(model_dir)}
+    if batch_size is not None:
+        env["PREDICT_BATCH_SIZE"] = str(batch_size)
     started = time.monotonic()
     done = subprocess.run(
         [str(REPO / ".venv" / "bin" / "rubric-judge"), "train", "--rubric", "summary-quality"]
@@ -71,7 +76,7 @@ def _train(data: Path, out: Path, model_dir: Path) -> dict[str, Any]:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "MODEL_DIR": str(model_dir)},
+        env=env,
     )
     if done.returncode:
         raise SystemExit(f"rubric-judge train failed:\n{done.stderr[-3000:]}")
@@ -155,12 +160,30 @@ def _predict_stored(model_dir: Path, version: Path, rows: list[dict[str, Any]]) 
     return out
 
 
+def _read_alone(work: Path, n: int, first: Path, second: Path, base: Path) -> dict[str, Any]:
+    """Cold N, warm N + 10 and cold N + 10 again, each task read alone (``PREDICT_BATCH_SIZE=1``)."""
+    store = _model_dir(work / f"models-{n}-alone", base)
+    cold = _train(first, work / f"alone-cold-{n}", store, batch_size=1)
+    warm = _train(second, work / f"alone-warm-{n}+10", store, batch_size=1)
+    again = _train(second, work / f"alone-cold-{n}+10", _model_dir(work / f"models-{n}-alone-again", base), 1)
+    return {
+        "cold": cold,
+        "warm_all_but_10": warm,
+        "cold_same_data": again,
+        "warm_over_cold_n": round(warm["seconds"] / cold["seconds"], 3),
+        "warm_vs_cold_head": _compare(work / f"alone-warm-{n}+10", work / f"alone-cold-{n}+10"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="30,300")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument(
         "--identity-up-to", type=int, default=300, help="train N + 10 cold again (the head comparison) up to this N"
+    )
+    parser.add_argument(
+        "--alone-up-to", type=int, default=30, help="repeat the three runs with PREDICT_BATCH_SIZE=1 up to this N"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -189,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["cold_same_data"] = cold_again
                 entry["warm_over_cold"] = round(warm["seconds"] / cold_again["seconds"], 3)
                 entry["warm_vs_cold_head"] = _compare(work / f"warm-{n}+10", work / f"cold-{n}+10")
+            if n <= args.alone_up_to:
+                entry["read_alone"] = _read_alone(work, n, first, second, base)
             record["sizes"][str(n)] = entry
             log.info("%d tasks: %s", n, entry)
             if n == max(sizes) and n + 10 >= 100:

@@ -867,15 +867,20 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
     def run(r: dict[str, Any]) -> str:
         return f"{r['seconds']} ({r['feature_seconds']} / {r['fit_seconds']})"
 
-    for n, e in readonce["sizes"].items():
+    def row(n: str, e: dict[str, Any]) -> str:
         w, c, h = e["warm_all_but_10"], e.get("cold_same_data"), e.get("warm_vs_cold_head")
         ratio = e.get("warm_over_cold_n", round(w["seconds"] / e["cold"]["seconds"], 3))
         same = "-" if h is None else "byte-identical" if h["head_bytes_equal"] else "no"
-        lines.append(
+        return (
             f"| {n} | {run(e['cold'])} | {run(w)} | {ratio} | {'not run' if c is None else run(c)} | {same} | "
             f"{'-' if h is None else format(h['max_relative_difference'], '.1e')} | "
             f"{'-' if h is None else h['out_of_fold_labels_equal']} |"
         )
+
+    for n, e in readonce["sizes"].items():
+        lines.append(row(n, e))
+        if "read_alone" in e:
+            lines.append(row(f"{n}, each task read alone (`PREDICT_BATCH_SIZE=1`)", e["read_alone"]))
     stored = readonce.get("predict_100_stored")
     if stored:
         lines += [
