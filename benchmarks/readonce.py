@@ -3,15 +3,15 @@ stored tasks on a head version.
 
     python benchmarks/readonce.py [--sizes 30,300] [--identity-up-to 300] [--data-dir ../shared/data]
 
-For each size N: ``rubric-judge train`` (a subprocess, as a user runs it) on N DialSummEval training summaries
-(seeded draw over many dialogues) with an empty feature store (cold), then on the same N plus 10 new ones with
-the store the first run filled (warm: all but the last 10 stored), then the N + 10 cold in another empty store;
-the warm and the cold head are compared (sizes up to ``--identity-up-to``). For sizes up to ``--alone-up-to`` the
-three runs are repeated with ``PREDICT_BATCH_SIZE=1``: every task read alone, so its features do not depend on
-which tasks it was read with, and the warm and cold heads can be compared byte for byte at that cost. Then, for
-the largest size, a 100-task ``/predict`` (Flask test client, prediction cache off) on the warm head version,
-whose tasks' features are stored, and the refresh after a promotion: all N + 10 stored tasks scored with that
-version as the pre-annotation job scores them. Recorded in ``benchmarks/SPEED.json`` under
+For each size N: ``rubric-judge train`` (a subprocess, as a user runs it) on N DialSummEval summaries (the training
+split's 980 in a seeded order over many dialogues, then the dev split's) with an empty feature store (cold), then
+on the same N plus 10 new ones with the store the first run filled (warm: all but the last 10 stored), then the N +
+10 cold in another empty store; the warm and the cold head are compared (sizes up to ``--identity-up-to``). For
+sizes up to ``--alone-up-to`` the three runs are repeated with ``PREDICT_BATCH_SIZE=1``: every task read alone, so
+its features do not depend on which tasks it was read with, and the warm and cold heads can be compared byte for
+byte at that cost. Then, for the largest size, a 100-task ``/predict`` (Flask test client, prediction cache off) on
+the warm head version, whose tasks' features are stored, and the refresh after a promotion: all N + 10 stored tasks
+scored with that version as the pre-annotation job scores them. Recorded in ``benchmarks/SPEED.json`` under
 ``readonce``; SPEED.md is rewritten.
 """
 
@@ -44,11 +44,18 @@ PROJECT = "990001"  # a project number no real Label Studio uses, in this run's 
 
 
 def _rows(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` rated summaries: the training split's 980 in a seeded order, then (beyond 980) the dev split's (a
+    speed benchmark: which split a task comes from changes only which tasks are timed)."""
     folder = data_dir / "dialsummeval"
-    train = set(json.loads((folder / "split.json").read_text(encoding="utf-8"))["train"])
-    rows = [json.loads(line) for line in (folder / "ratings.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    rows = [r for r in rows if r["id"].rsplit("-", 1)[0] in train]
-    random.Random(seed).shuffle(rows)
+    split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
+    every = [json.loads(line) for line in (folder / "ratings.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows: list[dict[str, Any]] = []
+    for name in ("train", "dev"):
+        part = [r for r in every if r["id"].rsplit("-", 1)[0] in set(split[name])]
+        random.Random(seed).shuffle(part)
+        rows += part
+    if len(rows) < n:
+        raise SystemExit(f"DialSummEval has {len(rows)} training and dev summaries; {n} were asked for")
     return rows[:n]
 
 

@@ -211,6 +211,31 @@ def test_retraining_reads_only_the_new_tasks_and_fits_the_same_head(settings, tm
     assert more["read"] == 1 and more["from_store"] == 24
 
 
+def test_tasks_read_alone_give_a_warm_head_byte_identical_to_a_cold_one(settings, tmp_path):
+    """With ``PREDICT_BATCH_SIZE=1`` every task is read alone, so its features do not depend on which tasks it was
+    read with: 24 tasks, then the same 24 plus one new in the same store, gives the head that a cold run on the 25
+    in an empty store gives, array for array (in batches, the features differ by ~1e-7 with their partners)."""
+    from tests.test_head import _records
+    from worker.pipeline import run_training
+
+    alone = dataclasses.replace(settings, predict_batch_size=1)
+    records = _records(25)
+    records[24] = dataclasses.replace(
+        records[24], task_id="new", inputs={k: f"{v} (new)" for k, v in records[24].inputs.items()}
+    )
+
+    def head(config, rows, out):
+        run_training(config, SUMMARY, rows, tmp_path / out)
+        return np.load(tmp_path / out / "head.npz")
+
+    head(alone, records[:24], "first")
+    warm = head(alone, records, "warm")
+    cold = head(dataclasses.replace(alone, model_dir=tmp_path / "empty"), records, "cold")
+    assert sorted(warm.files) == sorted(cold.files)
+    for name in warm.files:
+        assert np.array_equal(warm[name], cold[name]), name
+
+
 def test_the_base_model_scores_through_the_store_with_the_plain_answers(judge_with_store):
     """v0 (no adapter) reads a task once: the first call computes and stores, the second serves the stored
     answer, and both equal the plain path's labels and probabilities (to 1e-6: batch composition)."""
