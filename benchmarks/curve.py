@@ -43,6 +43,7 @@ from backend.model.head import cross_fitted, fit_head  # noqa: E402
 from backend.model.judge import Judge, apply_head  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
+from benchmarks.usercli import start  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402
 from worker.pipeline import extract_features, head_subsets, head_targets, out_of_fold_scores  # noqa: E402
 from worker.source import Record  # noqa: E402
@@ -155,6 +156,11 @@ def _acquire(
     raise ValueError(f"unknown order {order!r}")
 
 
+def _log_point(order: str, n: int, repeat: int, point: dict[str, Any]) -> None:
+    alpha = point["alpha_dims"] or 0
+    log.info("%s n=%d repeat %d: alpha %.3f, pre-filled %s", order, n, repeat, alpha, point["prefilled"])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env(base_model=args.base_model)
     rubric = load_rubric("summary-quality", settings.rubric_dir)
@@ -183,14 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     point = _point(rubric, train, test, shuffled[:n], subsets, meta)
                     per_n[n].append({k: v for k, v in point.items() if k != "head"})
-                    log.info(
-                        "%s n=%d repeat %d: alpha %.3f, pre-filled %s",
-                        order,
-                        n,
-                        repeat,
-                        point["alpha_dims"] or 0,
-                        point["prefilled"],
-                    )
+                    _log_point(order, n, repeat, point)
                 continue
             chosen = rng.sample(range(len(train.records)), START)
             point = _point(rubric, train, test, chosen, subsets, meta)
@@ -200,14 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     chosen += _acquire(order, rubric, train, chosen, k, point["head"], subsets, meta, rng)
                     point = _point(rubric, train, test, chosen, subsets, meta)
                 per_n[n].append({k: v for k, v in point.items() if k != "head"})
-                log.info(
-                    "%s n=%d repeat %d: alpha %.3f, pre-filled %s",
-                    order,
-                    n,
-                    repeat,
-                    point["alpha_dims"] or 0,
-                    point["prefilled"],
-                )
+                _log_point(order, n, repeat, point)
         curves[order] = {
             str(n): {
                 "alpha_dims": float(np.mean([p["alpha_dims"] for p in points])),
@@ -260,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--tag", default="default")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+    if not start(args.data_dir, log):
         return 0
     started = time.monotonic()
     result = run(args)

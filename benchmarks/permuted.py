@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,45 +30,25 @@ from backend.core.prefill import PrefillPolicy  # noqa: E402
 from backend.core.rubric import load_rubric  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine, record_run  # noqa: E402
+from benchmarks.usercli import rated_summaries, start, train_cli, write_jsonl  # noqa: E402
 
 log = logging.getLogger("benchmarks.permuted")
 
 
 def _rows(data_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
-    folder = data_dir / "dialsummeval"
-    split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
-    train = set(split["train"])
-    rows = [
-        json.loads(line)
-        for line in (folder / "ratings.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["id"].rsplit("-", 1)[0] in train
-    ]
-    return random.Random(seed).sample(rows, n)
+    return random.Random(seed).sample(rated_summaries(data_dir, "train"), n)
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text(
-        "\n".join(json.dumps({"id": r["id"], "data": r["data"], "annotations": r["annotations"]}) for r in rows) + "\n",
-        encoding="utf-8",
-    )
+    write_jsonl(path, rows, ("id", "data", "annotations"))
 
 
 def _train(data: Path, out: Path) -> dict[str, Any]:
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "rubric-judge"), "train", "--rubric", "summary-quality", "--data", str(data)]
-        + ["--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise SystemExit(f"rubric-judge train failed on {data}:\n{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    seconds, metrics = train_cli(data, out)
     rubric = load_rubric("summary-quality", Settings.from_env().rubric_dir)
     decisions = PrefillPolicy.from_settings(Settings.from_env()).decide(rubric.dimension_names, metrics["candidate"])
     return {
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
         "evidence": metrics.get("evidence"),
         "alpha_dims": metrics.get("alpha_dims"),
         "promoted": metrics["promoted"],
@@ -93,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--tag", default="default")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+    if not start(args.data_dir, log):
         return 0
     rows = _rows(Path(args.data_dir), args.tasks, args.sample_seed)
     runs: dict[str, Any] = {}

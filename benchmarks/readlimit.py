@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine  # noqa: E402
 from benchmarks.speed import qa_tasks, store_section  # noqa: E402
+from benchmarks.usercli import start  # noqa: E402
 
 log = logging.getLogger("benchmarks.readlimit")
 
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true", help="also the judge with a few settings changed")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+    if not start(args.data_dir, log):
         return 0
     import torch
 
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": n,
         "prompt_tokens_mean": round(sum(map(len, prompts)) / n),
         "torch_threads": torch.get_num_threads(),
-        "precision": settings.model_precision,
+        "precision": str(next(model.parameters()).dtype).removeprefix("torch."),
         "batch_token_budget": judge.batch_token_budget(),
         "batches": [len(b) for b in judge.plan_batches([len(p) for p in prompts])],
     }

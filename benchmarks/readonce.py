@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, machine  # noqa: E402
 from benchmarks.speed import store_section  # noqa: E402
+from benchmarks.usercli import rated_summaries, start, train_cli, write_jsonl  # noqa: E402
 
 log = logging.getLogger("benchmarks.readonce")
 PROJECT = "990001"  # a project number no real Label Studio uses, in this run's own MODEL_DIR
@@ -46,22 +46,14 @@ PROJECT = "990001"  # a project number no real Label Studio uses, in this run's 
 def _rows(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` rated summaries: the training split's 980 in a seeded order, then (beyond 980) the dev split's (a
     speed benchmark: which split a task comes from changes only which tasks are timed)."""
-    folder = data_dir / "dialsummeval"
-    split = json.loads((folder / "split.json").read_text(encoding="utf-8"))
-    every = [json.loads(line) for line in (folder / "ratings.jsonl").read_text(encoding="utf-8").splitlines() if line]
     rows: list[dict[str, Any]] = []
-    for name in ("train", "dev"):
-        part = [r for r in every if r["id"].rsplit("-", 1)[0] in set(split[name])]
+    for split in ("train", "dev"):
+        part = rated_summaries(data_dir, split)
         random.Random(seed).shuffle(part)
         rows += part
     if len(rows) < n:
         raise SystemExit(f"DialSummEval has {len(rows)} training and dev summaries; {n} were asked for")
     return rows[:n]
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    return path
 
 
 def _model_dir(root: Path, base: Path) -> Path:
@@ -73,23 +65,12 @@ def _model_dir(root: Path, base: Path) -> Path:
 
 
 def _train(data: Path, out: Path, model_dir: Path, batch_size: int | None = None) -> dict[str, Any]:
-    env = {**os.environ, "MODEL_DIR": str(model_dir)}
+    env = {"MODEL_DIR": str(model_dir)}
     if batch_size is not None:
         env["PREDICT_BATCH_SIZE"] = str(batch_size)
-    started = time.monotonic()
-    done = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "rubric-judge"), "train", "--rubric", "summary-quality"]
-        + ["--data", str(data), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if done.returncode:
-        raise SystemExit(f"rubric-judge train failed:\n{done.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    seconds, metrics = train_cli(data, out, env)
     return {
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": seconds,
         "feature_seconds": metrics["training"]["feature_seconds"],
         "fit_seconds": metrics["training"]["fit_seconds"],
         "alpha_dims": metrics["alpha_dims"],
@@ -193,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "--alone-up-to", type=int, default=30, help="repeat the three runs with PREDICT_BATCH_SIZE=1 up to this N"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no DialSummEval data under %s: nothing to do", args.data_dir)
+    if not start(args.data_dir, log):
         return 0
     settings = Settings.from_env()
     base = settings.model_dir / "base"
@@ -205,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="readonce-") as tmp:
         work = Path(tmp)
         for n in sizes:
-            first, second = _write(work / f"{n}.jsonl", rows[:n]), _write(work / f"{n}+10.jsonl", rows[: n + 10])
+            first, second = (
+                write_jsonl(work / f"{n}.jsonl", rows[:n]),
+                write_jsonl(work / f"{n}+10.jsonl", rows[: n + 10]),
+            )
             warm_dir = _model_dir(work / f"models-{n}", base)
             cold = _train(first, work / f"cold-{n}", warm_dir)
             warm = _train(second, work / f"warm-{n}+10", warm_dir)

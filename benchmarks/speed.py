@@ -855,7 +855,8 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
     lines = [
         "## Read each task once: time to a new feature-head version (DialSummEval)",
         "",
-        f"`{readonce['command']}`, {readonce['date']}, {m['cpu']}, {m['cores']} cores. `rubric-judge train` as a "
+        f"`{readonce['command']}`, {readonce['date']}, {m['cpu']}, {m['cores']} cores, AVX512-BF16 "
+        f"{_yes(m.get('avx512_bf16'))}, fp32. `rubric-judge train` as a "
         "user runs it: N summaries with an empty feature store (cold), then the same N plus 10 new ones with the "
         "store the first run filled (warm), then those N + 10 cold in another empty store.",
         "",
