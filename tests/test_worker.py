@@ -608,3 +608,23 @@ def test_the_worker_yields_the_cpu_to_serving():
     assert Settings.from_env({"TORCH_THREADS": "2"}).for_worker().torch_threads == 2  # 0: TORCH_THREADS
     with pytest.raises(SettingsError, match="WORKER_NICE"):
         Settings.from_env({"WORKER_NICE": "25"})
+
+
+def test_the_worker_leaves_its_pubsub_channel_without_waiting_a_minute(fresh_queue, redis_client):
+    """The exit race that kept a stopped worker alive 60 s (1 run in ~50): RQ unsubscribes, the pubsub thread
+    handles the reply and waits up to RQ's 60 s for a new subscription, and redis-py's ``stop()`` joins it
+    with no timeout. Here the thread is put in that wait on purpose; ``JudgeWorker.unsubscribe`` still returns
+    within about its 1 s join."""
+    from worker.horse import JudgeWorker
+
+    worker = JudgeWorker([fresh_queue], connection=redis_client)
+    worker.subscribe()
+    thread = worker.pubsub_thread
+    _wait_for(lambda: worker.pubsub.subscribed or None, 10, "the worker's subscription")
+    worker.pubsub.unsubscribe()  # what RQ does first: the thread reads the reply, then waits for a subscription
+    _wait_for(lambda: (not worker.pubsub.subscribed) or None, 10, "the unsubscribe reply to be read")
+    time.sleep(0.2)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5
+    assert thread.daemon  # left waiting: it ends at its own timeout, or with the process
