@@ -377,3 +377,21 @@ def test_the_head_chooses_its_features_by_cross_validation_and_stores_the_choice
         dims, {dims[0].name: x2}, {dims[0].name: list(spread)}, [f"g{i // 2}" for i in range(many)], subsets=subsets
     )
     assert wide_head.dimensions[dims[0].name].cv["subset"] == "target"
+
+
+@pytest.mark.parametrize(("rows", "width", "targets"), [(60, 200, 1), (60, 200, 3), (90, 20, 1), (90, 20, 4)])
+def test_the_strength_grid_from_one_decomposition_equals_a_solve_per_strength(rows, width, targets):
+    """``out_of_fold_grid`` (one eigendecomposition per fold for every ridge strength; dual and primal, one
+    target or several) gives the out-of-fold predictions of ``_out_of_fold`` (a solve per strength and fold)."""
+    from backend.model.head import STRENGTHS, _fold_ids, _out_of_fold, out_of_fold_grid
+
+    rng = np.random.default_rng(rows + width + targets)
+    x = rng.normal(size=(rows, width)) * rng.uniform(0.1, 10, size=width) + rng.normal(size=width)
+    y = x[:, :3].sum(axis=1, keepdims=True) + rng.normal(size=(rows, targets))
+    y = y[:, 0] if targets == 1 else y
+    fold = _fold_ids([f"g{i % 12}" for i in range(rows)], 5)
+    grid = out_of_fold_grid(x, y, fold, STRENGTHS)
+    for strength in STRENGTHS:
+        plain = _out_of_fold(x, y, fold, strength)
+        assert grid[strength].shape == plain.shape
+        np.testing.assert_allclose(grid[strength], plain, rtol=1e-8, atol=1e-8 * np.abs(plain).max())

@@ -174,6 +174,42 @@ def test_every_layer_waits_at_the_gate_and_the_hooks_go_away(tiny_judge):
     assert torch.equal(plain, hooked)  # the hooks do not change what the model computes
 
 
+def test_training_waits_at_the_gate_in_the_backward_pass_too(tiny_judge):
+    """A training step spends most of its time in the backward pass, where no forward hook runs: each layer
+    waits again when its gradient is reached, and the gradients are those of the plain model."""
+
+    class CountingGate:
+        mode = "always"
+        calls = 0
+
+        def wait(self) -> float:
+            self.calls += 1
+            return 0.0
+
+    import torch
+
+    model = tiny_judge.model
+    layers = decoder_layers(model)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    weight = model.get_input_embeddings().weight
+    was = weight.requires_grad
+    weight.requires_grad_(True)
+    try:
+        model(input_ids=ids).logits.sum().backward()
+        plain = weight.grad.clone()
+        weight.grad = None
+        gate = CountingGate()
+        with pause_hooks(model, gate):  # type: ignore[arg-type]
+            loss = model(input_ids=ids).logits.sum()
+            assert gate.calls == len(layers)
+            loss.backward()
+        assert gate.calls == 2 * len(layers)
+        assert torch.equal(plain, weight.grad)
+    finally:
+        weight.grad = None
+        weight.requires_grad_(was)
+
+
 def test_service_raises_the_mark_only_while_the_judge_scores(settings, tiny_judge, redis_client, base, qa):
     from backend.service import Service
     from backend.state.registry import Registry

@@ -248,7 +248,8 @@ def decoder_layers(model: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def pause_hooks(model: Any, gate: ServingGate | None) -> Iterator[None]:
-    """Within the block, every transformer layer of ``model`` first waits at ``gate`` (nothing without one)."""
+    """Within the block, every transformer layer of ``model`` first waits at ``gate`` (nothing without one), in
+    the forward pass and, when training, again when the backward pass reaches it."""
     if gate is None or gate.mode == "never":
         yield
         return
@@ -256,7 +257,19 @@ def pause_hooks(model: Any, gate: ServingGate | None) -> Iterator[None]:
     def before_layer(module: Any, args: Any) -> None:
         gate.wait()
 
-    handles = [layer.register_forward_pre_hook(before_layer) for layer in decoder_layers(model)]
+    def wait_in_backward(grad: Any) -> None:
+        gate.wait()  # returns None: the gradient passes unchanged
+
+    def after_layer(module: Any, args: Any, output: Any) -> None:
+        # training: the backward pass (about two thirds of a step) waits too, as each layer's gradient is reached
+        first = output[0] if isinstance(output, tuple) else output
+        if getattr(first, "requires_grad", False):
+            first.register_hook(wait_in_backward)
+
+    handles = []
+    for layer in decoder_layers(model):
+        handles.append(layer.register_forward_pre_hook(before_layer))
+        handles.append(layer.register_forward_hook(after_layer))
     try:
         yield
     finally:
