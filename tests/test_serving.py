@@ -148,15 +148,18 @@ def test_without_redis_nothing_pauses_and_nothing_breaks():
     assert ServingGate(dead, "nothing", "always").wait() == 0.0
 
 
+class CountingGate:
+    """A gate that never waits and counts how often it was asked."""
+
+    mode = "always"
+    calls = 0
+
+    def wait(self) -> float:
+        self.calls += 1
+        return 0.0
+
+
 def test_every_layer_waits_at_the_gate_and_the_hooks_go_away(tiny_judge):
-    class CountingGate:
-        mode = "always"
-        calls = 0
-
-        def wait(self) -> float:
-            self.calls += 1
-            return 0.0
-
     import torch
 
     model = tiny_judge.model
@@ -177,14 +180,6 @@ def test_every_layer_waits_at_the_gate_and_the_hooks_go_away(tiny_judge):
 def test_training_waits_at_the_gate_in_the_backward_pass_too(tiny_judge):
     """A training step spends most of its time in the backward pass, where no forward hook runs: each layer
     waits again when its gradient is reached, and the gradients are those of the plain model."""
-
-    class CountingGate:
-        mode = "always"
-        calls = 0
-
-        def wait(self) -> float:
-            self.calls += 1
-            return 0.0
 
     import torch
 
