@@ -148,19 +148,22 @@ def _predict_stored(model_dir: Path, version: Path, rows: list[dict[str, Any]]) 
     return out
 
 
-def _read_alone(work: Path, n: int, first: Path, second: Path, base: Path) -> dict[str, Any]:
-    """Cold N, warm N + 10 and cold N + 10 again, each task read alone (``PREDICT_BATCH_SIZE=1``)."""
-    store = _model_dir(work / f"models-{n}-alone", base)
-    cold = _train(first, work / f"alone-cold-{n}", store, batch_size=1)
-    warm = _train(second, work / f"alone-warm-{n}+10", store, batch_size=1)
-    again = _train(second, work / f"alone-cold-{n}+10", _model_dir(work / f"models-{n}-alone-again", base), 1)
-    return {
-        "cold": cold,
-        "warm_all_but_10": warm,
-        "cold_same_data": again,
-        "warm_over_cold_n": round(warm["seconds"] / cold["seconds"], 3),
-        "warm_vs_cold_head": _compare(work / f"alone-warm-{n}+10", work / f"alone-cold-{n}+10"),
-    }
+def _runs(
+    work: Path, label: str, first: Path, second: Path, base: Path, again: bool, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Cold N into an empty store, warm N + 10 with that store and, when ``again``, cold N + 10 in another empty
+    store with the two heads compared; ``label`` names the folders (``models-<label>``, ``warm-<label>``)."""
+    store = _model_dir(work / f"models-{label}", base)
+    cold = _train(first, work / f"cold-{label}", store, batch_size)
+    warm = _train(second, work / f"warm-{label}", store, batch_size)
+    entry = {"cold": cold, "warm_all_but_10": warm, "warm_over_cold_n": round(warm["seconds"] / cold["seconds"], 3)}
+    if again:
+        fresh = _model_dir(work / f"models-{label}-again", base)
+        cold_again = _train(second, work / f"cold-again-{label}", fresh, batch_size)
+        entry["cold_same_data"] = cold_again
+        entry["warm_over_cold"] = round(warm["seconds"] / cold_again["seconds"], 3)
+        entry["warm_vs_cold_head"] = _compare(work / f"warm-{label}", work / f"cold-again-{label}")
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,25 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                 write_jsonl(work / f"{n}.jsonl", rows[:n]),
                 write_jsonl(work / f"{n}+10.jsonl", rows[: n + 10]),
             )
-            warm_dir = _model_dir(work / f"models-{n}", base)
-            cold = _train(first, work / f"cold-{n}", warm_dir)
-            warm = _train(second, work / f"warm-{n}+10", warm_dir)
-            entry = {
-                "cold": cold,
-                "warm_all_but_10": warm,
-                "warm_over_cold_n": round(warm["seconds"] / cold["seconds"], 3),
-            }
-            if n <= args.identity_up_to:
-                cold_again = _train(second, work / f"cold-{n}+10", _model_dir(work / f"models-{n}-again", base))
-                entry["cold_same_data"] = cold_again
-                entry["warm_over_cold"] = round(warm["seconds"] / cold_again["seconds"], 3)
-                entry["warm_vs_cold_head"] = _compare(work / f"warm-{n}+10", work / f"cold-{n}+10")
-            if n <= args.alone_up_to:
-                entry["read_alone"] = _read_alone(work, n, first, second, base)
+            entry = _runs(work, str(n), first, second, base, n <= args.identity_up_to)
+            if n <= args.alone_up_to:  # every task read alone (PREDICT_BATCH_SIZE=1)
+                entry["read_alone"] = _runs(work, f"{n}-alone", first, second, base, True, batch_size=1)
             record["sizes"][str(n)] = entry
             log.info("%d tasks: %s", n, entry)
             if n == max(sizes) and n + 10 >= 100:
-                record["predict_100_stored"] = _predict_stored(warm_dir, work / f"warm-{n}+10", rows[: n + 10])
+                record["predict_100_stored"] = _predict_stored(work / f"models-{n}", work / f"warm-{n}", rows[: n + 10])
                 log.info("/predict of 100 stored tasks: %s", record["predict_100_stored"])
     record["command"] = "python benchmarks/readonce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

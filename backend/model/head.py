@@ -337,6 +337,8 @@ def _scaled_strength(strength: float, n_features: int) -> float:
 
 
 def _out_of_fold(x: np.ndarray, y: np.ndarray, fold: np.ndarray, strength: float) -> np.ndarray:
+    """Out-of-fold ridge predictions for one strength, a solve per fold: the plain path that ``out_of_fold_grid``
+    (what the head fits with) is tested against."""
     out = np.zeros(y.shape, dtype=np.float64)
     for f in np.unique(fold):
         train, test = fold != f, fold == f
