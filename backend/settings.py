@@ -160,9 +160,10 @@ class Settings:
     prefill_min_alpha: str = "interval"
     #: PREFILL_FLOOR: the value the lower bound of a dimension's alpha interval must exceed (``interval`` rule).
     prefill_floor: float = 0.0
-    #: PREFILL_UNEVALUATED: whether a version with no evidence yet (v0 before the first training run)
-    #: pre-fills every dimension (true/false).
-    prefill_unevaluated: bool = True
+    #: PREFILL_UNEVALUATED: whether a version with no evidence yet (v0 before the project's first training run)
+    #: pre-fills every dimension (true/false). Default false: nothing is pre-filled before it is proven; true
+    #: is for teams whose base model is known to be strong.
+    prefill_unevaluated: bool = False
     #: EVIDENCE_MIN_TASKS: the fewest evidence tasks on which a dimension may be pre-filled or a version
     #: promoted over a trained one.
     evidence_min_tasks: int = 10

@@ -59,6 +59,10 @@ def settings(tiny_model_dir: Path, tmp_path: Path) -> Settings:
         redis_url=REDIS_URL,
         predict_batch_size=4,
         max_input_tokens=4096,
+        # the serving tests compare pre-filled choices (cache against no cache, batched against alone): an
+        # untrained v0 pre-fills them here; the default (nothing unproven is pre-filled) has tests of its own
+        # (tests/test_head.py: test_unevaluated_v0_prefills_nothing_unless_told_to)
+        prefill_unevaluated=True,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from backend.core.agreement import krippendorff_alpha
 from backend.core.rubric import load_rubric
 from backend.model.head import discretized_normal, fit_head, is_head, load_head
+from backend.settings import Settings
 from tests.conftest import REPO
 from worker.source import Annotation, Record
 
@@ -238,10 +239,10 @@ def test_prefill_decisions(rule, expected):
             decisions["coherence"].reason
         )
         assert "nearly constant" in decisions["consistency"].reason
-    unevaluated = PrefillPolicy(unevaluated=False).decide(["coherence"], None)
-    assert (
-        unevaluated["coherence"].prefilled is False and "PREFILL_UNEVALUATED=false" in unevaluated["coherence"].reason
-    )
+    unevaluated = PrefillPolicy().decide(["coherence"], None)  # the default: nothing unproven is pre-filled
+    assert unevaluated["coherence"].prefilled is False
+    assert "about 10 more annotated task(s)" in unevaluated["coherence"].reason, unevaluated
+    assert PrefillPolicy(unevaluated=True).decide(["coherence"], None)["coherence"].prefilled is True
     legacy = PrefillPolicy().decide(["coherence"], {"dimensions": {"coherence": {"interval": {"alpha_system": 0.9}}}})
     assert not legacy["coherence"].prefilled and "retrain" in legacy["coherence"].reason
 
@@ -289,17 +290,23 @@ def test_predict_leaves_out_the_dimensions_the_active_version_has_not_proven(set
     assert all(not row["prefill"]["prefilled"] for row in report["dimensions"])  # the last client: rule "1"
 
 
-def test_unevaluated_v0_prefills_unless_told_not_to(settings, tiny_judge):
+def test_unevaluated_v0_prefills_nothing_unless_told_to(settings, tiny_judge):
+    """Day one: a v0 with no evidence answers a prediction with its model version, score 0 and no choice (the
+    default); PREFILL_UNEVALUATED=true pre-fills every dimension."""
     from backend.core.labeling import label_config
     from support.ls_bodies import ls_task, predict_body
     from tests.test_app import make_client
 
     xml = label_config(SUMMARY)
     tasks = [ls_task(1, {"dialogue": "A: hi.", "summary": "They greet."})]
-    for unevaluated, count in ((True, 4), (False, 0)):
-        client, _ = make_client(settings, tiny_judge, prefill_unevaluated=unevaluated)
+    default = Settings().prefill_unevaluated  # the product's default, not the test fixture's
+    for overrides, count in (({"prefill_unevaluated": default}, 0), ({"prefill_unevaluated": True}, 4)):
+        client, _ = make_client(settings, tiny_judge, **overrides)
         item = client.post("/predict", json=predict_body(tasks, xml)).get_json()["results"][0]
         assert len(item["result"]) == count and item["model_version"].endswith(".v0")
+        assert (item["score"] == 0) == (count == 0)
+        prefill = client.get("/versions?project=1").get_json()["details"][0]["prefill"]
+        assert all(d["prefilled"] == bool(count) for d in prefill.values()), prefill
 
 
 def test_target_token_span_covers_the_summary(tiny_judge):

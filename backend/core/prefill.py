@@ -14,8 +14,8 @@ groups of related tasks. The rule is ``PrefillPolicy.rule`` (``PREFILL_MIN_ALPHA
 * a number, e.g. ``0.2``: alpha at least that (a point estimate);
 * ``off``: every dimension is pre-filled.
 
-A version without any evidence (``v0`` before the first training run) pre-fills every dimension unless
-``PREFILL_UNEVALUATED=false``. Pure module.
+A version without any evidence (``v0`` before the project's first training run) pre-fills nothing unless
+``PREFILL_UNEVALUATED=true``; its reason says how many annotated tasks the gate needs. Pure module.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class PrefillPolicy:
     floor: float = 0.0
     min_tasks: int = 10
     min_groups: int = 5
-    unevaluated: bool = True
+    unevaluated: bool = False
 
     @classmethod
     def from_settings(cls, settings: Any) -> PrefillPolicy:
@@ -73,6 +73,18 @@ class PrefillPolicy:
             f"{evidence.groups}: about {max(more_tasks, more_groups)} more annotated task(s) of new groups"
         )
 
+    def unevaluated_decision(self) -> PrefillDecision:
+        """A version with no evidence: pre-filled only with ``PREFILL_UNEVALUATED=true``; otherwise the reason
+        says what the gate needs (annotated tasks in groups, then a training run that measures the version)."""
+        if self.unevaluated:
+            return PrefillDecision(True, "no evidence yet; pre-filled (PREFILL_UNEVALUATED=true)")
+        needed = self.shortfall(Evidence(None, None, None, 0, 0))
+        return PrefillDecision(
+            False,
+            f"no evidence yet; left empty until a training run measures it: {needed}, "
+            "then Start Training (or TRAIN_MIN_NEW_ANNOTATIONS submissions)",
+        )
+
     def decide(self, dimensions: Sequence[str], evaluation: Mapping[str, Any] | None) -> dict[str, PrefillDecision]:
         """One decision per dimension from a version's evaluation (``worker.evaluate`` metrics), or ``None``
         when the version has none."""
@@ -84,12 +96,7 @@ class PrefillPolicy:
             if self.rule == "off":
                 out[name] = PrefillDecision(True, "PREFILL_MIN_ALPHA=off: every dimension is pre-filled")
             elif entry is None:
-                what = (
-                    "pre-filled (PREFILL_UNEVALUATED=true)"
-                    if self.unevaluated
-                    else "left empty (PREFILL_UNEVALUATED=false)"
-                )
-                out[name] = PrefillDecision(self.unevaluated, f"no evidence yet; {what}")
+                out[name] = self.unevaluated_decision()
             elif self.rule == "interval":
                 out[name] = self._by_interval(entry)
             else:
