@@ -414,6 +414,24 @@ class Service:
             self._prefill[key] = cached
         return cached[1]
 
+    def prefill_summary(self, project: str) -> dict[str, Any]:
+        """What the active version pre-fills and, for every dimension it leaves empty, why (for ``/status``):
+        ``{"version", "prefilled": [names], "left_empty": {name: reason}, "summary"}``."""
+        number = self.registry.active_version(project)
+        rubric = self.registry.remembered_rubric(project, self.rubrics, self.settings.rubric)
+        if rubric is None:
+            return {"version": version_name(number), "prefilled": [], "left_empty": {}, "summary": "no rubric yet"}
+        decisions = self.prefill_decisions(project, number, rubric)
+        prefilled = [name for name, d in decisions.items() if d.prefilled]
+        left = {name: d.reason for name, d in decisions.items() if not d.prefilled}
+        summary = f"{version_name(number)} pre-fills {len(prefilled)} of {len(decisions)} dimension(s)"
+        reasons = sorted(set(left.values()))
+        if len(reasons) == 1:
+            summary += f"; the others: {reasons[0]}"
+        elif reasons:
+            summary += "; see left_empty for why the others are not"
+        return {"version": version_name(number), "prefilled": prefilled, "left_empty": left, "summary": summary}
+
     def ensure_adapter(self, ctx: ProjectContext) -> str | None:
         """Attach the project's active adapter (without a restart) and return its name, or None for v0."""
         if ctx.version == 0:
@@ -623,6 +641,7 @@ class Service:
                 state["last_deferral"] = self.triggers.last_deferral(p)
             with contextlib.suppress(Exception):
                 state["prelabel"] = self.triggers.last_prelabel(p)
+            state["prefill"] = self.prefill_summary(p)
             out[p] = state
         return {"projects": out}
 

@@ -309,6 +309,36 @@ def test_unevaluated_v0_prefills_nothing_unless_told_to(settings, tiny_judge):
         assert all(d["prefilled"] == bool(count) for d in prefill.values()), prefill
 
 
+def test_day_one_says_what_is_still_needed_in_status_and_the_report(settings, tiny_judge, redis_client):
+    """Before any training run, /status and the report say that v0 pre-fills nothing and how many annotated
+    tasks the gate needs; once a run has written v0's evidence, /status follows the interval gate instead."""
+    import uuid
+
+    from backend.core.rubric import load_all
+    from backend.service import Service
+    from backend.state.registry import Registry
+    from backend.state.triggers import Triggers
+    from backend.web.app import create_app
+
+    settings = settings.with_overrides(prefill_unevaluated=Settings().prefill_unevaluated)
+    base = f"day-one-{uuid.uuid4().hex[:8]}"
+    service = Service(
+        settings,
+        tiny_judge,
+        Registry(settings.model_dir, base, redis_client),
+        load_all(settings.rubric_dir),
+        triggers=Triggers(redis_client, base, f"q-{base}"),
+    )
+    client = create_app(settings, service).test_client()
+    state = client.get("/status?project=77").get_json()["projects"]["77"]
+    assert state["prefill"]["prefilled"] == [] and state["prefill"]["version"] == "v0", state["prefill"]
+    assert "about 10 more annotated task(s)" in state["prefill"]["summary"], state["prefill"]
+    qa = load_rubric("qa-quality", REPO / "rubric_configs")
+    assert set(state["prefill"]["left_empty"]) == set(qa.dimension_names)
+    missing = client.get("/reports/77.json").get_json()["error"]
+    assert "pre-fills nothing" in missing and "about 10 more annotated task(s)" in missing, missing
+
+
 def test_target_token_span_covers_the_summary(tiny_judge):
     from backend.core.prompts import encode_prompt, target_token_span
 

@@ -204,7 +204,12 @@ def project_report(
     infos = registry.versions(project)
     runs = [(i, i.metrics) for i in infos if i.number > 0 and i.metrics]
     if not runs:
-        raise ReportError(f"project {project} has no training runs yet: press Start Training in Label Studio")
+        needed = (policy or PrefillPolicy()).unevaluated_decision()
+        what = "pre-fills every dimension" if needed.prefilled else "pre-fills nothing"
+        raise ReportError(
+            f"project {project} has no training runs yet: v0 {what} ({needed.reason}); "
+            "press Start Training in Label Studio once tasks are annotated"
+        )
     active = next((i for i in infos if i.active), infos[0])
     shown = next(((i, m) for i, m in runs if i.active), runs[-1])
     report = {
