@@ -1,0 +1,233 @@
+"""The README's figures are the benchmarks' figures, and its defaults are the code's.
+
+Convention: a paragraph of README.md (lines between blank lines: a sentence group, a list item, a table) that
+quotes a benchmark figure names where it comes from: run `TAG` (``benchmarks/RESULTS.json``, key ``*/TAG``) or
+section `NAME` (``benchmarks/SPEED.json``). ``FIGURES`` holds, for every quoted figure, a pattern that finds it
+(whitespace collapsed, one group per number), the source its paragraph must name and the number's path in that
+source. The number must equal the JSON's value to the digits written (``0.592`` for 0.59169, ``−0.59`` for
+-0.5947). Every other decimal number in the README's prose must be listed in ``NOT_FIGURES``, so a new figure
+cannot be quoted without a row here, and a figure that moves in the JSON fails this test until the README moves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from functools import cache
+from typing import Any
+
+import pytest
+
+from backend.core.prefill import PrefillPolicy
+from backend.settings import Settings
+from tests.conftest import REPO
+
+README = REPO / "README.md"
+BENCH = REPO / "benchmarks"
+
+#: a source label as the README writes it -> (JSON file under benchmarks/, path to the source's record)
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "run `d5-grouped`": ("RESULTS.json", ("dialsummeval/d5-grouped",)),
+    "run `c1`": ("RESULTS.json", ("curve/c1", "curves")),
+    "run `c2`": ("RESULTS.json", ("curve/c2", "curves")),
+    "section `contention`": ("SPEED.json", ("contention",)),
+    "section `readonce`": ("SPEED.json", ("readonce", "sizes")),
+}
+
+D5_TEST = "systems/{}/test/alpha_dims"
+CURVE_SIZES = ("10", "20", "40", "80", "160", "980")
+CONTENTION = (
+    "no training",
+    "training, defaults: WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=auto",
+    "training, WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=never (before the pause)",
+)
+
+#: (pattern with one group per quoted number, source label, one path per group, relative to the source)
+FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
+    # day one: why v0 pre-fills nothing
+    (
+        r"on DialSummEval dev its α per dimension is (\S+), the majority label's (\S+) \(run `d5-grouped`",
+        "run `d5-grouped`",
+        ("systems/v0/dev/alpha_dims", "systems/majority/dev/alpha_dims"),
+    ),
+    # the learning curve table
+    (
+        r"\| test α per dimension" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        "run `c1`",
+        tuple(f"random/{n}/alpha_dims" for n in CURVE_SIZES),
+    ),
+    (
+        r"\| dimensions pre-filled, of 4" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        "run `c1`",
+        tuple(f"random/{n}/prefilled" for n in CURVE_SIZES),
+    ),
+    (
+        r"annotators of this data agree with each other at α (\S+) to (\S+) per dimension",
+        "run `d5-grouped`",
+        ("humans_test/fluency/interval", "humans_test/consistency/interval"),
+    ),
+    (r"order `diverse`\) reached (\S+) at 80 tasks", "run `c2`", ("diverse/80/alpha_dims",)),
+    (r"against (\S+) in random order \(run `c1`\)", "run `c1`", ("random/80/alpha_dims",)),
+    # the default run on the full training split
+    (
+        r"on test its α per dimension is (\S+) \(flattened (\S+)\), against (\S+) for TF-IDF \+ ridge, (\S+) for "
+        r"the majority label and (\S+) for `v0`",
+        "run `d5-grouped`",
+        (
+            D5_TEST.format("adapter"),
+            "systems/adapter/test/alpha_flat",
+            D5_TEST.format("tfidf_ridge"),
+            D5_TEST.format("majority"),
+            D5_TEST.format("v0"),
+        ),
+    ),
+    (
+        r"The whole benchmark run took (\S+) s on 2 CPU cores, (\S+) s of it reading",
+        "run `d5-grouped`",
+        ("wall_seconds", "training/feature_seconds"),
+    ),
+    (
+        r"training split \((\S+) tasks in (\S+) dialogues, run `d5-grouped`\)",
+        "run `d5-grouped`",
+        ("decisions/evidence/tasks", "decisions/evidence/groups"),
+    ),
+    # speed
+    (
+        r"took (\S+) s for 1,010 tasks, against (\S+) s for the 1,000 read cold",
+        "section `readonce`",
+        ("1000/warm_all_but_10/seconds", "1000/cold/seconds"),
+    ),
+    (
+        r"a 10-task `/predict` took (\S+) s \((\S+) s with no job at all\) instead of (\S+) s without the pause, "
+        r"and a 30-task request (\S+) s \((\S+) s\) instead of (\S+) s",
+        "section `contention`",
+        (
+            f"{CONTENTION[1]}/predict_10_tasks_p50_s",
+            f"{CONTENTION[0]}/predict_10_tasks_p50_s",
+            f"{CONTENTION[2]}/predict_10_tasks_p50_s",
+            f"{CONTENTION[1]}/predict_30_tasks_s",
+            f"{CONTENTION[0]}/predict_30_tasks_s",
+            f"{CONTENTION[2]}/predict_30_tasks_s",
+        ),
+    ),
+]
+
+#: decimal numbers in the README's prose that are not benchmark figures (versions, a paper id, a default)
+NOT_FIGURES = (
+    "Python 3.11",
+    "arXiv:2604.00586",
+    "Qwen3-1.7B",
+    "default 0.2 of the groups",
+    "172.16/12, 192.168/16",  # private address ranges
+)
+
+DECIMAL = re.compile(r"(?<![\d.])[−-]?\d[\d,]*\.\d+(?![.\d])")
+
+
+@cache
+def paragraphs() -> tuple[str, ...]:
+    """README.md's prose, one string per block between blank lines (whitespace collapsed), code blocks left out."""
+    text = re.sub(r"^```.*?^```", "", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return tuple(" ".join(block.split()) for block in re.split(r"\n\s*\n", text) if block.strip())
+
+
+@cache
+def load(name: str) -> Any:
+    return json.loads((BENCH / name).read_text(encoding="utf-8"))
+
+
+def lookup(source: str, path: str) -> Any:
+    file, base = SOURCES[source]
+    value = load(file)
+    for key in [*base, *path.split("/")]:
+        assert isinstance(value, dict) and key in value, f"{file}: no {key!r} on the way to {base} {path}"
+        value = value[key]
+    return value
+
+
+def number(written: str) -> tuple[float, int]:
+    """The value and the decimal places of a figure as written (``−0.59``, ``1,694``)."""
+    text = written.replace("−", "-").replace(",", "")
+    assert re.fullmatch(r"-?\d+(\.\d+)?", text), f"not a number: {written!r}"
+    return float(text), len(text.partition(".")[2])
+
+
+@pytest.mark.parametrize("pattern, source, paths", FIGURES, ids=[f"{s}: {p[0]}" for _, s, p in FIGURES])
+def test_each_quoted_figure_names_its_run_and_equals_the_json(pattern, source, paths):
+    found = [(block, m) for block in paragraphs() for m in re.finditer(pattern, block)]
+    assert found, f"README.md no longer quotes {pattern!r}: update the README or remove the row from FIGURES"
+    for block, match in found:
+        assert source in block, f"the paragraph quoting {match.group(0)!r} does not name its source {source}"
+        assert len(match.groups()) == len(paths)
+        for written, path in zip(match.groups(), paths, strict=True):
+            value, places = number(written)
+            expected = lookup(source, path)
+            assert isinstance(expected, int | float), (source, path, expected)
+            assert abs(value - expected) <= 0.5 * 10**-places + 1e-9, (
+                f"README.md says {written} where {SOURCES[source][0]} ({source}, {path}) has {expected}"
+            )
+
+
+def test_every_decimal_figure_in_the_readme_is_checked():
+    unchecked = []
+    for block in paragraphs():
+        covered = [
+            m.span(i)
+            for pattern, _, _ in FIGURES
+            for m in re.finditer(pattern, block)
+            for i in range(1, 1 + len(m.groups()))
+        ]
+        prose = block
+        for allowed in NOT_FIGURES:
+            prose = prose.replace(allowed, " " * len(allowed))
+        prose = re.sub(r"`[^`]*`", lambda m: " " * len(m.group(0)), prose)  # inline code is not a figure
+        for m in DECIMAL.finditer(prose):
+            if not any(start <= m.start() and m.end() <= end for start, end in covered):
+                unchecked.append((m.group(0), block[max(0, m.start() - 60) : m.end() + 20]))
+    assert unchecked == [], f"figures in README.md with no row in FIGURES (tests/test_readme.py): {unchecked}"
+
+
+def test_every_run_and_section_the_readme_names_exists():
+    text = " ".join(paragraphs())
+    runs = set(re.findall(r"\brun `([^`]+)`", text))
+    known = {key.partition("/")[2] for key in load("RESULTS.json")}
+    assert runs - known == set(), f"README.md names runs that benchmarks/RESULTS.json does not have: {runs - known}"
+    sections = set(re.findall(r"\bsection `([^`]+)`", text))
+    assert sections - set(load("SPEED.json")) == set(), "README.md names sections that SPEED.json does not have"
+    assert {f"run `{r}`" for r in runs} | {f"section `{s}`" for s in sections} <= set(SOURCES), (
+        "a source the README names has no entry in SOURCES, so its figures are not checked"
+    )
+
+
+@pytest.mark.parametrize("tag", ["c1", "c2"])
+def test_the_curve_runs_quoted_are_the_curves_in_curve_json(tag):
+    """The README links CURVE.json for the curve figures: it must hold what run c1/c2 recorded."""
+    recorded = load("RESULTS.json")[f"curve/{tag}"]["curves"]
+    curves = load("CURVE.json")["dialsummeval"][load("RESULTS.json")[f"curve/{tag}"]["base_model"]]
+    for order, points in recorded.items():
+        assert curves[order] == points, f"CURVE.json's {order} curve is not run {tag}'s"
+
+
+def shown(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:g}"
+    return str(value)
+
+
+def test_defaults_the_readme_quotes_are_the_defaults():
+    """``NAME` (value)`` and ``NAME=value`, the default`` in the README name Settings' defaults."""
+    defaults = {f.name.upper(): shown(getattr(Settings(), f.name)) for f in fields(Settings)}
+    text = " ".join(paragraphs())
+    quoted = re.findall(r"`([A-Z][A-Z0-9_]+)` \(([\w.]+)\)", text)
+    quoted += re.findall(r"`([A-Z][A-Z0-9_]+)=([\w.]+)`, the default", text)
+    assert quoted, "the pattern no longer finds the defaults the README quotes"
+    wrong = [(name, value, defaults[name]) for name, value in quoted if name in defaults and value != defaults[name]]
+    assert wrong == [], f"README.md quotes defaults that are not Settings' (name, README, code): {wrong}"
+
+
+def test_the_day_one_reason_the_readme_quotes_is_the_code_s():
+    reason = PrefillPolicy.from_settings(Settings()).unevaluated_decision().reason
+    assert f'"{reason}"' in " ".join(paragraphs()), f"README.md should quote v0's reason on day one: {reason}"
