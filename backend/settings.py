@@ -34,7 +34,9 @@ class Settings:
     base_model: str = "smollm2-135m"
     #: QUANTIZATION: ``none``, ``4bit`` (bitsandbytes NF4) or ``8bit``.
     quantization: str = "none"
-    #: MODEL_DIR: adapters, run artefacts and the converted embedded model live here.
+    #: MODEL_DIR: each project's state and versions under MODEL_DIR/<base model>/<project>/ (the short name of
+    #: BASE_MODEL and QUANTIZATION, so base models never mix), the feature store under features/, the converted
+    #: embedded model under base/.
     model_dir: Path = field(default_factory=lambda: REPO_ROOT / "models")
     #: DEVICE: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     device: str = "auto"
@@ -50,8 +52,9 @@ class Settings:
     #: so that retraining reads only new tasks and a feature-head version scores a stored task without the
     #: model; the least recently read entries are evicted beyond this many MB; 0 = off.
     feature_store_mb: int = 2048
-    #: READAHEAD_MAX_TASKS: tasks of one Label Studio TASKS_CREATED event read ahead by the worker (features and
-    #: v0 scores stored, pre-annotations written when LABEL_STUDIO_API_KEY is set); 0 = off.
+    #: READAHEAD_MAX_TASKS: tasks of one Label Studio TASKS_CREATED event read ahead by the worker (the base
+    #: model's features to the feature store, the scores under the active version to the prediction cache;
+    #: nothing is written to Label Studio); 0 = off.
     readahead_max_tasks: int = 2000
     #: ML_TIMEOUT_PREDICT: seconds Label Studio waits for /predict before it gives up and stores nothing (its
     #: own setting of the same name; 100 in Label Studio 1.23).
@@ -120,7 +123,8 @@ class Settings:
     train_learning_rate: float = 0.0
     train_batch_size: int = 0
     train_max_length: int = 0
-    #: TRAIN_HELDOUT_FRACTION: share of annotated tasks held out for evaluation (0 = rubric's or 0.2).
+    #: TRAIN_HELDOUT_FRACTION: LoRA only: share of task groups held out as the adapter's evidence (0 = rubric's
+    #: or 0.2). A feature head has no held-out split: it is judged out of fold over every annotated task.
     train_heldout_fraction: float = 0.0
     #: TRAIN_TARGETS: ``each`` (one example per annotator), ``consensus`` (one per task) or ``distribution``
     #: (one per task, trained against the annotators' label distribution).

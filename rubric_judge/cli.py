@@ -174,17 +174,25 @@ def _worker_command(run: Any) -> Any:
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, help="training epochs (rubric's training.epochs, else 3)")
-    parser.add_argument("--learning-rate", type=float, help="learning rate")
-    parser.add_argument("--batch-size", type=int, help="examples per optimizer step")
-    parser.add_argument("--max-length", type=int, help="max tokens per example (inputs trimmed, never the target)")
-    parser.add_argument("--lora-r", type=int, help="LoRA rank (16)")
-    parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
-    parser.add_argument("--heldout-fraction", type=float, help="share of tasks held out for evaluation (0.2)")
+    parser.add_argument("--epochs", type=int, help="LoRA: training epochs (rubric's training.epochs, else 3)")
+    parser.add_argument("--learning-rate", type=float, help="LoRA: learning rate")
+    parser.add_argument("--batch-size", type=int, help="LoRA: examples per optimizer step")
+    parser.add_argument(
+        "--max-length", type=int, help="LoRA: max tokens per example (inputs trimmed, never the target)"
+    )
+    parser.add_argument("--lora-r", type=int, help="LoRA: rank (16)")
+    parser.add_argument("--lora-alpha", type=int, help="LoRA: alpha (32)")
+    parser.add_argument(
+        "--heldout-fraction",
+        type=float,
+        help="LoRA only: share of task groups held out as the adapter's evidence (0.2); a feature head is "
+        "judged out of fold on every task",
+    )
     parser.add_argument(
         "--targets",
         choices=["each", "consensus", "distribution"],
-        help="one example per annotator, per task, or per task against the label distribution",
+        help="LoRA: one example per annotator, per task, or per task against the label distribution (a feature "
+        "head learns each task's human mean or consensus)",
     )
     parser.add_argument(
         "--method",
@@ -195,10 +203,10 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
-        help="training precision (auto: bf16 autocast where the hardware makes it fast)",
+        help="LoRA: training precision (auto: bf16 autocast where the hardware makes it fast)",
     )
-    parser.add_argument("--seed", type=int, help="random seed (3407)")
-    parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.add_argument("--seed", type=int, help="LoRA: random seed of the split, shuffling and augmentation (3407)")
+    parser.add_argument("--no-augment", action="store_true", help="LoRA: turn augmentation off")
     parser.add_argument("--limit", type=int, help="use only the first N tasks of --data")
 
 
@@ -244,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--json", action="store_true", help="print the JSON instead of a list")
     queue.set_defaults(func=cmd_queue)
 
-    worker = sub.add_parser("worker", help="run an RQ worker that trains adapters (queue QUEUE_NAME)")
+    worker = sub.add_parser(
+        "worker", help="run the RQ worker (queue QUEUE_NAME): training jobs and background pre-annotation"
+    )
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--name", help="worker name (default: RQ's)")
     worker.set_defaults(func=_worker_command(worker_cli.run_worker))
@@ -258,19 +268,27 @@ def build_parser() -> argparse.ArgumentParser:
     prelabel.add_argument("--batch-size", type=int, default=32, help="tasks scored and written per round (32)")
     prelabel.set_defaults(func=_worker_command(worker_cli.run_prelabel))
 
-    train = sub.add_parser("train", help="train and evaluate an adapter offline from a JSONL/CSV file")
+    train = sub.add_parser(
+        "train", help="build and evaluate a version (feature head or LoRA adapter) offline from a JSONL/CSV file"
+    )
     train.add_argument("--rubric", required=True, help="rubric name or YAML path")
     train.add_argument("--data", required=True, help="JSONL ({id, data, annotations|label}) or CSV")
-    train.add_argument("--heldout-data", help="evaluate on this file instead of a split of --data")
+    train.add_argument(
+        "--heldout-data",
+        help="also score this file (stored as 'heldout' in metrics.json); a LoRA adapter is judged on it instead "
+        "of a split of --data, a feature head is still judged out of fold on --data",
+    )
     train.add_argument("--heldout-limit", type=int, help="use only the first N tasks of --heldout-data")
-    train.add_argument("--out", required=True, help="new folder for the adapter, metrics and data snapshot")
+    train.add_argument("--out", required=True, help="new folder for the head or adapter, metrics and data snapshot")
     _training_options(train)
     train.set_defaults(func=_worker_command(worker_cli.run_train))
 
-    evaluate = sub.add_parser("evaluate", help="agreement of the base model or an adapter with a labelled file")
+    evaluate = sub.add_parser("evaluate", help="agreement of the base model or a trained version with a labelled file")
     evaluate.add_argument("--rubric", required=True, help="rubric name or YAML path")
     evaluate.add_argument("--data", required=True, help="JSONL or CSV with human labels")
-    evaluate.add_argument("--model", default="v0", help="'v0' (base model) or an adapter folder")
+    evaluate.add_argument(
+        "--model", default="v0", help="'v0' (base model) or a version folder (feature head or LoRA adapter)"
+    )
     evaluate.add_argument("--limit", type=int, help="use only the first N tasks")
     evaluate.add_argument("--output", help="write the full metrics JSON here")
     evaluate.set_defaults(func=_worker_command(worker_cli.run_evaluate))
