@@ -11,7 +11,8 @@ serve: setup
 	scripts/ensure-redis.sh
 	.venv/bin/rubric-judge serve
 
-# everything: lint, format, types, then every test (the real-Label-Studio e2e included, ~10 minutes)
+# everything: lint, format, types, then every test (the real-Label-Studio e2e and the demo included; README.md
+# says how long it took from a fresh clone)
 test: setup lint
 	scripts/ensure-system-deps.sh
 	scripts/ensure-redis.sh
@@ -28,6 +29,7 @@ lint: setup
 	.venv/bin/mypy $(PURE)
 	.venv/bin/lint-imports
 
+# Label Studio + Redis + backend + worker, a day-one project and one with 20 prepared annotations; Ctrl-C stops all
 demo: setup
 	.venv/bin/python scripts/demo.py
 

@@ -155,7 +155,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
     ]
     for entry in data["queue"]:
         lines.append(f"{entry['score']:.3f}  task {entry['task_id']}  {entry['link'] or ''}")
-    if not data["queue"]:
+    if not data["queue"] and data["predicted_by_active_version"]:
+        lines.append(
+            f"{data['model_version']} pre-fills nothing yet, so there is no uncertainty to rank by: annotate tasks "
+            "of many different groups (dialogues, questions) and press Start Training; once a dimension is proven, "
+            "this queue ranks the tasks by it"
+        )
+    elif not data["queue"]:
         lines.append(
             "no unannotated task has a prediction by the active version: run `rubric-judge prelabel` "
             "or Retrieve Predictions first"

@@ -74,6 +74,7 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)  # must stay alive: wait_for fails when one exits
     done: list[Proc] = field(default_factory=list)  # finished as they should (a burst worker); logs still shown
     hogs: list[CpuHog] = field(default_factory=list)  # CPU hogs beside the stack: stopped first
+    shared: list[Proc] = field(default_factory=list)  # watched and logged like procs, but stopped by their owner
 
     def add(self, proc: Proc) -> Proc:
         self.procs.append(proc.start())
@@ -93,7 +94,7 @@ class Stack:
     def logs(self) -> str:
         return "\n\n".join(
             f"----- {p.name} (pid {p.popen.pid if p.popen else '-'}) log tail -----\n{p.tail()}"
-            for p in [*self.procs, *self.done]
+            for p in [*self.shared, *self.procs, *self.done]
         )
 
     def fail(self, message: str) -> AssertionError:
@@ -104,7 +105,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            for proc in self.procs:
+            for proc in [*self.shared, *self.procs]:
                 if not proc.alive():
                     raise self.fail(
                         f"{proc.name} exited (code {proc.popen.returncode if proc.popen else '?'}) "

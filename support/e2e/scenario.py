@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -40,6 +41,23 @@ LS_TIMEOUT_S = 100.0
 SETTLE_BOUND_S = 300.0
 #: the backend's line for each /predict (backend/service.py, ``predict_tasks_timed``)
 SCORED_LINE = re.compile(r"scored (\d+) of (\d+) task\(s\) with (\S+) in ([\d.]+) s(?:; (\d+) deferred)?")
+
+
+#: the qa-quality dimensions, in the rubric's order
+DIMENSIONS = ["conciseness", "interpretability", "completeness", "clarity", "accuracy", "relevance"]
+#: how the simulated annotators (the e2e tests, the demo's prepared annotations) judge each kind of answer in
+#: the fixture, before some noise
+SCORES = {"good": [2, 2, 2, 2, 2, 2], "bad": [-2, -2, -2, -2, -2, -2], "verbose": [0, 0, 0, 0, 0, 0]}
+
+
+def human_result(kind: str, rng: random.Random) -> list[dict[str, Any]]:
+    """A Label Studio annotation result for a fixture task of ``kind``: ``SCORES`` plus noise of ±1 on a third
+    of the dimensions, clipped to −2..2."""
+    values = [min(2, max(-2, v + rng.choice([0, 0, 0, 0, -1, 1]))) for v in SCORES[kind]]
+    return [
+        {"from_name": d, "to_name": "answer", "type": "choices", "value": {"choices": [str(v)]}}
+        for d, v in zip(DIMENSIONS, values, strict=True)
+    ]
 
 
 def install_label_studio() -> Path:
@@ -110,6 +128,8 @@ class Servers:
     artifacts: Path
     backend: Proc
     ls: requests.Session
+    #: Label Studio's ML_TIMEOUT_PREDICT: it cuts a /predict off after this many seconds
+    ls_timeout_s: float = LS_TIMEOUT_S
 
     @property
     def bin_dir(self) -> Path:
@@ -205,7 +225,7 @@ class Servers:
                 "auth_method": "BASIC_AUTH",
                 "basic_auth_user": BASIC[0],
                 "basic_auth_pass": BASIC[1],
-                "timeout": LS_TIMEOUT_S,
+                "timeout": self.ls_timeout_s,
             },
             timeout=60,
         )
@@ -231,13 +251,13 @@ class Servers:
 
     def retrieve(self, pid: int, task_ids: list[int] | None) -> None:
         """The Data Manager's *Retrieve Predictions* on every task (None) or on ``task_ids``; Label Studio calls
-        /predict synchronously and cuts it off after the backend's 100 s timeout."""
+        /predict synchronously and cuts it off after its ML_TIMEOUT_PREDICT (``ls_timeout_s``)."""
         selected = {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": task_ids}
         action = self.ls.post(
             f"{self.ls_url}/api/dm/actions",
             params={"id": "retrieve_tasks_predictions", "project": pid},
             json={"selectedItems": selected},
-            timeout=2 * LS_TIMEOUT_S,
+            timeout=2 * self.ls_timeout_s,
         )
         assert action.ok, action.text
 
@@ -370,17 +390,73 @@ def ls_environment(base_env: Mapping[str, str], data_dir: Path) -> dict[str, str
     }
 
 
+@dataclass
+class LabelStudio:
+    """A running Label Studio: its URL, its process and its ML_TIMEOUT_PREDICT."""
+
+    url: str
+    proc: Proc
+    timeout_predict_s: float
+
+
+def _base_environment() -> dict[str, str]:
+    """This process's environment without Label Studio's or Django's variables (and without a test's marker, which
+    ``tests/conftest.py`` sets per test: a server shared by several tests must not carry one test's mark)."""
+    skip = ("LABEL_STUDIO", "DJANGO", "RUBRIC_JUDGE_TEST_MARK")
+    return {k: v for k, v in os.environ.items() if not k.startswith(skip)}
+
+
+@contextlib.contextmanager
+def label_studio_server(
+    ls_venv: Path, workdir: Path, artifacts: Path, timeout_predict_s: float = LS_TIMEOUT_S
+) -> Iterator[LabelStudio]:
+    """Label Studio 1.23.2 on a free loopback port with its database under ``workdir`` and
+    ``ML_TIMEOUT_PREDICT=timeout_predict_s``; stopped on the way out. Several stacks may share it
+    (``running_stack(label_studio=...)``): each creates projects of its own."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**ls_environment(_base_environment(), workdir / "ls-data"), "ML_TIMEOUT_PREDICT": f"{timeout_predict_s:g}"}
+    argv = [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1"]
+    argv += ["-p", str(port), "--data-dir", str(workdir / "ls-data")]
+    proc = Proc("label-studio", argv, artifacts / "label-studio.log", env, workdir)
+    stack = Stack()
+    try:
+        stack.add(proc)
+        url = f"http://127.0.0.1:{port}"
+        stack.wait_for("Label Studio /health", lambda: requests.get(f"{url}/health", timeout=2).ok, 420, 2)
+        yield LabelStudio(url, proc, timeout_predict_s)
+    finally:
+        stack.stop()
+
+
 @contextlib.contextmanager
 def running_stack(
-    ls_venv: Path, workdir: Path, artifacts: Path, redis_db: int = 14, **judge_settings: str
+    ls_venv: Path,
+    workdir: Path,
+    artifacts: Path,
+    redis_db: int = 14,
+    label_studio: LabelStudio | None = None,
+    **judge_settings: str,
 ) -> Iterator[Servers]:
-    """Label Studio and ``rubric-judge serve`` (8 threads) on free loopback ports, with a queue of their own and
-    Redis database ``redis_db`` (flushed: it belongs to the caller); ``judge_settings`` add to or replace the
+    """Label Studio (``label_studio``, shared and left running; else one of the stack's own with the default
+    ML_TIMEOUT_PREDICT) and ``rubric-judge serve`` (8 threads) on free loopback ports, with a queue of their own
+    and Redis database ``redis_db`` (flushed: it belongs to the caller); ``judge_settings`` add to or replace the
     backend's and workers' environment. Everything the stack started, hogs and RQ work-horses included, is
     stopped on the way out, and it fails if a process of its queue is still running then."""
+    with contextlib.ExitStack() as own:
+        if label_studio is None:
+            label_studio = own.enter_context(label_studio_server(ls_venv, workdir, artifacts))
+        with _running_stack(label_studio, workdir, artifacts, redis_db, judge_settings) as servers:
+            yield servers
+
+
+@contextlib.contextmanager
+def _running_stack(
+    label_studio: LabelStudio, workdir: Path, artifacts: Path, redis_db: int, judge_settings: Mapping[str, str]
+) -> Iterator[Servers]:
     artifacts.mkdir(parents=True, exist_ok=True)
-    ls_port, backend_port = free_port(), free_port()
-    ls_url, backend_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{backend_port}"
+    backend_port = free_port()
+    ls_url, backend_url = label_studio.url, f"http://127.0.0.1:{backend_port}"
     queue_name = f"rj-e2e-{uuid.uuid4().hex[:8]}"
     model_dir = workdir / "models"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
@@ -405,28 +481,9 @@ def running_stack(
     import redis
 
     redis.Redis.from_url(judge_env["REDIS_URL"]).flushdb()
-    stack = Stack()
+    stack = Stack(shared=[label_studio.proc])
     left: dict[int, str] = {}
     try:
-        stack.add(
-            Proc(
-                "label-studio",
-                [
-                    str(ls_venv / "bin" / "label-studio"),
-                    "start",
-                    "--no-browser",
-                    "--internal-host",
-                    "127.0.0.1",
-                    "-p",
-                    str(ls_port),
-                    "--data-dir",
-                    str(workdir / "ls-data"),
-                ],
-                artifacts / "label-studio.log",
-                ls_environment(base_env, workdir / "ls-data"),
-                workdir,
-            )
-        )
         bin_dir = Path(sys.executable).parent
         backend = stack.add(
             Proc(
@@ -446,13 +503,13 @@ def running_stack(
                 REPO,
             )
         )
-        stack.wait_for("Label Studio /health", lambda: requests.get(f"{ls_url}/health", timeout=2).ok, 420, 2)
         stack.wait_for(
             "backend /health", lambda: requests.get(f"{backend_url}/health", auth=BASIC, timeout=2).ok, 300, 1
         )
         ls = requests.Session()
         ls.headers["Authorization"] = f"Token {TOKEN}"
-        yield Servers(stack, ls_url, backend_url, queue_name, judge_env, artifacts, backend, ls)
+        timeout = label_studio.timeout_predict_s
+        yield Servers(stack, ls_url, backend_url, queue_name, judge_env, artifacts, backend, ls, timeout)
     finally:
         stack.stop()
         # every process of this queue: the backend, the workers and their RQ work-horses (stopped by the worker
@@ -496,11 +553,13 @@ def busy_retrieve(
     n_tasks: int = 100,
     bound_s: float = SETTLE_BOUND_S,
     cases: Sequence[bool] = (True,),
+    label_studio: LabelStudio | None = None,
+    **judge_settings: str,
 ) -> list[dict[str, Any]]:
     """``retrieve_case`` for each of ``cases`` (True: beside a CPU hog on every core; False: an idle machine),
-    each on a project of its own, with one ``rubric-judge worker`` listening and the default PREDICT_DEADLINE_S
-    (60 s, 0.6 x Label Studio's 100 s)."""
-    with running_stack(ls_venv, workdir, artifacts) as servers:
+    each on a project of its own, with one ``rubric-judge worker`` listening; by default on a Label Studio of its
+    own with the default timeout (100 s) and PREDICT_DEADLINE_S (60 s, 0.6 x 100 s)."""
+    with running_stack(ls_venv, workdir, artifacts, label_studio=label_studio, **judge_settings) as servers:
         worker = servers.worker("worker")
         servers.wait_for_worker(worker)
         out = [

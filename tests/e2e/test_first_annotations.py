@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from support.e2e.scenario import BASIC, fixture_tasks, running_stack
+from support.e2e.scenario import BASIC, LabelStudio, fixture_tasks, human_result, running_stack
 from tests.conftest import REPO
-from tests.e2e.test_label_studio import human_result
+from tests.e2e.conftest import SAME_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
@@ -28,11 +28,12 @@ ARTIFACTS = REPO / "artifacts" / "e2e-first"
 ANNOTATED = 12
 
 
-def test_twelve_annotations_then_start_training(ls_venv: Path, tmp_path: Path) -> None:
+def test_twelve_annotations_then_start_training(ls_venv: Path, label_studio: LabelStudio, tmp_path: Path) -> None:
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     fixture = fixture_tasks()
-    with running_stack(ls_venv, tmp_path, ARTIFACTS, redis_db=13) as servers:
+    stack = running_stack(ls_venv, tmp_path, ARTIFACTS, redis_db=13, label_studio=label_studio, **SAME_TIMEOUT)
+    with stack as servers:
         xml = servers.label_config()
         pid, tasks = servers.create_project("first annotations", xml, [t["data"] for t in fixture])
         ml_id = servers.connect_backend(pid)
