@@ -110,6 +110,34 @@ def test_a_changed_input_or_another_base_model_misses_the_store(judge_with_store
     assert judge.model_fingerprint() == fingerprint
 
 
+def test_the_same_model_in_another_folder_shares_the_fingerprint(tiny_model_dir, tmp_path):
+    """The store's fingerprint describes the weights and the computation, not where the files sit: the same
+    model copied to another folder (another name, another MODEL_DIR) gets the same fingerprint; the copy with one
+    weight of a middle layer changed gets another."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from backend.model.judge import Judge
+    from backend.settings import Settings
+
+    def fingerprint(folder, model_dir):
+        settings = Settings.from_env({}, base_model=str(folder), model_dir=model_dir, feature_store_mb=0)
+        return Judge.from_settings(settings).model_fingerprint()
+
+    moved = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "renamed-copy")
+    original = fingerprint(tiny_model_dir, tmp_path / "models-a")
+    assert fingerprint(moved, tmp_path / "models-b") == original
+    weights = load_file(moved / "model.safetensors")
+    middle = sorted(n for n in weights if ".layers." in n and n.endswith("mlp.down_proj.weight"))[-1]
+    weights[middle] = weights[middle].clone()
+    with torch.no_grad():
+        weights[middle][0, 0] += 0.5
+    save_file(weights, moved / "model.safetensors", metadata={"format": "pt"})
+    assert fingerprint(moved, tmp_path / "models-b") != original
+
+
 def _close(a, b) -> bool:
     """Recomputed in another batch: the same labels, features equal to float rounding (batch invariance)."""
     return [s.labels for s in a[0]] == [s.labels for s in b[0]] and all(

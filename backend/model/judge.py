@@ -114,19 +114,28 @@ class Judge:
             )
 
     def model_fingerprint(self) -> str:
-        """What makes this base model's numbers what they are: name, precision, quantization, configuration,
-        library versions and a digest of the first and last weights (a retrained or replaced model with the
-        same name gets another fingerprint)."""
+        """What makes this base model's numbers what they are, and nothing about where its files sit: precision,
+        quantization, device type, model class, its configuration without the path it was loaded from
+        (``_name_or_path``), library versions, and every base weight's name, shape and first 4,096 values (LoRA
+        weights left out). The same model under two MODEL_DIR paths or folder names shares one fingerprint (and
+        one feature store); a retrained or replaced model gets another."""
         import torch
         import transformers
 
         digest = hashlib.sha256()
         config = getattr(self.model, "config", None)
-        described = config.to_json_string(use_diff=False) if config is not None else ""
-        parameters = list(self.model.parameters())
+        described = (
+            json.dumps({k: v for k, v in config.to_dict().items() if k != "_name_or_path"}, sort_keys=True, default=str)
+            if config is not None
+            else ""
+        )
+        named = [  # under names a PEFT wrapper does not change
+            (n.removeprefix("base_model.model.").replace(".base_layer", ""), t)
+            for n, t in self.model.named_parameters()
+            if "lora_" not in n
+        ]
         parts = [
-            self.base_name,
-            str(parameters[0].dtype),
+            str(named[0][1].dtype),
             self.settings.quantization,
             str(self.device.type),
             type(self.model).__name__,
@@ -135,9 +144,10 @@ class Judge:
             transformers.__version__,
         ]
         digest.update("\x1f".join(parts).encode("utf-8"))
-        for tensor in (parameters[0], parameters[-1]):
-            with torch.no_grad():
-                digest.update(tensor.detach().flatten()[:65536].float().cpu().numpy().tobytes())
+        with torch.no_grad():
+            for name, tensor in named:
+                digest.update(f"\x1e{name}{tuple(tensor.shape)}".encode())
+                digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
         return digest.hexdigest()[:24]
 
     def feature_key(self, rubric: Rubric, inputs: Mapping[str, str]) -> str:
