@@ -91,7 +91,7 @@ def test_prelabel_writes_only_what_is_missing_and_is_idempotent(settings, servic
         assert prediction["model_version"] == version
         assert prediction["result"] == item["result"]
         assert abs(prediction["score"] - item["score"]) < 1e-4  # other batch companions: same labels, ~same probs
-    assert steps[0] == (0, 5, 0) and steps[-1] == (5, 5, 4)
+    assert steps[0] == (0, 4, 0) and steps[-1] == (4, 4, 4)  # the task without inputs is not scored
 
     again = prelabel_project(settings, PROJECT, service=service)
     assert again.written == 0 and again.skipped_predicted == 6
@@ -100,6 +100,27 @@ def test_prelabel_writes_only_what_is_missing_and_is_idempotent(settings, servic
     everything = prelabel_project(settings, PROJECT, include_annotated=True, service=service)
     assert everything.written == 3 and everything.skipped_annotated == 0
     assert all(len(written(state)[500 + i]) == 1 for i in range(3))
+
+
+def test_day_one_prelabel_writes_the_versions_prediction_without_a_choice(settings, tiny_judge, replay):
+    """With the default PREFILL_UNEVALUATED=false an untrained v0 pre-fills nothing: the job still writes each
+    task's prediction (model version, score 0, empty result), as Retrieve Predictions stores it, so that the
+    task shows which version answered and is not scored again at that version."""
+    from backend.settings import Settings
+
+    state, url, version = replay
+    settings = settings.with_overrides(
+        label_studio_url=url, label_studio_api_key=TOKEN, prefill_unevaluated=Settings().prefill_unevaluated
+    )
+    service = Service(
+        settings, tiny_judge, Registry(settings.model_dir, tiny_judge.base_name), load_all(settings.rubric_dir)
+    )
+    report = prelabel_project(settings, PROJECT, service=service)
+    assert report.written == 4 and report.skipped_missing_inputs == 1, report
+    new = [p for preds in written(state).values() for p in preds]
+    assert len(new) == 4 and all(p["result"] == [] and p["score"] == 0 for p in new), new
+    assert {p["model_version"] for p in new} == {version}
+    assert prelabel_project(settings, PROJECT, service=service).written == 0
 
 
 def test_prelabel_errors_say_what_is_wrong(settings, service, replay):
@@ -178,7 +199,9 @@ def test_prelabel_route_enqueues_one_job_that_writes_predictions(queued_stack):
     SimpleWorker([queue], connection=queue.connection).work(burst=True)
     job = client.get(f"/jobs/{job_id}").get_json()
     assert job["status"] == "finished", job
-    assert job["meta"]["stage"] == "done" and job["meta"]["done"] == job["meta"]["total"] == 5
+    assert (
+        job["meta"]["stage"] == "done" and job["meta"]["done"] == job["meta"]["total"] == 4
+    )  # the task without inputs is not scored
     assert job["meta"]["written"] == 4
     assert sum(len(p) for p in written(state).values()) == 4
     assert client.get("/jobs/nope").status_code == 404

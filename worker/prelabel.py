@@ -120,6 +120,8 @@ def prelabel_project(
             report.skipped_annotated += 1
         elif ctx.model_version in prediction_versions(client, task):
             report.skipped_predicted += 1
+        elif task_inputs(ctx.rubric, task.get("data"), ctx.binding)[0] is None:
+            report.skipped_missing_inputs += 1
         else:
             todo.append(task)
     log.info(
@@ -138,9 +140,8 @@ def prelabel_project(
         with pause_hooks(service.judge.model, gate):
             results = service.predict_tasks(ctx, batch)
         for task, item in zip(batch, results, strict=True):
-            if not item["result"]:
-                report.skipped_missing_inputs += 1
-                continue
+            # every task here has the rubric's inputs: an empty result is a version that pre-fills nothing
+            # (day one), written like any other so that the task shows which version answered
             report.scored += 1
             try:
                 client.predictions.create(
