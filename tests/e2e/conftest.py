@@ -8,13 +8,6 @@ import pytest
 from support.e2e.scenario import LabelStudio, install_label_studio, label_studio_server
 from tests.conftest import REPO
 
-#: The Label Studio the e2e tests share cuts a /predict off after this many seconds (its ML_TIMEOUT_PREDICT;
-#: 100 s by default): the busy-machine tests run the same deadline logic on fewer tasks, for fewer minutes
-#: beside the CPU hog. Each test's backend is told the same (its ML_TIMEOUT_PREDICT setting), so that its
-#: deadline is derived as in production: PREDICT_DEADLINE_S = 0.6 of it.
-LS_TIMEOUT_PREDICT_S = 45.0
-SAME_TIMEOUT = {"ML_TIMEOUT_PREDICT": f"{LS_TIMEOUT_PREDICT_S:g}"}
-
 
 @pytest.fixture(scope="session")
 def ls_venv() -> Path:
@@ -28,7 +21,9 @@ def ls_venv() -> Path:
 @pytest.fixture(scope="session")
 def label_studio(ls_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
     """One Label Studio for every e2e test of the session (each test makes projects of its own): its start
-    (a fresh database, about a minute on 2 cores) is paid once. Its log goes to artifacts/e2e-label-studio/."""
+    (a fresh database, about a minute on 2 cores) is paid once. It keeps Label Studio's default ML_TIMEOUT_PREDICT
+    (100 s), which the backends' default deadline (60 s) is derived from. Its log goes to
+    artifacts/e2e-label-studio/."""
     workdir = tmp_path_factory.mktemp("label-studio")
-    with label_studio_server(ls_venv, workdir, REPO / "artifacts" / "e2e-label-studio", LS_TIMEOUT_PREDICT_S) as ls:
+    with label_studio_server(ls_venv, workdir, REPO / "artifacts" / "e2e-label-studio") as ls:
         yield ls

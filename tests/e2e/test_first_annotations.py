@@ -20,7 +20,6 @@ import requests
 
 from support.e2e.scenario import BASIC, LabelStudio, fixture_tasks, human_result, running_stack
 from tests.conftest import REPO
-from tests.e2e.conftest import SAME_TIMEOUT
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +31,7 @@ def test_twelve_annotations_then_start_training(ls_venv: Path, label_studio: Lab
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     fixture = fixture_tasks()
-    stack = running_stack(ls_venv, tmp_path, ARTIFACTS, redis_db=13, label_studio=label_studio, **SAME_TIMEOUT)
+    stack = running_stack(ls_venv, tmp_path, ARTIFACTS, redis_db=13, label_studio=label_studio)
     with stack as servers:
         xml = servers.label_config()
         pid, tasks = servers.create_project("first annotations", xml, [t["data"] for t in fixture])
