@@ -1,11 +1,14 @@
 """Held-out evaluation: the judge against the per-task human consensus, and the humans against each other.
 
-Per dimension: Krippendorff's alpha (interval and ordinal for scales, nominal for classification) with 95%
-bootstrap intervals, the human-human alpha (the ceiling), the "one more annotator" delta-alpha, exact
-agreement, MAE or macro-F1, and a confusion matrix. The headline is per dimension: ``alpha_dims``, the mean
-over dimensions of alpha against the consensus (a per-dimension constant cannot win it), and
-``delta_alpha_dims``. Flattened over all dimensions (``alpha_flat``): the paper's figure, which a constant
-per dimension scores well on, so it is reported but decides nothing.
+Per dimension: Krippendorff's alpha (interval and ordinal for scales, nominal for classification), the
+human-human alpha (the ceiling), the "one more annotator" delta-alpha, exact agreement, MAE or macro-F1, a
+confusion matrix, and ``evidence``: alpha at the dimension's own level with its group-bootstrap interval
+(``backend.core.evidence``, corrected for few groups; it is also the ``alpha_system_ci`` of that level), plus
+``evidence_family``, the same at the family level that promotion tests (``backend.core.evidence.family_ci``).
+The headline is per dimension: ``alpha_dims``, the mean over dimensions of alpha against the consensus (a
+per-dimension constant cannot win it), and ``delta_alpha_dims``. Flattened over all dimensions
+(``alpha_flat``): the paper's figure, which a constant per dimension scores well on, so it is reported but
+decides nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from backend.core.agreement import consensus, dimension_report, flatten_dimensions
-from backend.core.evidence import DimensionData, Evidence, alpha_interval, paired_difference
+from backend.core.evidence import (
+    CI,
+    DimensionData,
+    Evidence,
+    alpha_interval,
+    alpha_intervals,
+    family_ci,
+    paired_difference,
+)
 from backend.core.metrics import CONSTANT_SHARE, dimension_alpha, finite, main_report, mean
 from backend.core.rubric import Dimension, Rubric
 from backend.core.scores import DimensionScore, TaskScore
@@ -58,13 +69,14 @@ def evaluate_predictions(
         human = human_matrix(rubric, records, dim)
         system = None if predictions is None else [_value(dim, p.dimensions[dim.name].label) for p in predictions]
         domain = list(dim.values) if dim.values is not None else list(dim.labels)
+        # a dimension's interval is its evidence's (below), not a bootstrap over single tasks
         if dim.is_scale:
             entry = {
-                "interval": dimension_report(human, system, "interval", domain, n_boot=n_boot),
-                "ordinal": dimension_report(human, system, "ordinal", domain, n_boot=n_boot),
+                "interval": dimension_report(human, system, "interval", domain, n_boot=1),
+                "ordinal": dimension_report(human, system, "ordinal", domain, n_boot=1) | {"alpha_system_ci": None},
             }
         else:
-            entry = {"nominal": dimension_report(human, system, "nominal", domain, n_boot=n_boot)}
+            entry = {"nominal": dimension_report(human, system, "nominal", domain, n_boot=1)}
         entry["level"] = dim.level
         if predictions is not None and dim.is_scale:
             # expected-score decoding: the mean of the label distribution instead of its argmax
@@ -72,25 +84,22 @@ def evaluate_predictions(
             entry["alpha_expected"] = dimension_report(human, expected, "interval", None, n_boot=1)["alpha_system"]
             flat_expected.extend(expected)
         if predictions is not None:
-            entry["evidence"] = dimension_evidence(dim, records, system).as_dict()
-            entry["predicted_distribution"] = {
-                label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels
-            }
-            top = max(entry["predicted_distribution"].values(), default=0)
-            entry["nearly_constant"] = bool(predictions) and top >= CONSTANT_SHARE * len(predictions)
+            entry |= evidence_entry(dim, records, predictions, len(rubric.dimensions))
+            # the interval of this alpha is the evidence's (groups resampled, corrected for few groups)
+            entry[dim.level]["alpha_system_ci"] = [entry["evidence"]["low"], entry["evidence"]["high"]]
         dims[dim.name] = entry
         flat_humans[dim.name] = human
         if system is not None:
             flat_system.extend(system)
     level = "interval" if rubric.kind == "scores" else "nominal"
     flat = dimension_report(
-        flatten_dimensions(flat_humans), flat_system if predictions is not None else None, level, None, n_boot=n_boot
+        flatten_dimensions(flat_humans), flat_system if predictions is not None else None, level, None, n_boot=1
     )
+    if predictions is not None:
+        flat["alpha_system_ci"] = flat_interval(rubric, records, predictions, level)
     flat_ordinal = None
     if rubric.kind == "scores":
-        flat_ordinal = dimension_report(
-            flatten_dimensions(flat_humans), flat_system or None, "ordinal", None, n_boot=n_boot
-        )
+        flat_ordinal = dimension_report(flatten_dimensions(flat_humans), flat_system or None, "ordinal", None, n_boot=1)
     alpha_flat_expected = None
     if flat_expected:
         alpha_flat_expected = dimension_report(
@@ -117,32 +126,84 @@ def evaluate_predictions(
     }
 
 
-def consensus_values(dim: Dimension, records: Sequence[Record]) -> list[float | None]:
-    """Per task, the human consensus of one dimension as the evidence statistics read it: the mean score of a
-    scale, the index of the consensus label of a nominal dimension (None where nobody rated it)."""
+def flat_interval(
+    rubric: Rubric, records: Sequence[Record], predictions: Sequence[TaskScore], level: str
+) -> list[float | None]:
+    """The interval of the flattened alpha (every dimension's units in one): the group bootstrap of
+    ``backend.core.evidence``, each replicate drawing a task's group with all of its dimensions."""
+    gold: list[Any] = []
+    system: list[Any] = []
+    for dim in rubric.dimensions:
+        units = [[dim.value_of(a.labels[dim.name]) for a in r.annotations if dim.name in a.labels] for r in records]
+        gold += consensus(units, level)
+        system += [_value(dim, p.dimensions[dim.name].label) for p in predictions]
+    if level == "interval":
+        codes = None
+        gold_values = [None if v is None else float(v) for v in gold]
+        system_values_ = [None if v is None else float(v) for v in system]
+    else:
+        codes = sorted({str(v) for v in gold + system if v is not None})
+        gold_values = [None if v is None else float(codes.index(str(v))) for v in gold]
+        system_values_ = [None if v is None else float(codes.index(str(v))) for v in system]
+    groups = [r.split_key for r in records] * len(rubric.dimensions)
+    evidence = alpha_interval(gold_values, system_values_, groups, level, None if codes is None else len(codes))
+    return [evidence.low, evidence.high]
+
+
+def evidence_entry(
+    dim: Dimension, records: Sequence[Record], predictions: Sequence[TaskScore], n_dimensions: int
+) -> dict[str, Any]:
+    """What the pre-fill gate and promotion read of one dimension (``backend.core.prefill.PrefillPolicy``):
+    ``evidence`` and ``evidence_family`` (``dimension_evidence``), the predicted label counts and whether they
+    are nearly constant."""
+    system = [_value(dim, p.dimensions[dim.name].label) for p in predictions]
+    evidence, family = dimension_evidence(dim, records, system, n_dimensions)
+    counts = {label: sum(1 for p in predictions if p.dimensions[dim.name].label == label) for label in dim.labels}
+    top = max(counts.values(), default=0)
+    return {
+        "evidence": evidence.as_dict(),
+        "evidence_family": family.as_dict(),
+        "predicted_distribution": counts,
+        "nearly_constant": bool(predictions) and top >= CONSTANT_SHARE * len(predictions),
+    }
+
+
+def consensus_values(dim: Dimension, records: Sequence[Record], level: str | None = None) -> list[float | None]:
+    """Per task, the human consensus of one dimension as the evidence statistics read it at ``level`` (the
+    dimension's own by default): the mean score of a scale at ``interval``, the position on the scale of the
+    lower median at ``ordinal``, the index of the consensus label at ``nominal`` (None where nobody rated it)."""
+    level = level or dim.level
     units = [[dim.value_of(a.labels[dim.name]) for a in r.annotations if dim.name in a.labels] for r in records]
-    if dim.is_scale:
+    if level == "interval":
         return [None if v is None else float(v) for v in consensus(units, "interval")]
-    return [None if v is None else float(dim.labels.index(str(v))) for v in consensus(units, "nominal", dim.labels)]
+    domain = list(dim.values) if level == "ordinal" and dim.values is not None else list(dim.labels)
+    return [None if v is None else float(domain.index(v)) for v in consensus(units, level, domain)]
 
 
-def system_values(dim: Dimension, system: Sequence[Any]) -> list[float | None]:
+def system_values(dim: Dimension, system: Sequence[Any], level: str | None = None) -> list[float | None]:
     """A system's labels (``_value``: numbers for a scale, labels for a class) as the evidence statistics read
-    them."""
-    if dim.is_scale:
+    them at ``level``: numbers at ``interval``, category codes (positions on the scale, label indices) else."""
+    level = level or dim.level
+    if level == "interval":
         return [None if v is None else float(v) for v in system]
-    return [None if v is None else float(dim.labels.index(str(v))) for v in system]
+    domain = list(dim.values) if level == "ordinal" and dim.values is not None else list(dim.labels)
+    return [None if v is None else float(domain.index(v if level == "ordinal" else str(v))) for v in system]
 
 
-def dimension_evidence(dim: Dimension, records: Sequence[Record], system: Sequence[Any]) -> Evidence:
-    """Alpha of ``system`` against the consensus with its group-bootstrap interval (``backend.core.evidence``)."""
-    return alpha_interval(
+def dimension_evidence(
+    dim: Dimension, records: Sequence[Record], system: Sequence[Any], n_dimensions: int = 1
+) -> tuple[Evidence, Evidence]:
+    """Alpha of ``system`` against the consensus with its group-bootstrap interval (``backend.core.evidence``),
+    at the pre-fill gate's coverage and at the family level of a rubric with ``n_dimensions`` dimensions."""
+    evidence, family = alpha_intervals(
         consensus_values(dim, records),
         system_values(dim, system),
         [r.split_key for r in records],
         dim.level,
-        None if dim.is_scale else len(dim.labels),
+        None if dim.level == "interval" else len(dim.labels),
+        cis=(CI, family_ci(n_dimensions)),
     )
+    return evidence, family
 
 
 def paired_comparison(
@@ -162,7 +223,7 @@ def paired_comparison(
                 system_values(dim, a),
                 system_values(dim, b),
                 dim.level,
-                None if dim.is_scale else len(dim.labels),
+                None if dim.level == "interval" else len(dim.labels),
             )
         )
     return paired_difference(dims, [r.split_key for r in shared])

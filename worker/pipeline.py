@@ -2,7 +2,8 @@
 split the records by task, build a feature head (``TRAIN_METHOD=head``, the default for rating rubrics) or
 train a LoRA adapter on the training part, evaluate candidate / active / base (and the majority label) on the
 held-out tasks, and write the version atomically (temporary folder, then rename) with its metrics and the
-promotion decision (``should_promote``: alpha per dimension not lower than the active version's).
+promotion decision (``should_promote``: alpha per dimension not lower than the active version's, and signal
+shown in at least one dimension at the family level).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.core.evidence import Evidence
+from backend.core.evidence import FAMILY_LEVEL, Evidence, family_ci
 from backend.core.metrics import finite
 from backend.core.prefill import PrefillPolicy
 from backend.core.rubric import Rubric
@@ -42,7 +43,7 @@ from worker.evaluate import (
     scored_metrics,
 )
 from worker.faults import fault_point
-from worker.source import Record
+from worker.source import Record, hidden_groups
 from worker.train import TrainConfig, train_lora
 
 log = logging.getLogger(__name__)
@@ -101,20 +102,26 @@ class PromotionRule:
 
 
 def should_promote(
-    comparison: Evidence, against: str, rule: PromotionRule | None = None, proven: Sequence[str] | None = None
+    comparison: Evidence,
+    against: str,
+    rule: PromotionRule | None = None,
+    proven: Sequence[str] | None = None,
+    family: str = "",
 ) -> tuple[bool, str]:
     """Promote when the lower bound of the paired group-bootstrap interval of (the candidate's alpha per
     dimension - the active version's), on tasks neither learned from, is above ``rule.tolerance``, on at least
     ``rule.min_tasks`` tasks in ``rule.min_groups`` groups, and the candidate has something to offer: at least
-    one dimension whose own alpha interval clears the pre-fill floor (``proven``; None: not checked). Beating a
-    base model whose alpha is far below 0 proves nothing by itself. The flattened alpha decides nothing: a
-    constant label per dimension scores well on it."""
+    one dimension whose alpha clears the pre-fill floor at the family level (``proven``, from
+    ``PrefillPolicy.family_proven``; None: not checked; ``family`` says at which level). Beating a base model
+    whose alpha is far below 0 proves nothing by itself, and with D dimensions "one of them passes a 2.5% gate"
+    would pass noise up to D times as often: the family level keeps a version without signal at 5% in all.
+    The flattened alpha decides nothing: a constant label per dimension scores well on it."""
     rule = rule or PromotionRule()
     shown = comparison.describe(f"alpha per dimension minus {against}'s")
     if proven is not None and not proven:
         return False, (
-            f"no dimension of the candidate has an alpha interval above the pre-fill floor, so it would pre-fill "
-            f"nothing ({shown}); keeping {against}"
+            f"no dimension of the candidate has an alpha lower bound above the pre-fill floor{family}, so it "
+            f"shows no signal as a whole ({shown}); keeping {against}"
         )
     if comparison.tasks < rule.min_tasks or comparison.groups < rule.min_groups:
         per_group = comparison.tasks / comparison.groups if comparison.groups else 1.0
@@ -134,17 +141,80 @@ def should_promote(
     )
 
 
+def family_words(n_dimensions: int) -> str:
+    """`` at the family level (one-sided 1.25% for each of 4 dimension(s): at most 5% for the version, Holm
+    across dimensions)``."""
+    per_dimension = (1.0 - family_ci(n_dimensions)) / 2.0
+    return (
+        f" at the family level (one-sided {100 * per_dimension:.3g}% for each of {n_dimensions} dimension(s): "
+        f"at most {FAMILY_LEVEL:.0%} for the version, Holm across dimensions)"
+    )
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a stored version learned from (the rows of its ``train.jsonl``): task ids, groups (task ids where
+    ungrouped) and a digest of each task's inputs."""
+
+    ids: frozenset[str]
+    groups: frozenset[str]
+    inputs: frozenset[str]
+
+    def knows(self, record: Record) -> bool:
+        return (
+            record.task_id in self.ids or record.split_key in self.groups or inputs_digest(record.inputs) in self.inputs
+        )
+
+
+def inputs_digest(inputs: Mapping[str, Any]) -> str:
+    """A digest of a task's inputs (what a version reads of it)."""
+    return hashlib.sha256(json.dumps(dict(inputs), sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def promotion(
+    rubric: Rubric,
+    records: Sequence[Record],
+    candidate: tuple[Mapping[str, Any], Sequence[Any]],
+    incumbent_scores: Sequence[Any],
+    against: str,
+    rule: PromotionRule,
+    gate: PrefillPolicy,
+) -> tuple[Evidence, bool, str]:
+    """The promotion decision of a candidate (its metrics and scores on the evidence ``records``) over the
+    incumbent (its scores there, None where it learned from the task): the paired comparison, and the dimensions
+    that pass ``gate`` at the family level (``should_promote``)."""
+    metrics, scores = candidate
+    comparison = paired_comparison(rubric, records, scores, incumbent_scores)
+    proven = gate.family_proven(rubric.dimension_names, metrics)
+    promote, reason = should_promote(comparison, against, rule, proven, family_words(len(rubric.dimensions)))
+    return comparison, promote, reason
+
+
+def seen_tasks(version_dir: Path) -> Seen:
+    """What a stored version learned from: the rows of its ``train.jsonl`` (nothing when it has none)."""
+    path = version_dir / "train.jsonl"
+    ids, groups, inputs = set(), set(), set()
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                ids.add(str(row.get("id")))
+                groups.add(str(row.get("group") or "") or str(row.get("id")))
+                inputs.add(inputs_digest(row.get("data") or {}))
+    return Seen(frozenset(ids), frozenset(groups), frozenset(inputs))
+
+
 def seen_groups(version_dir: Path) -> set[str]:
     """The groups (task ids where ungrouped) a stored version learned from: the rows of its ``train.jsonl``."""
-    path = version_dir / "train.jsonl"
-    if not path.is_file():
-        return set()
-    out = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out.add(str(row.get("group") or "") or str(row.get("id")))
-    return out
+    return set(seen_tasks(version_dir).groups)
+
+
+def unseen(records: Sequence[Record], seen: Seen) -> list[int]:
+    """The positions of the ``records`` that a version which learned from ``seen`` can be judged on: not a task
+    it learned from (by id, group or inputs, so a changed ``GROUP_BY`` or a re-imported task is still
+    recognised), nor any task of the same group (today's grouping) as one it learned from."""
+    tainted = {r.split_key for r in records if seen.knows(r)}
+    return [i for i, r in enumerate(records) if r.split_key not in tainted]
 
 
 def run_training(
@@ -190,6 +260,9 @@ def run_training(
     val_targets = targets_for(rubric, held, "consensus")
     counts = describe(train, held, train_targets)
     log.info("data: %s", counts)
+    hidden = hidden_groups(rubric, list(train) + list(held))
+    if hidden:
+        log.warning("groups: %s", hidden)
     if destination.exists():
         raise TrainingError(f"{destination} already exists; versions are never overwritten")
     tmp = staging_folder(destination)
@@ -212,8 +285,6 @@ def run_training(
             judge.adopt_head("default", fitted.head, tmp)
             evidence_records, candidate_scores, base_scores = train, fitted.oof_scores, fitted.base_scores
             candidate, base = fitted.candidate, fitted.base
-            for name, dim in fitted.head.dimensions.items():
-                candidate["dimensions"][name]["head_constant"] = dim.constant
             extra_heldout = fitted.heldout
             history: list[dict[str, Any]] = []
             training = fitted.training
@@ -269,11 +340,16 @@ def run_training(
             against = incumbent[0]
         else:
             incumbent_scores, against = list(base_scores), "v0"
-        comparison = paired_comparison(rubric, evidence_records, candidate_scores, incumbent_scores)
         rule = PromotionRule.from_settings(settings)
-        interval_gate = dataclasses.replace(PrefillPolicy.from_settings(settings), rule="interval")
-        proven = [n for n, d in interval_gate.decide(rubric.dimension_names, candidate).items() if d.prefilled]
-        promote, reason = should_promote(comparison, against, rule, proven)
+        comparison, promote, reason = promotion(
+            rubric,
+            evidence_records,
+            (candidate, candidate_scores),
+            incumbent_scores,
+            against,
+            rule,
+            dataclasses.replace(PrefillPolicy.from_settings(settings), rule="interval"),
+        )
         majority = evaluate_predictions(
             rubric, evidence_records, majority_scores(rubric, train, len(evidence_records)), n_boot=1
         )
@@ -284,6 +360,7 @@ def run_training(
             "tasks": len(evidence_records),
             "groups": len({r.split_key for r in evidence_records}),
             "folds": fitted.folds if method == "head" else None,
+            **({"hidden_groups": hidden} if hidden else {}),
         }
         metrics = {
             "rubric": rubric.name,
@@ -332,8 +409,7 @@ def _incumbent_scores(
     from (its predictions there would flatter it). A feature head reads the stored ``features``; an adapter
     scores the tasks."""
     name, folder = incumbent
-    seen = seen_groups(folder)
-    fresh = [i for i, r in enumerate(records) if r.split_key not in seen]
+    fresh = unseen(records, seen_tasks(folder))
     out: list[Any] = [None] * len(records)
     if not fresh:
         return out
@@ -481,6 +557,8 @@ def fit_feature_head(
         raise TrainingError(f"only {len(set(groups))} group(s) of tasks: the head needs at least 2 to be judged")
     fit_seconds = time.monotonic() - fit_started
     candidate = scored_metrics(rubric, train, oof_scores, fit_seconds, "feature head (out-of-fold)")
+    for name, fitted_dim in head.dimensions.items():  # a head that found no signal is neither served nor counted
+        candidate["dimensions"][name]["head_constant"] = fitted_dim.constant
     base = scored_metrics(rubric, train, base_scores, extracted, "base model")
     heldout = None
     if held:

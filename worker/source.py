@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,3 +261,78 @@ def _read_csv(path: Path, rubric: Rubric, group_by: str = "") -> list[Record]:
         for n, (key, anns) in enumerate(grouped.items())
         for inputs in [dict(zip(rubric.input_names, key, strict=True))]
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# groups the rubric cannot see
+
+#: the hidden-groups warning needs at least this share of the tasks alone in their group ...
+HIDDEN_ALONE_SHARE = 0.8
+#: ... and at least this share of those overlapping another task's context
+HIDDEN_OVERLAP_SHARE = 0.2
+#: a context overlaps another when it is a prefix of it, or when this share of its text is in lines or
+#: sentences the other has too
+HIDDEN_TEXT_SHARE = 0.5
+_PIECES = re.compile(r"\n+|(?<=[.!?])\s+")
+
+
+def _context(rubric: Rubric, record: Record) -> str:
+    return "\n".join(record.inputs.get(i.name, "") for i in rubric.inputs if i.name != rubric.target.name).strip()
+
+
+def _prefix_overlaps(contexts: Sequence[str]) -> set[int]:
+    """The tasks whose context is a prefix of another's (or equal to it), or has one as its prefix. In sorted
+    order a string that is a prefix of any other is a prefix of the next one."""
+    order = sorted((c, i) for i, c in enumerate(contexts) if c)
+    out: set[int] = set()
+    for (shorter, i), (longer, j) in zip(order, order[1:], strict=False):
+        if longer.startswith(shorter):
+            out.update((i, j))
+    return out
+
+
+def _shared_text_overlaps(contexts: Sequence[str]) -> set[int]:
+    """The tasks that share at least ``HIDDEN_TEXT_SHARE`` of their context's characters (in whole lines or
+    sentences) with one other task. Pieces found in very many tasks (a fixed header) are ignored."""
+    pieces = [{p.strip() for p in _PIECES.split(c) if len(p.strip()) >= 8} for c in contexts]
+    holders: dict[str, list[int]] = {}
+    for i, found in enumerate(pieces):
+        for piece in found:
+            holders.setdefault(piece, []).append(i)
+    common = max(50, len(contexts) // 10)
+    shared: dict[int, Counter[int]] = {}
+    for piece, tasks in holders.items():
+        if 1 < len(tasks) <= common:
+            for i in tasks:
+                shared.setdefault(i, Counter()).update({j: len(piece) for j in tasks if j != i})
+    out = set()
+    for i, counts in shared.items():
+        total = sum(len(p) for p in pieces[i])
+        if total and counts.most_common(1)[0][1] >= HIDDEN_TEXT_SHARE * total:
+            out.add(i)
+    return out
+
+
+def hidden_groups(rubric: Rubric, records: Sequence[Record]) -> str | None:
+    """A warning when the tasks look independent to the rubric but are not: (nearly) every task is its own
+    group, yet their non-target inputs overlap heavily (one a prefix of another, as successive turns of one
+    conversation, or sharing most of their lines). Folds and bootstraps then treat related tasks as independent
+    and the evidence may be optimistic; ``GROUP_BY`` names the field that groups them. None when all is well."""
+    if len(records) < 4 or all(i.name == rubric.target.name for i in rubric.inputs):
+        return None
+    sizes = Counter(r.split_key for r in records)
+    alone = [i for i, r in enumerate(records) if sizes[r.split_key] == 1]
+    if len(alone) < HIDDEN_ALONE_SHARE * len(records):
+        return None
+    contexts = [_context(rubric, records[i]) for i in alone]
+    overlapping = _prefix_overlaps(contexts) | _shared_text_overlaps(contexts)
+    if len(overlapping) < max(2, HIDDEN_OVERLAP_SHARE * len(alone)):
+        return None
+    names = ", ".join(i.name for i in rubric.inputs if i.name != rubric.target.name)
+    return (
+        f"{len(alone)} of {len(records)} tasks are each a group of their own, yet {len(overlapping)} of them "
+        f"overlap another task's {names} (one a prefix of the other, or sharing most of its text): they are "
+        "probably related (successive turns of one conversation?), and the evidence, which treats them as "
+        "independent, may be optimistic. Set GROUP_BY to the task data field that names what they share (or "
+        "give the rubric a group_by), then train again."
+    )

@@ -61,13 +61,19 @@ def _is_missing(value: Any) -> bool:
     """Return True for ``None`` and float NaN (Python or numpy floats)."""
     if value is None:
         return True
-    if isinstance(value, float | np.floating):
+    kind = type(value)
+    if kind is int or kind is str:  # the common cases first: this runs for every rating
+        return False
+    if kind is float or isinstance(value, np.floating):
         return bool(math.isnan(value))
     return False
 
 
 def _is_number(value: Any) -> TypeGuard[float]:
     """Return True for real numbers (bools excluded)."""
+    kind = type(value)
+    if kind is int or kind is float:  # the common cases first: this runs for every rating
+        return True
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 

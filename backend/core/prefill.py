@@ -15,7 +15,12 @@ groups of related tasks. The rule is ``PrefillPolicy.rule`` (``PREFILL_MIN_ALPHA
 * ``off``: every dimension is pre-filled.
 
 A version without any evidence (``v0`` before the project's first training run) pre-fills nothing unless
-``PREFILL_UNEVALUATED=true``; its reason says how many annotated tasks the gate needs. Pure module.
+``PREFILL_UNEVALUATED=true``; its reason says how many annotated tasks the gate needs.
+
+``PrefillPolicy.family_proven`` is the same gate on each dimension's *family* interval
+(``entry["evidence_family"]``: the one-sided ``FAMILY_LEVEL`` / dimensions bound, Holm's first step): promotion
+needs at least one dimension there, so a version without signal is promoted at most ``FAMILY_LEVEL`` (5%) of
+the time, however many dimensions it has. Pure module.
 """
 
 from __future__ import annotations
@@ -103,8 +108,19 @@ class PrefillPolicy:
                 out[name] = self._by_point(entry, n)
         return out
 
-    def _by_interval(self, entry: Mapping[str, Any]) -> PrefillDecision:
-        evidence = Evidence.from_dict(entry.get("evidence"))
+    def family_proven(self, dimensions: Sequence[str], evaluation: Mapping[str, Any] | None) -> list[str]:
+        """The dimensions that pass the interval gate on their family interval (``evidence_family``: the lower
+        bound at one-sided ``FAMILY_LEVEL`` divided by the number of dimensions): a candidate is promoted only
+        when at least one does (Holm across dimensions: its first step decides whether any hypothesis falls)."""
+        per_dim = (evaluation or {}).get("dimensions") or {}
+        return [
+            name
+            for name in dimensions
+            if per_dim.get(name) is not None and self._by_interval(per_dim[name], "evidence_family").prefilled
+        ]
+
+    def _by_interval(self, entry: Mapping[str, Any], key: str = "evidence") -> PrefillDecision:
+        evidence = Evidence.from_dict(entry.get(key))
         if evidence is None:
             return PrefillDecision(
                 False,

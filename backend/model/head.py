@@ -11,8 +11,13 @@ distribution on the rubric's scale:
   and spread (for two raters, Krippendorff's interval alpha is highest when the variances match; a
   least-squares fit would shrink every task towards the mean) and the spread of its errors. The served
   distribution is that normal, discretized on the scale; the label is its most probable value and the
-  confidence is that label's probability. Without cross-validated signal (correlation <= 0) the head predicts
-  the humans' mean, which the pre-fill gate then refuses.
+  confidence is that label's probability. **No signal:** the strength and feature subset are the best of a
+  grid (16 cross-validated correlations), and the best of 16 noisy correlations is usually positive, so the
+  head's cross-validated correlation is tested against the same best-of-grid statistic on ``NULL_PERMUTATIONS``
+  restricted permutations of the targets (groups exchanged with groups of the same size, tasks shuffled within
+  their group, the folds kept; ``restricted_permutations``). Unless it beats them (p <= ``SIGNAL_LEVEL``) the
+  head predicts the humans' mean (``constant``), which the pre-fill gate refuses and promotion does not count.
+  The permutations cost little: one eigendecomposition per fold serves every strength and every permutation.
 * **nominal dimensions**: one-vs-rest ridge on the label indicators, a softmax whose temperature is fitted on
   the out-of-fold scores.
 
@@ -26,6 +31,7 @@ import json
 import logging
 import math
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +47,10 @@ STRENGTHS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 TEMPERATURES = tuple(float(t) for t in np.geomspace(0.05, 20.0, 40))
 MIN_SIGMA = 0.25
 MIN_GROUPS = 4  # rated task groups a dimension needs before its head is fitted (else it predicts the prior)
+#: permutations of a scale dimension's targets its best cross-validated correlation is tested against
+NULL_PERMUTATIONS = 99
+#: the largest permutation p-value at which a scale dimension's head is kept (else it predicts the mean)
+SIGNAL_LEVEL = 0.05
 
 
 class HeadError(ValueError):
@@ -373,6 +383,45 @@ def out_of_fold_grid(
     return out
 
 
+def _grid_search(
+    dim: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: Sequence[str],
+    fold: np.ndarray,
+    choices: Mapping[str, Any],
+    named: bool,
+) -> tuple[tuple[float, str, float, np.ndarray], dict[str, float], np.ndarray | None]:
+    """Every (feature subset, strength) of the grid, cross-validated on ``fold``: the best ``(score, subset,
+    strength, out-of-fold predictions)``, every score by name, and for a scale dimension the null of the best:
+    the best correlation over the same grid of each of ``NULL_PERMUTATIONS`` restricted permutations of ``y``
+    (fitted alongside the real targets: one decomposition per fold serves them all)."""
+    nominal = dim.values is None
+    permuted: np.ndarray | None = None
+    if nominal:
+        target = np.eye(len(dim.labels))[y]
+    else:
+        seed = zlib.crc32(dim.name.encode("utf-8"))
+        permuted = y[restricted_permutations(groups, NULL_PERMUTATIONS, seed)].T  # (tasks, permutations)
+        target = np.column_stack([y, permuted])
+    null = None if permuted is None else np.full(permuted.shape[1], -np.inf)
+    best: tuple[float, str, float, np.ndarray] | None = None
+    grid: dict[str, float] = {}
+    for subset, columns in choices.items():
+        xs = x if columns is None else x[:, np.asarray(columns, dtype=np.int64)]
+        for strength, fitted in out_of_fold_grid(xs, target, fold, STRENGTHS).items():
+            if permuted is None:
+                oof, score = fitted, _nll_score(fitted, y)
+            else:
+                oof, score = fitted[:, 0], _correlation(fitted[:, 0], y)
+                null = np.maximum(null, _column_correlations(fitted[:, 1:], permuted))
+            grid[f"{subset}:{strength}" if named else str(strength)] = round(score, 4)
+            if best is None or score > best[0]:
+                best = (score, subset, strength, oof)
+    assert best is not None
+    return best, grid, null
+
+
 def _fit_dimension(
     dim: Any,
     x: np.ndarray,
@@ -387,26 +436,30 @@ def _fit_dimension(
     target = np.eye(len(dim.labels))[y] if nominal else y
     width = x.shape[1]
     choices = dict(subsets) if subsets else {"all": None}
-    best: tuple[float, str, float, np.ndarray] | None = None
-    grid: dict[str, float] = {}
-    for subset, columns in choices.items():
-        cols = None if columns is None else np.asarray(columns, dtype=np.int64)
-        xs = x if cols is None else x[:, cols]
-        grid_oof = out_of_fold_grid(xs, target, fold, STRENGTHS)
-        for strength in STRENGTHS:
-            oof = grid_oof[strength]
-            score = _nll_score(oof, y) if nominal else _correlation(oof, y)
-            grid[f"{subset}:{strength}" if subsets else str(strength)] = round(score, 4)
-            if best is None or score > best[0]:
-                best = (score, subset, strength, oof)
-    assert best is not None
-    score, subset, strength, oof = best
+    (score, subset, strength, oof), grid, null = _grid_search(dim, x, y, groups, fold, choices, bool(subsets))
+    cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
+    if null is not None:
+        p_value = float((1 + np.count_nonzero(null >= score - 1e-12)) / (len(null) + 1))
+        cv["signal_p"] = round(p_value, 4)
+        if p_value > SIGNAL_LEVEL:
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "head %s: no signal (best cross-validated correlation %.3f of %d, permutation p %.2f > %g): "
+                "predicting the humans' mean",
+                dim.name,
+                score,
+                len(grid),
+                p_value,
+                SIGNAL_LEVEL,
+            )
+            constant = _constant_dimension(dim, width, y)
+            constant.cv = cv | {"oof_correlation": round(score, 4), "no_signal": True}
+            return constant
     columns = choices[subset]
     cols = None if columns is None else np.asarray(columns, dtype=np.int64)
     xs = x if cols is None else x[:, cols]
     mean, scale = _standardize(xs)
     weights, bias = ridge((xs - mean) / scale, target, _scaled_strength(strength, xs.shape[1]))
-    cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
     if subsets:
         cv["subset"] = subset
     if nominal:
@@ -440,10 +493,41 @@ def _fit_dimension(
     )
 
 
+def restricted_permutations(groups: Sequence[str], count: int, seed: int = 0) -> np.ndarray:
+    """``(count, tasks)`` permutations of the tasks that keep their grouping: whole groups are exchanged with
+    groups of the same size and tasks are shuffled within their group, so permuted targets keep the
+    within-group likeness of the real ones (a task-level shuffle would not, and noise shared within groups would
+    then beat it). Row ``k`` gives, for every task, the task whose target it takes."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    by_size: dict[int, list[list[int]]] = {}
+    for block in members.values():
+        by_size.setdefault(len(block), []).append(block)
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, len(groups)), dtype=np.int64)
+    for blocks in by_size.values():
+        grid = np.asarray(blocks, dtype=np.int64)  # (groups of this size, size)
+        order = rng.permuted(np.tile(np.arange(len(blocks)), (count, 1)), axis=1)
+        source = rng.permuted(grid[order], axis=2)  # (count, groups, size)
+        out[:, grid.ravel()] = source.reshape(count, -1)
+    return out
+
+
+def _column_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``_correlation`` of every column of ``a`` with the same column of ``b``."""
+    ac, bc = a - a.mean(axis=0), b - b.mean(axis=0)
+    sa, sb = np.sqrt((ac**2).sum(axis=0)), np.sqrt((bc**2).sum(axis=0))
+    n = a.shape[0]
+    flat = (sa / np.sqrt(n) < 1e-12) | (sb / np.sqrt(n) < 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (ac * bc).sum(axis=0) / (sa * sb)
+    return np.where(flat, 0.0, r)
+
+
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    if a.std() < 1e-12 or b.std() < 1e-12:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+    """Pearson's correlation; 0 where either side is constant."""
+    return float(_column_correlations(a[:, None], b[:, None])[0])
 
 
 def _fit_scale_calibration(oof: np.ndarray, y: np.ndarray, values: Sequence[float]) -> dict[str, float]:

@@ -35,10 +35,22 @@ def dimension_rows(metrics: Mapping[str, Any], policy: PrefillPolicy | None = No
     base = (metrics.get("base") or {}).get("dimensions") or {}
     entries = candidate.get("dimensions") or {}
     decisions = (policy or PrefillPolicy()).decide(list(entries), candidate or None)
-    return [
-        dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
-        for name, entry in entries.items()
-    ]
+    rows = []
+    for name, entry in entries.items():
+        row = dimension_row(name, entry, base.get(name)) | {"prefill": decisions[name].as_dict()}
+        _evidence_interval(row["judge"], entry)
+        _evidence_interval(row["floor"], base.get(name) or {})
+        rows.append(row)
+    return rows
+
+
+def _evidence_interval(shown: dict[str, Any], entry: Mapping[str, Any]) -> None:
+    """The interval shown beside a dimension's alpha is its evidence's (groups resampled, corrected for few
+    groups: the one the pre-fill gate reads), also for versions stored when ``alpha_system_ci`` came from a
+    bootstrap over single tasks."""
+    evidence = entry.get("evidence")
+    if isinstance(evidence, Mapping) and "low" in evidence:
+        shown["ci"] = [finite(evidence.get("low")), finite(evidence.get("high"))]
 
 
 def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
@@ -76,6 +88,9 @@ def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
                 f"{predicted[label] / max(1, sum(predicted.values())):.0%} of the held-out tasks; a "
                 "(nearly) constant pre-annotation tells no task from another."
             )
+    hidden = (metrics.get("evidence") or {}).get("hidden_groups")
+    if hidden:
+        out.append(f"Groups: {hidden}")
     for problem in metrics.get("label_config_problems") or []:
         out.append(f"The project's labeling config no longer matches the rubric: {problem}")
     return out
