@@ -273,6 +273,7 @@ HIDDEN_OVERLAP_SHARE = 0.2
 #: a context overlaps another when it is a prefix of it, or when this share of its text is in lines or
 #: sentences the other has too
 HIDDEN_TEXT_SHARE = 0.5
+HIDDEN_COMMON = 50
 _PIECES = re.compile(r"\n+|(?<=[.!?])\s+")
 
 
@@ -291,24 +292,24 @@ def _prefix_overlaps(contexts: Sequence[str]) -> set[int]:
     return out
 
 
-def _shared_text_overlaps(contexts: Sequence[str]) -> set[int]:
-    """The tasks that share at least ``HIDDEN_TEXT_SHARE`` of their context's characters (in whole lines or
-    sentences) with one other task. Pieces found in very many tasks (a fixed header) are ignored."""
+def _shared_text_overlaps(contexts: Sequence[str], known: set[int]) -> set[int]:
+    """The tasks (besides ``known``) that share at least ``HIDDEN_TEXT_SHARE`` of their context's characters, in
+    whole lines or sentences, with one other task. A piece found in more than ``HIDDEN_COMMON`` tasks (a fixed
+    header) is ignored, which also bounds the work by that many per piece."""
     pieces = [{p.strip() for p in _PIECES.split(c) if len(p.strip()) >= 8} for c in contexts]
     holders: dict[str, list[int]] = {}
     for i, found in enumerate(pieces):
         for piece in found:
             holders.setdefault(piece, []).append(i)
-    common = max(50, len(contexts) // 10)
-    shared: dict[int, Counter[int]] = {}
-    for piece, tasks in holders.items():
-        if 1 < len(tasks) <= common:
-            for i in tasks:
-                shared.setdefault(i, Counter()).update({j: len(piece) for j in tasks if j != i})
     out = set()
-    for i, counts in shared.items():
-        total = sum(len(p) for p in pieces[i])
-        if total and counts.most_common(1)[0][1] >= HIDDEN_TEXT_SHARE * total:
+    for i, found in enumerate(pieces):
+        if i in known or not found:
+            continue
+        shared: Counter[int] = Counter()
+        for piece in found:
+            if 1 < len(holders[piece]) <= HIDDEN_COMMON:
+                shared.update({j: len(piece) for j in holders[piece] if j != i})
+        if shared and shared.most_common(1)[0][1] >= HIDDEN_TEXT_SHARE * sum(len(p) for p in found):
             out.add(i)
     return out
 
@@ -325,7 +326,8 @@ def hidden_groups(rubric: Rubric, records: Sequence[Record]) -> str | None:
     if len(alone) < HIDDEN_ALONE_SHARE * len(records):
         return None
     contexts = [_context(rubric, records[i]) for i in alone]
-    overlapping = _prefix_overlaps(contexts) | _shared_text_overlaps(contexts)
+    prefixes = _prefix_overlaps(contexts)
+    overlapping = prefixes | _shared_text_overlaps(contexts, prefixes)
     if len(overlapping) < max(2, HIDDEN_OVERLAP_SHARE * len(alone)):
         return None
     names = ", ".join(i.name for i in rubric.inputs if i.name != rubric.target.name)
