@@ -27,7 +27,10 @@ def test_embedded_package_is_installed():
 
 @pytest.fixture(scope="module")
 def smol_judge():
-    settings = Settings.from_env({}, model_dir=REPO / ".cache" / "test-models", predict_batch_size=4)
+    # v0 pre-fills here (PREFILL_UNEVALUATED=true), so that the base model's decoded labels are what is checked
+    settings = Settings.from_env(
+        {}, model_dir=REPO / ".cache" / "test-models", predict_batch_size=4, prefill_unevaluated=True
+    )
     return Judge.from_settings(settings)
 
 

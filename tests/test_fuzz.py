@@ -155,6 +155,7 @@ def fuzz_app(tiny_model_dir, tmp_path_factory):
         max_input_tokens=256,
         train_min_new_annotations=1_000_000,
         queue_name=f"rj-fuzz-{uuid.uuid4().hex[:8]}",
+        prefill_unevaluated=True,  # v0 pre-fills, so that a huge task's answer shows it was scored whole
     )
     redis = Redis.from_url(REDIS_URL)
     base = f"fuzz-{uuid.uuid4().hex[:8]}"
