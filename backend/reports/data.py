@@ -68,7 +68,8 @@ def warnings_for(metrics: Mapping[str, Any]) -> list[str]:
         "n_multi_annotator_tasks"
     ):
         out.append(
-            "No held-out task has two or more annotators: the human ceiling (alpha among humans) "
+            f"No {evidence['kind']} evidence task has two or more annotators: the judge is compared with one "
+            "person's label per task (not a consensus), and the human ceiling (alpha among humans) and delta-alpha "
             "cannot be measured. Ask for overlapping annotations on some tasks."
         )
     for row in dimension_rows(metrics):
