@@ -1,6 +1,7 @@
 """How fast the judge becomes useful: the learning curve of the feature head, and the order of labeling.
 
     python benchmarks/curve.py [--sizes 10,20,40,80,160,320,all] [--repeats 5] [--orders random,uncertainty,...]
+                               [--annotators 1]
 
 DialSummEval, default configuration (the product's ``fit_head`` with grouped folds and its own capacity choice,
 ``worker.pipeline.head_subsets``). Features come from the base model once (the feature store under MODEL_DIR,
@@ -15,9 +16,20 @@ so a second run reads nothing). For every size n and repeat:
 * **diverse**: like uncertainty, but at most one task per dialogue per step, least certain first.
 
 At each point: test alpha per dimension of the version fitted on the n tasks, and how many dimensions it would
-pre-fill under the default gate (``PrefillPolicy`` on its grouped out-of-fold evidence). Test stays separate by
-dialogue. Results: ``benchmarks/CURVE.json`` and a section of RESULTS.md via ``benchmarks/RESULTS.json``
-(``curve/<tag>``), plus ``benchmarks/curve.svg``.
+pre-fill under the default gate (``PrefillPolicy`` on its grouped out-of-fold evidence), with the x-axis counted
+both ways: ``tasks`` (n) and ``annotations`` (the annotations of those tasks, mean over repeats). Test stays
+separate by dialogue.
+
+``--annotators K`` (the curve a team lives on, K = 1: most projects annotate each task once): every training
+task keeps K of its annotations, drawn at random per task (``support.sampling.keep_annotations``, seed
+``ANNOTATOR_SEED`` + repeat: the same draw for every order and size of a repeat, recorded in RESULTS.json); the
+head learns that one person's label and its evidence is alpha against it. The test labels stay the consensus of
+all annotators. Without it every annotation of a task is kept (DialSummEval: 3 per task).
+
+Results: ``benchmarks/CURVE.json`` (``dialsummeval``; with ``--annotators 1``, ``dialsummeval-1-annotator``;
+``-dev`` appended for ``--split dev``) under the base model, with ``shipped``: the order the product's label
+queue follows (``SHIPPED_ORDER``); a section of RESULTS.md via ``benchmarks/RESULTS.json`` (``curve/<tag>``);
+and the plot, ``benchmarks/curve.svg`` (``curve-1-annotator.svg`` with ``--annotators 1``).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ import logging
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +57,7 @@ from backend.model.judge import Judge, apply_head  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
 from benchmarks.usercli import start  # noqa: E402
+from support.sampling import keep_annotations  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402
 from worker.pipeline import extract_features, head_subsets, head_targets, out_of_fold_scores  # noqa: E402
 from worker.source import Record  # noqa: E402
@@ -53,6 +67,12 @@ log = logging.getLogger("benchmarks.curve")
 CURVE_JSON = REPO / "benchmarks" / "CURVE.json"
 CURVE_SVG = REPO / "benchmarks" / "curve.svg"
 START = 10
+#: The order ``rubric-judge queue`` / ``/reports/<project>/queue`` follows (``backend.reports.insights.label_next``
+#: with the project's task groups): one task per group not yet annotated, least certain first, then the rest
+#: least certain first. On DialSummEval a group is a dialogue, and that is this benchmark's ``diverse``.
+SHIPPED_ORDER = "diverse"
+#: repeat r of ``--annotators K`` draws each task's K annotations with seed ANNOTATOR_SEED + r
+ANNOTATOR_SEED = 31_000
 
 
 class Data:
@@ -64,6 +84,44 @@ class Data:
         self.matrices = {d.name: np.stack([f.vector(d.name, selection) for f in features]) for d in rubric.dimensions}
         self.targets = head_targets(rubric, records)
         self.groups = [r.split_key for r in records]
+
+    def relabelled(self, rubric: Rubric, records: Sequence[Record]) -> Data:
+        """The same tasks (same order, same features) with other annotations: only the targets change."""
+        if [r.task_id for r in records] != [r.task_id for r in self.records]:
+            raise ValueError("relabelled records must be the same tasks in the same order")
+        out = Data.__new__(Data)
+        out.records, out.features, out.matrices = list(records), self.features, self.matrices
+        out.targets = head_targets(rubric, records)
+        out.groups = [r.split_key for r in records]
+        return out
+
+
+def training_draws(
+    rubric: Rubric, train: Data, annotators: int | None, repeats: int
+) -> tuple[list[Data], list[dict[str, Any]]]:
+    """The training split of each repeat: ``train`` itself (every annotation), or with ``annotators``
+    annotations per task drawn at random (seed ``ANNOTATOR_SEED`` + repeat), and what each draw kept."""
+    if annotators is None:
+        return [train] * repeats, []
+    datas, draws = [], []
+    for repeat in range(repeats):
+        seed = ANNOTATOR_SEED + repeat
+        records, draw = keep_annotations(train.records, annotators, seed)
+        datas.append(train.relabelled(rubric, records))
+        by_annotator = Counter(who for kept in draw.values() for who in kept)
+        labels = {
+            d.name: sum(1 for r in records for a in r.annotations if d.name in a.labels) for d in rubric.dimensions
+        }
+        draws.append(
+            {
+                "repeat": repeat,
+                "seed": seed,
+                "annotations": sum(len(r.annotations) for r in records),
+                "by_annotator": dict(sorted(by_annotator.items())),
+                "labels_by_dimension": labels,
+            }
+        )
+    return datas, draws
 
 
 def _fit(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]) -> Any:
@@ -105,7 +163,13 @@ def _point(
         prefilled = sum(d.prefilled for d in decisions.values())
     else:
         prefilled = 0
-    return {"alpha_dims": tested["alpha_dims"], "prefilled": prefilled, "head": head}
+    return {
+        "alpha_dims": tested["alpha_dims"],
+        "prefilled": prefilled,
+        "tasks": len(rows),
+        "annotations": sum(len(train.records[i].annotations) for i in rows),
+        "head": head,
+    }
 
 
 def _acquire(
@@ -175,17 +239,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     subsets = head_subsets(selection, len(train.features[0].shared))
     meta = {"features": selection}
     sizes = [len(train.records) if s == "all" else int(s) for s in args.sizes.split(",")]
+    annotators = getattr(args, "annotators", None)
+    trains, draws = training_draws(rubric, train, annotators, args.repeats)
     curves: dict[str, dict[str, Any]] = {}
     for order in args.orders.split(","):
         per_n: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
         for repeat in range(args.repeats):
+            train = trains[repeat]  # the same tasks and features each repeat; with --annotators, other labels
             rng = random.Random(1000 * repeat + 7)
             if order == "random":
                 shuffled = list(range(len(train.records)))
                 rng.shuffle(shuffled)
                 for n in sizes:
-                    if n == len(train.records) and repeat:
-                        per_n[n].append(per_n[n][0])  # every task: no draw to repeat
+                    if n == len(train.records) and repeat and annotators is None:
+                        per_n[n].append(per_n[n][0])  # every task, every annotation: no draw to repeat
                         continue
                     point = _point(rubric, train, test, shuffled[:n], subsets, meta)
                     per_n[n].append({k: v for k, v in point.items() if k != "head"})
@@ -206,6 +273,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "alpha_dims_sd": float(np.std([p["alpha_dims"] for p in points])),
                 "prefilled": float(np.mean([p["prefilled"] for p in points])),
                 "repeats": len(points),
+                "tasks": n,
+                "annotations": float(np.mean([p["annotations"] for p in points])),
             }
             for n, points in per_n.items()
         }
@@ -213,32 +282,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "curves": curves,
         "sizes": {"train": len(train.records), args.split: len(test.records)},
         "split": args.split,
+        "annotators": annotators,
+        "annotator_draws": draws,
+        "test_labels": "consensus of every annotation of a task",
         "feature_seconds": round(feature_seconds, 1),
         "feature_store": judge.feature_store.stats.as_dict() if judge.feature_store else None,
     }
 
 
-def plot(curve: dict[str, Any], title: str) -> None:
+def curve_key(split: str, annotators: int | None) -> str:
+    """CURVE.json's key of a run: ``dialsummeval``, ``dialsummeval-1-annotator``, ``-dev`` for the dev split."""
+    key = "dialsummeval"
+    if annotators is not None:
+        key += f"-{annotators}-annotator" + ("s" if annotators > 1 else "")
+    return key + ("-dev" if split == "dev" else "")
+
+
+def store_curves(stored: dict[str, Any], key: str, base_model: str, curves: dict[str, Any]) -> dict[str, Any]:
+    """CURVE.json with a run's ``curves`` merged under ``key`` and the base model (an order run again replaces
+    its curve, the others stay), and ``shipped``: the order the product's label queue follows."""
+    entry = stored.setdefault(key, {}).setdefault(base_model, {})
+    entry.update(curves)
+    entry["shipped"] = SHIPPED_ORDER
+    return stored
+
+
+def curve_orders(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The curves of one base model's entry in CURVE.json, per order (without ``shipped``)."""
+    return {order: points for order, points in entry.items() if isinstance(points, dict)}
+
+
+def plot(entry: dict[str, Any], title: str, path: Path = CURVE_SVG, per_task: int | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for order, points in curve.items():
+    for order, points in curve_orders(entry).items():
         ns = sorted(int(n) for n in points)
+        xs = [points[str(n)].get("annotations", n) if per_task else n for n in ns]
         mean = np.array([points[str(n)]["alpha_dims"] for n in ns])
         sd = np.array([points[str(n)]["alpha_dims_sd"] for n in ns])
-        ax.plot(ns, mean, marker="o", label=order)
-        ax.fill_between(ns, mean - sd, mean + sd, alpha=0.15)
+        ax.plot(xs, mean, marker="o", label=f"{order} (shipped)" if order == entry.get("shipped") else order)
+        ax.fill_between(xs, mean - sd, mean + sd, alpha=0.15)
     ax.set_xscale("log")
-    ax.set_xlabel("annotated training tasks")
+    ax.set_xlabel(f"training annotations ({per_task} per task)" if per_task else "annotated training tasks")
     ax.set_ylabel("test alpha per dimension")
     ax.set_title(title)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(CURVE_SVG)
+    fig.savefig(path)
     plt.close(fig)
 
 
@@ -251,17 +346,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", default="smollm2-135m")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--tag", default="default")
+    parser.add_argument(
+        "--annotators",
+        type=int,
+        default=None,
+        help="keep this many annotations per training task, drawn at random per repeat (default: all); "
+        "the test labels stay the consensus of all",
+    )
     args = parser.parse_args(argv)
+    if args.annotators is not None and args.annotators < 1:
+        parser.error("--annotators: expected at least 1")
     if not start(args.data_dir, log):
         return 0
     started = time.monotonic()
     result = run(args)
     stored = json.loads(CURVE_JSON.read_text(encoding="utf-8")) if CURVE_JSON.is_file() else {}
-    key = "dialsummeval" if args.split == "test" else "dialsummeval-dev"
-    stored.setdefault(key, {}).setdefault(args.base_model, {}).update(result["curves"])
+    key = curve_key(args.split, args.annotators)
+    store_curves(stored, key, args.base_model, result["curves"])
     CURVE_JSON.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
     if args.split == "test":
-        plot(stored[key][args.base_model], f"DialSummEval, {args.base_model}: test alpha per dimension")
+        per_task = args.annotators
+        plot(
+            stored[key][args.base_model],
+            f"DialSummEval, {args.base_model}"
+            + (f", {per_task} annotation(s) per training task" if per_task else "")
+            + ": test alpha per dimension",
+            CURVE_SVG.with_name(f"curve-{per_task}-annotator.svg") if per_task else CURVE_SVG,
+            per_task,
+        )
     record_run(
         {
             "dataset": "curve",

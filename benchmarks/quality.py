@@ -939,9 +939,17 @@ def _dialsummeval_md(run: dict[str, Any]) -> list[str]:
 def _curve_md(run: dict[str, Any]) -> list[str]:
     curves = run["curves"]
     sizes = sorted({int(n) for c in curves.values() for n in c})
+    per_task = run.get("annotators")
+    what = "annotated training tasks"
+    if per_task:
+        what += (
+            f", each with {per_task} of its annotations drawn at random per task and repeat (each point's count of "
+            f"annotations is in `benchmarks/CURVE.json`; test labels: the consensus of every annotator)"
+        )
+    plot = f"curve-{per_task}-annotator.svg" if per_task else "curve.svg"
     lines = [
         f"Test α per dimension (mean ± sd over repeats) and the mean number of the 4 dimensions the version would "
-        f"pre-fill, by annotated training tasks; split `{run['split']}`. Plot: `benchmarks/curve.svg`.",
+        f"pre-fill, by {what}; split `{run['split']}`. Plot: `benchmarks/{plot}`.",
         "",
         "| order | " + " | ".join(str(n) for n in sizes) + " |",
         "|---|" + "---|" * len(sizes),

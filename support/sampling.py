@@ -1,7 +1,10 @@
-"""Class-tempered subsampling of a classification data set (the quality benchmark's training sizes)."""
+"""Subsampling for the benchmarks: class-tempered subsamples of a classification data set (the quality
+benchmark's training sizes), and a few annotations per task drawn from many (the learning curve of a team that
+annotates each task once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -47,3 +50,22 @@ def tempered_sample(
     rng.shuffle(sample)
     log.info("class quotas (count ** %.2f): %s", power, dict(sorted(quotas.items())))
     return sample
+
+
+def keep_annotations(records: Sequence[Record], per_task: int, seed: int) -> tuple[list[Record], dict[str, list[str]]]:
+    """Each record with ``per_task`` of its annotations drawn at random (all of them where it has no more),
+    in their original order, and the draw: task id -> the annotators kept.
+
+    A task's draw depends only on ``seed`` and its task id (``random.Random(f"{seed}:{task_id}")``), not on the
+    other records or their order: the same seed keeps the same annotations of a task in any subset."""
+    if per_task < 1:
+        raise ValueError(f"annotations per task: {per_task}, expected at least 1")
+    kept_records, draw = [], {}
+    for record in records:
+        kept = record.annotations
+        if len(kept) > per_task:
+            chosen = sorted(random.Random(f"{seed}:{record.task_id}").sample(range(len(kept)), per_task))
+            kept = tuple(kept[i] for i in chosen)
+        kept_records.append(dataclasses.replace(record, annotations=kept))
+        draw[record.task_id] = [a.annotator for a in kept]
+    return kept_records, draw
