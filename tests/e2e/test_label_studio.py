@@ -392,6 +392,8 @@ def test_full_loop_with_label_studio(ls_venv: Path, label_studio: LabelStudio, t
         busy_18 = servers.retrieve_measured(pid, late_ids)
         hog.stop()
         still_training = training_step()
+        paused = "pausing training" in lora.log.read_text(errors="replace")
+        servers.stop_worker(lora)  # it has shown that it pauses for /predict; the deferred tasks need no competition
         busy_18 = servers.settle(pid, late_ids, busy_18)
         servers.stop_worker(deferred_worker)
         assert busy_18["versions_by_task"] == {t: [v1] for t in late_ids}, (busy_18, stack.logs())
@@ -400,8 +402,7 @@ def test_full_loop_with_label_studio(ls_venv: Path, label_studio: LabelStudio, t
         assert busy_18["predictions_in_response"] == busy_18["scored_inline"], brief(busy_18)
         assert busy_18["predictions_in_background"] == busy_18["deferred"], brief(busy_18)
         assert still_training, "the LoRA job must still be training when Retrieve Predictions returns"
-        assert "pausing training" in lora.log.read_text(errors="replace"), lora.tail()
-        lora.stop()
+        assert paused, lora.tail()
 
         summary = {
             "seconds_total": round(time.monotonic() - started, 1),
