@@ -28,7 +28,7 @@ all annotators. Without it every annotation of a task is kept (DialSummEval: 3 p
 
 Results: ``benchmarks/CURVE.json`` (``dialsummeval``; with ``--annotators 1``, ``dialsummeval-1-annotator``;
 ``-dev`` appended for ``--split dev``) under the base model, with ``shipped``: the order the product's label
-queue follows (``SHIPPED_ORDER``); a section of RESULTS.md via ``benchmarks/RESULTS.json`` (``curve/<tag>``);
+queue follows (``support.curves.SHIPPED_ORDER``); a section of RESULTS.md via ``benchmarks/RESULTS.json`` (``curve/<tag>``);
 and the plot, ``benchmarks/curve.svg`` (``curve-1-annotator.svg`` with ``--annotators 1``).
 """
 
@@ -57,6 +57,7 @@ from backend.model.judge import Judge, apply_head  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
 from benchmarks.usercli import start  # noqa: E402
+from support.curves import ANNOTATOR_SEED, curve_key, curve_orders, store_curves  # noqa: E402
 from support.sampling import keep_annotations  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402
 from worker.pipeline import extract_features, head_subsets, head_targets, out_of_fold_scores  # noqa: E402
@@ -67,12 +68,6 @@ log = logging.getLogger("benchmarks.curve")
 CURVE_JSON = REPO / "benchmarks" / "CURVE.json"
 CURVE_SVG = REPO / "benchmarks" / "curve.svg"
 START = 10
-#: The order ``rubric-judge queue`` / ``/reports/<project>/queue`` follows (``backend.reports.insights.label_next``
-#: with the project's task groups): one task per group not yet annotated, least certain first, then the rest
-#: least certain first. On DialSummEval a group is a dialogue, and that is this benchmark's ``diverse``.
-SHIPPED_ORDER = "diverse"
-#: repeat r of ``--annotators K`` draws each task's K annotations with seed ANNOTATOR_SEED + r
-ANNOTATOR_SEED = 31_000
 
 
 class Data:
@@ -288,28 +283,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "feature_seconds": round(feature_seconds, 1),
         "feature_store": judge.feature_store.stats.as_dict() if judge.feature_store else None,
     }
-
-
-def curve_key(split: str, annotators: int | None) -> str:
-    """CURVE.json's key of a run: ``dialsummeval``, ``dialsummeval-1-annotator``, ``-dev`` for the dev split."""
-    key = "dialsummeval"
-    if annotators is not None:
-        key += f"-{annotators}-annotator" + ("s" if annotators > 1 else "")
-    return key + ("-dev" if split == "dev" else "")
-
-
-def store_curves(stored: dict[str, Any], key: str, base_model: str, curves: dict[str, Any]) -> dict[str, Any]:
-    """CURVE.json with a run's ``curves`` merged under ``key`` and the base model (an order run again replaces
-    its curve, the others stay), and ``shipped``: the order the product's label queue follows."""
-    entry = stored.setdefault(key, {}).setdefault(base_model, {})
-    entry.update(curves)
-    entry["shipped"] = SHIPPED_ORDER
-    return stored
-
-
-def curve_orders(entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The curves of one base model's entry in CURVE.json, per order (without ``shipped``)."""
-    return {order: points for order, points in entry.items() if isinstance(points, dict)}
 
 
 def plot(entry: dict[str, Any], title: str, path: Path = CURVE_SVG, per_task: int | None = None) -> None:

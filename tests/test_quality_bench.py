@@ -8,7 +8,6 @@ import argparse
 import random
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from backend.core.rubric import load_rubric
@@ -114,86 +113,12 @@ def test_keep_annotations_draws_one_per_task_deterministically_by_seed():
         sampling.keep_annotations(records, 0, seed=5)
 
 
-def _features(records: list[Record], seed: int) -> dict[str, object]:
-    from backend.core.scores import TaskFeatures
-
-    rng = random.Random(seed)
-    out = {}
-    for r in records:
-        truth = sum(int(a.labels["fluency"]) for a in r.annotations) / len(r.annotations)
-        shared = [truth + rng.gauss(0, 0.3), *(rng.gauss(0, 1) for _ in range(5))]
-        out[r.task_id] = TaskFeatures(shared=np.array(shared), dimensions={})
-    return out
-
-
-@pytest.mark.parametrize("annotators", [1, None], ids=["one-annotator", "every-annotator"])
-def test_the_curve_trains_on_the_drawn_annotations_and_tests_on_the_consensus(monkeypatch, annotators):
-    """``curve.run`` on synthetic features (no model): with ``--annotators 1`` every training point learns and
-    is judged on one annotation per task (the same draw for every order of a repeat, recorded with its seed),
-    the test split keeps all three; points count tasks and annotations."""
-    from benchmarks import curve
-
-    splits = {"train": _rated(40, 10, 2, "tr"), "dev": [], "test": _rated(20, 5, 3, "te")}
-    features = _features(splits["train"] + splits["test"], 4)
-    monkeypatch.setattr(curve, "load_dialsummeval", lambda folder, rubric: splits)
-    monkeypatch.setattr(curve.Judge, "from_settings", lambda settings: argparse.Namespace(feature_store=None))
-    monkeypatch.setattr(
-        curve, "extract_features", lambda judge, rubric, records, name: (None, [features[r.task_id] for r in records])
-    )
-    seen: list[list[Record]] = []  # the records of every evaluation: test points and training evidence
-    evaluate = curve.evaluate_predictions
-
-    def spy(rubric, records, *rest, **options):
-        seen.append(list(records))
-        return evaluate(rubric, records, *rest, **options)
-
-    monkeypatch.setattr(curve, "evaluate_predictions", spy)
-    args = argparse.Namespace(
-        base_model="smollm2-135m",
-        data_dir="unused",
-        split="test",
-        sizes="10,20,all",
-        repeats=2,
-        orders="random,diverse",
-        annotators=annotators,
-    )
-    result = curve.run(args)
-
-    tested = [records for records in seen if records[0].task_id.startswith("te")]
-    trained = [records for records in seen if records[0].task_id.startswith("tr")]
-    assert tested and trained
-    assert all(records == splits["test"] for records in tested), "the test split keeps every annotation"
-    per_task = 1 if annotators else 3
-    assert all(len(r.annotations) == per_task for records in trained for r in records)
-    for order in ("random", "diverse"):
-        points = result["curves"][order]
-        assert set(points) == {"10", "20", "40"}
-        for n, point in points.items():
-            assert point["tasks"] == int(n) and point["annotations"] == per_task * int(n) and point["repeats"] == 2
-    if annotators is None:
-        assert result["annotators"] is None and result["annotator_draws"] == []
-        return
-    draws = result["annotator_draws"]
-    assert [(d["repeat"], d["seed"]) for d in draws] == [(0, curve.ANNOTATOR_SEED), (1, curve.ANNOTATOR_SEED + 1)]
-    assert all(d["annotations"] == 40 and sum(d["by_annotator"].values()) == 40 for d in draws)
-    # a3 never rated coherence: the tasks drawn to a3 have no coherence label
-    assert all(d["labels_by_dimension"]["coherence"] == 40 - d["by_annotator"].get("a3", 0) for d in draws)
-    # each repeat has its own draw (its seed's), the same for every order and size of that repeat
-    expected = [sampling.keep_annotations(splits["train"], 1, d["seed"])[1] for d in draws]
-    assert expected[0] != expected[1]
-    used = []
-    for records in trained:
-        got = {r.task_id: [r.annotations[0].annotator] for r in records}
-        used.append([k for k, draw in enumerate(expected) if all(draw[t] == w for t, w in got.items())])
-    assert all(len(u) >= 1 for u in used) and {k for u in used for k in u} == {0, 1}
-
-
 def test_curve_json_keys_and_the_shipped_order():
     """The one-annotator curve has a key of its own beside the three-annotator curve, and every base model's
     entry names the order the product's label queue follows."""
     import json
 
-    from benchmarks import curve
+    from support import curves as curve
     from tests.conftest import REPO
 
     assert curve.curve_key("test", None) == "dialsummeval" and curve.curve_key("dev", None) == "dialsummeval-dev"
