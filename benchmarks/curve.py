@@ -28,8 +28,8 @@ all annotators. Without it every annotation of a task is kept (DialSummEval: 3 p
 
 Results: ``benchmarks/CURVE.json`` (``dialsummeval``; with ``--annotators 1``, ``dialsummeval-1-annotator``;
 ``-dev`` appended for ``--split dev``) under the base model, with ``shipped``: the order the product's label
-queue follows (``support.curves.SHIPPED_ORDER``); a section of RESULTS.md via ``benchmarks/RESULTS.json`` (``curve/<tag>``);
-and the plot, ``benchmarks/curve.svg`` (``curve-1-annotator.svg`` with ``--annotators 1``).
+queue follows (``support.curves.SHIPPED_ORDER``); a section of RESULTS.md via ``benchmarks/RESULTS.json``
+(``curve/<tag>``); and the plot, ``benchmarks/curve.svg`` (``curve-1-annotator.svg`` with ``--annotators 1``).
 """
 
 from __future__ import annotations
