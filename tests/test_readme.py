@@ -22,6 +22,7 @@ import pytest
 from backend.core.prefill import PrefillPolicy
 from backend.settings import Settings
 from tests.conftest import REPO
+from tests.test_docs import shown
 
 README = REPO / "README.md"
 BENCH = REPO / "benchmarks"
@@ -207,14 +208,6 @@ def test_the_curve_runs_quoted_are_the_curves_in_curve_json(tag):
     curves = load("CURVE.json")["dialsummeval"][load("RESULTS.json")[f"curve/{tag}"]["base_model"]]
     for order, points in recorded.items():
         assert curves[order] == points, f"CURVE.json's {order} curve is not run {tag}'s"
-
-
-def shown(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return f"{value:g}"
-    return str(value)
 
 
 def test_defaults_the_readme_quotes_are_the_defaults():
