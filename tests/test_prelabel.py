@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from backend.core.labeling import label_config
 from backend.core.rubric import load_all, load_rubric
@@ -18,7 +18,7 @@ from backend.state.registry import Registry
 from backend.state.triggers import Triggers
 from backend.web.app import create_app
 from support.ls_bodies import QA_DATA, ls_task, predict_body
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, work_burst
 from tests.fixtures.ls_replay import ReplayState, replay_server
 from worker.prelabel import PrelabelError, prelabel_project
 
@@ -196,7 +196,7 @@ def test_prelabel_route_enqueues_one_job_that_writes_predictions(queued_stack):
     assert client.post("/prelabel", json={"project": "x"}).status_code == 400
     assert client.post("/prelabel", json={"project": PROJECT, "all": "yes"}).status_code == 400
 
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    work_burst(queue)
     job = client.get(f"/jobs/{job_id}").get_json()
     assert job["status"] == "finished", job
     assert (
@@ -296,7 +296,7 @@ def test_a_deadline_answers_what_it_scored_and_defers_the_rest_to_a_background_j
     assert status["last_deferral"]["deferred"] == 8 and status["last_deferral"]["job"] == timing["background_job"]
     # the background job writes the deferred tasks that need a prediction (not the annotated ones, not the
     # ones the active version already predicted), and nothing else
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    work_burst(queue)
     job = client.get(f"/jobs/{timing['background_job']}").get_json()
     assert job["status"] == "finished", job
     done = {task_id for task_id, predictions in written(state).items() if predictions}
@@ -317,7 +317,7 @@ def test_new_tasks_are_read_ahead_by_one_background_job_that_writes_nothing(queu
     assert body["status"] == "enqueued" and body["tasks"] == 3 and len(queue) == 1
     job = queue.fetch_job(body["job"])
     assert job.args[3] is None and [t["id"] for t in job.args[4]] == [505, 507, 508] and job.args[5] == QA_XML
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    work_burst(queue)
     finished = client.get(f"/jobs/{body['job']}").get_json()
     assert finished["status"] == "finished" and finished["meta"]["done"] == 3, finished
     assert not any(written(state).values())  # nothing written to Label Studio

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 from backend.core.labeling import label_config
@@ -30,7 +30,7 @@ from backend.state.triggers import RUNNING_TTL_S, Triggers
 from backend.web.app import create_app
 from support.ls_bodies import ls_task, predict_body, setup_body
 from support.processes import alive, processes_with
-from tests.conftest import REDIS_URL, REPO
+from tests.conftest import REDIS_URL, REPO, work_burst
 from tests.fixtures.ls_replay import ReplayState, replay_server
 from tests.fixtures.synthetic import KEYWORDS, ls_export, synthetic_items
 from worker.horse import HORSE_STOP_GRACE_S
@@ -78,7 +78,7 @@ def stack(tiny_model_dir, tmp_path, monkeypatch, redis_client, tiny_judge):
 
 
 def run_worker(queue: Queue) -> None:
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    work_burst(queue)
 
 
 def test_training_job_promotes_a_better_adapter_and_serves_it(stack):
