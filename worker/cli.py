@@ -80,7 +80,8 @@ def _overrides(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
-    """Offline twin of the RQ job: train on a JSONL/CSV file, evaluate on its held-out part."""
+    """Offline twin of the RQ job: train on a JSONL/CSV file and evaluate as the job does (a head on its grouped
+    out-of-fold predictions, a LoRA adapter on its held-out groups)."""
     rubric = load_rubric(args.rubric, settings.rubric_dir)
     records = read_file(Path(args.data), rubric, settings.group_by)
     heldout = None

@@ -1,9 +1,10 @@
-"""The training pipeline shared by the RQ job (``worker.jobs.train_project``) and ``rubric-judge train``:
-split the records by task, build a feature head (``TRAIN_METHOD=head``, the default for rating rubrics) or
-train a LoRA adapter on the training part, evaluate candidate / active / base (and the majority label) on the
-held-out tasks, and write the version atomically (temporary folder, then rename) with its metrics and the
-promotion decision (``should_promote``: alpha per dimension not lower than the active version's, and signal
-shown in at least one dimension at the family level).
+"""The training pipeline shared by the RQ job (``worker.jobs.train_project``) and ``rubric-judge train``: build a
+feature head (``TRAIN_METHOD=head``, the default for rating rubrics) on every annotated task, judged by its
+grouped out-of-fold predictions, or train a LoRA adapter on a grouped split, judged on the held-out groups;
+evaluate candidate / active / base (and the majority label) on that evidence, and write the version atomically
+(temporary folder, then rename) with its metrics and the promotion decision (``should_promote``: the lower bound
+of the paired interval of alpha per dimension against the active version's above PROMOTE_TOLERANCE, on enough
+tasks the active version did not learn from, and signal shown in at least one dimension at the family level).
 """
 
 from __future__ import annotations
