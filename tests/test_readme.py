@@ -32,6 +32,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "run `d5-grouped`": ("RESULTS.json", ("dialsummeval/d5-grouped",)),
     "run `c1`": ("RESULTS.json", ("curve/c1", "curves")),
     "run `c2`": ("RESULTS.json", ("curve/c2", "curves")),
+    "run `c3-1-annotator`": ("RESULTS.json", ("curve/c3-1-annotator", "curves")),
     "section `contention`": ("SPEED.json", ("contention",)),
     "section `readonce`": ("SPEED.json", ("readonce", "sizes")),
 }
@@ -69,6 +70,22 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
         ("humans_test/fluency/interval", "humans_test/consistency/interval"),
     ),
     (r"order `diverse`\) reached (\S+) at 80 tasks", "run `c2`", ("diverse/80/alpha_dims",)),
+    # the one-annotator curve table
+    (
+        r"\| test α per dimension, random order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        "run `c3-1-annotator`",
+        tuple(f"random/{n}/alpha_dims" for n in CURVE_SIZES),
+    ),
+    (
+        r"\| test α per dimension, the queue's order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        "run `c3-1-annotator`",
+        tuple(f"diverse/{n}/alpha_dims" for n in CURVE_SIZES),
+    ),
+    (
+        r"\| dimensions pre-filled of 4, random order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        "run `c3-1-annotator`",
+        tuple(f"random/{n}/prefilled" for n in CURVE_SIZES),
+    ),
     (r"against (\S+) in random order \(run `c1`\)", "run `c1`", ("random/80/alpha_dims",)),
     # the default run on the full training split
     (
