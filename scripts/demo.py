@@ -38,7 +38,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from support.e2e.scenario import fixture_tasks, human_result, ls_environment  # noqa: E402
+from support.e2e.scenario import base_environment, fixture_tasks, human_result, ls_environment  # noqa: E402
 
 ADMIN, PASSWORD, TOKEN = "admin@example.com", "demo-password", "demo0123456789token"
 DAY_ONE = "rubric-judge demo: day one"
@@ -176,7 +176,7 @@ class Demo:
         self.ls_url = f"http://127.0.0.1:{args.ls_port}"
         self.backend_url = f"http://127.0.0.1:{args.backend_port}"
         self.bin_dir = REPO / ".venv" / "bin"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
+        env = base_environment()
         self.ls_env = {
             **ls_environment(env, args.data_dir / "ls"),
             "LABEL_STUDIO_USERNAME": ADMIN,

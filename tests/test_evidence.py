@@ -457,7 +457,7 @@ def test_the_incumbent_is_judged_only_on_tasks_of_groups_it_did_not_learn_from_e
     import json
 
     from backend.core.labeling import task_group
-    from worker.pipeline import _incumbent_scores, _record_row, seen_groups
+    from worker.pipeline import _incumbent_scores, _record_row, seen_tasks
 
     def record(task: int, dialogue: int, group_by: str = "") -> Record:
         data = {"dialogue": f"A: dialogue {dialogue}.", "summary": f"summary {task}", "dialogue_id": dialogue}
@@ -480,7 +480,7 @@ def test_the_incumbent_is_judged_only_on_tasks_of_groups_it_did_not_learn_from_e
     scores = _incumbent_scores(Judge(), SUMMARY, now, ("v1", tmp_path), None)
     judged = {r.task_id for r, s in zip(now, scores, strict=True) if s is not None}
     assert judged == {str(t) for t in range(12, 24)}, sorted(judged)  # dialogues 3, 4 and 5 only
-    assert not seen_groups(tmp_path) & {r.split_key for r in now}  # group strings alone would have kept them all
+    assert not seen_tasks(tmp_path).groups & {r.split_key for r in now}  # group strings alone would have kept them all
 
 
 def test_interval_evidence_states_its_uncertainty():

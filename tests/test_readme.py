@@ -45,6 +45,17 @@ CONTENTION = (
     "training, WORKER_NICE=10, WORKER_PAUSE_FOR_SERVING=never (before the pause)",
 )
 
+
+def curve_row(title: str, run: str, order: str, stat: str) -> tuple[str, str, tuple[str, ...]]:
+    """A ``FIGURES`` row for one line of a learning-curve table: ``| title | x | x | ... |``, one number per
+    size of ``CURVE_SIZES``, each ``order/<size>/stat`` of run ``run``'s curves."""
+    return (
+        rf"\| {re.escape(title)}" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
+        f"run `{run}`",
+        tuple(f"{order}/{n}/{stat}" for n in CURVE_SIZES),
+    )
+
+
 #: (pattern with one group per quoted number, source label, one path per group, relative to the source)
 FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
     # day one: why v0 pre-fills nothing
@@ -54,16 +65,8 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
         ("systems/v0/dev/alpha_dims", "systems/majority/dev/alpha_dims"),
     ),
     # the learning curve table
-    (
-        r"\| test α per dimension" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
-        "run `c1`",
-        tuple(f"random/{n}/alpha_dims" for n in CURVE_SIZES),
-    ),
-    (
-        r"\| dimensions pre-filled, of 4" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
-        "run `c1`",
-        tuple(f"random/{n}/prefilled" for n in CURVE_SIZES),
-    ),
+    curve_row("test α per dimension", "c1", "random", "alpha_dims"),
+    curve_row("dimensions pre-filled, of 4", "c1", "random", "prefilled"),
     (
         r"annotators of this data agree with each other at α (\S+) to (\S+) per dimension",
         "run `d5-grouped`",
@@ -71,21 +74,9 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
     ),
     (r"order `diverse`\) reached (\S+) at 80 tasks", "run `c2`", ("diverse/80/alpha_dims",)),
     # the one-annotator curve table
-    (
-        r"\| test α per dimension, random order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
-        "run `c3-1-annotator`",
-        tuple(f"random/{n}/alpha_dims" for n in CURVE_SIZES),
-    ),
-    (
-        r"\| test α per dimension, the queue's order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
-        "run `c3-1-annotator`",
-        tuple(f"diverse/{n}/alpha_dims" for n in CURVE_SIZES),
-    ),
-    (
-        r"\| dimensions pre-filled of 4, random order" + r" \| (\S+)" * len(CURVE_SIZES) + r" \|",
-        "run `c3-1-annotator`",
-        tuple(f"random/{n}/prefilled" for n in CURVE_SIZES),
-    ),
+    curve_row("test α per dimension, random order", "c3-1-annotator", "random", "alpha_dims"),
+    curve_row("test α per dimension, the queue's order", "c3-1-annotator", "diverse", "alpha_dims"),
+    curve_row("dimensions pre-filled of 4, random order", "c3-1-annotator", "random", "prefilled"),
     (r"against (\S+) in random order \(run `c1`\)", "run `c1`", ("random/80/alpha_dims",)),
     # the default run on the full training split
     (

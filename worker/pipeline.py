@@ -205,11 +205,6 @@ def seen_tasks(version_dir: Path) -> Seen:
     return Seen(frozenset(ids), frozenset(groups), frozenset(inputs))
 
 
-def seen_groups(version_dir: Path) -> set[str]:
-    """The groups (task ids where ungrouped) a stored version learned from: the rows of its ``train.jsonl``."""
-    return set(seen_tasks(version_dir).groups)
-
-
 def unseen(records: Sequence[Record], seen: Seen) -> list[int]:
     """The positions of the ``records`` that a version which learned from ``seen`` can be judged on: not a task
     it learned from (by id, group or inputs, so a changed ``GROUP_BY`` or a re-imported task is still

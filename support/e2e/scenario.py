@@ -403,10 +403,11 @@ class LabelStudio:
     timeout_predict_s: float
 
 
-def _base_environment() -> dict[str, str]:
-    """This process's environment without Label Studio's or Django's variables (and without a test's marker, which
-    ``tests/conftest.py`` sets per test: a server shared by several tests must not carry one test's mark)."""
-    skip = ("LABEL_STUDIO", "DJANGO", "RUBRIC_JUDGE_TEST_MARK")
+def base_environment(shared: bool = False) -> dict[str, str]:
+    """This process's environment without Label Studio's or Django's variables; ``shared``: also without a
+    test's marker, which ``tests/conftest.py`` sets per test (a server shared by several tests must not carry
+    one test's mark)."""
+    skip = ("LABEL_STUDIO", "DJANGO", "RUBRIC_JUDGE_TEST_MARK") if shared else ("LABEL_STUDIO", "DJANGO")
     return {k: v for k, v in os.environ.items() if not k.startswith(skip)}
 
 
@@ -419,7 +420,8 @@ def label_studio_server(
     (``running_stack(label_studio=...)``): each creates projects of its own."""
     artifacts.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**ls_environment(_base_environment(), workdir / "ls-data"), "ML_TIMEOUT_PREDICT": f"{timeout_predict_s:g}"}
+    env = ls_environment(base_environment(shared=True), workdir / "ls-data")
+    env["ML_TIMEOUT_PREDICT"] = f"{timeout_predict_s:g}"
     argv = [str(ls_venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1"]
     argv += ["-p", str(port), "--data-dir", str(workdir / "ls-data")]
     proc = Proc("label-studio", argv, artifacts / "label-studio.log", env, workdir)
@@ -463,9 +465,8 @@ def _running_stack(
     ls_url, backend_url = label_studio.url, f"http://127.0.0.1:{backend_port}"
     queue_name = f"rj-e2e-{uuid.uuid4().hex[:8]}"
     model_dir = workdir / "models"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "DJANGO"))}
     judge_env = {
-        **base_env,
+        **base_environment(),
         "MODEL_DIR": str(model_dir),
         "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}",
         "QUEUE_NAME": queue_name,
