@@ -60,7 +60,13 @@ from benchmarks.usercli import start  # noqa: E402
 from support.curves import ANNOTATOR_SEED, curve_key, curve_orders, store_curves  # noqa: E402
 from support.sampling import keep_annotations  # noqa: E402
 from worker.evaluate import evaluate_predictions  # noqa: E402
-from worker.pipeline import extract_features, head_subsets, head_targets, out_of_fold_scores  # noqa: E402
+from worker.pipeline import (  # noqa: E402
+    HeadDesign,
+    extract_features,
+    head_design,
+    head_targets,
+    out_of_fold_scores,
+)
 from worker.source import Record  # noqa: E402
 from worker.train import TrainConfig  # noqa: E402
 
@@ -71,12 +77,12 @@ START = 10
 
 
 class Data:
-    """One split's records and the base model's features of them, as matrices per dimension."""
+    """One split's records and the base model's features of them, as the matrices the head reads (``design``)."""
 
-    def __init__(self, rubric: Rubric, records: Sequence[Record], features: Sequence[Any], selection: str) -> None:
+    def __init__(self, rubric: Rubric, records: Sequence[Record], features: Sequence[Any], design: HeadDesign) -> None:
         self.records = list(records)
         self.features = list(features)
-        self.matrices = {d.name: np.stack([f.vector(d.name, selection) for f in features]) for d in rubric.dimensions}
+        self.matrices = design.matrices(rubric, features)
         self.targets = head_targets(rubric, records)
         self.groups = [r.split_key for r in records]
 
@@ -119,39 +125,41 @@ def training_draws(
     return datas, draws
 
 
-def _fit(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]) -> Any:
+def _fit(rubric: Rubric, data: Data, rows: Sequence[int], spec: HeadDesign, meta: dict[str, Any]) -> Any:
     head = fit_head(
         rubric.dimensions,
         {k: v[list(rows)] for k, v in data.matrices.items()},
         {k: [v[i] for i in rows] for k, v in data.targets.items()},
         [data.groups[i] for i in rows],
         quiet=True,
-        subsets=subsets,
+        subsets=spec.subsets,
+        blends=spec.blends,
     )
     head.meta = dict(meta)
     return head
 
 
-def _evidence(rubric: Rubric, data: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]) -> Any:
+def _evidence(rubric: Rubric, data: Data, rows: Sequence[int], spec: HeadDesign, meta: dict[str, Any]) -> Any:
     """Out-of-fold scores of ``rows`` (the version's evidence) and the fold heads."""
     heads, fold = cross_fitted(
         rubric.dimensions,
         {k: v[list(rows)] for k, v in data.matrices.items()},
         {k: [v[i] for i in rows] for k, v in data.targets.items()},
         [data.groups[i] for i in rows],
-        subsets=subsets,
+        subsets=spec.subsets,
+        blends=spec.blends,
     )
     scores = out_of_fold_scores(rubric, heads, fold, [data.features[i] for i in rows], meta)
     return scores, heads
 
 
 def _point(
-    rubric: Rubric, train: Data, test: Data, rows: Sequence[int], subsets: Any, meta: dict[str, Any]
+    rubric: Rubric, train: Data, test: Data, rows: Sequence[int], spec: HeadDesign, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    head = _fit(rubric, train, rows, subsets, meta)
+    head = _fit(rubric, train, rows, spec, meta)
     tested = evaluate_predictions(rubric, test.records, apply_head(rubric, head, test.features), n_boot=1)
     prefilled = None
-    scores, _ = _evidence(rubric, train, rows, subsets, meta)
+    scores, _ = _evidence(rubric, train, rows, spec, meta)
     if all(s is not None for s in scores):
         evidence = evaluate_predictions(rubric, [train.records[i] for i in rows], scores, n_boot=1)
         decisions = PrefillPolicy().decide(rubric.dimension_names, evidence)
@@ -174,7 +182,7 @@ def _acquire(
     chosen: list[int],
     k: int,
     head: Any,
-    subsets: Any,
+    spec: HeadDesign,
     meta: dict[str, Any],
     rng: random.Random,
 ) -> list[int]:
@@ -197,7 +205,7 @@ def _acquire(
                 return picked
         return picked + [i for i in ranked if i not in picked][: k - len(picked)]
     if order == "disagreement":
-        _, heads = _evidence(rubric, train, chosen, subsets, meta)
+        _, heads = _evidence(rubric, train, chosen, spec, meta)
         spread = np.zeros(len(pool))
         usable = [h for h in heads if h is not None]
         for dim in rubric.dimensions:
@@ -228,11 +236,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     features = {name: extract_features(judge, rubric, splits[name], name)[1] for name in ("train", args.split)}
     feature_seconds = time.monotonic() - started
-    selection = TrainConfig.build(rubric).head_features_for(rubric)
-    train = Data(rubric, splits["train"], features["train"], selection)
-    test = Data(rubric, splits[args.split], features[args.split], selection)
-    subsets = head_subsets(selection, len(train.features[0].shared))
-    meta = {"features": selection}
+    config = TrainConfig.build(rubric, args.head)
+    spec = head_design(config, rubric, features["train"][0])
+    train = Data(rubric, splits["train"], features["train"], spec)
+    test = Data(rubric, splits[args.split], features[args.split], spec)
+    meta = spec.meta
     sizes = [len(train.records) if s == "all" else int(s) for s in args.sizes.split(",")]
     annotators = getattr(args, "annotators", None)
     trains, draws = training_draws(rubric, train, annotators, args.repeats)
@@ -249,17 +257,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     if n == len(train.records) and repeat and annotators is None:
                         per_n[n].append(per_n[n][0])  # every task, every annotation: no draw to repeat
                         continue
-                    point = _point(rubric, train, test, shuffled[:n], subsets, meta)
+                    point = _point(rubric, train, test, shuffled[:n], spec, meta)
                     per_n[n].append({k: v for k, v in point.items() if k != "head"})
                     _log_point(order, n, repeat, point)
                 continue
             chosen = rng.sample(range(len(train.records)), START)
-            point = _point(rubric, train, test, chosen, subsets, meta)
+            point = _point(rubric, train, test, chosen, spec, meta)
             for n in sizes:
                 while len(chosen) < n:
                     k = min(len(chosen), n - len(chosen))  # double the set each step
-                    chosen += _acquire(order, rubric, train, chosen, k, point["head"], subsets, meta, rng)
-                    point = _point(rubric, train, test, chosen, subsets, meta)
+                    chosen += _acquire(order, rubric, train, chosen, k, point["head"], spec, meta, rng)
+                    point = _point(rubric, train, test, chosen, spec, meta)
                 per_n[n].append({k: v for k, v in point.items() if k != "head"})
                 _log_point(order, n, repeat, point)
         curves[order] = {
@@ -278,6 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": {"train": len(train.records), args.split: len(test.records)},
         "split": args.split,
         "annotators": annotators,
+        "levers": args.levers,
         "annotator_draws": draws,
         "test_labels": "consensus of every annotation of a task",
         "feature_seconds": round(feature_seconds, 1),
@@ -326,7 +335,23 @@ def main(argv: list[str] | None = None) -> int:
         help="keep this many annotations per training task, drawn at random per repeat (default: all); "
         "the test labels stay the consensus of all",
     )
+    parser.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        metavar="FIELD=on|off",
+        help="a lever against the default head (repeatable): head_lexical or head_share (TrainConfig) on or off; "
+        "the curves are stored in CURVE.json under '<base model> <field>=<on|off> ...'",
+    )
     args = parser.parse_args(argv)
+    levers = {}
+    for item in args.head:
+        name, _, value = item.partition("=")
+        if name not in ("head_lexical", "head_share") or value not in ("on", "off"):
+            parser.error(f"--head {item!r}: expected head_lexical=on|off or head_share=on|off")
+        levers[name] = value
+    args.levers = [f"{k}={v}" for k, v in sorted(levers.items())]
+    args.head = {k: v == "on" for k, v in levers.items()}
     if args.annotators is not None and args.annotators < 1:
         parser.error("--annotators: expected at least 1")
     if not start(args.data_dir, log):
@@ -335,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     stored = json.loads(CURVE_JSON.read_text(encoding="utf-8")) if CURVE_JSON.is_file() else {}
     key = curve_key(args.split, args.annotators)
-    store_curves(stored, key, args.base_model, result["curves"])
+    variant = " ".join([args.base_model, *args.levers])
+    store_curves(stored, key, variant, result["curves"])
     CURVE_JSON.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
-    if args.split == "test":
+    if args.split == "test" and not args.levers:
         per_task = args.annotators
         plot(
             stored[key][args.base_model],

@@ -38,6 +38,8 @@ def _same(a, b) -> bool:
         np.array_equal(x.shared, y.shared)
         and x.shared.dtype == y.shared.dtype
         and all(np.array_equal(x.dimensions[d], y.dimensions[d]) for d in x.dimensions)
+        and x.lexical is not None
+        and np.array_equal(x.lexical, y.lexical)
         for x, y in zip(feats_a, feats_b, strict=True)
     )
 

@@ -497,3 +497,39 @@ def test_the_strength_grid_from_one_decomposition_equals_a_solve_per_strength(ro
         plain = _out_of_fold(x, y, fold, strength)
         assert grid[strength].shape == plain.shape
         np.testing.assert_allclose(grid[strength], plain, rtol=1e-8, atol=1e-8 * np.abs(plain).max())
+
+
+@pytest.mark.parametrize("n_groups", [5, 20])
+def test_sharing_dimensions_lets_no_noise_dimension_through_and_finds_a_weak_common_signal(n_groups):
+    """With the other dimensions' targets blended in (``SHARE_BLENDS``), a dimension whose labels are noise
+    still ends as the constant head at least 90% of the time although its three siblings carry a real signal
+    (the permuted twins keep the siblings' part, so the null holds what they bring); and a weak signal common
+    to four dimensions is kept more often than with each dimension on its own labels. Measured over 200 noise
+    and 60 weak-signal fits: fired 95.5% / 95.0% at 5 / 20 groups; kept 39 against 27 (5 groups), 141 against
+    100 (20 groups) dimensions of 240."""
+    from backend.model.head import SHARE_BLENDS
+
+    dims = SUMMARY.dimensions[:4]
+    subsets = {"target": None, "lm-statistics": [37, 38, 39]}
+    rng = np.random.default_rng(100 + n_groups)
+    fired = 0
+    for _ in range(200):
+        x, signal_y, groups = _grouped_features(rng, n_groups, 0.8)
+        targets = {d.name: list(np.clip(signal_y + rng.normal(0, 0.4, len(signal_y)), 1, 5)) for d in dims[1:]}
+        targets[dims[0].name] = list(rng.permutation(signal_y))  # this dimension's labels: noise
+        fitted = fit_head(
+            dims, {d.name: x for d in dims}, targets, groups, quiet=True, subsets=subsets, blends=SHARE_BLENDS
+        )
+        fired += fitted.dimensions[dims[0].name].constant
+    assert fired >= 0.9 * 200, fired
+    kept = {(0.0,): 0, SHARE_BLENDS: 0}
+    for _ in range(60):
+        x, _, groups = _grouped_features(rng, n_groups, 0.0)
+        common = 3 + 0.3 * x[:, 39]  # each dimension: the common signal and its own noise
+        targets = {d.name: list(np.clip(common + rng.normal(0, 0.8, len(common)), 1, 5)) for d in dims}
+        for blends in kept:
+            fitted = fit_head(
+                dims, {d.name: x for d in dims}, targets, groups, quiet=True, subsets=subsets, blends=blends
+            )
+            kept[blends] += sum(not h.constant for h in fitted.dimensions.values())
+    assert kept[SHARE_BLENDS] > kept[(0.0,)], kept

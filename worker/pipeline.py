@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from backend.core.evidence import FAMILY_LEVEL, Evidence, family_ci
+from backend.core.lexical import LEXICAL_NAMES
 from backend.core.metrics import finite
 from backend.core.prefill import PrefillPolicy
 from backend.core.rubric import Rubric
-from backend.model.head import cross_fitted, fit_head, is_head
+from backend.model.head import SHARE_BLENDS, cross_fitted, fit_head, is_head
 from backend.model.judge import Judge, apply_head
 from backend.model.model_loader import load_base_model
 from backend.settings import Settings
@@ -493,11 +494,43 @@ def out_of_fold_scores(
     return scores
 
 
-def head_subsets(selection: str, shared_size: int) -> dict[str, list[int] | None]:
-    """The feature subsets the head's cross-validation chooses among: everything ``selection`` gives, or only
-    the target's three LM statistics (the last three shared features), which carry most of the signal a few
-    annotated tasks can find."""
-    return {selection: None, "lm-statistics": list(range(shared_size - 3, shared_size))}
+@dataclass(frozen=True)
+class HeadDesign:
+    """How the feature head reads a task and learns (``head_design``): the feature ``selection`` of
+    ``TaskFeatures.vector``, whether the lexical features follow it, the column ``subsets`` its
+    cross-validation chooses among, and the ``blends`` of the other rating dimensions' targets."""
+
+    selection: str
+    lexical: bool
+    subsets: dict[str, list[int] | None]
+    blends: tuple[float, ...]
+
+    def matrices(self, rubric: Rubric, features: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Per dimension, the (tasks x features) matrix the head reads."""
+        return {
+            d.name: np.stack([f.vector(d.name, self.selection, self.lexical) for f in features])
+            for d in rubric.dimensions
+        }
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What a saved head must remember to read features the same way (``backend.model.judge.apply_head``)."""
+        return {"features": self.selection, "lexical": self.lexical}
+
+
+def head_design(config: TrainConfig, rubric: Rubric, sample: Any) -> HeadDesign:
+    """The head's design for ``rubric`` under ``config``, laid out on one task's ``TaskFeatures`` (``sample``).
+    The subsets: everything the selection gives; only the target's three LM statistics (the last three shared
+    features), which carry most of the signal a few annotated tasks can find; with ``head_lexical``, the
+    lexical features with those three statistics."""
+    selection = config.head_features_for(rubric)
+    shared = len(sample.shared)
+    stats = list(range(shared - 3, shared))
+    subsets: dict[str, list[int] | None] = {selection: None, "lm-statistics": stats}
+    if config.head_lexical:
+        width = len(sample.vector(rubric.dimensions[0].name, selection, True))
+        subsets["lexical"] = stats + list(range(width - len(LEXICAL_NAMES), width))
+    return HeadDesign(selection, config.head_lexical, subsets, SHARE_BLENDS if config.head_share else (0.0,))
 
 
 def head_targets(rubric: Rubric, records: Sequence[Record]) -> dict[str, list[Any]]:
@@ -533,20 +566,24 @@ def fit_feature_head(
     if progress:
         progress({"stage": "fitting the feature head"})
     fit_started = time.monotonic()
-    selection = config.head_features_for(rubric)
-    matrices = {d.name: np.stack([f.vector(d.name, selection) for f in train_features]) for d in rubric.dimensions}
+    if not train_features:
+        raise TrainingError("no training tasks to fit the feature head on")
+    design = head_design(config, rubric, train_features[0])
+    matrices = design.matrices(rubric, train_features)
     targets = head_targets(rubric, train)
     groups = [r.split_key for r in train]
     meta = {
         "base_model": judge.base_name,
         "rubric": rubric.name,
-        "features": selection,
+        **design.meta,
         "precision": str(next(judge.model.parameters()).dtype),
     }
-    subsets = head_subsets(selection, len(train_features[0].shared)) if train_features else None
-    head = fit_head(rubric.dimensions, matrices, targets, groups, folds=config.head_folds, meta=meta, subsets=subsets)
+    subsets, blends = design.subsets, design.blends
+    head = fit_head(
+        rubric.dimensions, matrices, targets, groups, folds=config.head_folds, meta=meta, subsets=subsets, blends=blends
+    )
     fold_heads, fold = cross_fitted(
-        rubric.dimensions, matrices, targets, groups, folds=config.head_folds, subsets=subsets
+        rubric.dimensions, matrices, targets, groups, folds=config.head_folds, subsets=subsets, blends=blends
     )
     oof_scores = out_of_fold_scores(rubric, fold_heads, fold, train_features, meta)
     if any(score is None for score in oof_scores):  # a single fold: no task has an out-of-fold prediction

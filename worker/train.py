@@ -50,6 +50,12 @@ class TrainConfig:
     #: label distribution; the better on GoEmotions-Ekman's selection rows) or ``auto``: ``target`` for rating
     #: rubrics, ``all`` for classification rubrics
     head_features: str = "auto"
+    #: the feature head also reads ``backend.core.lexical``'s features of the target against the other inputs
+    #: (and may choose them alone with the LM statistics, a subset of their own)
+    head_lexical: bool = False
+    #: a rating dimension's head may learn from the rubric's other rating dimensions too
+    #: (``backend.model.head.SHARE_BLENDS``, chosen per dimension by cross-validation)
+    head_share: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0

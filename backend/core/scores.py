@@ -55,14 +55,20 @@ class TaskFeatures:
 
     shared: Any
     dimensions: Mapping[str, Any]
+    #: ``backend.core.lexical.lexical_features`` of the task (from its text, not the model; None where not
+    #: computed)
+    lexical: Any = None
 
-    def vector(self, name: str, selection: str = "all") -> Any:
+    def vector(self, name: str, selection: str = "all", lexical: bool = False) -> Any:
         """The feature vector of dimension ``name``: ``target`` (the shared features: the target-pooled states
         and LM statistics) or ``all`` (those, then the dimension's own label-position states and
-        distribution)."""
-        if selection == "target":
-            return self.shared
-        return np.concatenate([self.shared, self.dimensions[name]])
+        distribution); with ``lexical``, the task's lexical features after them."""
+        parts = [self.shared] if selection == "target" else [self.shared, self.dimensions[name]]
+        if lexical:
+            if self.lexical is None:
+                raise ValueError("these features carry no lexical features (TaskFeatures.lexical)")
+            parts.append(self.lexical)
+        return np.concatenate(parts)
 
 
 def dimension_score(dim: Dimension, probs: list[float], chosen: int, logprob: float) -> DimensionScore:

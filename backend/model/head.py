@@ -51,6 +51,10 @@ MIN_GROUPS = 4  # rated task groups a dimension needs before its head is fitted 
 NULL_PERMUTATIONS = 99
 #: the largest permutation p-value at which a scale dimension's head is kept (else it predicts the mean)
 SIGNAL_LEVEL = 0.05
+#: sharing across a rubric's scale dimensions: a dimension's head may learn ``(1 - b) * z_own + b * z_all``
+#: (standardized targets; ``z_all`` the mean over the task's rated scale dimensions) for each ``b`` here, chosen
+#: by the same cross-validation as the strength (``(0.0,)``: every dimension learns from its own labels alone)
+SHARE_BLENDS = (0.0, 0.5, 1.0)
 
 
 class HeadError(ValueError):
@@ -201,6 +205,7 @@ def fit_head(
     meta: Mapping[str, Any] | None = None,
     quiet: bool = False,
     subsets: Mapping[str, Sequence[int] | None] | None = None,
+    blends: Sequence[float] = (0.0,),
 ) -> Head:
     """Fit one head per dimension.
 
@@ -209,9 +214,12 @@ def fit_head(
     label (None when unrated) for a nominal dimension; ``groups`` per task (tasks of a group share a fold).
     ``subsets``: named column subsets the cross-validation chooses among, with the ridge strength (None: all
     columns); the capacity follows the data: with few tasks a few strong features can beat them all.
+    ``blends``: how far a scale dimension may learn from the rubric's other scale dimensions (``SHARE_BLENDS``;
+    the default ``(0.0,)``: its own labels only); the cross-validation chooses, its permutation null covers it.
     """
     heads: dict[str, DimensionHead] = {}
     size = None
+    standardized = _standardized_targets(dims, targets) if len(blends) > 1 or blends[0] else {}
     for dim in dims:
         x = np.asarray(features[dim.name], dtype=np.float64)
         size = x.shape[1] if size is None else size
@@ -233,7 +241,10 @@ def fit_head(
             )
             heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
             continue
-        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds, quiet, subsets)
+        others = _other_dimensions(dim.name, standardized, keep) if len(standardized) > 1 else None
+        heads[dim.name] = _fit_dimension(
+            dim, x[keep], y[keep], kept_groups, folds, quiet, subsets, (blends if others else (0.0,)), others
+        )
     if size is None:
         raise HeadError("no dimensions to fit")
     return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
@@ -246,6 +257,7 @@ def cross_fitted(
     groups: Sequence[str],
     folds: int = 5,
     subsets: Mapping[str, Sequence[int] | None] | None = None,
+    blends: Sequence[float] = (0.0,),
 ) -> tuple[list[Head | None], np.ndarray]:
     """The evidence for a head fitted on every task: out-of-fold heads. Tasks are dealt into ``folds`` folds by
     group (a group never straddles two); for each fold, a head is fitted exactly as ``fit_head`` fits the final
@@ -269,9 +281,37 @@ def cross_fitted(
                 folds=folds,
                 quiet=True,
                 subsets=subsets,
+                blends=blends,
             )
         )
     return heads, fold
+
+
+def _standardized_targets(dims: Sequence[Any], targets: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    """Every scale dimension's targets standardized over its rated tasks (NaN where unrated)."""
+    out = {}
+    for dim in dims:
+        if dim.values is None:
+            continue
+        y = np.array([np.nan if v is None else float(v) for v in targets[dim.name]])
+        rated = ~np.isnan(y)
+        if rated.sum() < 2:
+            continue
+        sd = float(y[rated].std())
+        out[dim.name] = (y - y[rated].mean()) / (sd if sd > 1e-12 else 1.0)
+    return out
+
+
+def _other_dimensions(
+    name: str, standardized: Mapping[str, np.ndarray], keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """For the tasks ``keep`` of dimension ``name``: the sum of the other scale dimensions' standardized
+    targets and how many of them each task has (None when ``name`` is not among them)."""
+    if name not in standardized:
+        return None
+    rest = [z[keep] for other, z in standardized.items() if other != name]
+    stacked = np.stack(rest)
+    return np.nansum(stacked, axis=0), np.sum(~np.isnan(stacked), axis=0).astype(np.float64)
 
 
 def _constant_dimension(dim: Any, size: int, y: np.ndarray) -> DimensionHead:
@@ -391,35 +431,66 @@ def _grid_search(
     fold: np.ndarray,
     choices: Mapping[str, Any],
     named: bool,
-) -> tuple[tuple[float, str, float, np.ndarray], dict[str, float], np.ndarray | None]:
-    """Every (feature subset, strength) of the grid, cross-validated on ``fold``: the best ``(score, subset,
-    strength, out-of-fold predictions)``, every score by name, and for a scale dimension the null of the best:
-    the best correlation over the same grid of each of ``NULL_PERMUTATIONS`` restricted permutations of ``y``
-    (fitted alongside the real targets: one decomposition per fold serves them all)."""
+    blends: Sequence[float] = (0.0,),
+    others: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[tuple[float, str, float, np.ndarray, float], dict[str, float], np.ndarray | None]:
+    """Every (feature subset, strength, blend) of the grid, cross-validated on ``fold``: the best ``(score,
+    subset, strength, out-of-fold predictions, blend)``, every score by name, and for a scale dimension the null
+    of the best: the best correlation over the same grid of each of ``NULL_PERMUTATIONS`` restricted permutations
+    of ``y`` (fitted alongside the real targets: one decomposition per fold serves them all). A blend ``b`` > 0
+    learns ``_blended``'s target; its permuted twins permute this dimension's part only, so the null holds what
+    the other dimensions bring and the test asks whether the head predicts *this* dimension."""
     nominal = dim.values is None
     permuted: np.ndarray | None = None
     if nominal:
         target = np.eye(len(dim.labels))[y]
+        blends = (0.0,)
     else:
         seed = zlib.crc32(dim.name.encode("utf-8"))
         permuted = y[restricted_permutations(groups, NULL_PERMUTATIONS, seed)].T  # (tasks, permutations)
-        target = np.column_stack([y, permuted])
+        if others is None or tuple(blends) == (0.0,):
+            blends = (0.0,)
+            target = np.column_stack([y, permuted])
+        else:  # per blend: [own part, its permuted twins, the others' part] (ridge is linear in its targets)
+            target = np.hstack([np.column_stack(_blended(y, permuted, others, b)) for b in blends])
     null = None if permuted is None else np.full(permuted.shape[1], -np.inf)
-    best: tuple[float, str, float, np.ndarray] | None = None
+    best: tuple[float, str, float, np.ndarray, float] | None = None
     grid: dict[str, float] = {}
+    width = 0 if permuted is None else permuted.shape[1]
     for subset, columns in choices.items():
         xs = x if columns is None else x[:, np.asarray(columns, dtype=np.int64)]
         for strength, fitted in out_of_fold_grid(xs, target, fold, STRENGTHS).items():
-            if permuted is None:
-                oof, score = fitted, _nll_score(fitted, y)
-            else:
-                oof, score = fitted[:, 0], _correlation(fitted[:, 0], y)
-                null = np.maximum(null, _column_correlations(fitted[:, 1:], permuted))
-            grid[f"{subset}:{strength}" if named else str(strength)] = round(score, 4)
-            if best is None or score > best[0]:
-                best = (score, subset, strength, oof)
+            for j, blend in enumerate(blends):
+                if permuted is None:
+                    oof, score = fitted, _nll_score(fitted, y)
+                elif len(blends) == 1:
+                    oof, score = fitted[:, 0], _correlation(fitted[:, 0], y)
+                    null = np.maximum(null, _column_correlations(fitted[:, 1:], permuted))
+                else:
+                    block = fitted[:, j * (width + 2) : (j + 1) * (width + 2)]
+                    oof = block[:, 0] + block[:, -1]
+                    score = _correlation(oof, y)
+                    null = np.maximum(null, _column_correlations(block[:, 1:-1] + block[:, -1:], permuted))
+                name = f"{subset}:{strength}" if named else str(strength)
+                grid[name + (f":share {blend:g}" if len(blends) > 1 else "")] = round(score, 4)
+                if best is None or score > best[0]:
+                    best = (score, subset, strength, oof, blend)
     assert best is not None
     return best, grid, null
+
+
+def _blended(
+    y: np.ndarray, permuted: np.ndarray, others: tuple[np.ndarray, np.ndarray], blend: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The target ``(1 - blend) * z + blend * mean(z, other dimensions' z)`` per task (``z``: ``y``
+    standardized; ``others``: the sum of the other dimensions' standardized targets and their count per task),
+    split as ``(own part, own part of each permutation (tasks x permutations), the others' part)``: their sum
+    is the target, and the permuted targets share the others' part."""
+    rest, count = others
+    sd = float(y.std())
+    scale = sd if sd > 1e-12 else 1.0
+    own = (1.0 - blend) + blend / (1.0 + count)
+    return own * (y - y.mean()) / scale, own[:, None] * (permuted - y.mean()) / scale, blend * rest / (1.0 + count)
 
 
 def _fit_dimension(
@@ -430,14 +501,26 @@ def _fit_dimension(
     folds: int,
     quiet: bool = False,
     subsets: Mapping[str, Sequence[int] | None] | None = None,
+    blends: Sequence[float] = (0.0,),
+    others: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> DimensionHead:
     fold = _fold_ids(groups, folds)
     nominal = dim.values is None
-    target = np.eye(len(dim.labels))[y] if nominal else y
     width = x.shape[1]
     choices = dict(subsets) if subsets else {"all": None}
-    (score, subset, strength, oof), grid, null = _grid_search(dim, x, y, groups, fold, choices, bool(subsets))
+    (score, subset, strength, oof, blend), grid, null = _grid_search(
+        dim, x, y, groups, fold, choices, bool(subsets), blends, others
+    )
+    if nominal:
+        target = np.eye(len(dim.labels))[y]
+    elif blend and others is not None:
+        own, _, rest = _blended(y, y[:, None], others, blend)
+        target = own + rest
+    else:
+        target = y
     cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
+    if blend:
+        cv["share"] = blend
     if null is not None:
         p_value = float((1 + np.count_nonzero(null >= score - 1e-12)) / (len(null) + 1))
         cv["signal_p"] = round(p_value, 4)

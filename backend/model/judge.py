@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.core.lexical import lexical_features
 from backend.core.prompts import (
     DEFAULT_VARIANT,
     dimension_prefix,
@@ -303,7 +305,7 @@ class Judge:
         store = self.feature_store if adapter is None else None
         if store is None:
             scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
-            return scores, [f for f in features if f is not None]
+            return scores, with_lexical(rubric, tasks, [f for f in features if f is not None])
         keys = [self.feature_key(rubric, t) for t in tasks]
         found = [store.get(k) for k in keys]
         # a task that occurs twice is read once: the same numbers now as from the store later
@@ -321,7 +323,7 @@ class Judge:
                 read[keys[i]] = (score, feature)
             found = [hit if hit is not None else read[key] for hit, key in zip(found, keys, strict=True)]
         pairs = [hit for hit in found if hit is not None]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
+        return [p[0] for p in pairs], with_lexical(rubric, tasks, [p[1] for p in pairs])
 
     def _score(
         self,
@@ -513,6 +515,17 @@ class Judge:
         return scores
 
 
+def with_lexical(
+    rubric: Rubric, tasks: Sequence[Mapping[str, str]], features: Sequence[TaskFeatures]
+) -> list[TaskFeatures]:
+    """``features`` (one per task) with each task's ``backend.core.lexical`` features attached: read from the
+    text each time (microseconds), never stored, so the feature store holds only what the model computed."""
+    return [
+        dataclasses.replace(f, lexical=np.asarray(lexical_features(rubric, t), dtype=np.float64))
+        for f, t in zip(features, tasks, strict=True)
+    ]
+
+
 def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> list[TaskScore]:
     """The feature head's calibrated label distributions as ``TaskScore``s (label = most probable)."""
     per_dim = {}
@@ -523,8 +536,8 @@ def apply_head(rubric: Rubric, head: Any, features: Sequence[TaskFeatures]) -> l
                 f"the feature head does not fit rubric {rubric.name!r}: dimension {dim.name!r} is "
                 f"{'missing' if fitted is None else 'labelled ' + ', '.join(fitted.labels)}"
             )
-        selection = head.meta.get("features", "all")
-        x = np.stack([f.vector(dim.name, selection) for f in features])
+        selection, lexical = head.meta.get("features", "all"), bool(head.meta.get("lexical", False))
+        x = np.stack([f.vector(dim.name, selection, lexical) for f in features])
         per_dim[dim.name] = head.predict(dim.name, x)
     out = []
     for row in range(len(features)):
