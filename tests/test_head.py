@@ -533,3 +533,32 @@ def test_sharing_dimensions_lets_no_noise_dimension_through_and_finds_a_weak_com
             )
             kept[blends] += sum(not h.constant for h in fitted.dimensions.values())
     assert kept[SHARE_BLENDS] > kept[(0.0,)], kept
+
+
+def test_a_shared_head_that_keeps_its_own_labels_predicts_as_the_unshared_one():
+    """Where the cross-validation of a head fitted with ``SHARE_BLENDS`` picks blend 0 (its own labels), it
+    serves what the head fitted without sharing serves (the grid's blend-0 scores equal the plain grid's); and
+    where it blends, its predictions keep the humans' scale (regression: a blend-0 head fitted on the raw scale
+    but calibrated on the standardized one served a constant)."""
+    from backend.model.head import SHARE_BLENDS
+
+    dims = SUMMARY.dimensions[:4]
+    subsets = {"target": None, "lm-statistics": [37, 38, 39]}
+    own_kept = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        x, y, groups = _grouped_features(rng, 20, 0.8)
+        targets = {d.name: list(np.clip(y + rng.normal(0, 0.3 + 0.5 * i, len(y)), 1, 5)) for i, d in enumerate(dims)}
+        targets[dims[0].name] = list(y)
+        matrices = {d.name: x for d in dims}
+        plain = fit_head(dims, matrices, targets, groups, quiet=True, subsets=subsets)
+        shared = fit_head(dims, matrices, targets, groups, quiet=True, subsets=subsets, blends=SHARE_BLENDS)
+        for d in dims:
+            if shared.dimensions[d.name].constant:
+                continue
+            _, served = shared.predict(d.name, x)
+            assert float(np.std(served)) > 0.2 and np.corrcoef(served, targets[d.name])[0, 1] > 0.3
+            if "share" not in shared.dimensions[d.name].cv:
+                own_kept += 1
+                assert np.allclose(served, plain.predict(d.name, x)[1], atol=1e-6)
+    assert own_kept >= 1

