@@ -13,7 +13,9 @@ so a second run reads nothing). For every size n and repeat:
   labels);
 * **disagreement**: like uncertainty, but the tasks on which the out-of-fold heads disagree most (the spread of
   their expected scores): expected disagreement between folds;
-* **diverse**: like uncertainty, but at most one task per dialogue per step, least certain first.
+* **diverse**: like uncertainty, but at most one task per dialogue per step, least certain first;
+* **spread**: like diverse, but the tasks of new dialogues drawn at random instead of least certain first (no
+  model needed to order them).
 
 At each point: test alpha per dimension of the version fitted on the n tasks, and how many dimensions it would
 pre-fill under the default gate (``PrefillPolicy`` on its grouped out-of-fold evidence), with the x-axis counted
@@ -191,6 +193,16 @@ def _acquire(
     pool = [i for i in range(len(train.records)) if i not in taken]
     if order == "random":
         return rng.sample(pool, min(k, len(pool)))
+    if order == "spread":  # one task per dialogue not yet labeled, drawn at random; then at random
+        shuffled = rng.sample(pool, len(pool))
+        seen, picked = {train.groups[i] for i in chosen}, []
+        for i in shuffled:
+            if train.groups[i] not in seen:
+                picked.append(i)
+                seen.add(train.groups[i])
+            if len(picked) == k:
+                return picked
+        return picked + [i for i in shuffled if i not in picked][: k - len(picked)]
     if order in ("uncertainty", "diverse"):
         scores = apply_head(rubric, head, [train.features[i] for i in pool])
         ranked = [i for _, i in sorted(zip([s.confidence for s in scores], pool, strict=True))]

@@ -511,13 +511,7 @@ def _fit_dimension(
     (score, subset, strength, oof, blend), grid, null = _grid_search(
         dim, x, y, groups, fold, choices, bool(subsets), blends, others
     )
-    if nominal:
-        target = np.eye(len(dim.labels))[y]
-    elif others is not None and tuple(blends) != (0.0,):  # the scale the grid's predictions were on (z)
-        own, _, rest = _blended(y, y[:, None], others, blend)
-        target = own + rest
-    else:
-        target = y
+    target = _final_target(dim, y, blend, blends, others)
     cv: dict[str, Any] = {"folds": int(len(np.unique(fold))), "grid": grid, "tasks": int(len(y))}
     if blend:
         cv["share"] = blend
@@ -574,6 +568,20 @@ def _fit_dimension(
         columns=cols,
         inputs=width,
     )
+
+
+def _final_target(
+    dim: Any, y: np.ndarray, blend: float, blends: Sequence[float], others: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """What the final ridge learns: label indicators (nominal), ``y`` itself, or with sharing the chosen blend on
+    the standardized scale the grid's out-of-fold predictions (and so the calibration) were on, blend 0
+    included."""
+    if dim.values is None:
+        return np.eye(len(dim.labels))[y]
+    if others is not None and tuple(blends) != (0.0,):
+        own, _, rest = _blended(y, y[:, None], others, blend)
+        return own + rest
+    return y
 
 
 def restricted_permutations(groups: Sequence[str], count: int, seed: int = 0) -> np.ndarray:
