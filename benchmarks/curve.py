@@ -1,10 +1,10 @@
 """How fast the judge becomes useful: the learning curve of the feature head, and the order of labeling.
 
     python benchmarks/curve.py [--sizes 10,20,40,80,160,320,all] [--repeats 5] [--orders random,uncertainty,...]
-                               [--annotators 1]
+                               [--annotators 1] [--split dev] [--head head_lexical=on|off] [--head head_share=on|off]
 
 DialSummEval, default configuration (the product's ``fit_head`` with grouped folds and its own capacity choice,
-``worker.pipeline.head_subsets``). Features come from the base model once (the feature store under MODEL_DIR,
+``worker.pipeline.head_design``). Features come from the base model once (the feature store under MODEL_DIR,
 so a second run reads nothing). For every size n and repeat:
 
 * **random**: n tasks drawn at random from the training split (summaries of many dialogues, as a team labels);
@@ -27,6 +27,10 @@ task keeps K of its annotations, drawn at random per task (``support.sampling.ke
 ``ANNOTATOR_SEED`` + repeat: the same draw for every order and size of a repeat, recorded in RESULTS.json); the
 head learns that one person's label and its evidence is alpha against it. The test labels stay the consensus of
 all annotators. Without it every annotation of a task is kept (DialSummEval: 3 per task).
+
+``--head FIELD=on|off`` measures a lever against the default (``TrainConfig.head_lexical``, ``head_share``):
+its curves are stored under ``<base model> <field>=<on|off> ...`` instead of the base model's name, which holds
+the default's.
 
 Results: ``benchmarks/CURVE.json`` (``dialsummeval``; with ``--annotators 1``, ``dialsummeval-1-annotator``;
 ``-dev`` appended for ``--split dev``) under the base model, with ``shipped``: the order the product's label

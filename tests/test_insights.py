@@ -216,7 +216,7 @@ def test_an_empty_prediction_is_not_an_uncertain_one():
 
 
 def test_the_queue_takes_one_task_per_new_group_least_certain_first_then_the_rest():
-    """The order that taught the head fastest on DialSummEval (benchmarks/CURVE.json, ``diverse``)."""
+    """The queue's order (benchmarks/CURVE.json, ``diverse``)."""
     from backend.reports.insights import label_next
 
     def task(i: int, score: float) -> dict:

@@ -21,6 +21,7 @@ import pytest
 
 from backend.core.prefill import PrefillPolicy
 from backend.settings import Settings
+from support.curves import curve_key
 from tests.conftest import REPO
 from tests.test_docs import shown
 
@@ -30,9 +31,11 @@ BENCH = REPO / "benchmarks"
 #: a source label as the README writes it -> (JSON file under benchmarks/, path to the source's record)
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "run `d5-grouped`": ("RESULTS.json", ("dialsummeval/d5-grouped",)),
-    "run `c1`": ("RESULTS.json", ("curve/c1", "curves")),
-    "run `c2`": ("RESULTS.json", ("curve/c2", "curves")),
-    "run `c3-1-annotator`": ("RESULTS.json", ("curve/c3-1-annotator", "curves")),
+    "run `d6-gates`": ("RESULTS.json", ("dialsummeval/d6-gates",)),
+    "run `d7-lexical`": ("RESULTS.json", ("dialsummeval/d7-lexical",)),
+    "run `c5-test-3a`": ("RESULTS.json", ("curve/c5-test-3a", "curves")),
+    "run `c5-test-3a-before`": ("RESULTS.json", ("curve/c5-test-3a-before", "curves")),
+    "run `c5-test-1a`": ("RESULTS.json", ("curve/c5-test-1a", "curves")),
     "section `contention`": ("SPEED.json", ("contention",)),
     "section `readonce`": ("SPEED.json", ("readonce", "sizes")),
 }
@@ -65,19 +68,43 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
         ("systems/v0/dev/alpha_dims", "systems/majority/dev/alpha_dims"),
     ),
     # the learning curve table
-    curve_row("test α per dimension", "c1", "random", "alpha_dims"),
-    curve_row("dimensions pre-filled, of 4", "c1", "random", "prefilled"),
+    curve_row("test α per dimension", "c5-test-3a", "random", "alpha_dims"),
+    curve_row("dimensions pre-filled, of 4", "c5-test-3a", "random", "prefilled"),
     (
         r"annotators of this data agree with each other at α (\S+) to (\S+) per dimension",
         "run `d5-grouped`",
         ("humans_test/fluency/interval", "humans_test/consistency/interval"),
     ),
-    (r"order `diverse`\) reached (\S+) at 80 tasks", "run `c2`", ("diverse/80/alpha_dims",)),
+    (
+        r"the same curve stood at (\S+) at 40 tasks and (\S+) at 80",
+        "run `c5-test-3a-before`",
+        ("random/40/alpha_dims", "random/80/alpha_dims"),
+    ),
+    (
+        r"order `diverse`\) reached (\S+) at 40 tasks and (\S+) at 80, against (\S+) and (\S+) in random order",
+        "run `c5-test-3a`",
+        ("diverse/40/alpha_dims", "diverse/80/alpha_dims", "random/40/alpha_dims", "random/80/alpha_dims"),
+    ),
     # the one-annotator curve table
-    curve_row("test α per dimension, random order", "c3-1-annotator", "random", "alpha_dims"),
-    curve_row("test α per dimension, the queue's order", "c3-1-annotator", "diverse", "alpha_dims"),
-    curve_row("dimensions pre-filled of 4, random order", "c3-1-annotator", "random", "prefilled"),
-    (r"against (\S+) in random order \(run `c1`\)", "run `c1`", ("random/80/alpha_dims",)),
+    curve_row("test α per dimension, random order", "c5-test-1a", "random", "alpha_dims"),
+    curve_row("test α per dimension, the queue's order", "c5-test-1a", "diverse", "alpha_dims"),
+    curve_row("dimensions pre-filled of 4, random order", "c5-test-1a", "random", "prefilled"),
+    # today's default on the full training split
+    (
+        r"test α per dimension (\S+) \(dev (\S+), against",
+        "run `d7-lexical`",
+        ("systems/adapter/test/alpha_dims", "systems/adapter/dev/alpha_dims"),
+    ),
+    (r"against (\S+) without them in run `d6-gates`", "run `d6-gates`", ("systems/adapter/dev/alpha_dims",)),
+    (
+        r"Δα coherence \+(\S+), consistency \+(\S+), fluency \+(\S+), relevance \+(\S+)\)",
+        "run `d7-lexical`",
+        tuple(
+            f"systems/adapter/test/dimensions/{d}/delta_alpha"
+            for d in ("coherence", "consistency", "fluency", "relevance")
+        ),
+    ),
+    (r"in (\S+) s with the features in the store", "run `d7-lexical`", ("wall_seconds",)),
     # the default run on the full training split
     (
         r"on test its α per dimension is (\S+) \(flattened (\S+)\), against (\S+) for TF-IDF \+ ridge, (\S+) for "
@@ -209,12 +236,14 @@ def test_every_run_and_section_the_readme_names_exists():
     )
 
 
-@pytest.mark.parametrize("tag", ["c1", "c2"])
+@pytest.mark.parametrize("tag", ["c5-test-3a", "c5-test-3a-before", "c5-test-1a"])
 def test_the_curve_runs_quoted_are_the_curves_in_curve_json(tag):
-    """The README links CURVE.json for the curve figures: it must hold what run c1/c2 recorded."""
-    recorded = load("RESULTS.json")[f"curve/{tag}"]["curves"]
-    curves = load("CURVE.json")["dialsummeval"][load("RESULTS.json")[f"curve/{tag}"]["base_model"]]
-    for order, points in recorded.items():
+    """The README links CURVE.json for the curve figures: it must hold what the runs it quotes recorded, under
+    the curve's key and the variant's name (the base model, then the levers set against the default)."""
+    run = load("RESULTS.json")[f"curve/{tag}"]
+    variant = " ".join([run["base_model"], *run.get("levers", [])])
+    curves = load("CURVE.json")[curve_key(run["split"], run["annotators"])][variant]
+    for order, points in run["curves"].items():
         assert curves[order] == points, f"CURVE.json's {order} curve is not run {tag}'s"
 
 
