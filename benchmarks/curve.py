@@ -41,6 +41,7 @@ queue follows (``support.curves.SHIPPED_ORDER``); a section of RESULTS.md via ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import random
@@ -198,28 +199,13 @@ def _acquire(
     if order == "random":
         return rng.sample(pool, min(k, len(pool)))
     if order == "spread":  # one task per dialogue not yet labeled, drawn at random; then at random
-        shuffled = rng.sample(pool, len(pool))
-        seen, picked = {train.groups[i] for i in chosen}, []
-        for i in shuffled:
-            if train.groups[i] not in seen:
-                picked.append(i)
-                seen.add(train.groups[i])
-            if len(picked) == k:
-                return picked
-        return picked + [i for i in shuffled if i not in picked][: k - len(picked)]
+        return _one_per_group(train, chosen, rng.sample(pool, len(pool)), k)
     if order in ("uncertainty", "diverse"):
         scores = apply_head(rubric, head, [train.features[i] for i in pool])
         ranked = [i for _, i in sorted(zip([s.confidence for s in scores], pool, strict=True))]
         if order == "uncertainty":
             return ranked[:k]
-        picked, seen = [], {train.groups[i] for i in chosen}
-        for i in ranked:  # one task per dialogue per step, least certain first; fill up if needed
-            if train.groups[i] not in seen:
-                picked.append(i)
-                seen.add(train.groups[i])
-            if len(picked) == k:
-                return picked
-        return picked + [i for i in ranked if i not in picked][: k - len(picked)]
+        return _one_per_group(train, chosen, ranked, k)  # least certain first
     if order == "disagreement":
         _, heads = _evidence(rubric, train, chosen, spec, meta)
         spread = np.zeros(len(pool))
@@ -239,6 +225,19 @@ def _acquire(
     raise ValueError(f"unknown order {order!r}")
 
 
+def _one_per_group(train: Data, chosen: Sequence[int], ranked: Sequence[int], k: int) -> list[int]:
+    """The first ``k`` of ``ranked`` taking one task per dialogue not yet chosen; filled up in ``ranked``'s
+    order when there are too few new dialogues."""
+    picked, seen = [], {train.groups[i] for i in chosen}
+    for i in ranked:
+        if train.groups[i] not in seen:
+            picked.append(i)
+            seen.add(train.groups[i])
+        if len(picked) == k:
+            return picked
+    return picked + [i for i in ranked if i not in picked][: k - len(picked)]
+
+
 def _log_point(order: str, n: int, repeat: int, point: dict[str, Any]) -> None:
     alpha = point["alpha_dims"] or 0
     log.info("%s n=%d repeat %d: alpha %.3f, pre-filled %s", order, n, repeat, alpha, point["prefilled"])
@@ -251,6 +250,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     judge = Judge.from_settings(settings)
     started = time.monotonic()
     features = {name: extract_features(judge, rubric, splits[name], name)[1] for name in ("train", args.split)}
+    if getattr(args, "also_base", None):  # a second base's pooled states in front of the first's features
+        other = Judge.from_settings(Settings.from_env(base_model=args.also_base))
+        for name in features:
+            extra = extract_features(other, rubric, splits[name], name)[1]
+            features[name] = [
+                dataclasses.replace(f, shared=np.concatenate([e.shared, f.shared]))
+                for f, e in zip(features[name], extra, strict=True)
+            ]
     feature_seconds = time.monotonic() - started
     config = TrainConfig.build(rubric, args.head)
     spec = head_design(config, rubric, features["train"][0])
@@ -303,6 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split": args.split,
         "annotators": annotators,
         "levers": args.levers,
+        "also_base": getattr(args, "also_base", None),
         "annotator_draws": draws,
         "test_labels": "consensus of every annotation of a task",
         "feature_seconds": round(feature_seconds, 1),
@@ -359,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a lever against the default head (repeatable): head_lexical or head_share (TrainConfig) on or off; "
         "the curves are stored in CURVE.json under '<base model> <field>=<on|off> ...'",
     )
+    parser.add_argument(
+        "--also-base",
+        help="a second base model whose target-pooled states are read too and put in front of the first's "
+        "features (stored as '<base model>+<also base>')",
+    )
     args = parser.parse_args(argv)
     levers = {}
     for item in args.head:
@@ -376,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     stored = json.loads(CURVE_JSON.read_text(encoding="utf-8")) if CURVE_JSON.is_file() else {}
     key = curve_key(args.split, args.annotators)
-    variant = " ".join([args.base_model, *args.levers])
+    variant = " ".join([args.base_model + (f"+{args.also_base}" if args.also_base else ""), *args.levers])
     store_curves(stored, key, variant, result["curves"])
     CURVE_JSON.write_text(json.dumps(stored, indent=1) + "\n", encoding="utf-8")
-    if args.split == "test" and not args.levers:
+    if args.split == "test" and not args.levers and not args.also_base:
         per_task = args.annotators
         plot(
             stored[key][args.base_model],
