@@ -10,7 +10,8 @@ On ``--tasks`` qa-quality tasks of realistic length (``benchmarks.speed.qa_tasks
 * **judge**: ``Judge.score`` on all tasks (the prompt forward plus one step per dimension and label trie).
 * **/predict**: the Flask app's ``/predict`` (test client) at v0 with the default deadline, as Label Studio
   calls it.
-* a breakdown of the judge's forward passes (prompt forward, dimension steps, label tries) and, with
+* a breakdown of the judge's forward passes (prompt forward, dimension steps, label tries: seconds, and the
+  number of forward calls of each kind, per batch and per task) and, with
   ``--variants``, the judge with a few settings changed one at a time, so that what costs the gap can be named.
 
 Each figure is the best of ``--repeat`` runs after a warm-up. Recorded in ``benchmarks/SPEED.json`` under
@@ -56,12 +57,14 @@ def _plain_forward(judge: Any, prompts: list[list[int]]) -> None:
             judge.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
 
 
-def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str, float]:
-    """Seconds in each kind of forward pass of one ``Judge.score`` call (measurement only: the judge's
-    ``_forward`` wrapped by a timer)."""
+def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str, Any]:
+    """Seconds in each kind of forward pass of one ``Judge.score`` call, and how many forward calls of each
+    kind it made, per batch and per task (measurement only: the judge's ``_forward`` wrapped by a timer and a
+    counter)."""
     kinds: dict[str, float] = {"prompt": 0.0, "dimension steps": 0.0, "label tries": 0.0}
+    calls = dict.fromkeys(kinds, 0)
     plain = judge._forward
-    state = {"first": True}
+    state = {"first": True, "batches": 0}
 
     def timed(ids: Any, mask: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
         started = time.perf_counter()
@@ -69,12 +72,14 @@ def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str
         kind = "prompt" if state["first"] else ("label tries" if keep == 0 else "dimension steps")
         state["first"] = False
         kinds[kind] += time.perf_counter() - started
+        calls[kind] += 1
         return out
 
     original_batch = judge._score_batch
 
     def batch(*args: Any, **kwargs: Any) -> Any:
         state["first"] = True
+        state["batches"] += 1
         return original_batch(*args, **kwargs)
 
     judge._forward, judge._score_batch = timed, batch
@@ -84,10 +89,18 @@ def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str
         total = time.perf_counter() - started
     finally:
         del judge._forward, judge._score_batch
-    kinds = {k: round(v, 3) for k, v in kinds.items()}
-    kinds["other"] = round(total - sum(kinds.values()), 3)
-    kinds["total"] = round(total, 3)
-    return kinds
+    out: dict[str, Any] = {k: round(v, 3) for k, v in kinds.items()}
+    out["other"] = round(total - sum(kinds.values()), 3)
+    out["total"] = round(total, 3)
+    batches, forward = state["batches"], sum(calls.values())
+    out["forward_calls"] = {
+        **calls,
+        "total": forward,
+        "batches": batches,
+        "per_batch": round(forward / batches, 2) if batches else None,
+        "per_task": round(forward / len(tasks), 3),
+    }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

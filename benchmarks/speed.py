@@ -932,6 +932,14 @@ def readlimit_markdown(readlimit: dict[str, Any] | None) -> list[str]:
         f"Batches: {readlimit['batches']} (batch token budget {readlimit['batch_token_budget']}).",
         "",
     ]
+    calls = b.get("forward_calls")
+    if calls:
+        lines[-1:-1] = [
+            "",
+            f"Forward calls of that `Judge.score` call: {calls['total']} in {calls['batches']} batch(es), "
+            f"**{calls['per_batch']} per batch**, {calls['per_task']} per task (prompt {calls['prompt']}, dimension "
+            f"steps {calls['dimension steps']}, label tries {calls['label tries']}); each re-reads every weight.",
+        ]
     return lines
 
 
