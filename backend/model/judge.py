@@ -290,7 +290,7 @@ class Judge:
             _, features = self.score_with_features(rubric, tasks)
             return apply_head(rubric, self.head(adapter), features)
         if adapter is None and self.feature_store is not None:  # read once: stored for every later version
-            return self.score_with_features(rubric, tasks)[0]
+            return self._read(rubric, tasks, adapter)[0]
         return self._score(rubric, tasks, adapter, None)[0]
 
     def score_with_features(
@@ -300,12 +300,19 @@ class Judge:
         the scores equal ``score``'s (``tests/test_head.py``). With the base model and a feature store, tasks
         already read come from the store and only the others run through the model, each distinct task once (then
         are stored)."""
+        scores, features = self._read(rubric, tasks, adapter)
+        return scores, with_lexical(rubric, tasks, features)
+
+    def _read(
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None
+    ) -> tuple[list[TaskScore], list[TaskFeatures]]:
+        """``score_with_features`` without the lexical features: what the model computes (or the store holds)."""
         if not tasks:
             return [], []
         store = self.feature_store if adapter is None else None
         if store is None:
             scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
-            return scores, with_lexical(rubric, tasks, [f for f in features if f is not None])
+            return scores, [f for f in features if f is not None]
         keys = [self.feature_key(rubric, t) for t in tasks]
         found = [store.get(k) for k in keys]
         # a task that occurs twice is read once: the same numbers now as from the store later
@@ -323,7 +330,7 @@ class Judge:
                 read[keys[i]] = (score, feature)
             found = [hit if hit is not None else read[key] for hit, key in zip(found, keys, strict=True)]
         pairs = [hit for hit in found if hit is not None]
-        return [p[0] for p in pairs], with_lexical(rubric, tasks, [p[1] for p in pairs])
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _score(
         self,
