@@ -242,9 +242,7 @@ def fit_head(
             heads[dim.name] = _constant_dimension(dim, x.shape[1], y[keep])
             continue
         others = _other_dimensions(dim.name, standardized, keep) if len(standardized) > 1 else None
-        heads[dim.name] = _fit_dimension(
-            dim, x[keep], y[keep], kept_groups, folds, quiet, subsets, (blends if others else (0.0,)), others
-        )
+        heads[dim.name] = _fit_dimension(dim, x[keep], y[keep], kept_groups, folds, quiet, subsets, blends, others)
     if size is None:
         raise HeadError("no dimensions to fit")
     return Head(dimensions=heads, feature_size=size, meta=dict(meta or {}))
@@ -442,16 +440,18 @@ def _grid_search(
     the other dimensions bring and the test asks whether the head predicts *this* dimension."""
     nominal = dim.values is None
     permuted: np.ndarray | None = None
+    shared = not nominal and _sharing(blends, others)
+    if not shared:
+        blends = (0.0,)
     if nominal:
         target = np.eye(len(dim.labels))[y]
-        blends = (0.0,)
     else:
         seed = zlib.crc32(dim.name.encode("utf-8"))
         permuted = y[restricted_permutations(groups, NULL_PERMUTATIONS, seed)].T  # (tasks, permutations)
-        if others is None or tuple(blends) == (0.0,):
-            blends = (0.0,)
+        if not shared:
             target = np.column_stack([y, permuted])
         else:  # per blend: [own part, its permuted twins, the others' part] (ridge is linear in its targets)
+            assert others is not None
             target = np.hstack([np.column_stack(_blended(y, permuted, others, b)) for b in blends])
     null = None if permuted is None else np.full(permuted.shape[1], -np.inf)
     best: tuple[float, str, float, np.ndarray, float] | None = None
@@ -463,7 +463,7 @@ def _grid_search(
             for j, blend in enumerate(blends):
                 if permuted is None:
                     oof, score = fitted, _nll_score(fitted, y)
-                elif len(blends) == 1:
+                elif not shared:
                     oof, score = fitted[:, 0], _correlation(fitted[:, 0], y)
                     null = np.maximum(null, _column_correlations(fitted[:, 1:], permuted))
                 else:
@@ -472,11 +472,17 @@ def _grid_search(
                     score = _correlation(oof, y)
                     null = np.maximum(null, _column_correlations(block[:, 1:-1] + block[:, -1:], permuted))
                 name = f"{subset}:{strength}" if named else str(strength)
-                grid[name + (f":share {blend:g}" if len(blends) > 1 else "")] = round(score, 4)
+                grid[name + (f":share {blend:g}" if shared else "")] = round(score, 4)
                 if best is None or score > best[0]:
                     best = (score, subset, strength, oof, blend)
     assert best is not None
     return best, grid, null
+
+
+def _sharing(blends: Sequence[float], others: tuple[np.ndarray, np.ndarray] | None) -> bool:
+    """Whether a scale dimension learns blended targets (on the standardized scale): there are other dimensions
+    and a blend other than 0 to try. The grid search and the final fit must agree on it."""
+    return others is not None and tuple(blends) != (0.0,)
 
 
 def _blended(
@@ -578,7 +584,8 @@ def _final_target(
     included."""
     if dim.values is None:
         return np.eye(len(dim.labels))[y]
-    if others is not None and tuple(blends) != (0.0,):
+    if _sharing(blends, others):
+        assert others is not None
         own, _, rest = _blended(y, y[:, None], others, blend)
         return own + rest
     return y
