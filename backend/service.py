@@ -723,7 +723,12 @@ def build_service(settings: Settings, serving_mark: bool = True) -> Service:
     cache = None
     if settings.prediction_cache:
         cache = PredictionCache(
-            redis, judge.base_name, settings.prediction_cache_ttl, settings.max_input_tokens, settings.model_precision
+            redis,
+            judge.base_name,
+            settings.prediction_cache_ttl,
+            settings.max_input_tokens,
+            settings.model_precision,
+            settings.score_read,
         )
     return Service(
         settings,

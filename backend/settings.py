@@ -16,6 +16,8 @@ from backend.training_keys import ENV_KEYS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZATIONS = ("none", "4bit", "8bit")
+#: SCORE_READ's values (``backend.model.packing`` is the one-pass read's layout)
+READS = ("one-pass", "sequential")
 
 
 class SettingsError(ValueError):
@@ -66,6 +68,12 @@ class Settings:
     predict_deadline_s: float = 0.0
     #: TORCH_THREADS: CPU threads for torch (0 = torch's default).
     torch_threads: int = 0
+    #: SCORE_READ: how the base model reads a rubric's dimensions: ``one-pass`` (every dimension of a batch in
+    #: the forward call that reads the prompt, each as the answer's first line, independently of the others'
+    #: labels) or ``sequential`` (one forward call per dimension, each after the labels chosen for the ones
+    #: before). A feature head is served with the read it was trained on; a LoRA adapter of a rubric with
+    #: several dimensions always reads sequentially, as its training supervised.
+    score_read: str = "one-pass"
     #: PREFIX_CACHE: compute the KV cache of the rubric's shared prompt prefix once and reuse it (true/false).
     prefix_cache: bool = True
     #: LENGTH_BATCHING: sort a request's tasks by prompt length before forming batches (true/false).
@@ -253,6 +261,8 @@ class Settings:
             raise SettingsError("MICRO_BATCH_WAIT_MS must be 0 or more")
         if self.train_targets not in ("each", "consensus", "distribution"):
             raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each, consensus or distribution")
+        if self.score_read not in READS:
+            raise SettingsError(f"SCORE_READ={self.score_read!r}: expected one-pass or sequential")
         if self.model_precision not in ("auto", "fp32", "bf16"):
             raise SettingsError(f"MODEL_PRECISION={self.model_precision!r}: expected auto, fp32 or bf16")
         if self.train_method not in ("auto", "head", "lora"):

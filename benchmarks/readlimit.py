@@ -7,11 +7,13 @@ On ``--tasks`` qa-quality tasks of realistic length (``benchmarks.speed.qa_tasks
 
 * **plain forward**: the limit. Each task's prompt (the judge's own tokens) through the model once, one task
   at a time, logits of the last position only: what reading a task costs at the least.
-* **judge**: ``Judge.score`` on all tasks (the prompt forward plus one step per dimension and label trie).
+* **judge**: ``Judge.score`` on all tasks, with each read (SCORE_READ): ``one-pass`` (the default: every
+  dimension in the forward call that reads the prompt) and ``sequential`` (the prompt forward plus one step per
+  dimension and label trie).
 * **/predict**: the Flask app's ``/predict`` (test client) at v0 with the default deadline, as Label Studio
   calls it.
-* a breakdown of the judge's forward passes (prompt forward, dimension steps, label tries: seconds, and the
-  number of forward calls of each kind, per batch and per task) and, with
+* a breakdown of the judge's forward passes for each read (prompt forward, dimension steps, label tries:
+  seconds, and the number of forward calls of each kind, per batch and per task) and, with
   ``--variants``, the judge with a few settings changed one at a time, so that what costs the gap can be named.
 
 Each figure is the best of ``--repeat`` runs after a warm-up. Recorded in ``benchmarks/SPEED.json`` under
@@ -75,20 +77,22 @@ def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str
         calls[kind] += 1
         return out
 
-    original_batch = judge._score_batch
+    def counted(original: Callable[..., Any]) -> Callable[..., Any]:
+        def batch(*args: Any, **kwargs: Any) -> Any:
+            state["first"] = True
+            state["batches"] += 1
+            return original(*args, **kwargs)
 
-    def batch(*args: Any, **kwargs: Any) -> Any:
-        state["first"] = True
-        state["batches"] += 1
-        return original_batch(*args, **kwargs)
+        return batch
 
-    judge._forward, judge._score_batch = timed, batch
+    judge._forward = timed
+    judge._score_batch, judge._score_packed = counted(judge._score_batch), counted(judge._score_packed)
     try:
         started = time.perf_counter()
         judge.score(rubric, tasks)
         total = time.perf_counter() - started
     finally:
-        del judge._forward, judge._score_batch
+        del judge._forward, judge._score_batch, judge._score_packed
     out: dict[str, Any] = {k: round(v, 3) for k, v in kinds.items()}
     out["other"] = round(total - sum(kinds.values()), 3)
     out["total"] = round(total, 3)
@@ -139,8 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     plain = _best(lambda: _plain_forward(judge, prompts), args.repeat)
     record["plain_forward_tasks_per_s"] = round(n / plain, 3)
+    record["read"] = settings.score_read
     scored = _best(lambda: judge.score(rubric, tasks), args.repeat)
     record["judge_tasks_per_s"] = round(n / scored, 3)
+    other_read = "sequential" if settings.score_read == "one-pass" else "one-pass"
+    other = Judge(model, tokenizer, name, settings.with_overrides(score_read=other_read))
+    other_s = _best(lambda: other.score(rubric, tasks), args.repeat)
+    record["other_read"] = {
+        "read": other_read,
+        "tasks_per_s": round(n / other_s, 3),
+        "over_plain": round(plain / other_s, 3),
+    }
 
     service = Service(settings, judge, Registry(settings.model_dir, name))
     client = create_app(settings, service).test_client()
@@ -165,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     record["predict_over_plain"] = round(record["predict_tasks_per_s"] / record["plain_forward_tasks_per_s"], 3)
     log.info("plain, judge, /predict: %s", record)
     record["breakdown_s"] = _breakdown(judge, rubric, tasks)
-    log.info("breakdown: %s", record["breakdown_s"])
+    record["other_read"]["breakdown_s"] = _breakdown(other, rubric, tasks)
+    log.info("breakdown: %s; %s: %s", record["breakdown_s"], other_read, record["other_read"]["breakdown_s"])
     variants: dict[str, Any] = {}
     for label, overrides in (
         ("PREDICT_BATCH_SIZE=1", {"predict_batch_size": 1}),

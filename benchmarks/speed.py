@@ -901,11 +901,13 @@ def readonce_markdown(readonce: dict[str, Any] | None) -> list[str]:
 
 
 def readlimit_markdown(readlimit: dict[str, Any] | None) -> list[str]:
-    """The section of ``benchmarks/readlimit.py``: v0 scoring against one plain forward pass, side by side."""
+    """The section of ``benchmarks/readlimit.py``: v0 scoring against one plain forward pass, side by side, with
+    each read (SCORE_READ) when the run measured both."""
     if not readlimit:
         return []
     m = readlimit["machine"]
-    b = readlimit["breakdown_s"]
+    read = readlimit.get("read", "sequential")
+    other = readlimit.get("other_read")
     lines = [
         "## The read itself: v0 scoring against one plain forward pass",
         "",
@@ -919,28 +921,42 @@ def readlimit_markdown(readlimit: dict[str, Any] | None) -> list[str]:
         "| path | tasks/s | share of the plain forward |",
         "|---|---|---|",
         f"| plain forward (the limit) | {readlimit['plain_forward_tasks_per_s']} | 1.0 |",
-        f"| `Judge.score` (v0) | {readlimit['judge_tasks_per_s']} | {readlimit['judge_over_plain']} |",
-        f"| `/predict` (v0, Flask test client) | {readlimit['predict_tasks_per_s']} | "
-        f"{readlimit['predict_over_plain']} |",
+        f"| `Judge.score` (v0, SCORE_READ={read}) | {readlimit['judge_tasks_per_s']} | "
+        f"{readlimit['judge_over_plain']} |",
     ]
+    if other:
+        lines.append(
+            f"| `Judge.score` (v0, SCORE_READ={other['read']}) | {other['tasks_per_s']} | {other['over_plain']} |"
+        )
+    lines.append(
+        f"| `/predict` (v0, SCORE_READ={read}, Flask test client) | {readlimit['predict_tasks_per_s']} | "
+        f"{readlimit['predict_over_plain']} |"
+    )
     for name, row in readlimit.get("variants", {}).items():
         lines.append(f"| `Judge.score` with {name} | {row['tasks_per_s']} | {row['over_plain']} |")
-    lines += [
-        "",
-        f"Where one `Judge.score` call's {b['total']} s go: prompt forward {b['prompt']} s, dimension steps "
-        f"{b['dimension steps']} s, label tries {b['label tries']} s, everything else {b['other']} s. "
-        f"Batches: {readlimit['batches']} (batch token budget {readlimit['batch_token_budget']}).",
-        "",
+    lines.append("")
+    for label, b in [(read, readlimit["breakdown_s"])] + ([(other["read"], other["breakdown_s"])] if other else []):
+        lines += _breakdown_lines(label, b)
+    lines.append(
+        f"Batches: {readlimit['batches']} (batch token budget {readlimit['batch_token_budget']}); each forward call "
+        "re-reads every weight."
+    )
+    return lines + [""]
+
+
+def _breakdown_lines(read: str, b: dict[str, Any]) -> list[str]:
+    lines = [
+        f"SCORE_READ={read}: one `Judge.score` call's {b['total']} s: prompt forward {b['prompt']} s, dimension "
+        f"steps {b['dimension steps']} s, label tries {b['label tries']} s, everything else {b['other']} s."
     ]
     calls = b.get("forward_calls")
     if calls:
-        lines[-1:-1] = [
-            "",
-            f"Forward calls of that `Judge.score` call: {calls['total']} in {calls['batches']} batch(es), "
-            f"**{calls['per_batch']} per batch**, {calls['per_task']} per task (prompt {calls['prompt']}, dimension "
-            f"steps {calls['dimension steps']}, label tries {calls['label tries']}); each re-reads every weight.",
-        ]
-    return lines
+        lines[-1] += (
+            f" Forward calls: {calls['total']} in {calls['batches']} batch(es), **{calls['per_batch']} per batch**, "
+            f"{calls['per_task']} per task (prompt {calls['prompt']}, dimension steps {calls['dimension steps']}, "
+            f"label tries {calls['label tries']})."
+        )
+    return lines + [""]
 
 
 def busy_markdown(busy: dict[str, Any] | None) -> list[str]:

@@ -260,6 +260,7 @@ def test_cache_key_names_version_rubric_and_inputs(redis_client, unique_name):
     assert key != cache.key("m.p1.v0", qa, {**inputs, "answer": inputs["answer"] + "!"})
     assert key != PredictionCache(redis_client, unique_name, 60, 1024).key("m.p1.v0", qa, inputs)
     assert key != PredictionCache(redis_client, unique_name, 60, 2048, "bf16").key("m.p1.v0", qa, inputs)
+    assert key != PredictionCache(redis_client, unique_name, 60, 2048, read="sequential").key("m.p1.v0", qa, inputs)
     summary_inputs = {name: "x" for name in summary.input_names}
     assert cache.key("m.p1.v0", summary, summary_inputs) != cache.key(
         "m.p1.v0", qa, {name: "x" for name in qa.input_names}

@@ -162,10 +162,13 @@ class _StoredFeatures:
     feature_store = None
 
     def __init__(self, judge, records: list[Record]) -> None:
-        self.base_name, self.model = judge.base_name, judge.model
+        self.base_name, self.model, self.judge = judge.base_name, judge.model, judge
         scores, features = judge.score_with_features(SUMMARY, [r.inputs for r in records])
         read = zip(records, scores, features, strict=True)
         self.read = {json.dumps(r.inputs, sort_keys=True): (s, f) for r, s, f in read}
+
+    def read_mode(self, rubric, adapter=None):
+        return self.judge.read_mode(rubric, adapter)
 
     def score_with_features(self, rubric, inputs):
         found = [self.read[json.dumps(x, sort_keys=True)] for x in inputs]

@@ -577,6 +577,7 @@ def fit_feature_head(
         "rubric": rubric.name,
         **design.meta,
         "precision": str(next(judge.model.parameters()).dtype),
+        "read": judge.read_mode(rubric),  # how extract_features read them: the head is served on the same read
     }
     subsets, blends = design.subsets, design.blends
     head = fit_head(

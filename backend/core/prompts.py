@@ -39,10 +39,11 @@ class PromptVariant:
 DEFAULT_VARIANT = PromptVariant()
 
 
-def dimension_prefix(rubric: Rubric, index: int) -> str:
-    """The text that precedes dimension ``index``'s label in the completion."""
+def dimension_prefix(rubric: Rubric, index: int, first_line: bool = False) -> str:
+    """The text that precedes dimension ``index``'s label in the completion; with ``first_line``, as the
+    completion's first line (``SCORE_READ=one-pass`` reads every dimension so, right after the prompt)."""
     name = rubric.dimensions[index].name
-    return f"{name}:" if index == 0 else f"\n{name}:"
+    return f"{name}:" if index == 0 or first_line else f"\n{name}:"
 
 
 def label_text(label: str) -> str:

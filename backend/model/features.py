@@ -37,6 +37,7 @@ class FeatureCapture:
         self.outputs: dict[str, Any] = {}
         self.handles: list[Any] = []
         self.spans: list[tuple[int, int]] = []
+        self._offsets: list[int] = []
         self._starts: list[int] = []
         self._ends: list[int] = []
 
@@ -57,6 +58,7 @@ class FeatureCapture:
 
     def start_batch(self, offsets: Sequence[int]) -> None:
         """Before the prompt forward: the target spans' positions in the padded rows."""
+        self._offsets = list(offsets)
         self._starts = [offset + start for offset, (start, _) in zip(offsets, self.spans, strict=True)]
         self._ends = [offset + end for offset, (_, end) in zip(offsets, self.spans, strict=True)]
 
@@ -74,7 +76,9 @@ class FeatureCapture:
             start = max(0, min(start, end - 1))
             mid = mid_states[row, start:end].float().mean(0).cpu().numpy()
             last = last_states[row, start:end].float().mean(0).cpu().numpy()
-            scored = max(start, 1)  # a token's log-probability needs the state before it
+            # a token's log-probability needs the state before it, within this forward call and never a
+            # padding position's: a target that opens the task part loses its first token's
+            scored = max(start, self._offsets[row] + 1)
             if scored < end:
                 logits = self.lm_head(last_states[row, scored - 1 : end - 1]).float()
                 token_logp = (
@@ -89,10 +93,10 @@ class FeatureCapture:
             rows.append(np.concatenate([mid, last, np.array(stats)]).astype(np.float32))
         return rows
 
-    def label_states(self) -> tuple[Any, Any]:
-        """Right after a dimension prefix's forward: the middle- and last-layer states at its last position
-        (the one that predicts the label)."""
-        return self.outputs["mid"][:, -1].float().cpu(), self.outputs["last"][:, -1].float().cpu()
+    def label_states(self, at: int = -1) -> tuple[Any, Any]:
+        """After a dimension prefix's forward: the middle- and last-layer states at its last position (the one
+        that predicts the label), the last of the forward call or, in a one-pass read, position ``at``."""
+        return self.outputs["mid"][:, at].float().cpu(), self.outputs["last"][:, at].float().cpu()
 
     @staticmethod
     def label_position(states: Any, probs: Any) -> list[Any]:

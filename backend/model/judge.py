@@ -39,6 +39,7 @@ from backend.model.feature_store import FORMAT, FeatureStore
 from backend.model.features import FeatureCapture
 from backend.model.head import HeadError, is_head, load_head
 from backend.model.model_loader import ModelLoadError, load_base_model, memory_token_budget
+from backend.model.packing import SuffixLayout, attention_mask, packed_inputs, suffix_layout, supports_packing
 from backend.model.padding import left_pad
 from backend.settings import Settings
 
@@ -50,11 +51,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _RubricTokens:
-    """Token ids of every dimension's prefix and labels, tokenized segment by segment."""
+    """Token ids of every dimension's prefix and labels, tokenized segment by segment; ``lines`` are the
+    prefixes as the answer's first line and ``layout`` their one-pass suffix (``backend.model.packing``)."""
 
     prefixes: list[list[int]]
     labels: list[list[list[int]]]
+    lines: list[list[int]]
+    layout: SuffixLayout
     key: tuple[Any, ...] = field(default=())
+
+
+@dataclass
+class _Batch:
+    """A batch's prompts laid out for the model: the KV cache (holding the shared prefix, or empty), the
+    left-padded rows after it (``left_pad``), where each row's task part starts, the cached length."""
+
+    cache: Any
+    ids: Any
+    row_mask: Any
+    positions: Any
+    offsets: list[int]
+    cached: int
 
 
 def cache_argument(model: Any) -> str:
@@ -152,14 +169,18 @@ class Judge:
                 digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
         return digest.hexdigest()[:24]
 
-    def feature_key(self, rubric: Rubric, inputs: Mapping[str, str]) -> str:
+    def feature_key(self, rubric: Rubric, inputs: Mapping[str, str], read: str | None = None) -> str:
         """The store key of one task: exactly what the model reads (prompt tokens after trimming, the target's
-        token span) and what the features are taken at (every dimension's prefix and label tokens)."""
+        token span) and what the features are taken at (every dimension's prefix and label tokens, and how they
+        are read: ``read``, by default the base model's ``read_mode``; a sequential read's key is the one stored
+        before SCORE_READ existed)."""
+        read = read or self.read_mode(rubric)
         fitted = fit_inputs(rubric, inputs, self.tokenizer, self.settings.max_input_tokens)
         shared, task = encode_prompt(rubric, fitted, self.tokenizer, DEFAULT_VARIANT)
         tokens = self.rubric_tokens(rubric)
         span = list(target_token_span(rubric, fitted, self.tokenizer))
-        described = json.dumps([FORMAT, shared, task, span, tokens.prefixes, tokens.labels])
+        prefixes: Any = tokens.prefixes if read == "sequential" else [read, tokens.lines]
+        described = json.dumps([FORMAT, shared, task, span, prefixes, tokens.labels])
         return hashlib.sha256(described.encode("utf-8")).hexdigest()
 
     # --- adapters --------------------------------------------------------------------------------
@@ -237,7 +258,9 @@ class Judge:
             for dim, ids in zip(rubric.dimensions, labels, strict=True):
                 if len({tuple(x) for x in ids}) != len(ids) or any(not x for x in ids):
                     raise ValueError(f"labels of dimension {dim.name!r} do not tokenize to distinct sequences")
-            cached = _RubricTokens(prefixes=prefixes, labels=labels, key=key)
+            lines = [self._encode(dimension_prefix(rubric, i, first_line=True)) for i in range(len(prefixes))]
+            layout = suffix_layout(lines, labels)
+            cached = _RubricTokens(prefixes=prefixes, labels=labels, lines=lines, layout=layout, key=key)
             self._token_cache[key] = cached
         return cached
 
@@ -286,34 +309,52 @@ class Judge:
         """
         if not tasks:
             return []
+        read = self.read_mode(rubric, adapter)
         if adapter is not None and adapter in self._heads:
-            _, features = self.score_with_features(rubric, tasks)
+            _, features = self.score_with_features(rubric, tasks, read=read)
             return apply_head(rubric, self.head(adapter), features)
         if adapter is None and self.feature_store is not None:  # read once: stored for every later version
-            return self._read(rubric, tasks, adapter)[0]
-        return self._score(rubric, tasks, adapter, None)[0]
+            return self._read(rubric, tasks, adapter, read)[0]
+        return self._score(rubric, tasks, adapter, None, read)[0]
+
+    def read_mode(self, rubric: Rubric, adapter: str | None = None) -> str:
+        """How ``adapter`` (None: the base model) reads ``rubric``: a feature head as its features were read for
+        its training (``sequential`` for heads saved before SCORE_READ existed), a LoRA adapter of a rubric with
+        several dimensions sequentially (its training supervised the sequential completion), the base model by
+        SCORE_READ; ``sequential`` wherever the model takes no custom attention mask (FlashAttention)."""
+        if adapter is not None and adapter in self._heads:
+            read = str(self.head(adapter).meta.get("read", "sequential"))
+        elif adapter is not None and len(rubric.dimensions) > 1:
+            read = "sequential"
+        else:
+            read = self.settings.score_read
+        return read if read == "sequential" or supports_packing(self.model) else "sequential"
 
     def score_with_features(
-        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None = None
+        self,
+        rubric: Rubric,
+        tasks: Sequence[Mapping[str, str]],
+        adapter: str | None = None,
+        read: str | None = None,
     ) -> tuple[list[TaskScore], list[TaskFeatures]]:
         """``score`` plus the LM's features of every task (``TaskFeatures``), from the same forward passes;
         the scores equal ``score``'s (``tests/test_head.py``). With the base model and a feature store, tasks
         already read come from the store and only the others run through the model, each distinct task once (then
-        are stored)."""
-        scores, features = self._read(rubric, tasks, adapter)
+        are stored). ``read``: ``one-pass`` or ``sequential`` (default: ``read_mode``)."""
+        scores, features = self._read(rubric, tasks, adapter, read or self.read_mode(rubric, adapter))
         return scores, with_lexical(rubric, tasks, features)
 
     def _read(
-        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None
+        self, rubric: Rubric, tasks: Sequence[Mapping[str, str]], adapter: str | None, read: str
     ) -> tuple[list[TaskScore], list[TaskFeatures]]:
         """``score_with_features`` without the lexical features: what the model computes (or the store holds)."""
         if not tasks:
             return [], []
         store = self.feature_store if adapter is None else None
         if store is None:
-            scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks))
+            scores, features = self._score(rubric, tasks, adapter, [None] * len(tasks), read)
             return scores, [f for f in features if f is not None]
-        keys = [self.feature_key(rubric, t) for t in tasks]
+        keys = [self.feature_key(rubric, t, read) for t in tasks]
         found = [store.get(k) for k in keys]
         # a task that occurs twice is read once: the same numbers now as from the store later
         first: dict[str, int] = {}
@@ -322,7 +363,7 @@ class Judge:
                 first.setdefault(keys[i], i)
         missing = list(first.values())
         if missing:
-            scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing))
+            scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing), read)
             read = {}
             for i, score, feature in zip(missing, scores, features, strict=True):
                 assert feature is not None
@@ -338,18 +379,22 @@ class Judge:
         tasks: Sequence[Mapping[str, str]],
         adapter: str | None,
         features: list[TaskFeatures | None] | None,
+        read: str = "sequential",
     ) -> tuple[list[TaskScore], list[TaskFeatures | None]]:
         fitted = [fit_inputs(rubric, t, self.tokenizer, self.settings.max_input_tokens) for t in tasks]
         prompts = [encode_prompt(rubric, f, self.tokenizer, DEFAULT_VARIANT) for f in fitted]
         spans = [target_token_span(rubric, f, self.tokenizer) for f in fitted] if features is not None else None
         results: list[TaskScore | None] = [None] * len(prompts)
+        packed = read == "one-pass"
+        suffix = len(self.rubric_tokens(rubric).layout.tokens) if packed else 0
+        batch_step = self._score_packed if packed else self._score_batch
         with self._lock, self._adapter_context(adapter), self._capture(features is not None) as capture:
-            for members in self.plan_batches([len(s) + len(t) for s, t in prompts]):
+            for members in self.plan_batches([len(s) + len(t) + suffix for s, t in prompts]):
                 chunk = [prompts[i] for i in members]
                 sink: list[TaskFeatures | None] = [None] * len(members)
                 if capture is not None and spans is not None:
                     capture.spans = [spans[i] for i in members]
-                scored = self._score_batch(rubric, chunk, adapter, capture, sink)
+                scored = batch_step(rubric, chunk, adapter, capture, sink)
                 for row, (index, score) in enumerate(zip(members, scored, strict=True)):
                     results[index] = score
                     if features is not None:
@@ -407,8 +452,9 @@ class Judge:
         self.model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, keep: int = 1) -> Any:
-        """One cached forward pass; only the last ``keep`` positions' logits are computed (0 = all)."""
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, keep: Any = 1) -> Any:
+        """One cached forward pass; only the last ``keep`` positions' logits are computed (0 = all; a tensor:
+        those positions)."""
         kwargs = {self._cache_arg: cache}
         return self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep, **kwargs
@@ -422,39 +468,25 @@ class Judge:
         capture: FeatureCapture | None = None,
         sink: list[TaskFeatures | None] | None = None,
     ) -> list[TaskScore]:
-        """Score one batch. Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from
-        the prefix cache when every row shares it; left padding of the task parts is masked out."""
+        """Score one batch sequentially (SCORE_READ=sequential): the prompt, then one forward call per dimension
+        (its prefix after the label chosen for the one before) and per multi-token label prefix."""
         import torch
-        from transformers import DynamicCache
 
         tokens = self.rubric_tokens(rubric)
         device = self.device
         size = len(prompts)
-        shared = prompts[0][0]
-        cached = bool(self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts))
-        if cached:
-            cache = self._prefix_cache(shared, adapter)
-            cache.batch_repeat_interleave(size)
-            rows = [p[1] for p in prompts]
-            mask = torch.ones((size, len(shared)), dtype=torch.long)
-        else:
-            cache = DynamicCache()
-            rows = [p[0] + p[1] for p in prompts]
-            mask = torch.zeros((size, 0), dtype=torch.long)
-        ids, row_mask, positions = left_pad(rows, self.pad_id, mask.shape[1])
-        width = ids.shape[1]
-        mask = torch.cat([mask, row_mask], dim=1)
+        batch = self._batch(prompts, adapter)
+        ids, cache = batch.ids, batch.cache
+        mask = torch.cat([torch.ones((size, batch.cached), dtype=torch.long), batch.row_mask], dim=1)
         next_pos = mask.sum(dim=1)  # next position id per row
         pending: list[list[int]] = [[] for _ in range(size)]  # chosen label tokens not yet fed
         per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
 
         with torch.inference_mode():
             if capture is not None:  # where each row's task part starts in the padded batch
-                capture.start_batch(
-                    [width - len(r) + (0 if cached else len(prompts[i][0])) for i, r in enumerate(rows)]
-                )
+                capture.start_batch(batch.offsets)
             # prompt + first prefix are fed together below; start with the prompt alone
-            self._forward(ids.to(device), mask.to(device), positions.to(device), cache)
+            self._forward(ids.to(device), mask.to(device), batch.positions.to(device), cache)
             shared_rows = capture.pooled(ids) if capture is not None else []
             dim_rows: list[list[Any]] = [[] for _ in range(size)]
             for index, dim in enumerate(rubric.dimensions):
@@ -486,12 +518,76 @@ class Judge:
                     per_task[row][dim.name] = dimension_score(
                         dim, probs[row].tolist(), chosen, float(scores[row, chosen])
                     )
-        if capture is not None and sink is not None:
-            for row in range(size):
-                sink[row] = TaskFeatures(
-                    shared=shared_rows[row],
-                    dimensions={dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)},
-                )
+        _sink_features(rubric, sink if capture is not None else None, shared_rows, dim_rows)
+        return [TaskScore(dimensions=d) for d in per_task]
+
+    def _batch(self, prompts: list[tuple[list[int], list[int]]], adapter: str | None) -> _Batch:
+        """Rows are ``[shared prefix][holes][task part]``: the prefix's KV is reused from the prefix cache when
+        every row shares it; the task parts are left-padded (the padding masked out)."""
+        from transformers import DynamicCache
+
+        shared = prompts[0][0]
+        if self.settings.prefix_cache and shared and all(p[0] == shared for p in prompts):
+            cache = self._prefix_cache(shared, adapter)
+            cache.batch_repeat_interleave(len(prompts))
+            rows, cached = [p[1] for p in prompts], len(shared)
+        else:
+            cache, rows, cached = DynamicCache(), [p[0] + p[1] for p in prompts], 0
+        ids, row_mask, positions = left_pad(rows, self.pad_id, cached)
+        width = ids.shape[1]
+        # where each row's task part starts in the padded batch
+        offsets = [width - len(r) + (len(prompts[i][0]) if not cached else 0) for i, r in enumerate(rows)]
+        return _Batch(cache, ids, row_mask, positions, offsets, cached)
+
+    def _score_packed(
+        self,
+        rubric: Rubric,
+        prompts: list[tuple[list[int], list[int]]],
+        adapter: str | None = None,
+        capture: FeatureCapture | None = None,
+        sink: list[TaskFeatures | None] | None = None,
+    ) -> list[TaskScore]:
+        """Score one batch in one forward call (SCORE_READ=one-pass): every dimension's prefix and label
+        branches packed after the prompts (``backend.model.packing``), each read as the answer's first line."""
+        import torch
+
+        tokens = self.rubric_tokens(rubric)
+        layout, device, size = tokens.layout, self.device, len(prompts)
+        batch = self._batch(prompts, adapter)
+        width = batch.ids.shape[1]
+        ids, positions, keys = packed_inputs(layout, batch.ids, batch.row_mask, batch.positions, batch.cached)
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        mask = attention_mask(inner, keys, positions, batch.cached)
+        mask = {k: m.to(device) for k, m in mask.items()} if isinstance(mask, dict) else mask.to(device)
+        column = {at: c for c, at in enumerate(layout.logits_at)}
+        keep = torch.tensor([width + at for at in layout.logits_at], dtype=torch.long)
+        with torch.inference_mode():
+            if capture is not None:
+                capture.start_batch(batch.offsets)
+            out = self._forward(ids.to(device), mask, positions.to(device), batch.cache, keep=keep.to(device))
+            logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()
+            shared_rows = capture.pooled(batch.ids) if capture is not None else []
+            dim_rows: list[list[Any]] = [[] for _ in range(size)]
+            per_task: list[dict[str, DimensionScore]] = [{} for _ in range(size)]
+            for index, dim in enumerate(rubric.dimensions):
+                candidates = tokens.labels[index]
+                first = logp[:, column[layout.prefix_end[index]]]
+                scores = torch.stack([first[:, c[0]] for c in candidates], dim=1)
+                for branch in layout.branches[index]:
+                    for k in branch.members:
+                        for t in range(1, len(candidates[k])):
+                            scores[:, k] += logp[:, column[branch.start + t - 1], candidates[k][t]]
+                probs = torch.softmax(scores, dim=-1)
+                if capture is not None:
+                    states = capture.label_states(width + layout.prefix_end[index])
+                    for row, vector in enumerate(capture.label_position(states, probs)):
+                        dim_rows[row].append(vector)
+                for row in range(size):
+                    chosen = int(torch.argmax(probs[row]))
+                    per_task[row][dim.name] = dimension_score(
+                        dim, probs[row].tolist(), chosen, float(scores[row, chosen])
+                    )
+        _sink_features(rubric, sink if capture is not None else None, shared_rows, dim_rows)
         return [TaskScore(dimensions=d) for d in per_task]
 
     def _candidate_scores(self, candidates: list[list[int]], first: Any, mask: Any, next_pos: Any, cache: Any) -> Any:
@@ -520,6 +616,20 @@ class Judge:
                     scores[:, k] += logp[:, t - 1, candidate[t]]
             _crop(cache, length)
         return scores
+
+
+def _sink_features(
+    rubric: Rubric, sink: list[TaskFeatures | None] | None, shared_rows: list[Any], dim_rows: list[list[Any]]
+) -> None:
+    """Each row's ``TaskFeatures`` into ``sink`` (nothing when None): the pooled prompt states and, per
+    dimension, the label-position vector."""
+    if sink is None:
+        return
+    for row in range(len(sink)):
+        sink[row] = TaskFeatures(
+            shared=shared_rows[row],
+            dimensions={dim.name: dim_rows[row][i] for i, dim in enumerate(rubric.dimensions)},
+        )
 
 
 def with_lexical(

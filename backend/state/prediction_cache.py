@@ -51,9 +51,18 @@ def score_from_json(raw: str | bytes) -> TaskScore:
 class PredictionCache:
     """Get and put ``TaskScore``s by (model version, rubric, inputs); every Redis error degrades to a miss."""
 
-    def __init__(self, redis: Any, base_name: str, ttl_s: int, max_input_tokens: int, precision: str = "auto") -> None:
+    def __init__(
+        self,
+        redis: Any,
+        base_name: str,
+        ttl_s: int,
+        max_input_tokens: int,
+        precision: str = "auto",
+        read: str = "one-pass",
+    ) -> None:
         self.redis = redis
         self.precision = precision  # MODEL_PRECISION: bf16 and fp32 can pick different labels on near-ties
+        self.read = read  # SCORE_READ: the base model's labels differ between the reads
         self.prefix = redis_key(base_name, "pred") + ":"
         self.ttl_s = ttl_s
         self.max_input_tokens = max_input_tokens
@@ -67,6 +76,7 @@ class PredictionCache:
                 rubric_fingerprint(rubric),
                 self.max_input_tokens,
                 self.precision,
+                self.read,
                 [inputs[name] for name in rubric.input_names],
             ],
             ensure_ascii=False,
