@@ -965,6 +965,37 @@ def _curve_md(run: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _interval(e: dict[str, Any]) -> str:
+    if e.get("estimate") is None:
+        return "undefined"
+    low, high = e.get("low"), e.get("high")
+    bounds = f" [{low:+.3f}, {high:+.3f}]" if low is not None and high is not None else ""
+    return f"{e['estimate']:+.3f}{bounds}"
+
+
+def _reads_md(run: dict[str, Any]) -> list[str]:
+    lines = [
+        "α per dimension against the human consensus with its 95% group-bootstrap interval (dialogues as groups), "
+        "for each read, and the paired difference one-pass − sequential (the same bootstrap draws for both). The "
+        "head: the default feature head fitted on the training split by each read's own features. *v0 expected "
+        "score*: v0's expected score under its label distribution, at interval level. ¹ a constant: every task "
+        "got the same label from that read.",
+        "",
+        "| split | system | dimension | sequential | one-pass | one-pass − sequential |",
+        "|---|---|---|---|---|---|",
+    ]
+    for split, systems in run["results"].items():
+        for system, dims in systems.items():
+            for dim, row in dims.items():
+                distinct = row.get("distinct_labels", {})
+                mark = {r: "¹" if distinct.get(r) == 1 else "" for r in ("sequential", "one-pass")}
+                lines.append(
+                    f"| {split} | {system} | {dim} | {_interval(row['sequential'])}{mark['sequential']} | "
+                    f"{_interval(row['one-pass'])}{mark['one-pass']} | {_interval(row['one-pass minus sequential'])} |"
+                )
+    return lines
+
+
 def _permuted_md(run: dict[str, Any]) -> list[str]:
     lines = [
         f"{run['tasks']} training summaries of {run['groups']} dialogues, `rubric-judge train` with the default "
@@ -1062,6 +1093,7 @@ def write_markdown(runs: dict[str, Any]) -> None:
             "probe-goemotions": "GoEmotions-Ekman probe: the feature head on the base model's features",
             "permuted": "DialSummEval: does noise pass the pre-fill gate? (`benchmarks/permuted.py`)",
             "curve": "DialSummEval learning curve and labeling order (`benchmarks/curve.py`)",
+            "reads": "DialSummEval: the one-pass read against the sequential read (`benchmarks/reads.py`)",
         }.get(run["dataset"], "GoEmotions-Ekman (emotion-ekman), dev split")
         lines += [f"## {title} — run `{run['tag']}`", ""]
         if run.get("note"):
@@ -1081,6 +1113,7 @@ def write_markdown(runs: dict[str, Any]) -> None:
             "probe-goemotions": _probe_goemotions_md,
             "permuted": _permuted_md,
             "curve": _curve_md,
+            "reads": _reads_md,
         }.get(run["dataset"], _goemotions_md)(run)
         lines += _phases_md(run) + [""]
     RESULTS_MD.write_text("\n".join(lines), encoding="utf-8")

@@ -309,3 +309,27 @@ def test_fast_path_switches_come_from_the_environment():
     ):
         with pytest.raises(SettingsError, match=var):
             Settings.from_env({var: value})
+
+
+def test_features_read_in_length_sorted_chunks_keep_the_order_and_the_numbers(tiny_judge, monkeypatch):
+    """``extract_features`` reads tasks sorted by length (little padding) and answers in the records' order,
+    with the numbers of reading each task alone."""
+    import numpy as np
+
+    from worker import pipeline
+    from worker.source import Record
+
+    rubric = load_rubric("summary-quality")
+    sizes = [7, 1, 12, 3, 9, 2, 5, 11, 4]
+    records = [
+        Record(f"t{i}", {"dialogue": "A: hi there. B: hello. " * n, "summary": f"They talk {n} times."}, ())
+        for i, n in enumerate(sizes)
+    ]
+    monkeypatch.setattr(pipeline, "FEATURE_CHUNK", 4)
+    scores, features = pipeline.extract_features(tiny_judge, rubric, records, "test")
+    for record, score, feature in zip(records, scores, features, strict=True):
+        [alone], [alone_features] = tiny_judge.score_with_features(rubric, [record.inputs])
+        assert score.labels == alone.labels
+        assert np.allclose(feature.shared, alone_features.shared, atol=1e-4)
+        for name in rubric.dimension_names:
+            assert np.allclose(feature.dimensions[name], alone_features.dimensions[name], atol=1e-4)

@@ -18,7 +18,13 @@ def test_training_loss_matches_judge_probabilities(tiny_judge):
         {"context": "The museum opens at 9am.", "question": "When?", "answer": "At 9am."},
         {"context": "Water boils at 100 degrees.", "question": "Boiling point?", "answer": "Hot, " * 20},
     ]
-    scores = tiny_judge.score(rubric, tasks)
+    # a LoRA adapter of a rubric with several dimensions reads sequentially (Judge.read_mode), as trained here
+    tiny_judge._adapters["p1.v1"] = "/nowhere"
+    try:
+        assert tiny_judge.read_mode(rubric, "p1.v1") == "sequential"
+    finally:
+        del tiny_judge._adapters["p1.v1"]
+    scores = tiny_judge._score(rubric, tasks, None, None, "sequential")[0]
     examples = []
     for inputs, score in zip(tasks, scores, strict=True):
         record = Record("1", inputs, (Annotation("a", score.labels),))

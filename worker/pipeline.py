@@ -445,25 +445,29 @@ def extract_features(
     what: str,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[Any], list[Any]]:
-    """The base model's scores and features (``Judge.score_with_features``) of ``records``, in chunks; tasks
-    in the feature store are not read again (the progress says how many were read and how many were stored)."""
-    scores: list[Any] = []
-    features: list[Any] = []
+    """The base model's scores and features (``Judge.score_with_features``) of ``records``, in the order of
+    ``records``; tasks in the feature store are not read again (the progress says how many were read and how
+    many were stored). Read in chunks of tasks of similar length (sorted by the length of their text, so a
+    batch holds little padding: on DialSummEval 1 % padded tokens instead of 15 % in chunks taken in order)."""
+    scores: list[Any] = [None] * len(records)
+    features: list[Any] = [None] * len(records)
     store = getattr(judge, "feature_store", None)
     before = store.stats.hits if store is not None else 0
+    order = sorted(range(len(records)), key=lambda i: sum(len(str(v)) for v in records[i].inputs.values()))
     for start in range(0, len(records), FEATURE_CHUNK):
-        chunk = records[start : start + FEATURE_CHUNK]
-        got_scores, got_features = judge.score_with_features(rubric, [r.inputs for r in chunk])
-        scores += got_scores
-        features += got_features
+        members = order[start : start + FEATURE_CHUNK]
+        got_scores, got_features = judge.score_with_features(rubric, [records[i].inputs for i in members])
+        for i, score, feature in zip(members, got_scores, got_features, strict=True):
+            scores[i], features[i] = score, feature
         if progress:
             stored = (store.stats.hits - before) if store is not None else 0
+            done = start + len(members)
             progress(
                 {
                     "stage": f"features of the {what} tasks",
-                    "done": len(scores),
+                    "done": done,
                     "total": len(records),
-                    "read": len(scores) - stored,
+                    "read": done - stored,
                     "from_store": stored,
                 }
             )
