@@ -16,6 +16,11 @@ On ``--tasks`` qa-quality tasks of realistic length (``benchmarks.speed.qa_tasks
   seconds, and the number of forward calls of each kind, per batch and per task) and, with
   ``--variants``, the judge with a few settings changed one at a time, so that what costs the gap can be named.
 
+With ``--feature-read N``, also the feature read of training on the first N summaries of DialSummEval's dev split
+(``worker.pipeline.extract_features``, feature store off, each read once, no warm-up): the sequential read in
+chunks taken in order (the read before issue 32), the one-pass read in chunks taken in order, and the one-pass read
+in length-sorted chunks (today's ``extract_features``), side by side in one run.
+
 Each figure is the best of ``--repeat`` runs after a warm-up. Recorded in ``benchmarks/SPEED.json`` under
 ``readlimit``; SPEED.md is rewritten.
 """
@@ -107,12 +112,42 @@ def _breakdown(judge: Any, rubric: Any, tasks: list[dict[str, str]]) -> dict[str
     return out
 
 
+def _feature_read(judge_for: Callable[[str], Any], data_dir: Path, n: int) -> dict[str, Any]:
+    """Seconds to read the features of N DialSummEval dev summaries three ways (see the module's docstring)."""
+    from backend.core.rubric import load_rubric
+    from benchmarks.quality import load_dialsummeval
+    from worker import pipeline
+
+    rubric = load_rubric("summary-quality")
+    records = load_dialsummeval(data_dir, rubric)["dev"][:n]
+    out: dict[str, Any] = {"tasks": len(records), "rubric": rubric.name}
+
+    def in_order(judge: Any) -> None:
+        size = pipeline.FEATURE_CHUNK
+        for first in range(0, len(records), size):
+            judge.score_with_features(rubric, [r.inputs for r in records[first : first + size]])
+
+    for label, read, how in (
+        ("sequential, chunks in order", "sequential", in_order),
+        ("one-pass, chunks in order", "one-pass", in_order),
+        ("one-pass, length-sorted chunks", "one-pass", lambda j: pipeline.extract_features(j, rubric, records, "dev")),
+    ):
+        judge = judge_for(read)
+        started = time.perf_counter()
+        how(judge)
+        out[label] = round(time.perf_counter() - started, 1)
+        log.info("feature read of %d summaries, %s: %.1f s", len(records), label, out[label])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--variants", action="store_true", help="also the judge with a few settings changed")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--feature-read", type=int, default=0, help="also the DialSummEval feature read of N tasks")
+    parser.add_argument("--bf16", action="store_true", help="also the judge with MODEL_PRECISION=bf16 (a lever)")
     args = parser.parse_args(argv)
     if not start(args.data_dir, log):
         return 0
@@ -191,7 +226,22 @@ def main(argv: list[str] | None = None) -> int:
         seconds = _best(lambda other=other: other.score(rubric, tasks), args.repeat)
         variants[label] = {"tasks_per_s": round(n / seconds, 3), "over_plain": round(plain / seconds, 3)}
         log.info("%s: %s", label, variants[label])
+    if args.bf16:  # the same judge on bf16 weights, against the same fp32 plain forward
+        half = settings.with_overrides(model_precision="bf16")
+        model16, _, _ = load_base_model(half)
+        other16 = Judge(model16, tokenizer, name, half)
+        seconds = _best(lambda: other16.score(rubric, tasks), args.repeat)
+        row = {"tasks_per_s": round(n / seconds, 3), "over_plain": round(plain / seconds, 3)}
+        variants["MODEL_PRECISION=bf16"] = row
+        log.info("MODEL_PRECISION=bf16: %s", variants["MODEL_PRECISION=bf16"])
     record["variants"] = variants
+    if args.feature_read:
+        plain_settings = settings.with_overrides(feature_store_mb=0)
+        record["feature_read_s"] = _feature_read(
+            lambda read: Judge(model, tokenizer, name, plain_settings.with_overrides(score_read=read)),
+            Path(args.data_dir),
+            args.feature_read,
+        )
     record["machine"] = machine()
     record["command"] = "python benchmarks/readlimit.py " + " ".join(sys.argv[1:] if argv is None else argv)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -941,6 +941,14 @@ def readlimit_markdown(readlimit: dict[str, Any] | None) -> list[str]:
         f"Batches: {readlimit['batches']} (batch token budget {readlimit['batch_token_budget']}); each forward call "
         "re-reads every weight."
     )
+    read = readlimit.get("feature_read_s")
+    if read:
+        ways = "; ".join(f"{k} **{v} s**" for k, v in read.items() if k not in ("tasks", "rubric"))
+        lines += [
+            "",
+            f"The feature read of training (`extract_features`, feature store off) on the first {read['tasks']} "
+            f"summaries of DialSummEval's dev split ({read['rubric']}), in the same run: {ways}.",
+        ]
     return lines + [""]
 
 

@@ -38,6 +38,10 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "run `c5-test-3a`": ("RESULTS.json", ("curve/c5-test-3a", "curves")),
     "run `c5-test-3a-before`": ("RESULTS.json", ("curve/c5-test-3a-before", "curves")),
     "run `c5-test-1a`": ("RESULTS.json", ("curve/c5-test-1a", "curves")),
+    "run `d8-read-one-pass`": ("RESULTS.json", ("dialsummeval/d8-read-one-pass",)),
+    "run `d8-read-sequential`": ("RESULTS.json", ("dialsummeval/d8-read-sequential",)),
+    "section `readlimit`": ("SPEED.json", ("readlimit",)),
+    "run `r1-dialsummeval`": ("RESULTS.json", ("reads/r1-dialsummeval", "results")),
     "section `contention`": ("SPEED.json", ("contention",)),
     "section `readonce`": ("SPEED.json", ("readonce", "sizes")),
 }
@@ -65,8 +69,8 @@ def curve_row(title: str, run: str, order: str, stat: str) -> tuple[str, str, tu
 FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
     # day one: why v0 pre-fills nothing
     (
-        r"on DialSummEval dev its α per dimension is (\S+), the majority label's (\S+) \(run `d5-grouped`",
-        "run `d5-grouped`",
+        r"on DialSummEval dev its α per dimension is (\S+), the majority label's (\S+) \(run `d8-read-one-pass`",
+        "run `d8-read-one-pass`",
         ("systems/v0/dev/alpha_dims", "systems/majority/dev/alpha_dims"),
     ),
     # the learning curve table
@@ -107,6 +111,15 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
         ),
     ),
     (r"in (\S+) s with the features in the store", "run `d7-lexical`", ("wall_seconds",)),
+    # the one-pass read
+    (
+        r"the head is the same, test α per dimension (\S+), and reading the 980 training summaries' features took\s+"
+        r"(\S+) s",
+        "run `d8-read-one-pass`",
+        ("systems/adapter/test/alpha_dims", "training/feature_seconds"),
+    ),
+    (r"against (\S+) s with the sequential read", "run `d8-read-sequential`", ("training/feature_seconds",)),
+    (r"v0's `/predict` at\s+(\S+) times the speed", "section `readlimit`", ("predict_over_plain",)),
     # classification
     (
         r"reached dev macro-F1 (\S+) at its learning rate, 5e-4 \(run `g4-default`, (\S+) s of training",
