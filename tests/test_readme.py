@@ -41,6 +41,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "run `d8-read-one-pass`": ("RESULTS.json", ("dialsummeval/d8-read-one-pass",)),
     "run `d8-read-sequential`": ("RESULTS.json", ("dialsummeval/d8-read-sequential",)),
     "section `readlimit`": ("SPEED.json", ("readlimit",)),
+    "run `d8-read-one-pass-bf16`": ("RESULTS.json", ("dialsummeval/d8-read-one-pass-bf16",)),
     "run `r1-dialsummeval`": ("RESULTS.json", ("reads/r1-dialsummeval", "results")),
     "section `contention`": ("SPEED.json", ("contention",)),
     "section `readonce`": ("SPEED.json", ("readonce", "sizes")),
@@ -119,6 +120,11 @@ FIGURES: list[tuple[str, str, tuple[str, ...]]] = [
         ("systems/adapter/test/alpha_dims", "training/feature_seconds"),
     ),
     (r"against (\S+) s with the sequential read", "run `d8-read-sequential`", ("training/feature_seconds",)),
+    (
+        r"`MODEL_PRECISION=bf16` read them in (\S+) s, and its head reached test α per dimension (\S+)",
+        "run `d8-read-one-pass-bf16`",
+        ("training/feature_seconds", "systems/adapter/test/alpha_dims"),
+    ),
     (r"v0's `/predict` at\s+(\S+) times the speed", "section `readlimit`", ("predict_over_plain",)),
     # classification
     (
