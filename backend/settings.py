@@ -18,6 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 QUANTIZATIONS = ("none", "4bit", "8bit")
 #: SCORE_READ's values (``backend.model.packing`` is the one-pass read's layout)
 READS = ("one-pass", "sequential")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: the settings that take one of a few words, and those words
+CHOICES: dict[str, tuple[str, ...]] = {
+    "quantization": QUANTIZATIONS,
+    "device": ("auto", "cpu", "cuda"),
+    "score_read": READS,
+    "model_precision": PRECISIONS,
+    "train_targets": ("each", "consensus", "distribution"),
+    "train_method": ("auto", "head", "lora"),
+    "train_precision": PRECISIONS,
+    "worker_pause_for_serving": ("auto", "always", "never"),
+}
 
 
 class SettingsError(ValueError):
@@ -227,10 +239,11 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ``SettingsError`` naming the variable when a value is out of range."""
-        if self.quantization not in QUANTIZATIONS:
-            raise SettingsError(f"QUANTIZATION={self.quantization!r}: expected one of {', '.join(QUANTIZATIONS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise SettingsError(f"DEVICE={self.device!r}: expected auto, cpu or cuda")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                listed = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+                raise SettingsError(f"{name.upper()}={value!r}: expected {listed}")
         for name in (
             "max_input_tokens",
             "predict_batch_size",
@@ -259,14 +272,6 @@ class Settings:
             raise SettingsError("PREDICT_MAX_BATCH_TOKENS must be 0 (derived from memory) or more")
         if self.micro_batch_wait_ms < 0:
             raise SettingsError("MICRO_BATCH_WAIT_MS must be 0 or more")
-        if self.train_targets not in ("each", "consensus", "distribution"):
-            raise SettingsError(f"TRAIN_TARGETS={self.train_targets!r}: expected each, consensus or distribution")
-        if self.score_read not in READS:
-            raise SettingsError(f"SCORE_READ={self.score_read!r}: expected one-pass or sequential")
-        if self.model_precision not in ("auto", "fp32", "bf16"):
-            raise SettingsError(f"MODEL_PRECISION={self.model_precision!r}: expected auto, fp32 or bf16")
-        if self.train_method not in ("auto", "head", "lora"):
-            raise SettingsError(f"TRAIN_METHOD={self.train_method!r}: expected auto, head or lora")
         try:
             _ = self.prefill_rule
         except ValueError:
@@ -278,8 +283,6 @@ class Settings:
             raise SettingsError("PREFILL_FLOOR and PROMOTE_TOLERANCE must be in [-1, 1)")
         if self.evidence_min_tasks < 2 or self.evidence_min_groups < 2:
             raise SettingsError("EVIDENCE_MIN_TASKS and EVIDENCE_MIN_GROUPS must be at least 2")
-        if self.train_precision not in ("auto", "fp32", "bf16"):
-            raise SettingsError(f"TRAIN_PRECISION={self.train_precision!r}: expected auto, fp32 or bf16")
         if not 0 <= self.train_heldout_fraction < 1:
             raise SettingsError("TRAIN_HELDOUT_FRACTION must be in [0, 1)")
         if min(self.train_epochs, self.train_batch_size, self.train_max_length, self.train_learning_rate) < 0:
@@ -288,10 +291,6 @@ class Settings:
             raise SettingsError(f"WORKER_NICE={self.worker_nice}: must be in [0, 19]")
         if self.worker_threads < 0:
             raise SettingsError("WORKER_THREADS must be 0 (every core but one) or more")
-        if self.worker_pause_for_serving not in ("auto", "always", "never"):
-            raise SettingsError(
-                f"WORKER_PAUSE_FOR_SERVING={self.worker_pause_for_serving!r}: expected auto, always or never"
-            )
         if self.worker_max_pause_s < 1:
             raise SettingsError(f"WORKER_MAX_PAUSE_S={self.worker_max_pause_s}: must be at least 1 (seconds)")
         if self.train_retries < 0 or self.train_retry_backoff < 0:

@@ -295,8 +295,10 @@ def test_fast_path_switches_come_from_the_environment():
         "MICRO_BATCH_MAX_TASKS": "16",
         "MICRO_BATCH_MAX_QUEUE": "4",
         "PREDICTION_CACHE_TTL": "60",
+        "SCORE_READ": "sequential",
     }
     s = Settings.from_env(env)
+    assert s.score_read == "sequential"
     assert (s.prefix_cache, s.length_batching, s.micro_batching, s.prediction_cache) == (False,) * 4
     assert (s.predict_max_batch_tokens, s.micro_batch_wait_ms, s.micro_batch_max_tasks) == (4096, 2.5, 16)
     assert (s.micro_batch_max_queue, s.prediction_cache_ttl) == (4, 60)
@@ -306,6 +308,9 @@ def test_fast_path_switches_come_from_the_environment():
         ("MICRO_BATCH_MAX_QUEUE", "0"),
         ("PREDICTION_CACHE_TTL", "0"),
         ("LENGTH_BATCHING", "maybe"),
+        ("SCORE_READ", "two-pass"),
+        ("QUANTIZATION", "3bit"),
+        ("WORKER_PAUSE_FOR_SERVING", "sometimes"),
     ):
         with pytest.raises(SettingsError, match=var):
             Settings.from_env({var: value})

@@ -73,7 +73,7 @@ def test_a_head_version_predicts_the_same_from_the_store(judge_with_store, tmp_p
         {d.name: np.stack([f.vector(d.name, "target") for f in features]) for d in SUMMARY.dimensions},
         targets,
         [str(i) for i in range(12)],
-        meta={"features": "target"},
+        meta={"features": "target", "read": judge.read_mode(SUMMARY)},  # as the pipeline records it
     )
     head.save(tmp_path)
     judge.load_adapter("store-test", tmp_path)
