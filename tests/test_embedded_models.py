@@ -17,6 +17,7 @@ from backend.model.model_loader import (
     ModelLoadError,
     embedded_model_dir,
 )
+from tests.test_one_pass import plain_line_probs
 
 
 def test_every_embedded_model_names_its_install_command():
@@ -78,3 +79,15 @@ def test_gemma3_270m_loads_and_scores(tmp_path: Path):
     [score], [features] = judge.score_with_features(rubric, [task])
     assert set(score.labels) == set(rubric.dimension_names)
     assert len(features.shared) > 0
+    # the one-pass read on a model with sliding-window layers (512 positions): batched with padding and the cached
+    # prefix, prompts shorter and longer than the window, each dimension equals a plain forward of its line alone
+    assert judge.model.config.sliding_window == 512
+    turns = "#Person1#: Is the shop open today? #Person2#: Yes, until nine. "
+    tasks = [{"dialogue": turns * n, "summary": f"The shop is open until nine ({n})."} for n in (2, 45)]
+    assert len(judge.prompt_ids(rubric, tasks[0])) < 512 < len(judge.prompt_ids(rubric, tasks[1]))
+    scores, _ = judge._read(rubric, tasks, None, "one-pass")
+    for task, score in zip(tasks, scores, strict=True):
+        for index, dim in enumerate(rubric.dimensions):
+            plain = plain_line_probs(judge, rubric, task, index)
+            packed = [score.dimensions[dim.name].probs[label] for label in dim.labels]
+            assert max(abs(a - b) for a, b in zip(plain, packed, strict=True)) < 2e-5, dim.name

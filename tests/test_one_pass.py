@@ -26,7 +26,7 @@ QA_TASKS = [
 ]
 
 
-def _plain_probs(judge, rubric, task, index):
+def plain_line_probs(judge, rubric, task, index):
     """Dimension ``index``'s label distribution from the prompt and that dimension's first-line prefix, one
     unbatched, uncached forward call per label prefix: the definition the one-pass read must equal."""
     tokens = judge.rubric_tokens(rubric)
@@ -59,7 +59,7 @@ def test_each_dimension_is_the_prompt_followed_by_its_own_line(tiny_judge, rubri
     scores, _ = _read(tiny_judge, rubric, tasks, "one-pass")
     for task, score in zip(tasks, scores, strict=True):
         for index, dim in enumerate(rubric.dimensions):
-            plain = _plain_probs(tiny_judge, rubric, task, index)
+            plain = plain_line_probs(tiny_judge, rubric, task, index)
             packed = [score.dimensions[dim.name].probs[label] for label in dim.labels]
             assert np.allclose(packed, plain, atol=2e-5), (dim.name, packed, plain)
 
