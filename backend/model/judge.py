@@ -33,7 +33,7 @@ from backend.core.prompts import (
     label_text,
     target_token_span,
 )
-from backend.core.rubric import Rubric
+from backend.core.rubric import Dimension, Rubric
 from backend.core.scores import DimensionScore, TaskFeatures, TaskScore, dimension_score
 from backend.model.feature_store import FORMAT, FeatureStore
 from backend.model.features import FeatureCapture
@@ -364,12 +364,12 @@ class Judge:
         missing = list(first.values())
         if missing:
             scores, features = self._score(rubric, [tasks[i] for i in missing], None, [None] * len(missing), read)
-            read = {}
+            fresh = {}
             for i, score, feature in zip(missing, scores, features, strict=True):
                 assert feature is not None
                 store.put(keys[i], score, feature)
-                read[keys[i]] = (score, feature)
-            found = [hit if hit is not None else read[key] for hit, key in zip(found, keys, strict=True)]
+                fresh[keys[i]] = (score, feature)
+            found = [hit if hit is not None else fresh[key] for hit, key in zip(found, keys, strict=True)]
         pairs = [hit for hit in found if hit is not None]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -379,7 +379,7 @@ class Judge:
         tasks: Sequence[Mapping[str, str]],
         adapter: str | None,
         features: list[TaskFeatures | None] | None,
-        read: str = "sequential",
+        read: str,
     ) -> tuple[list[TaskScore], list[TaskFeatures | None]]:
         fitted = [fit_inputs(rubric, t, self.tokenizer, self.settings.max_input_tokens) for t in tasks]
         prompts = [encode_prompt(rubric, f, self.tokenizer, DEFAULT_VARIANT) for f in fitted]
@@ -507,17 +507,8 @@ class Judge:
                 first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
                 states = capture.label_states() if capture is not None else None
                 scores = self._candidate_scores(tokens.labels[index], first, mask, next_pos, cache)
-                probs = torch.softmax(scores, dim=-1)
-                choice = torch.argmax(probs, dim=-1)
-                if capture is not None:
-                    for row, vector in enumerate(capture.label_position(states, probs)):
-                        dim_rows[row].append(vector)
-                for row in range(size):
-                    chosen = int(choice[row])
-                    pending[row] = tokens.labels[index][chosen]
-                    per_task[row][dim.name] = dimension_score(
-                        dim, probs[row].tolist(), chosen, float(scores[row, chosen])
-                    )
+                choice = _record_dimension(dim, scores, capture, states, dim_rows, per_task)
+                pending = [tokens.labels[index][int(chosen)] for chosen in choice]
         _sink_features(rubric, sink if capture is not None else None, shared_rows, dim_rows)
         return [TaskScore(dimensions=d) for d in per_task]
 
@@ -577,16 +568,8 @@ class Judge:
                     for k in branch.members:
                         for t in range(1, len(candidates[k])):
                             scores[:, k] += logp[:, column[branch.start + t - 1], candidates[k][t]]
-                probs = torch.softmax(scores, dim=-1)
-                if capture is not None:
-                    states = capture.label_states(width + layout.prefix_end[index])
-                    for row, vector in enumerate(capture.label_position(states, probs)):
-                        dim_rows[row].append(vector)
-                for row in range(size):
-                    chosen = int(torch.argmax(probs[row]))
-                    per_task[row][dim.name] = dimension_score(
-                        dim, probs[row].tolist(), chosen, float(scores[row, chosen])
-                    )
+                states = capture.label_states(width + layout.prefix_end[index]) if capture is not None else None
+                _record_dimension(dim, scores, capture, states, dim_rows, per_task)
         _sink_features(rubric, sink if capture is not None else None, shared_rows, dim_rows)
         return [TaskScore(dimensions=d) for d in per_task]
 
@@ -616,6 +599,30 @@ class Judge:
                     scores[:, k] += logp[:, t - 1, candidate[t]]
             _crop(cache, length)
         return scores
+
+
+def _record_dimension(
+    dim: Dimension,
+    scores: Any,
+    capture: FeatureCapture | None,
+    states: Any,
+    dim_rows: list[list[Any]],
+    per_task: list[dict[str, DimensionScore]],
+) -> Any:
+    """One dimension of a batch from its candidates' log-probabilities (rows x candidates), for either read: the
+    softmax over the candidates, each row's ``DimensionScore`` into ``per_task`` and, with a capture, the
+    label-position features (``states``, taken where the label is read) into ``dim_rows``. Returns the chosen
+    candidate per row."""
+    import torch
+
+    probs = torch.softmax(scores, dim=-1)
+    choice = torch.argmax(probs, dim=-1)
+    if capture is not None:
+        for row, vector in enumerate(capture.label_position(states, probs)):
+            dim_rows[row].append(vector)
+    for row, chosen in enumerate(choice.tolist()):
+        per_task[row][dim.name] = dimension_score(dim, probs[row].tolist(), chosen, float(scores[row, chosen]))
+    return choice
 
 
 def _sink_features(
