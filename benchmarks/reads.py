@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from backend.core.rubric import Rubric, load_rubric  # noqa: E402
 from backend.settings import READS, Settings  # noqa: E402
-from benchmarks.quality import DEFAULT_DATA, load_dialsummeval, machine, record_run  # noqa: E402
+from benchmarks.quality import DEFAULT_DATA, Phases, load_dialsummeval, machine, record_run  # noqa: E402
+from benchmarks.usercli import start  # noqa: E402
 from worker.source import Record  # noqa: E402
 
 log = logging.getLogger("benchmarks.reads")
@@ -83,14 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not (Path(args.data_dir) / "dialsummeval").is_dir():
-        log.warning("no DialSummEval under %s: nothing measured", args.data_dir)
+    if not start(args.data_dir, log):
         return 0
     from backend.model.judge import Judge
     from backend.model.model_loader import load_base_model
 
-    started = time.monotonic()
+    phases = Phases()
     settings = Settings.from_env()
     rubric = load_rubric("summary-quality", settings.rubric_dir)
     splits = load_dialsummeval(Path(args.data_dir), rubric)
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for read in READS:
         judge = Judge(model, tokenizer, name, settings.with_overrides(score_read=read))
         judge.open_feature_store()
-        scored[read] = _scores(judge, rubric, splits)
+        scored[read] = phases.run(f"{read}: read, fit, score", _scores, judge, rubric, splits)
         log.info("%s: read and fitted (store hits so far %s)", read, judge.feature_store.stats.as_dict())
     results = {
         split: {
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "base_model": settings.base_model,
         "sizes": {k: len(v) for k, v in splits.items()},
         "results": results,
-        "phases": {"all": {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": 0}},
+        "phases": phases.rows,
         "machine": machine(),
         "command": "python benchmarks/reads.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
