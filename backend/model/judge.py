@@ -547,8 +547,7 @@ class Judge:
         batch = self._batch(prompts, adapter)
         width = batch.ids.shape[1]
         ids, positions, keys = packed_inputs(layout, batch.ids, batch.row_mask, batch.positions, batch.cached)
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        mask = attention_mask(inner, keys, positions, batch.cached)
+        mask = attention_mask(self.model, keys, positions, batch.cached)
         mask = {k: m.to(device) for k, m in mask.items()} if isinstance(mask, dict) else mask.to(device)
         column = {at: c for c, at in enumerate(layout.logits_at)}
         keep = torch.tensor([width + at for at in layout.logits_at], dtype=torch.long)

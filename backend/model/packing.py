@@ -119,6 +119,7 @@ def attention_mask(model: Any, keys: Any, positions: Any, cached: int) -> Any:
     ``positions`` are the queries' position ids; the cached prefix holds positions ``0..cached-1``."""
     import torch
 
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
     config = model.config
     implementation = getattr(config, "_attn_implementation", None) or "eager"
     key_pos = torch.cat([torch.arange(cached).expand(positions.shape[0], cached), positions], dim=1)
